@@ -1,0 +1,16 @@
+"""adadelta_fused: torch.optim.Adadelta's exact update in one memory pass (CPU, CUDA, Triton)."""
+
+from .backends import BackendUnavailableError, available_backends
+from .contract import GradMode
+from .functional import adadelta_
+from .optimizer import Adadelta, FusedAdadelta
+
+__all__ = [
+    "Adadelta",
+    "FusedAdadelta",
+    "adadelta_",
+    "available_backends",
+    "BackendUnavailableError",
+    "GradMode",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""The compiled extension ``adadelta_fused._C``: fused CPU kernel, and CUDA kernel when built with nvcc."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _extension
+from ..contract import StepScalars
+
+NAME = "cpp"
+
+
+def unavailable_reason() -> str | None:
+    return _extension.load_error()
+
+
+def unsupported_reason(device: torch.device) -> str | None:
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        return None if _extension.has_cuda_kernel() else "the extension was built without its CUDA sources"
+    return f"no kernel for device type {device.type!r}"
+
+
+def check_group(*args) -> None:
+    """The op validates its inputs in C++ before touching memory, so nothing is repeated in Python."""
+
+
+def step_(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars) -> None:
+    lr_tensor = scalars.lr if isinstance(scalars.lr, torch.Tensor) else None
+    _extension.op()(
+        params,
+        grads,
+        square_avgs,
+        acc_deltas,
+        master_params or [],
+        0.0 if lr_tensor is not None else float(scalars.lr),
+        lr_tensor,
+        scalars.rho,
+        scalars.eps,
+        scalars.weight_decay,
+        scalars.maximize,
+        scalars.grad_scale,
+        scalars.found_inf,
+        int(scalars.grad_mode),
+        scalars.stochastic_rounding,
+        scalars.rounding_key,
+    )

@@ -1,0 +1,146 @@
+// The per-element Adadelta update, shared by the CPU and CUDA kernels.
+// Mirrors adadelta_fused/reference.py (_update_one), which follows torch.optim.Adadelta's
+// _single_tensor_adadelta operation by operation; the comments give the torch line each one mirrors.
+#pragma once
+
+#include <cstdint>
+
+#include "dtypes.h"
+#include "rounding.h"
+
+namespace adadelta_fused {
+
+// torch's CPU kernels for add(alpha=) and addcmul are compiled with contraction, so they compute
+// fma(alpha, b, a) and fma(value * t1, t2, a); the update spells those out so that every executor rounds
+// exactly as torch does (tests/test_cpu_kernel.py checks the bits). The rest is plain IEEE arithmetic.
+ADF_HOST_DEVICE float fused_multiply_add(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return fmaf(a, b, c);
+#else
+  return __builtin_fmaf(a, b, c);
+#endif
+}
+ADF_HOST_DEVICE double fused_multiply_add(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return fma(a, b, c);
+#else
+  return __builtin_fma(a, b, c);
+#endif
+}
+ADF_HOST_DEVICE float square_root(float v) {
+#if defined(__CUDA_ARCH__)
+  return sqrtf(v);  // IEEE-rounded: the build never passes -use_fast_math
+#else
+  return __builtin_sqrtf(v);
+#endif
+}
+ADF_HOST_DEVICE double square_root(double v) {
+#if defined(__CUDA_ARCH__)
+  return sqrt(v);
+#else
+  return __builtin_sqrt(v);
+#endif
+}
+
+// What the step does to the gradient buffer; the values are the op's grad_mode (contract.GradMode).
+enum class GradMode : int { kKeep = 0, kUnscale = 1, kZero = 2 };
+
+// The step's scalars as the host knows them. lr, grad_scale and found_inf may live in device memory;
+// kernels read them through resolve_scalars, so the host never syncs (CUDA-graph safe).
+struct StepArgs {
+  double lr;
+  const double* lr_ptr;          // when set, overrides lr
+  double rho;
+  double eps;
+  double weight_decay;
+  const float* grad_scale_ptr;   // optional: the gradient is divided by *grad_scale_ptr
+  const float* found_inf_ptr;    // optional: nonzero means the whole step is skipped
+  bool maximize;
+  bool stochastic_rounding;
+  uint32_t rounding_key;
+};
+
+// The scalars in math precision, cast exactly as torch casts its Python-float arguments. The update has
+// no data-independent branches: GCC 12 cannot vectorize a select on a loop-invariant bool, so optional
+// steps are exact no-ops (x / 1, x * 1) or selects keyed on a comparison or an integer mask.
+template <typename M>
+struct StepScalars {
+  M neg_lr;         // param.add_(delta, alpha=-lr)
+  M rho;            // mul_(rho)
+  M one_minus_rho;  // addcmul_(..., value=1 - rho), computed in double as Python does
+  M eps;
+  M weight_decay;   // torch skips the add entirely when weight_decay == 0
+  M grad_scale;     // 1 without a grad_scale: g / 1 == g exactly
+  M grad_sign;      // -1 to maximize: -g == g * -1 exactly
+  uint32_t stochastic_mask;  // all ones: bf16 params round stochastically; zero: to nearest
+  uint32_t rounding_key;
+};
+
+ADF_HOST_DEVICE bool step_skipped(const StepArgs& a) {
+  return a.found_inf_ptr != nullptr && *a.found_inf_ptr != 0.0f;
+}
+
+template <typename M>
+ADF_HOST_DEVICE StepScalars<M> resolve_scalars(const StepArgs& a) {
+  StepScalars<M> s;
+  const double lr = a.lr_ptr != nullptr ? *a.lr_ptr : a.lr;
+  s.neg_lr = M(-lr);
+  s.rho = M(a.rho);
+  s.one_minus_rho = M(1.0 - a.rho);
+  s.eps = M(a.eps);
+  s.weight_decay = M(a.weight_decay);
+  s.grad_scale = a.grad_scale_ptr != nullptr ? M(*a.grad_scale_ptr) : M(1);
+  s.grad_sign = a.maximize ? M(-1) : M(1);
+  s.stochastic_mask = a.stochastic_rounding ? 0xFFFFFFFFu : 0u;
+  s.rounding_key = a.rounding_key;
+  return s;
+}
+
+// One element of one tensor. ParamT is the param and grad storage type, StateT the accumulators';
+// `master` is read and written only when kHasMaster. `index` (the element's position in its tensor)
+// and `tensor_key` (rounding_tensor_key) feed the stochastic-rounding noise of bf16 params.
+template <typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster>
+struct AdadeltaElement {
+  using M = math_t<ParamT>;
+
+  ADF_HOST_DEVICE static void update(ParamT& param, ParamT& grad, StateT& square_avg, StateT& acc_delta,
+                                     float& master, const StepScalars<M>& s, uint32_t tensor_key,
+                                     int64_t index) {
+    M g = to_math(grad) / s.grad_scale;
+    if constexpr (kGradMode == GradMode::kUnscale) store(grad, g);
+    g = g * s.grad_sign;                                     // grad = -grad (maximize)
+    M p;
+    if constexpr (kHasMaster) {
+      p = master;
+    } else {
+      p = to_math(param);
+    }
+    const M decayed = fused_multiply_add(s.weight_decay, p, g);  // grad.add(param, alpha=weight_decay)
+    g = s.weight_decay != M(0) ? decayed : g;
+
+    M sq = to_math(square_avg);
+    M acc = to_math(acc_delta);
+    sq = fused_multiply_add(s.one_minus_rho * g, g, sq * s.rho);  // square_avg.mul_(rho).addcmul_(g, g, 1 - rho)
+    const M std_dev = square_root(sq + s.eps);                     // square_avg.add(eps).sqrt_()
+    M delta = square_root(acc + s.eps);                            // acc_delta.add(eps).sqrt_()
+    delta = delta / std_dev * g;                                   // delta.div_(std).mul_(grad)
+    acc = fused_multiply_add(s.one_minus_rho * delta, delta, acc * s.rho);  // acc_delta.mul_(rho).addcmul_(...)
+    p = fused_multiply_add(s.neg_lr, delta, p);                    // param.add_(delta, alpha=-lr)
+
+    store(square_avg, sq);
+    store(acc_delta, acc);
+    if constexpr (kHasMaster) {
+      master = p;
+      store(param, p);
+    } else if constexpr (is_bf16_v<ParamT>) {
+      const uint32_t stochastic = bf16_round_stochastic(p, rounding_noise(tensor_key, index));
+      const uint32_t nearest = bf16_round_nearest(p);
+      param = bfloat16_bits((stochastic & s.stochastic_mask) | (nearest & ~s.stochastic_mask));
+    } else {
+      store(param, p);
+    }
+    if constexpr (kGradMode == GradMode::kZero) store(grad, M(0));
+  }
+};
+
+}  // namespace adadelta_fused

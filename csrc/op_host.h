@@ -1,0 +1,110 @@
+// Host-side plumbing shared by the CPU and CUDA implementations of adadelta_fused::adadelta_: input
+// checks, the dense-layout staging, the StepArgs built from the op's arguments, and the dispatch from
+// runtime dtypes and flags to the compiled configuration.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "adadelta_math.h"
+#include "multi_tensor.h"
+
+namespace adadelta_fused {
+
+struct OpArgs {
+  at::TensorList params;
+  at::TensorList grads;
+  at::TensorList square_avgs;
+  at::TensorList acc_deltas;
+  at::TensorList master_params;
+  double lr;
+  const c10::optional<at::Tensor>& lr_tensor;
+  double rho;
+  double eps;
+  double weight_decay;
+  bool maximize;
+  const c10::optional<at::Tensor>& grad_scale;
+  const c10::optional<at::Tensor>& found_inf;
+  int64_t grad_mode;
+  bool stochastic_rounding;
+  int64_t rounding_key;
+};
+
+// Raises a clear error naming the argument and its value before any memory is touched. Messages match
+// adadelta_fused/contract.py (check_group), so every backend fails the same way.
+void check_op_args(const OpArgs& args, c10::DeviceType expected_device);
+
+// The tensors a kernel writes through raw pointers: every element dense, in the param's layout.
+// Tensors that are not (a strided view, a grad whose strides differ from its param's) are staged in a
+// dense copy and written back by finish().
+class DenseGroup {
+ public:
+  explicit DenseGroup(const OpArgs& args);
+  TensorListPointers pointers() const;
+  int64_t size() const { return int64_t(numel_.size()); }
+  void finish();  // copies staged results back into the caller's tensors
+
+ private:
+  void add(const at::Tensor& tensor, const at::Tensor& layout, std::vector<void*>& out, bool written);
+  std::vector<void*> param_, grad_, square_avg_, acc_delta_;
+  std::vector<float*> master_;
+  std::vector<int64_t> numel_;
+  std::vector<std::pair<at::Tensor, at::Tensor>> staged_;  // (caller's tensor, dense copy)
+  bool has_master_;
+};
+
+// StepArgs whose lr/grad_scale/found_inf pointers address memory on `device`. `keep_alive` holds any
+// converted tensor (an fp64 copy of a tensor lr) until the kernels have read it.
+StepArgs make_step_args(const OpArgs& args, const c10::Device& device, std::vector<at::Tensor>& keep_alive);
+
+// Calls fn.template operator()<ParamT, StateT, kGradMode, kHasMaster>() for the group's configuration.
+template <typename Fn>
+void dispatch_config(at::ScalarType param, at::ScalarType state, int64_t grad_mode, bool has_master, Fn&& fn);
+
+// ---- implementation of the dispatch (a template, so it is instantiated in each kernel's file) ----
+
+template <typename ParamT, typename StateT, bool kHasMaster, typename Fn>
+void dispatch_grad_mode(int64_t grad_mode, Fn& fn) {
+  switch (static_cast<GradMode>(grad_mode)) {
+    case GradMode::kKeep:
+      return fn.template operator()<ParamT, StateT, GradMode::kKeep, kHasMaster>();
+    case GradMode::kUnscale:
+      return fn.template operator()<ParamT, StateT, GradMode::kUnscale, kHasMaster>();
+    case GradMode::kZero:
+      return fn.template operator()<ParamT, StateT, GradMode::kZero, kHasMaster>();
+  }
+  TORCH_CHECK_VALUE(false, "Invalid grad_mode: ", grad_mode, " (expected 0 keep, 1 unscale or 2 zero)");
+}
+
+template <typename ParamT, typename StateT, typename Fn>
+void dispatch_master(int64_t grad_mode, bool has_master, Fn& fn) {
+  if constexpr (std::is_same_v<ParamT, bfloat16_bits> || std::is_same_v<ParamT, float16_bits>) {
+    if (has_master) return dispatch_grad_mode<ParamT, StateT, true>(grad_mode, fn);
+  }
+  dispatch_grad_mode<ParamT, StateT, false>(grad_mode, fn);
+}
+
+template <typename Fn>
+void dispatch_config(at::ScalarType param, at::ScalarType state, int64_t grad_mode, bool has_master, Fn&& fn) {
+  using ST = at::ScalarType;
+  // The supported (param, state) pairs: contract.STATE_DTYPES.
+  if (param == ST::Float && state == ST::Float) return dispatch_master<float, float>(grad_mode, has_master, fn);
+  if (param == ST::Float && state == ST::BFloat16)
+    return dispatch_master<float, bfloat16_bits>(grad_mode, has_master, fn);
+  if (param == ST::Double && state == ST::Double) return dispatch_master<double, double>(grad_mode, has_master, fn);
+  if (param == ST::BFloat16 && state == ST::BFloat16)
+    return dispatch_master<bfloat16_bits, bfloat16_bits>(grad_mode, has_master, fn);
+  if (param == ST::BFloat16 && state == ST::Float)
+    return dispatch_master<bfloat16_bits, float>(grad_mode, has_master, fn);
+  if (param == ST::Half && state == ST::Half) return dispatch_master<float16_bits, float16_bits>(grad_mode, has_master, fn);
+  if (param == ST::Half && state == ST::Float) return dispatch_master<float16_bits, float>(grad_mode, has_master, fn);
+  if (param == ST::Half && state == ST::BFloat16)
+    return dispatch_master<float16_bits, bfloat16_bits>(grad_mode, has_master, fn);
+  TORCH_CHECK_TYPE(false, "square_avgs[0] has dtype ", state, ", unsupported with ", param, " params");
+}
+
+}  // namespace adadelta_fused

@@ -1,0 +1,40 @@
+// Counter-based noise for stochastic rounding: a pure function of (key, tensor, element), so a step is
+// reproducible from its seed on any backend and in any launch order. Mirrors reference.rounding_noise.
+#pragma once
+
+#include <cstdint>
+
+#include "dtypes.h"
+
+namespace adadelta_fused {
+
+// A 32-bit integer finalizer with low bias (two multiply-xorshift rounds): every output bit depends on
+// every input bit, which is all the 16 noise bits below need.
+ADF_HOST_DEVICE uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  x ^= x >> 16;
+  return x;
+}
+
+// Hoisted out of the element loop: depends only on the step's key and the tensor's position in the op.
+ADF_HOST_DEVICE uint32_t rounding_tensor_key(uint32_t step_key, int64_t tensor_index) {
+  return mix32(step_key ^ (uint32_t(tensor_index) * 0x9E3779B9u));
+}
+
+ADF_HOST_DEVICE uint32_t rounding_noise(uint32_t tensor_key, int64_t index) {
+  const uint64_t i = uint64_t(index);
+  return mix32(mix32(tensor_key ^ uint32_t(i >> 32)) ^ uint32_t(i)) & 0xFFFFu;
+}
+
+// fp32 -> bf16 rounding up with probability equal to the dropped fraction: add 16 random bits under the
+// kept mantissa, then truncate. Non-finite values keep round-to-nearest.
+ADF_HOST_DEVICE uint16_t bf16_round_stochastic(float v, uint32_t noise) {
+  const uint32_t u = bits_of(v);
+  const bool finite = (u & 0x7F800000u) != 0x7F800000u;
+  return finite ? uint16_t((u + noise) >> 16) : bf16_round_nearest(v);
+}
+
+}  // namespace adadelta_fused
