@@ -22,6 +22,18 @@ TORCH_LIBRARY(adadelta_fused, m) {
       "int rounding_key) -> ()");
 }
 
+namespace {
+// A sparse gradient routes the call to a sparse dispatch key; answer there with torch's own message.
+void reject_sparse(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList, double,
+                   const c10::optional<at::Tensor>&, double, double, double, bool, const c10::optional<at::Tensor>&,
+                   const c10::optional<at::Tensor>&, int64_t, bool, int64_t) {
+  TORCH_CHECK(false, "Adadelta does not support sparse gradients");
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(adadelta_fused, SparseCPU, m) { m.impl("adadelta_", &reject_sparse); }
+TORCH_LIBRARY_IMPL(adadelta_fused, SparseCUDA, m) { m.impl("adadelta_", &reject_sparse); }
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "adadelta_fused's compiled kernels; importing it registers torch.ops.adadelta_fused.adadelta_";
   m.def("compiled_with_cuda", [] {

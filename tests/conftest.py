@@ -1,0 +1,103 @@
+"""Shared fixtures: fresh random data (never zeros), poisoning, and the backends under test."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from adadelta_fused import _extension
+from adadelta_fused.contract import STATE_DTYPES
+
+ODD_SIZES = (0, 1, 15, 1023, 4097, 2**20 + 3)
+
+# Every supported (param dtype, state dtype) pair: contract.STATE_DTYPES.
+DTYPE_PAIRS = [(param, state) for param, states in STATE_DTYPES.items() for state in states]
+
+
+def dtype_id(pair) -> str:
+    return "-".join(str(d).removeprefix("torch.") for d in pair)
+
+
+@pytest.fixture
+def generator(request) -> torch.Generator:
+    """A generator seeded per test, so every test gets its own fresh data and reruns reproduce it."""
+    return torch.Generator().manual_seed(hash(request.node.nodeid) % 2**31)
+
+
+def random_group(numels, param_dtype, state_dtype, generator, *, master=False):
+    """params, grads, square_avgs, acc_deltas (and fp32 masters) with values typical of training."""
+    def randn(n, dtype, scale=1.0):
+        return (torch.randn(n, generator=generator, dtype=torch.float64) * scale).to(dtype)
+
+    def positive(n, dtype, scale):
+        return (torch.rand(n, generator=generator, dtype=torch.float64) * scale + scale / 10).to(dtype)
+
+    params = [randn(n, param_dtype) for n in numels]
+    grads = [randn(n, param_dtype, 0.1) for n in numels]
+    square_avgs = [positive(n, state_dtype, 1e-2) for n in numels]
+    acc_deltas = [positive(n, state_dtype, 1e-4) for n in numels]
+    masters = [p.float() + randn(n, torch.float32, 1e-3) for p, n in zip(params, numels)] if master else None
+    return params, grads, square_avgs, acc_deltas, masters
+
+
+def clone_group(group):
+    return tuple(None if tensors is None else [t.clone() for t in tensors] for tensors in group)
+
+
+# CI builds the extension and sets this, so a broken build fails the run instead of skipping tests.
+REQUIRE_EXTENSION = os.environ.get("ADADELTA_FUSED_REQUIRE_EXTENSION") == "1"
+
+requires_extension = pytest.mark.skipif(
+    _extension.module() is None and not REQUIRE_EXTENSION,
+    reason=f"compiled extension unavailable: {_extension.load_error()}",
+)
+
+
+def cpu_isas() -> list[str]:
+    ext = _extension.module()
+    return ext.supported_cpu_isas() if ext is not None else []
+
+
+@pytest.fixture(params=cpu_isas() or ["none"])
+def cpu_isa(request):
+    """Runs a test once per SIMD level this CPU supports, restoring the best one afterwards."""
+    ext = _extension.module()
+    if ext is None:
+        assert not REQUIRE_EXTENSION, _extension.load_error()
+        pytest.skip(f"compiled extension unavailable: {_extension.load_error()}")
+    best = ext.supported_cpu_isas()[-1]
+    ext.select_cpu_isa(request.param)
+    yield request.param
+    ext.select_cpu_isa(best)
+
+
+_SAME_WIDTH_INT = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+
+
+def assert_bitwise_equal(got: torch.Tensor, want: torch.Tensor, what: str = "") -> None:
+    """Equal bit for bit (so -0.0 differs from +0.0), with any NaN equal to any NaN."""
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    nan_got, nan_want = got.isnan(), want.isnan()
+    assert torch.equal(nan_got, nan_want), f"{what}: NaN at different positions"
+    as_int = _SAME_WIDTH_INT[got.element_size()]
+    bits_got = got.masked_fill(nan_got, 0).contiguous().view(as_int)
+    bits_want = want.masked_fill(nan_want, 0).contiguous().view(as_int)
+    mismatches = (bits_got != bits_want).nonzero()
+    assert mismatches.numel() == 0, (
+        f"{what}: {mismatches.shape[0]} of {got.numel()} elements differ, first at {mismatches[0].tolist()}: "
+        f"{got[tuple(mismatches[0])].item()!r} != {want[tuple(mismatches[0])].item()!r}"
+    )
+
+
+GROUP_NAMES = ("params", "grads", "square_avgs", "acc_deltas", "master_params")
+
+
+def assert_groups_equal(actual, expected) -> None:
+    for name, got_list, want_list in zip(GROUP_NAMES, actual, expected):
+        if want_list is None:
+            continue
+        assert len(got_list) == len(want_list)
+        for i, (got, want) in enumerate(zip(got_list, want_list)):
+            assert_bitwise_equal(got, want, f"{name}[{i}]")

@@ -1,0 +1,243 @@
+"""The fused CPU kernel against the reference: bit for bit, for every feature, dtype, size and SIMD level."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from adadelta_fused import _extension
+from adadelta_fused.backends import cpp
+from adadelta_fused.contract import GradMode, StepScalars
+from adadelta_fused.reference import adadelta_step_reference_, rounding_key
+
+from conftest import DTYPE_PAIRS, ODD_SIZES, clone_group, dtype_id, random_group, requires_extension
+
+pytestmark = requires_extension
+
+POISON = 12345.0  # a value no update produces: an element the kernel skipped stays at it
+
+
+from conftest import assert_groups_equal
+
+
+def run_both(group, scalars):
+    expected, actual = clone_group(group), clone_group(group)
+    adadelta_step_reference_(*expected[:4], expected[4], scalars)
+    cpp.step_(*actual[:4], actual[4], scalars)
+    return actual, expected
+
+
+FEATURES = {
+    "default": {},
+    "maximize": dict(maximize=True),
+    "weight_decay": dict(weight_decay=0.05),
+    "maximize_weight_decay": dict(maximize=True, weight_decay=0.9, rho=0.95),
+    "lr_tensor": dict(lr=torch.tensor(0.37, dtype=torch.float64)),
+    "grad_scale_unscale": dict(grad_scale=torch.tensor(3.0), grad_mode=GradMode.UNSCALE),
+    "grad_zero": dict(grad_mode=GradMode.ZERO, weight_decay=0.01),
+    "rho_edges": dict(rho=1.0, eps=0.0),
+}
+
+
+def scalars_for(feature: str, **extra) -> StepScalars:
+    fields = dict(lr=0.8, rho=0.9, eps=1e-6, weight_decay=0.0) | FEATURES[feature] | extra
+    return StepScalars(**fields)
+
+
+@pytest.mark.parametrize("feature", FEATURES)
+@pytest.mark.parametrize("pair", DTYPE_PAIRS, ids=dtype_id)
+def test_every_feature_and_dtype_matches_reference_bitwise(cpu_isa, feature, pair, generator):
+    group = random_group((1023, 4097, 1, 0, 15), *pair, generator)
+    assert_groups_equal(*run_both(group, scalars_for(feature)))
+
+
+@pytest.mark.parametrize("size", ODD_SIZES)
+def test_odd_sizes_over_several_steps(cpu_isa, size, generator):
+    group = random_group((size,), torch.float32, torch.float32, generator)
+    expected, actual = clone_group(group), clone_group(group)
+    scalars = scalars_for("weight_decay")
+    for _ in range(5):
+        adadelta_step_reference_(*expected[:4], None, scalars)
+        cpp.step_(*actual[:4], None, scalars)
+    assert_groups_equal(actual, expected)
+
+
+def test_fp32_matches_reference_over_100_steps(generator):
+    group = random_group((4097, 1023), torch.float32, torch.float32, generator)
+    expected, actual = clone_group(group), clone_group(group)
+    for step in range(100):
+        scalars = scalars_for("maximize_weight_decay", lr=0.5 + step / 200)
+        grads = [torch.randn(g.shape, generator=generator) * 0.1 for g in group[1]]
+        for e, a, g in zip(expected[1], actual[1], grads):
+            e.copy_(g)
+            a.copy_(g)
+        adadelta_step_reference_(*expected[:4], None, scalars)
+        cpp.step_(*actual[:4], None, scalars)
+    assert_groups_equal(actual, expected)
+
+
+@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("grad_mode", list(GradMode))
+def test_master_weights(cpu_isa, param_dtype, grad_mode, generator):
+    group = random_group((4097, 1023), param_dtype, torch.float32, generator, master=True)
+    actual, expected = run_both(group, scalars_for("weight_decay", grad_mode=grad_mode))
+    assert_groups_equal(actual, expected)
+    for param, master in zip(actual[0], actual[4]):
+        assert torch.equal(param, master.to(param_dtype)), "the param must be the rounded master copy"
+
+
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float32])
+def test_stochastic_rounding_is_bitwise_reproducible(cpu_isa, state_dtype, generator):
+    group = random_group((4097, 1023, 15), torch.bfloat16, state_dtype, generator)
+    scalars = scalars_for("default", stochastic_rounding=True, rounding_key=rounding_key(seed=7, step=3))
+    actual, expected = run_both(group, scalars)
+    assert_groups_equal(actual, expected)
+    again, _ = run_both(group, scalars)
+    assert_groups_equal(again, actual)
+    other_key = scalars_for("default", stochastic_rounding=True, rounding_key=rounding_key(seed=8, step=3))
+    different, _ = run_both(group, other_key)
+    assert not torch.equal(different[0][0], actual[0][0]), "another seed must give other roundings"
+
+
+def test_found_inf_changes_nothing(cpu_isa, generator):
+    group = random_group((4097, 1023), torch.bfloat16, torch.float32, generator, master=True)
+    group[1][0][3] = float("inf")
+    before = clone_group(group)
+    scalars = scalars_for(
+        "grad_zero", grad_scale=torch.tensor(4.0), found_inf=torch.tensor(1.0), grad_mode=GradMode.ZERO
+    )
+    cpp.step_(*group[:4], group[4], scalars)
+    assert_groups_equal(group, before)
+
+
+def test_found_inf_zero_runs_the_step(generator):
+    group = random_group((1023,), torch.float32, torch.float32, generator)
+    actual, expected = run_both(group, scalars_for("default", found_inf=torch.tensor(0.0)))
+    assert_groups_equal(actual, expected)
+    assert not torch.equal(actual[0][0], group[0][0])
+
+
+def test_nonfinite_values_propagate_like_reference(cpu_isa, generator):
+    group = random_group((1023,), torch.float32, torch.float32, generator)
+    group[1][0][:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0])
+    group[0][0][4:6] = torch.tensor([float("inf"), -0.0])
+    for feature in ("default", "weight_decay", "maximize"):
+        assert_groups_equal(*run_both(group, scalars_for(feature)))
+
+
+def test_4096_tensors_and_many_launches(generator):
+    numels = [int(n) for n in torch.randint(1, 300, (4096,), generator=generator)] + [3 * 65536 + 5]
+    group = random_group(numels, torch.float32, torch.float32, generator)
+    assert_groups_equal(*run_both(group, scalars_for("weight_decay")))
+
+
+def test_tensor_spanning_more_chunks_than_one_launch_holds(generator):
+    # 2048 blocks of 64 Ki elements fit one launch; this tensor needs two.
+    group = random_group((2048 * 65536 + 7,), torch.bfloat16, torch.bfloat16, generator)
+    assert_groups_equal(*run_both(group, scalars_for("default")))
+
+
+@pytest.mark.parametrize("pair", [(torch.float32, torch.float32), (torch.float16, torch.float16)], ids=dtype_id)
+def test_misaligned_and_strided_views(pair, generator):
+    base = random_group((4098, 64 * 33, 64 * 33), *pair, generator)
+    def views(group):
+        # element 1 onwards (misaligned by one element), a transposed matrix, a strided slice
+        return tuple(
+            [tensors[0][1:], tensors[1].view(64, 33).t(), tensors[2].view(64, 33)[:, ::2]]
+            for tensors in group[:4]
+        )
+    expected_base, actual_base = clone_group(base), clone_group(base)
+    expected, actual = views(expected_base), views(actual_base)
+    scalars = scalars_for("grad_zero")
+    adadelta_step_reference_(*expected, None, scalars)
+    cpp.step_(*actual, None, scalars)
+    assert_groups_equal(actual_base, expected_base)
+
+
+def test_grad_with_other_strides_than_param(generator):
+    param = torch.randn(8, 3, 5, 7, generator=generator).to(memory_format=torch.channels_last)
+    group = ([param], [torch.randn(8, 3, 5, 7, generator=generator)], [torch.rand_like(param)], [torch.rand_like(param)], None)
+    assert_groups_equal(*run_both(group, scalars_for("grad_zero", grad_mode=GradMode.ZERO)))
+
+
+# ---- bad input: a clear error naming the argument and its value, before memory is touched ----
+
+def _op_args(group, **overrides):
+    params, grads, square_avgs, acc_deltas, masters = group
+    args = dict(
+        params=params, grads=grads, square_avgs=square_avgs, acc_deltas=acc_deltas, master_params=masters or [],
+        lr=1.0, lr_tensor=None, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False, grad_scale=None,
+        found_inf=None, grad_mode=0, stochastic_rounding=False, rounding_key=0,
+    )
+    return args | overrides
+
+
+BAD_INPUTS = {
+    "unequal_lists": (dict(grads="drop_last"), ValueError, "grads has 1 tensors but params has 2"),
+    "shape": (dict(square_avgs="wrong_shape"), ValueError, r"square_avgs\[1\] has shape \[3\] but params\[1\] has \[4\]"),
+    "int_params": (dict(params="int"), TypeError, "params\\[0\\] has unsupported dtype Int"),
+    "dtype_combo": (dict(square_avgs="double", acc_deltas="double"), TypeError, "square_avgs\\[0\\] has dtype Double, unsupported with Float params"),
+    "nan_lr": (dict(lr=float("nan")), ValueError, "Invalid learning rate: nan"),
+    "inf_lr": (dict(lr=float("inf")), ValueError, "Invalid learning rate: inf"),
+    "lr_tensor_2": (dict(lr_tensor=torch.ones(2)), ValueError, "Tensor lr must be 1-element"),
+    "grad_mode": (dict(grad_mode=7), ValueError, "Invalid grad_mode: 7"),
+    "master_fp32": (dict(master_params="fp32_master"), TypeError, "master_params are for bf16/fp16 params"),
+    "grad_scale_dtype": (dict(grad_scale=torch.tensor(2.0, dtype=torch.float64)), ValueError, "grad_scale must be float32"),
+    "sparse": (dict(grads="sparse"), RuntimeError, "Adadelta does not support sparse gradients"),
+}
+
+
+def _apply(args, key, how):
+    lists = args[key]
+    if how == "drop_last":
+        return lists[:-1]
+    if how == "wrong_shape":
+        return lists[:-1] + [torch.rand(3)]
+    if how == "int":
+        return [t.to(torch.int32) for t in lists]
+    if how == "double":
+        return [t.double() for t in lists]
+    if how == "fp32_master":
+        return [p.float() for p in args["params"]]
+    if how == "sparse":
+        return [lists[0].to_sparse()] + lists[1:]
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_raises_before_touching_memory(case, generator):
+    group = random_group((5, 4), torch.float32, torch.float32, generator)
+    before = clone_group(group)
+    overrides, error, message = BAD_INPUTS[case]
+    args = _op_args(group)
+    for key, value in overrides.items():
+        args[key] = _apply(args, key, value) if isinstance(value, str) else value
+    with pytest.raises(error, match=message):
+        _extension.op()(**args)
+    assert_groups_equal(group, before)
+
+
+def test_opcheck(generator):
+    group = random_group((1023, 15), torch.float32, torch.float32, generator)
+    for overrides in (
+        dict(),
+        dict(lr_tensor=torch.tensor(0.5), grad_scale=torch.tensor(2.0), found_inf=torch.tensor(0.0), grad_mode=1),
+        dict(grad_mode=2, maximize=True, weight_decay=0.1),
+    ):
+        torch.library.opcheck(_extension.op(), (), _op_args(clone_group(group), **overrides))
+
+
+def test_opcheck_mixed_precision(generator):
+    group = random_group((1023, 15), torch.bfloat16, torch.float32, generator, master=True)
+    torch.library.opcheck(_extension.op(), (), _op_args(clone_group(group)))
+    group = random_group((1023,), torch.bfloat16, torch.bfloat16, generator)
+    torch.library.opcheck(_extension.op(), (), _op_args(clone_group(group), stochastic_rounding=True, rounding_key=3))
+
+
+def test_selected_isa_is_reported():
+    ext = _extension.module()
+    assert ext.cpu_isa() in ext.supported_cpu_isas()
+    with pytest.raises(ValueError, match="Invalid cpu isa: 'sse9'"):
+        ext.select_cpu_isa("sse9")
