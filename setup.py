@@ -62,7 +62,9 @@ def cuda_decision(torch) -> tuple[bool, str]:
     mode = env_flag("ADADELTA_FUSED_BUILD_CUDA", "auto")
     if mode in ("0", "false", "no"):
         return False, "ADADELTA_FUSED_BUILD_CUDA=0"
-    if torch.version.cuda is None:
+    if not glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")):
+        reason = "no CUDA sources in csrc/cuda"
+    elif torch.version.cuda is None:
         reason = "torch is not a CUDA build"
     elif os.environ.get("CUDA_HOME") is None:
         reason = "no CUDA toolkit (nvcc with lib64/libcudart) found"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sets up a fresh clone: a virtual environment in .venv with torch, triton and the build tools, then
+# adadelta_fused itself, with its extension compiled (the CUDA kernel too where a CUDA toolkit is found).
+# Safe to run again: it reuses .venv and rebuilds the extension.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch 2.14.1 is the CUDA 13.0 build; triton 3.8 is its partner release.
+.venv/bin/python -m pip install --quiet "torch==2.14.1" "triton~=3.8.0" ninja pybind11 numpy setuptools wheel
+# --no-build-isolation: the extension compiles against the torch installed above, not a fresh download.
+.venv/bin/python -m pip install --quiet --no-build-isolation -e ".[test]"
+.venv/bin/python -c "import adadelta_fused, json; print('adadelta_fused backends:', json.dumps(adadelta_fused.available_backends(), indent=1))"
