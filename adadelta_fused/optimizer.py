@@ -8,20 +8,38 @@ import torch
 from torch.optim.adadelta import adadelta as torch_adadelta
 from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype, _use_grad_for_differentiable
 
-from .contract import check_hyperparameters
+from .contract import LOW_PRECISION, check_hyperparameters
+from .flat import FlatGroup
 from .functional import adadelta_
+from .reference import rounding_key
+
+_STATE_DTYPES = (None, torch.float32, torch.bfloat16)
 
 
 class Adadelta(Optimizer):
-    """torch.optim.Adadelta with the same arguments, defaults, errors and state, plus ``backend``.
+    """torch.optim.Adadelta with the same arguments, defaults, errors and state, plus fused options.
 
-    ``backend`` is ``"auto"`` (the fastest that can run), ``"cpp"``, ``"triton"`` or ``"reference"``; the
-    environment variable ``ADADELTA_FUSED_BACKEND`` overrides ``"auto"``. ``foreach`` is accepted for
-    compatibility and has no effect: every step is fused. ``differentiable=True`` needs autograd through
-    the update, which a fused kernel cannot give, so it runs torch's own implementation.
+    Args beyond torch's (all keyword-only; the defaults keep torch's behaviour):
+        backend: ``"auto"`` (the fastest that can run), ``"cpp"``, ``"triton"`` or ``"reference"``; the
+            environment variable ``ADADELTA_FUSED_BACKEND`` overrides ``"auto"``.
+        flatten: move each (group, device, dtype)'s params, grads and state into contiguous buffers at
+            construction; params stay the same objects (views), ``step`` is one kernel call per buffer and
+            ``zero_grad`` zeroes in place. Every param is then stepped each time, with a zero gradient if it
+            got none (torch skips params whose grad is None). See ``adadelta_fused.flat`` for what breaks it.
+        zero_grad_in_step: the step zeroes the gradients in its own pass (no separate ``zero_grad``).
+        state_dtype: dtype of ``square_avg`` and ``acc_delta``: None (the param's, as torch), ``torch.float32``
+            or ``torch.bfloat16``. Kept through ``state_dict`` round trips.
+        master_weights: for bf16/fp16 params, keep an fp32 copy in state (``master_param``), update it in
+            fp32 and write the param as its rounded copy.
+        stochastic_rounding: write bf16 params (without master weights) with unbiased stochastic rounding,
+            reproducible from ``seed`` and the step count.
 
-    GradScaler support: when GradScaler sets ``grad_scale`` and ``found_inf`` on the optimizer, the
-    gradients are unscaled inside the fused pass, and a step with an inf/NaN gradient changes nothing.
+    ``foreach`` is accepted for compatibility and has no effect: every step is fused.
+    ``differentiable=True`` needs autograd through the update, which a fused kernel cannot give, so it
+    runs torch's own implementation (and takes none of the options above).
+
+    GradScaler: when it sets ``grad_scale`` and ``found_inf`` on the optimizer, the gradients are unscaled
+    inside the fused pass, and a step with an inf/NaN gradient changes nothing, without a host sync.
     """
 
     _step_supports_amp_scaling = True
@@ -39,8 +57,26 @@ class Adadelta(Optimizer):
         maximize: bool = False,
         differentiable: bool = False,
         backend: str = "auto",
+        flatten: bool = False,
+        zero_grad_in_step: bool = False,
+        state_dtype: torch.dtype | None = None,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ) -> None:
         check_hyperparameters(lr, rho, eps, weight_decay)
+        if state_dtype not in _STATE_DTYPES:
+            raise ValueError(f"Invalid state_dtype: {state_dtype} (expected None, torch.float32 or torch.bfloat16)")
+        fused_options = flatten or zero_grad_in_step or state_dtype or master_weights or stochastic_rounding
+        if differentiable and fused_options:
+            raise ValueError("differentiable=True runs torch's Adadelta and takes none of the fused options")
+        self._flatten = flatten
+        self._zero_grad_in_step = zero_grad_in_step
+        self._state_dtype = state_dtype
+        self._master_weights = master_weights
+        self._stochastic_rounding = stochastic_rounding
+        self._seed = int(seed)
+        self._flat_groups: list[list[FlatGroup]] = []
         defaults = {
             "lr": lr,
             "rho": rho,
@@ -53,6 +89,48 @@ class Adadelta(Optimizer):
             "backend": backend,
         }
         super().__init__(params, defaults)
+
+    # ---- state ----
+
+    def _state_dtype_for(self, p: torch.Tensor) -> torch.dtype:
+        if self._state_dtype is None or p.dtype == torch.float64 or torch.is_complex(p):
+            return p.dtype
+        return self._state_dtype
+
+    def _wants_master(self, p: torch.Tensor) -> bool:
+        return self._master_weights and p.dtype in LOW_PRECISION
+
+    def _new_step(self, p: torch.Tensor, capturable: bool) -> torch.Tensor:
+        return torch.zeros((), dtype=_get_scalar_dtype(), device=p.device if capturable else None)
+
+    def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        dtype = self._state_dtype_for(p)
+        state = {
+            "step": self._new_step(p, group["capturable"]),
+            "square_avg": torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format),
+            "acc_delta": torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format),
+        }
+        if self._wants_master(p):
+            state["master_param"] = p.detach().to(torch.float32, memory_format=torch.preserve_format, copy=True)
+        return state
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if self._flatten:
+            self._flatten_group(self.param_groups[-1])
+
+    def _flatten_group(self, group: dict[str, Any]) -> None:
+        by_kind: dict[tuple, list[torch.Tensor]] = {}
+        for p in group["params"]:
+            by_kind.setdefault((p.device, p.dtype), []).append(p)
+        flats = []
+        for params in by_kind.values():
+            flat = FlatGroup.build(params, self._state_dtype_for(params[0]), self._wants_master(params[0]))
+            for p, offset in zip(params, flat.offsets):
+                self.state[p] = {"step": self._new_step(p, group["capturable"]), **flat.state_views(p, offset)}
+                flat.steps.append(self.state[p]["step"])
+            flats.append(flat)
+        self._flat_groups.append(flats)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -68,23 +146,72 @@ class Adadelta(Optimizer):
                     device = p.device if group["capturable"] else None
                     p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_get_scalar_dtype(), device=device)
 
-    def _init_group(self, group, params, grads, square_avgs, acc_deltas, state_steps) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load, except that accumulators keep this optimizer's state dtype (torch casts them to
+        the param dtype, which would round fp32 state of bf16 params), master copies stay fp32, and
+        flattened state is copied into the flat buffers."""
+        saved_groups = state_dict["param_groups"]
+        saved_state = state_dict["state"]
+        flat_state = dict(self.state) if self._flatten else {}
+        super().load_state_dict({**state_dict, "state": {}})
+        self.state.update(flat_state)
+        param_of = {
+            saved_id: p
+            for saved, group in zip(saved_groups, self.param_groups)
+            for saved_id, p in zip(saved["params"], group["params"])
+        }
+        group_of = {p: group for group in self.param_groups for p in group["params"]}
+        for saved_id, saved in saved_state.items():
+            p = param_of[saved_id]
+            target = self.state[p] if self._flatten else self._init_state(p, group_of[p])
+            with torch.no_grad():
+                for key, value in saved.items():
+                    if key == "master_param" and not self._wants_master(p):
+                        continue  # saved with master weights, loaded without: the param itself is the value
+                    if key == "step" and key in target:
+                        target[key] = value.to(device=target[key].device, dtype=target[key].dtype, copy=True)
+                    elif key in target and isinstance(value, torch.Tensor):
+                        target[key].copy_(value)  # casts into our dtype; a flat view stays a view
+                    elif key not in target:
+                        target[key] = value
+            self.state[p] = target
+
+    # ---- step ----
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """With ``flatten``, gradients are views of one buffer: always zeroed in place, never set to None."""
+        if not self._flatten:
+            return super().zero_grad(set_to_none)
+        for flats in self._flat_groups:
+            for flat in flats:
+                flat.zero_grad()
+
+    def _grad_mode(self, grad_scale) -> str:
+        if self._zero_grad_in_step:
+            return "zero"
+        return "unscale" if grad_scale is not None else "keep"
+
+    def _gather(self, group):
+        """Per-param lists for one group, split into params with and without an fp32 master copy."""
+        lists = {False: ([], [], [], [], [], []), True: ([], [], [], [], [], [])}
         for p in group["params"]:
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError("Adadelta does not support sparse gradients")
-            params.append(p)
-            grads.append(p.grad)
             state = self.state[p]
             if len(state) == 0:
-                step_device = p.device if group["capturable"] else None
-                state["step"] = torch.zeros((), dtype=_get_scalar_dtype(), device=step_device)
-                state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["acc_delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state.update(self._init_state(p, group))
+            master = state.get("master_param")
+            params, grads, square_avgs, acc_deltas, steps, masters = lists[master is not None]
+            params.append(p)
+            grads.append(p.grad)
             square_avgs.append(state["square_avg"])
             acc_deltas.append(state["acc_delta"])
-            state_steps.append(state["step"])
+            steps.append(state["step"])
+            if master is not None:
+                masters.append(master)
+        return [value for value in lists.values() if value[0]]
 
     @_use_grad_for_differentiable
     def step(self, closure=None):
@@ -101,25 +228,11 @@ class Adadelta(Optimizer):
 
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        for group in self.param_groups:
-            params, grads, square_avgs, acc_deltas, state_steps = [], [], [], [], []
-            self._init_group(group, params, grads, square_avgs, acc_deltas, state_steps)
-            if not params:
-                continue
+        for index, group in enumerate(self.param_groups):
             if group["differentiable"]:
-                torch_adadelta(
-                    params, grads, square_avgs, acc_deltas, state_steps,
-                    lr=group["lr"], rho=group["rho"], eps=group["eps"], weight_decay=group["weight_decay"],
-                    maximize=group["maximize"], differentiable=True, capturable=group["capturable"],
-                    foreach=False, has_complex=any(torch.is_complex(p) for p in params),
-                )
+                self._torch_step(group)
                 continue
-            adadelta_(
-                params,
-                grads,
-                square_avgs,
-                acc_deltas,
-                state_steps,
+            hyper = dict(
                 lr=group["lr"],
                 rho=group["rho"],
                 eps=group["eps"],
@@ -127,10 +240,46 @@ class Adadelta(Optimizer):
                 maximize=group["maximize"],
                 grad_scale=grad_scale,
                 found_inf=found_inf,
-                grad_mode="unscale" if grad_scale is not None else "keep",
+                grad_mode=self._grad_mode(grad_scale),
                 backend=group["backend"],
             )
+            if self._stochastic_rounding:
+                group["rounding_step"] = group.get("rounding_step", 0) + 1
+                hyper.update(stochastic_rounding=True, rounding_key=rounding_key(self._seed, group["rounding_step"]))
+            if self._flatten:
+                for flat in self._flat_groups[index]:
+                    flat.check_views()
+                    masters = [flat.master] if flat.master is not None else None
+                    adadelta_(
+                        [flat.param], [flat.grad], [flat.square_avg], [flat.acc_delta], flat.steps,
+                        master_params=masters, **self._rounding_for(masters, hyper),
+                    )
+                continue
+            for params, grads, square_avgs, acc_deltas, steps, masters in self._gather(group):
+                adadelta_(
+                    params, grads, square_avgs, acc_deltas, steps,
+                    master_params=masters or None, **self._rounding_for(masters, hyper),
+                )
         return loss
+
+    @staticmethod
+    def _rounding_for(masters, hyper: dict[str, Any]) -> dict[str, Any]:
+        """Stochastic rounding is for params without a master copy (the copy already keeps the bits)."""
+        if masters and hyper.get("stochastic_rounding"):
+            return {**hyper, "stochastic_rounding": False}
+        return hyper
+
+    def _torch_step(self, group: dict[str, Any]) -> None:
+        gathered = self._gather(group)  # differentiable takes no master weights: at most one list set
+        if not gathered:
+            return
+        params, grads, square_avgs, acc_deltas, steps, _ = gathered[0]
+        torch_adadelta(
+            params, grads, square_avgs, acc_deltas, steps,
+            lr=group["lr"], rho=group["rho"], eps=group["eps"], weight_decay=group["weight_decay"],
+            maximize=group["maximize"], differentiable=True, capturable=group["capturable"],
+            foreach=False, has_complex=any(torch.is_complex(p) for p in params),
+        )
 
 
 FusedAdadelta = Adadelta

@@ -2,7 +2,11 @@
 #include <torch/library.h>
 #include <torch/extension.h>
 
+#include "multi_tensor.h"
+
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace adadelta_fused {
@@ -23,6 +27,25 @@ TORCH_LIBRARY(adadelta_fused, m) {
 }
 
 namespace {
+// The launches pack_launches makes for tensors of these sizes, as (tensor index, chunk) per block: lets
+// the tests check the walk's capacity limits with sizes alone, without allocating 2^27 elements.
+std::vector<std::vector<std::pair<int64_t, int64_t>>> plan_launches(const std::vector<int64_t>& numels) {
+  std::vector<void*> no_buffers(numels.size(), nullptr);
+  const adadelta_fused::TensorListPointers tensors{no_buffers.data(), no_buffers.data(), no_buffers.data(),
+                                                   no_buffers.data(), nullptr,           numels.data(),
+                                                   int64_t(numels.size())};
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> plan;
+  auto meta = std::make_unique<adadelta_fused::TensorListMeta>();
+  adadelta_fused::pack_launches(tensors, *meta, [&](const adadelta_fused::TensorListMeta& m, int blocks) {
+    auto& launch = plan.emplace_back();
+    for (int block = 0; block < blocks; ++block) {
+      const adadelta_fused::ChunkRange r = adadelta_fused::chunk_of_block(m, block);
+      launch.emplace_back(m.tensor_index[r.slot], r.begin / adadelta_fused::kChunkElements);
+    }
+  });
+  return plan;
+}
+
 // A sparse gradient routes the call to a sparse dispatch key; answer there with torch's own message.
 void reject_sparse(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList, double,
                    const c10::optional<at::Tensor>&, double, double, double, bool, const c10::optional<at::Tensor>&,
@@ -46,4 +69,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isa", &adadelta_fused::cpu_isa);
   m.def("select_cpu_isa", &adadelta_fused::select_cpu_isa, "run a lower SIMD level (tests, benchmarks)");
   m.def("supported_cpu_isas", &adadelta_fused::supported_cpu_isas);
+  m.def("plan_launches", &plan_launches, "the multi-tensor walk's launches for tensors of these sizes");
+  m.attr("chunk_elements") = adadelta_fused::kChunkElements;
+  m.attr("max_tensors_per_launch") = adadelta_fused::kMaxTensorsPerLaunch;
+  m.attr("max_blocks_per_launch") = adadelta_fused::kMaxBlocksPerLaunch;
 }

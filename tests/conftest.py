@@ -55,6 +55,12 @@ requires_extension = pytest.mark.skipif(
 )
 
 
+def backends_under_test() -> list[str]:
+    """The reference always; the compiled kernel wherever it is built (and always in CI)."""
+    cpp_ready = _extension.module() is not None or REQUIRE_EXTENSION
+    return ["reference"] + (["cpp"] if cpp_ready else [])
+
+
 def cpu_isas() -> list[str]:
     ext = _extension.module()
     return ext.supported_cpu_isas() if ext is not None else []

@@ -133,10 +133,25 @@ def test_4096_tensors_and_many_launches(generator):
     assert_groups_equal(*run_both(group, scalars_for("weight_decay")))
 
 
-def test_tensor_spanning_more_chunks_than_one_launch_holds(generator):
-    # 2048 blocks of 64 Ki elements fit one launch; this tensor needs two.
-    group = random_group((2048 * 65536 + 7,), torch.bfloat16, torch.bfloat16, generator)
-    assert_groups_equal(*run_both(group, scalars_for("default")))
+@pytest.mark.parametrize(
+    "numels",
+    [
+        [2048 * 65536 + 7],  # one tensor spanning more chunks than a launch holds
+        [5, 0, 3 * 65536] * 200,  # more tensors than a launch holds, with empty ones between
+        [65536] * 2047 + [2 * 65536 + 1, 17],  # a tensor split exactly at the block limit
+        [],
+    ],
+    ids=["long_tensor", "many_tensors", "split_at_block_limit", "empty"],
+)
+def test_walk_covers_every_chunk_once_within_capacity(numels):
+    ext = _extension.module()
+    plan = ext.plan_launches(numels)
+    covered = [pair for launch in plan for pair in launch]
+    expected = [(i, c) for i, n in enumerate(numels) for c in range(-(-n // ext.chunk_elements))]
+    assert covered == expected
+    for launch in plan:
+        assert 0 < len(launch) <= ext.max_blocks_per_launch
+        assert len({tensor for tensor, _ in launch}) <= ext.max_tensors_per_launch
 
 
 @pytest.mark.parametrize("pair", [(torch.float32, torch.float32), (torch.float16, torch.float16)], ids=dtype_id)

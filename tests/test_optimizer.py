@@ -12,9 +12,9 @@ import adadelta_fused
 from adadelta_fused import Adadelta, BackendUnavailableError, FusedAdadelta, available_backends
 from adadelta_fused import backends as registry
 
-from conftest import REQUIRE_EXTENSION
+from conftest import REQUIRE_EXTENSION, backends_under_test
 
-BACKENDS = ["reference"] + (["cpp"] if available_backends()["cpp"] == "available" or REQUIRE_EXTENSION else [])
+BACKENDS = backends_under_test()
 
 
 class TinyNet(torch.nn.Module):

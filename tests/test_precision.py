@@ -9,9 +9,9 @@ import adadelta_fused
 from adadelta_fused.contract import StepScalars
 from adadelta_fused.reference import rounding_key, rounding_noise, round_to_bf16_stochastic
 
-from conftest import REQUIRE_EXTENSION, assert_bitwise_equal, requires_extension
+from conftest import REQUIRE_EXTENSION, assert_bitwise_equal, backends_under_test, requires_extension
 
-BACKENDS = ["reference"] + (["cpp"] if adadelta_fused.available_backends()["cpp"] == "available" or REQUIRE_EXTENSION else [])
+BACKENDS = backends_under_test()
 
 # Our error against an fp64 run may be at most this multiple of eager torch's own error in the same dtype.
 ERROR_RATIO_BOUND = {torch.bfloat16: 2.0, torch.float16: 2.0}

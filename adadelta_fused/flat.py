@@ -1,0 +1,115 @@
+"""Flat buffers: one contiguous allocation per (param group, device, dtype), with every param a view of it.
+
+A flattened group's step is one kernel call over four (or five) contiguous buffers, with no per-tensor
+metadata at all, and ``zero_grad`` is one memset. Each tensor starts on a 16-byte boundary, so the
+128-bit vector path of the CUDA and Triton kernels always applies.
+
+What breaks the views: assigning ``param.data = ...`` or ``param.grad = ...`` (or setting it to None),
+``param.set_(...)``, or moving the model with ``model.to(...)`` after the optimizer was built. The step
+detects each of these and raises instead of silently training a detached copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+ALIGN_BYTES = 16
+
+
+def _padded(numel: int, element_size: int) -> int:
+    per_line = ALIGN_BYTES // element_size
+    return -(-numel // per_line) * per_line
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """Every element of the tensor's span is one of its elements exactly once (any dim order)."""
+    expected = 1
+    for stride, size in sorted((stride, size) for size, stride in zip(t.shape, t.stride()) if size != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _view(buffer: torch.Tensor, like: torch.Tensor, offset: int) -> torch.Tensor:
+    """A view of ``buffer`` at ``offset`` with ``like``'s shape and strides (channels_last stays so)."""
+    return buffer.as_strided(like.shape, like.stride(), offset)
+
+
+@dataclass
+class FlatGroup:
+    """The params of one (param group, device, dtype), moved into contiguous buffers."""
+
+    params: list[torch.Tensor]
+    offsets: list[int]
+    param: torch.Tensor  # flat buffers, each ``total`` elements long
+    grad: torch.Tensor
+    square_avg: torch.Tensor
+    acc_delta: torch.Tensor
+    master: torch.Tensor | None
+    steps: list[torch.Tensor] = field(default_factory=list)
+    _addresses: list[tuple[int, int]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, params: list[torch.Tensor], state_dtype: torch.dtype, master: bool) -> "FlatGroup":
+        for index, p in enumerate(params):
+            if not is_dense(p):
+                raise ValueError(
+                    f"flatten=True needs dense params; param {index} has shape {tuple(p.shape)} and strides "
+                    f"{p.stride()} (make it contiguous before building the optimizer)"
+                )
+        offsets, total = [], 0
+        for p in params:
+            offsets.append(total)
+            total += _padded(p.numel(), p.element_size())
+        first = params[0]
+        flat_param = torch.zeros(total, dtype=first.dtype, device=first.device)
+        flat_grad = torch.zeros_like(flat_param)
+        flat_master = torch.zeros(total, dtype=torch.float32, device=first.device) if master else None
+        with torch.no_grad():
+            for p, offset in zip(params, offsets):
+                _view(flat_param, p, offset).copy_(p)
+                if flat_master is not None:
+                    _view(flat_master, p, offset).copy_(p)
+                grad = p.grad
+                # The data moves into the flat buffer; the old storage is freed with its last reference.
+                p.data = _view(flat_param, p, offset)
+                p.grad = _view(flat_grad, p, offset)
+                if grad is not None:
+                    p.grad.copy_(grad)
+        group = cls(
+            params=list(params),
+            offsets=offsets,
+            param=flat_param,
+            grad=flat_grad,
+            square_avg=torch.zeros(total, dtype=state_dtype, device=first.device),
+            acc_delta=torch.zeros(total, dtype=state_dtype, device=first.device),
+            master=flat_master,
+        )
+        group._addresses = [(p.data_ptr(), p.grad.data_ptr()) for p in params]
+        return group
+
+    def state_views(self, p: torch.Tensor, offset: int) -> dict[str, torch.Tensor]:
+        views = {"square_avg": _view(self.square_avg, p, offset), "acc_delta": _view(self.acc_delta, p, offset)}
+        if self.master is not None:
+            views["master_param"] = _view(self.master, p, offset)
+        return views
+
+    def check_views(self) -> None:
+        """Raise if any param or grad stopped being a view of the flat buffers."""
+        for index, (p, (param_address, grad_address)) in enumerate(zip(self.params, self._addresses)):
+            if p.data_ptr() != param_address:
+                raise RuntimeError(
+                    f"flatten=True: param {index} (shape {tuple(p.shape)}) no longer views the optimizer's flat "
+                    "buffer; was `param.data` reassigned or the model moved after building the optimizer?"
+                )
+            if p.grad is None or p.grad.data_ptr() != grad_address:
+                raise RuntimeError(
+                    f"flatten=True: the grad of param {index} (shape {tuple(p.shape)}) no longer views the flat "
+                    "gradient buffer; was `param.grad` reassigned or set to None? Use optimizer.zero_grad()."
+                )
+
+    def zero_grad(self) -> None:
+        self.grad.zero_()

@@ -1,0 +1,290 @@
+"""flatten, zero_grad_in_step, state dtypes, master weights, stochastic rounding, and their state_dicts."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import io
+
+import pytest
+import torch
+
+from adadelta_fused import Adadelta
+
+from conftest import REQUIRE_EXTENSION, assert_bitwise_equal, backends_under_test
+
+BACKENDS = backends_under_test()
+
+
+class Net(torch.nn.Module):
+    def __init__(self, dtype=torch.float32, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = torch.nn.Conv2d(3, 5, 3).to(dtype=dtype, memory_format=torch.channels_last)
+        self.fc1 = torch.nn.Linear(45, 33).to(dtype)
+        self.fc2 = torch.nn.Linear(33, 7).to(dtype)
+
+    def forward(self, image):
+        x = torch.relu(self.conv(image)).flatten(1)
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def batches(n, dtype=torch.float32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(4, 3, 5, 5, generator=g).to(dtype) for _ in range(n)]
+
+
+def train(model, opt, data, zero_grad=True):
+    for image in data:
+        if zero_grad:
+            opt.zero_grad()
+        model(image).square().mean().backward()
+        opt.step()
+
+
+def flat_storage(opt):
+    return {flat.param.untyped_storage().data_ptr() for flats in opt._flat_groups for flat in flats}
+
+
+def assert_views_intact(model, opt):
+    storages = flat_storage(opt)
+    grad_storages = {flat.grad.untyped_storage().data_ptr() for flats in opt._flat_groups for flat in flats}
+    for p in model.parameters():
+        assert p.untyped_storage().data_ptr() in storages
+        assert p.grad.untyped_storage().data_ptr() in grad_storages
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flatten_gives_the_same_trajectory_over_50_steps(backend):
+    plain, flat = Net(), Net()
+    opt_plain = Adadelta(plain.parameters(), lr=0.5, weight_decay=0.01, backend=backend)
+    opt_flat = Adadelta(flat.parameters(), lr=0.5, weight_decay=0.01, backend=backend, flatten=True)
+    assert flat.conv.weight.is_contiguous(memory_format=torch.channels_last), "layouts survive flattening"
+    data = batches(50)
+    train(plain, opt_plain, data)
+    train(flat, opt_flat, data)
+    for a, b in zip(plain.parameters(), flat.parameters()):
+        assert_bitwise_equal(b.detach(), a.detach())
+    assert_views_intact(flat, opt_flat)
+    assert len(opt_flat._flat_groups[0]) == 1, "one buffer for the whole fp32 group"
+
+
+def test_flattened_params_stay_views_through_save_and_load():
+    model = Net()
+    opt = Adadelta(model.parameters(), flatten=True, lr=0.3)
+    train(model, opt, batches(3))
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    saved_state = copy.deepcopy(opt.state_dict()["state"])
+    train(model, opt, batches(2, seed=5))
+    buffer.seek(0)
+    opt.load_state_dict(torch.load(buffer))
+    assert_views_intact(model, opt)
+    flat = opt._flat_groups[0][0]
+    for index, p in enumerate(model.parameters()):
+        state = opt.state[p]
+        assert state["square_avg"].untyped_storage().data_ptr() == flat.square_avg.untyped_storage().data_ptr()
+        assert_bitwise_equal(state["square_avg"], saved_state[index]["square_avg"])
+        assert state["step"].item() == 3
+    opt.zero_grad()
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+    train(model, opt, batches(1))
+    assert_views_intact(model, opt)
+
+
+def test_broken_views_are_detected():
+    model = Net()
+    opt = Adadelta(model.parameters(), flatten=True)
+    train(model, opt, batches(1))
+    model.fc1.weight.data = model.fc1.weight.data.clone()
+    with pytest.raises(RuntimeError, match=r"param 2 \(shape \(33, 45\)\) no longer views the optimizer's flat buffer"):
+        opt.step()
+    model = Net()
+    opt = Adadelta(model.parameters(), flatten=True)
+    model.fc2.bias.grad = None
+    with pytest.raises(RuntimeError, match="grad of param 5 .* no longer views the flat gradient buffer"):
+        opt.step()
+
+
+def test_flatten_rejects_a_non_dense_param():
+    weight = torch.nn.Parameter(torch.randn(6, 8)[:, ::2])
+    with pytest.raises(ValueError, match=r"flatten=True needs dense params; param 0 has shape \(6, 4\)"):
+        Adadelta([weight], flatten=True)
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_zero_grad_in_step_equals_separate_zero_grad(flatten):
+    fused, separate = Net(), Net()
+    opt_fused = Adadelta(fused.parameters(), zero_grad_in_step=True, flatten=flatten, weight_decay=0.1)
+    opt_separate = Adadelta(separate.parameters(), flatten=flatten, weight_decay=0.1)
+    data = batches(10)
+    train(separate, opt_separate, data)
+    train(fused, opt_fused, data, zero_grad=False)
+    for a, b in zip(separate.parameters(), fused.parameters()):
+        assert_bitwise_equal(b.detach(), a.detach())
+        assert b.grad is not None and not b.grad.any(), "the step leaves the gradients zero"
+
+
+def _state_bytes_per_param(opt, model):
+    total = sum(
+        t.numel() * t.element_size() for p in model.parameters() for t in opt.state[p].values() if t.dim() > 0
+    )
+    return total / sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "dtype, options, expected_bytes",
+    [
+        (torch.float32, {}, 8),
+        (torch.float32, {"state_dtype": torch.bfloat16}, 4),
+        (torch.bfloat16, {}, 4),
+        (torch.bfloat16, {"state_dtype": torch.float32}, 8),
+        (torch.bfloat16, {"state_dtype": torch.float32, "master_weights": True}, 12),
+        (torch.float16, {"master_weights": True}, 8),
+    ],
+)
+def test_optimizer_state_bytes_per_param(dtype, options, expected_bytes):
+    model = Net(dtype)
+    opt = Adadelta(model.parameters(), **options)
+    train(model, opt, batches(1, dtype))
+    assert _state_bytes_per_param(opt, model) == expected_bytes
+    state = opt.state[model.fc1.weight]
+    assert state["square_avg"].dtype == options.get("state_dtype") or dtype
+    if options.get("master_weights"):
+        assert state["master_param"].dtype == torch.float32
+        assert torch.equal(model.fc1.weight.detach(), state["master_param"].to(dtype))
+
+
+def test_flatten_adds_no_hidden_full_copy():
+    model = Net()
+    gc.collect()
+    opt = Adadelta(model.parameters(), flatten=True, master_weights=False)
+    gc.collect()
+    storages = {}
+    for p in model.parameters():
+        for t in (p, p.grad, *opt.state[p].values()):
+            if t.dim() > 0:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    flat = opt._flat_groups[0][0]
+    assert sum(storages.values()) == sum(b.untyped_storage().nbytes() for b in (flat.param, flat.grad, flat.square_avg, flat.acc_delta))
+    padded = flat.param.numel()
+    assert padded < sum(p.numel() for p in model.parameters()) + 4 * len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16])
+def test_master_weights_track_an_fp32_run_exactly(backend, param_dtype, generator):
+    n = 4097
+    init = torch.randn(n, generator=generator).to(param_dtype)
+    low = torch.nn.Parameter(init.clone())
+    full = torch.nn.Parameter(init.float())
+    opt_low = Adadelta([low], lr=0.7, weight_decay=0.01, backend=backend, master_weights=True, state_dtype=torch.float32)
+    opt_full = Adadelta([full], lr=0.7, weight_decay=0.01, backend=backend)
+    for _ in range(20):
+        grad = torch.randn(n, generator=generator).to(param_dtype)
+        low.grad, full.grad = grad.clone(), grad.float()
+        opt_low.step()
+        opt_full.step()
+    assert_bitwise_equal(opt_low.state[low]["master_param"], full.detach())
+    assert_bitwise_equal(low.detach(), full.detach().to(param_dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stochastic_rounding_follows_tiny_updates_where_nearest_stalls(backend):
+    """1000 updates far below half a bf16 spacing: round-to-nearest never moves the param, stochastic
+    rounding drifts like the fp32 run (the mean over 4096 elements, whose noise is about 0.002)."""
+    n, steps = 4096, 1000
+    def run(dtype, **options):
+        p = torch.nn.Parameter(torch.ones(n, dtype=dtype))
+        opt = Adadelta([p], lr=0.02, backend=backend, state_dtype=torch.float32 if dtype != torch.float32 else None, **options)
+        for _ in range(steps):
+            p.grad = torch.full((n,), -1.0, dtype=dtype)
+            opt.step()
+        return p.detach().double().mean().item() - 1.0
+    drift_fp32 = run(torch.float32)
+    drift_nearest = run(torch.bfloat16)
+    drift_stochastic = run(torch.bfloat16, stochastic_rounding=True, seed=3)
+    assert drift_fp32 > 0.02, "the fp32 run itself moves"
+    assert drift_nearest == 0.0, "round-to-nearest stalls"
+    assert abs(drift_stochastic - drift_fp32) < 0.1 * drift_fp32
+    assert drift_stochastic == run(torch.bfloat16, stochastic_rounding=True, seed=3), "reproducible for a seed"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"state_dtype": torch.float32},
+        {"state_dtype": torch.float32, "master_weights": True},
+        {"stochastic_rounding": True, "seed": 5},
+        {"flatten": True, "state_dtype": torch.float32, "master_weights": True},
+    ],
+    ids=["fp32_state", "master", "stochastic", "flat_master"],
+)
+def test_state_dict_round_trip_is_lossless(options):
+    model = Net(torch.bfloat16)
+    opt = Adadelta(model.parameters(), lr=0.4, **options)
+    train(model, opt, batches(4, torch.bfloat16))
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, buffer)
+
+    data = batches(3, torch.bfloat16, seed=9)
+    expected = copy.deepcopy(model)
+    expected_opt = Adadelta(expected.parameters(), lr=0.4, **options)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    expected_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    train(model, opt, data)
+
+    restored = Net(torch.bfloat16, seed=42)
+    restored.load_state_dict(saved["model"])
+    restored_opt = Adadelta(restored.parameters(), lr=0.4, **options)
+    restored_opt.load_state_dict(saved["optim"])
+    for p, q in zip(expected.parameters(), restored.parameters()):
+        for key, value in expected_opt.state[p].items():
+            assert restored_opt.state[q][key].dtype == value.dtype, key
+    train(restored, restored_opt, data)
+    for a, b in zip(model.parameters(), restored.parameters()):
+        assert_bitwise_equal(b.detach(), a.detach())
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_torch_loads_our_state_and_we_load_torch_state(flatten):
+    ours_model, torch_model = Net(), Net()
+    ours = Adadelta(ours_model.parameters(), lr=0.6, flatten=flatten)
+    theirs = torch.optim.Adadelta(torch_model.parameters(), lr=0.6)
+    train(ours_model, ours, batches(3))
+    train(torch_model, theirs, batches(3))
+    swapped_torch = torch.optim.Adadelta(ours_model.parameters(), lr=0.6)
+    swapped_torch.load_state_dict(copy.deepcopy(ours.state_dict()))
+    swapped_ours = Adadelta(torch_model.parameters(), lr=0.6, flatten=flatten)
+    swapped_ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    for state in swapped_torch.state.values():
+        assert {"step", "square_avg", "acc_delta"} <= set(state)
+    train(ours_model, swapped_torch, batches(2, seed=4))
+    train(torch_model, swapped_ours, batches(2, seed=4))
+    for a, b in zip(ours_model.parameters(), torch_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+
+
+def test_invalid_options():
+    params = [torch.nn.Parameter(torch.randn(3))]
+    with pytest.raises(ValueError, match="Invalid state_dtype: torch.float16"):
+        Adadelta(params, state_dtype=torch.float16)
+    with pytest.raises(ValueError, match="differentiable=True runs torch's Adadelta"):
+        Adadelta(params, differentiable=True, flatten=True)
+
+
+def test_differentiable_runs_torch_implementation():
+    """With differentiable=True the update stays in the autograd graph (non-leaf params, as torch allows)."""
+    base = torch.randn(5, requires_grad=True, dtype=torch.float64)
+    results = []
+    for cls in (Adadelta, torch.optim.Adadelta):
+        p = base.clone()
+        opt = cls([p], differentiable=True, lr=0.3)
+        for step in range(3):
+            p.grad = torch.full((5,), 0.1 * (step + 1), dtype=torch.float64)
+            opt.step()
+        (grad_of_base,) = torch.autograd.grad(p.sum(), base)
+        results.append((p.detach(), grad_of_base))
+    assert_bitwise_equal(results[0][0], results[1][0])
+    assert_bitwise_equal(results[0][1], results[1][1])
