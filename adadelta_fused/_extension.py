@@ -11,6 +11,7 @@ from functools import cache
 import torch
 
 OP_NAME = "adadelta_fused::adadelta_"
+STEPS_OP_NAME = "adadelta_fused::advance_steps_"
 
 
 @cache
@@ -31,6 +32,10 @@ def _register_fake() -> None:
         # The op only mutates its inputs in place and returns nothing: no output metadata to infer.
         return None
 
+    @torch.library.register_fake(STEPS_OP_NAME)
+    def _advance_steps_fake(state_steps, found_inf):
+        return None
+
 
 def module():
     """The loaded ``adadelta_fused._C`` module, or None."""
@@ -42,6 +47,11 @@ def op():
     if module() is None:
         raise RuntimeError(load_error())
     return torch.ops.adadelta_fused.adadelta_.default
+
+
+def steps_op():
+    """``torch.ops.adadelta_fused.advance_steps_``, or None without the extension."""
+    return torch.ops.adadelta_fused.advance_steps_.default if module() is not None else None
 
 
 def load_error() -> str | None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import torch
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
-from . import backends
+from . import _extension, backends
 from .contract import GradMode, StepScalars, check_lr
 
 
 def _advance_steps(state_steps: list[torch.Tensor], found_inf: torch.Tensor | None) -> None:
     """``step += 1 - found_inf``: a skipped step leaves the counters alone, with no sync on the device."""
     if not state_steps:
+        return
+    steps_op = _extension.steps_op()
+    if steps_op is not None and state_steps[0].is_cpu and (found_inf is None or found_inf.is_cpu):
+        steps_op(state_steps, found_inf)  # one C++ loop instead of a dispatch per counter
         return
     if found_inf is None:
         # A CPU scalar tensor as the operand keeps CPU steps on foreach's fast path (as torch does).
@@ -32,7 +36,7 @@ def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Ten
 
 def _as_real(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """Adadelta treats a complex number as two real ones (as torch does with view_as_real)."""
-    return [torch.view_as_real(t) if torch.is_complex(t) else t for t in tensors]
+    return [torch.view_as_real(t) for t in tensors]
 
 
 def adadelta_(
@@ -81,8 +85,10 @@ def adadelta_(
     )
     lists = [params, grads, square_avgs, acc_deltas] + ([master_params] if master_params else [])
     grouped = _group_tensors_by_device_and_dtype(lists, with_indices=False)
-    for (device, _dtype), (group, _) in grouped.items():
-        group_params, group_grads, group_sq, group_acc = (_as_real(tensors) for tensors in group[:4])
+    for (device, dtype), (group, _) in grouped.items():
+        group_params, group_grads, group_sq, group_acc = (
+            (_as_real(tensors) for tensors in group[:4]) if dtype.is_complex else group[:4]
+        )
         group_master = group[4] if master_params else None
         module = backends.resolve(backend, device)
         group_scalars = scalars

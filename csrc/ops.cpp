@@ -24,6 +24,8 @@ TORCH_LIBRARY(adadelta_fused, m) {
       "Tensor(e!)[] master_params, float lr, Tensor? lr_tensor, float rho, float eps, float weight_decay, "
       "bool maximize, Tensor? grad_scale, Tensor? found_inf, int grad_mode, bool stochastic_rounding, "
       "int rounding_key) -> ()");
+  // step += 1 for each param's counter, unless found_inf is nonzero (the step counters of the group).
+  m.def("advance_steps_(Tensor(a!)[] state_steps, Tensor? found_inf) -> ()");
 }
 
 namespace {

@@ -256,3 +256,17 @@ def test_selected_isa_is_reported():
     assert ext.cpu_isa() in ext.supported_cpu_isas()
     with pytest.raises(ValueError, match="Invalid cpu isa: 'sse9'"):
         ext.select_cpu_isa("sse9")
+
+
+def test_advance_steps_op():
+    op = _extension.steps_op()
+    steps = [torch.full((), float(i)) for i in range(5)]
+    op(steps, None)
+    assert [s.item() for s in steps] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    op(steps, torch.tensor(1.0))
+    assert [s.item() for s in steps] == [1.0, 2.0, 3.0, 4.0, 5.0], "found_inf: the counters stay"
+    op(steps, torch.tensor(0.0))
+    assert [s.item() for s in steps] == [2.0, 3.0, 4.0, 5.0, 6.0]
+    with pytest.raises(ValueError, match=r"state_steps\[1\] must be a 1-element float32 CPU tensor, got Double"):
+        op([torch.zeros(()), torch.zeros((), dtype=torch.float64)], None)
+    torch.library.opcheck(op, ([torch.zeros(()), torch.ones(())], torch.tensor(0.0)))
