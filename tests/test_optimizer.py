@@ -284,3 +284,23 @@ def test_unknown_backend_name():
     param.grad = torch.randn(3)
     with pytest.raises(ValueError, match="Invalid backend: 'fastest'"):
         Adadelta([param], backend="fastest").step()
+
+
+def test_auto_on_a_gpu_falls_back_with_one_warning(monkeypatch):
+    """Simulated: with neither fused backend usable, a CUDA device resolves to the reference, warning once."""
+    monkeypatch.setitem(registry._MODULES, "cpp", "adadelta_fused.backends.not_built")
+    monkeypatch.setitem(registry._MODULES, "triton", "adadelta_fused.backends.not_installed")
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    registry._load.cache_clear()
+    registry._auto.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                module = registry.resolve(None, torch.device("cuda", 0))
+        assert module.NAME == "reference"
+        assert len(caught) == 1
+        assert "'cpp' unavailable" in str(caught[0].message) and "'triton' unavailable" in str(caught[0].message)
+    finally:
+        registry._load.cache_clear()
+        registry._auto.cache_clear()
