@@ -1,0 +1,76 @@
+"""The device's own memory bandwidth, measured in the same run as the steps: the 100% line.
+
+Two probes over fp32 buffers far larger than the last-level cache, counted the way STREAM counts them
+(each byte read or written once; a CPU's write-allocate reads are not counted, just as the step's byte
+model does not count them):
+
+- copy:  ``dst = src``        8 bytes per element
+- triad: ``a = b + s * c``   12 bytes per element, a read/write mix close to the step's 16 read / 12 written
+
+Each probe reports its best repeat: noise only ever makes a run slower, so the fastest run is the best
+estimate of what the memory system can do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .environment import available_memory_bytes, last_level_cache_bytes
+from .timing import time_call
+
+# 8x the last-level cache leaves at most 1/8 of a buffer to be served from cache; 256 MiB covers CPUs whose
+# cache size cannot be read.
+_MIN_BUFFER_BYTES = 256 * 2**20
+_CACHE_MULTIPLE = 8
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    name: str
+    formula: str
+    bytes_per_element: int
+    buffer_bytes: int
+    best_seconds: float
+
+    @property
+    def gbps(self) -> float:
+        elements = self.buffer_bytes // 4
+        return self.bytes_per_element * elements / self.best_seconds / 1e9
+
+
+def probe_buffer_bytes(device: torch.device) -> int:
+    wanted = max(_MIN_BUFFER_BYTES, _CACHE_MULTIPLE * last_level_cache_bytes(device))
+    # Three buffers live at once; leave most of the memory to everything else on the machine.
+    return min(wanted, available_memory_bytes(device) // 8) // 64 * 64
+
+
+def _best_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    fn()  # maps the output pages and warms the kernel
+    return min(time_call(fn, device) for _ in range(repeats))
+
+
+def measure_bandwidth(device: torch.device, repeats: int, buffer_bytes: int | None = None) -> list[ProbeResult]:
+    buffer_bytes = buffer_bytes or probe_buffer_bytes(device)
+    elements = buffer_bytes // 4
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.empty(elements, device=device)
+    b = torch.rand(elements, device=device, generator=generator)
+    c = torch.rand(elements, device=device, generator=generator)
+    scalar = 3.0
+    results = [
+        ProbeResult("copy", "a = b", 8, buffer_bytes, _best_seconds(lambda: a.copy_(b), device, repeats)),
+        ProbeResult(
+            "triad", "a = b + s*c", 12, buffer_bytes,
+            _best_seconds(lambda: torch.add(b, c, alpha=scalar, out=a), device, repeats),
+        ),
+    ]
+    del a, b, c
+    return results
+
+
+def reference_bandwidth(results: list[ProbeResult]) -> ProbeResult:
+    """The probe that reached the most: percentages of it never flatter a step."""
+    return max(results, key=lambda r: r.gbps)
