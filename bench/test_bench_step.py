@@ -33,7 +33,7 @@ NAMES = [
 
 @pytest.fixture(scope="session")
 def bandwidth():
-    return reference_bandwidth(measure_bandwidth(DEVICE, repeats=5))
+    return reference_bandwidth(measure_bandwidth(DEVICE))
 
 
 @pytest.fixture(scope="session")

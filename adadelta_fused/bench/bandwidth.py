@@ -25,6 +25,8 @@ from .timing import time_call
 # cache size cannot be read.
 _MIN_BUFFER_BYTES = 256 * 2**20
 _CACHE_MULTIPLE = 8
+# One repeat takes ~25 ms on this CPU; 20 of them give a busy machine's neighbours 20 chances to pause.
+PROBE_REPEATS = 20
 
 
 @dataclass(frozen=True)
@@ -47,28 +49,26 @@ def probe_buffer_bytes(device: torch.device) -> int:
     return min(wanted, available_memory_bytes(device) // 8) // 64 * 64
 
 
-def _best_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+def _best_seconds(fn: Callable[[], object], device: torch.device) -> float:
     fn()  # maps the output pages and warms the kernel
-    return min(time_call(fn, device) for _ in range(repeats))
+    return min(time_call(fn, device) for _ in range(PROBE_REPEATS))
 
 
-def measure_bandwidth(device: torch.device, repeats: int, buffer_bytes: int | None = None) -> list[ProbeResult]:
-    buffer_bytes = buffer_bytes or probe_buffer_bytes(device)
+def measure_bandwidth(device: torch.device) -> list[ProbeResult]:
+    buffer_bytes = probe_buffer_bytes(device)
     elements = buffer_bytes // 4
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.empty(elements, device=device)
     b = torch.rand(elements, device=device, generator=generator)
     c = torch.rand(elements, device=device, generator=generator)
     scalar = 3.0
-    results = [
-        ProbeResult("copy", "a = b", 8, buffer_bytes, _best_seconds(lambda: a.copy_(b), device, repeats)),
+    return [
+        ProbeResult("copy", "a = b", 8, buffer_bytes, _best_seconds(lambda: a.copy_(b), device)),
         ProbeResult(
             "triad", "a = b + s*c", 12, buffer_bytes,
-            _best_seconds(lambda: torch.add(b, c, alpha=scalar, out=a), device, repeats),
+            _best_seconds(lambda: torch.add(b, c, alpha=scalar, out=a), device),
         ),
     ]
-    del a, b, c
-    return results
 
 
 def reference_bandwidth(results: list[ProbeResult]) -> ProbeResult:

@@ -31,11 +31,12 @@ TORCH_FUSED_ADAM = "torch-fused-adam"
 BASELINES = (TORCH_FORLOOP, TORCH_FOREACH, TORCH_COMPILE)
 IMPLEMENTATION_NAMES = (*backends.BACKEND_NAMES, *BASELINES, TORCH_FUSED_ADAM)
 
-# The reference (and Triton's interpreter on a CPU) runs Python per tensor and fp64 square roots: about
-# 30 ms per Mi elements here. Without being named in --backends they run only up to this size.
+# The reference (and Triton's interpreter on a CPU) is slow by design: on this CPU ~0.5 ms per 64 Ki fp32
+# elements (fp64 square roots) plus ~0.05 ms of Python per tensor, so ~0.2 s for a 4096-tensor step before
+# any data. Unless named in --backends they run only up to these sizes.
 SLOW_MAX_NUMEL = 1 * Mi
 SLOW_MAX_TENSORS = 64
-# Compiling a 64-tensor step takes ~15 s on this 2-core CPU and 4096 tensors ~90 s (issue 3).
+# Compiling a 64-tensor step took ~15 s (cold) on this 2-core CPU, and issue 3 measured 90 s for 256 tensors.
 COMPILE_MAX_TENSORS = 64
 
 StepFn = Callable[[], object]

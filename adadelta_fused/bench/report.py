@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from . import implementations as impls
+from .bandwidth import PROBE_REPEATS
 from .cases import format_count
 from .sweep import Row, SweepResult
 from .traffic import (
@@ -54,7 +55,7 @@ def _header(result: SweepResult) -> list[str]:
         f"extension: {extension}",
         f"step: {config.label()}; {useful}",
         f"bandwidth: {probes}; 100% = {reference.name} {reference.gbps:.1f} GB/s "
-        f"(best of repeats over {format_count(reference.buffer_bytes)}B buffers)",
+        f"(best of {PROBE_REPEATS} over {format_count(reference.buffer_bytes)}B buffers)",
     ]
 
 
@@ -95,7 +96,15 @@ def _footnotes(result: SweepResult, cache_bytes: int) -> list[str]:
     compiled = [r for r in result.rows if r.compile_seconds is not None]
     if compiled:
         times = "; ".join(f"{r.case.label()}: {r.compile_seconds:.1f} s" for r in compiled)
-        notes.append(f"compile time of torch-compile (first call less a steady step), not in its median: {times}")
+        notes.append(
+            f"compile time of torch-compile (first call less a steady step), not in its median: {times} "
+            "(with inductor's on-disk caches as found: a first-ever compile takes longer)"
+        )
+    if any(r.percent_of_bandwidth > 100 for r in result.rows):
+        notes.append(
+            "rows above 100% moved their useful bytes faster than the probes did: the probes may have run "
+            "while the machine was busy; rerun when it is quiet"
+        )
     if any(r.rotation_bytes < 2 * cache_bytes for r in result.rows):
         notes.append(
             f"* the rotation of parameter sets spans less than 2x the {format_count(cache_bytes)}B last-level cache: "

@@ -90,7 +90,7 @@ def run_sweep(options: SweepOptions, progress: Progress) -> SweepResult:
     metadata = describe(device)
 
     progress.working_on("bandwidth probes (copy, triad)")
-    probes = measure_bandwidth(device, repeats=max(options.repeats, 5))
+    probes = measure_bandwidth(device)
     bandwidth = reference_bandwidth(probes).gbps
 
     rows: list[Row] = []
