@@ -110,6 +110,7 @@ def test_json_records_hardware_versions_probes_and_samples(tiny_run):
     assert all(p["gbps"] > 0 for p in probes.values())
     best = max(probes.values(), key=lambda p: p["gbps"])
     assert document["reference_bandwidth"] == best["probe"]
+    assert document["probe_rounds"] == 4 + 1  # before each of the 4 cases, and at the end
     for row in document["rows"]:
         assert len(row["per_step_s"]) == 3 and all(s > 0 for s in row["per_step_s"])
         assert row["bandwidth_gbps"] == pytest.approx(best["gbps"])

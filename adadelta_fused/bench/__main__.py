@@ -20,7 +20,7 @@ from .cases import DEFAULT_SIZES, DEFAULT_TENSORS, FULL_SIZES, FULL_TENSORS, Gi,
 from .environment import default_device
 from .progress import Progress
 from .report import format_table, format_traffic, results_stem, write_csv, write_json, write_plot
-from .sweep import SweepOptions, run_sweep
+from .sweep import SweepOptions, progress_items, run_sweep
 from .traffic import DTYPES_BY_NAME, StepConfig, all_configs
 
 DEFAULT_REPEATS = 7
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         compile_all=args.compile_all,
     )
 
-    result = run_sweep(options, Progress(1 + len(cases) * len(names)))
+    result = run_sweep(options, Progress(progress_items(options)))
     result.metadata["arguments"] = list(sys.argv[1:] if argv is None else argv)
     print(format_table(result))
 

@@ -8,7 +8,9 @@ model does not count them):
 - triad: ``a = b + s * c``   12 bytes per element, a read/write mix close to the step's 16 read / 12 written
 
 Each probe reports its best repeat: noise only ever makes a run slower, so the fastest run is the best
-estimate of what the memory system can do.
+estimate of what the memory system can do. The bandwidth left to us by other tenants of a shared machine
+changes by 2x within a minute here, so the sweep probes before every case and at the end, and keeps each
+probe's best (``best_per_probe``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from .timing import time_call
 # cache size cannot be read.
 _MIN_BUFFER_BYTES = 256 * 2**20
 _CACHE_MULTIPLE = 8
-# One repeat takes ~25 ms on this CPU; 20 of them give a busy machine's neighbours 20 chances to pause.
-PROBE_REPEATS = 20
+# One repeat takes ~25 ms on this CPU; each probe round runs this many.
+PROBE_REPEATS = 10
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,15 @@ def measure_bandwidth(device: torch.device) -> list[ProbeResult]:
             _best_seconds(lambda: torch.add(b, c, alpha=scalar, out=a), device),
         ),
     ]
+
+
+def best_per_probe(rounds: list[list[ProbeResult]]) -> list[ProbeResult]:
+    best: dict[str, ProbeResult] = {}
+    for results in rounds:
+        for result in results:
+            if result.name not in best or result.gbps > best[result.name].gbps:
+                best[result.name] = result
+    return list(best.values())
 
 
 def reference_bandwidth(results: list[ProbeResult]) -> ProbeResult:

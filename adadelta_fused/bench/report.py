@@ -55,7 +55,7 @@ def _header(result: SweepResult) -> list[str]:
         f"extension: {extension}",
         f"step: {config.label()}; {useful}",
         f"bandwidth: {probes}; 100% = {reference.name} {reference.gbps:.1f} GB/s "
-        f"(best of {PROBE_REPEATS} over {format_count(reference.buffer_bytes)}B buffers)",
+        f"(best of {result.probe_rounds} rounds of {PROBE_REPEATS} over {format_count(reference.buffer_bytes)}B buffers)",
     ]
 
 
@@ -76,7 +76,7 @@ def format_table(result: SweepResult) -> str:
                 _milliseconds(m.median),
                 f"{_milliseconds(m.p10)}-{_milliseconds(m.p90)}",
                 f"{row.gbps:.1f}",
-                f"{row.percent_of_bandwidth:.0f}%",
+                f"{result.percent_of_bandwidth(row):.0f}%",
                 *(_speedup(row, b) for b in baselines),
             ]
         )
@@ -100,7 +100,7 @@ def _footnotes(result: SweepResult, cache_bytes: int) -> list[str]:
             f"compile time of torch-compile (first call less a steady step), not in its median: {times} "
             "(with inductor's on-disk caches as found: a first-ever compile takes longer)"
         )
-    if any(r.percent_of_bandwidth > 100 for r in result.rows):
+    if any(result.percent_of_bandwidth(r) > 100 for r in result.rows):
         notes.append(
             "rows above 100% moved their useful bytes faster than the probes did: the probes may have run "
             "while the machine was busy; rerun when it is quiet"
@@ -121,7 +121,7 @@ def _footnotes(result: SweepResult, cache_bytes: int) -> list[str]:
 
 # ---- results files ----
 
-def _row_record(row: Row) -> dict[str, object]:
+def _row_record(row: Row, result: SweepResult) -> dict[str, object]:
     m = row.measurement
     return {
         "numel": row.case.numel,
@@ -141,8 +141,8 @@ def _row_record(row: Row) -> dict[str, object]:
         "rotation_sets": row.rotation_sets,
         "rotation_bytes": row.rotation_bytes,
         "gbps": row.gbps,
-        "percent_of_bandwidth": row.percent_of_bandwidth,
-        "bandwidth_gbps": row.bandwidth_gbps,
+        "percent_of_bandwidth": result.percent_of_bandwidth(row),
+        "bandwidth_gbps": result.reference.gbps,
         **{f"speedup_vs_{b.replace('-', '_')}": row.speedups.get(b) for b in impls.BASELINES},
         "compile_s": row.compile_seconds,
     }
@@ -165,7 +165,7 @@ def _context(result: SweepResult) -> dict[str, object]:
 
 
 def write_csv(result: SweepResult, path: Path) -> Path:
-    records = [{**_row_record(row), **_context(result)} for row in result.rows]
+    records = [{**_row_record(row, result), **_context(result)} for row in result.rows]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(records[0]) if records else list(_context(result)))
         writer.writeheader()
@@ -192,7 +192,9 @@ def write_json(result: SweepResult, path: Path) -> Path:
             for p in result.probes
         ],
         "reference_bandwidth": result.reference.name,
-        "rows": [{**_row_record(row), "per_step_s": list(row.measurement.per_step_seconds)} for row in result.rows],
+        "probe_rounds": result.probe_rounds,
+        "rows": [{**_row_record(row, result), "per_step_s": list(row.measurement.per_step_seconds)}
+                 for row in result.rows],
         "skipped": [{"numel": s.case.numel, "tensors": s.case.tensors, "implementation": s.implementation,
                      "reason": s.reason} for s in result.skipped],
     }

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import implementations as impls
-from .bandwidth import ProbeResult, measure_bandwidth, reference_bandwidth
+from .bandwidth import ProbeResult, best_per_probe, measure_bandwidth, reference_bandwidth
 from .cases import Case, make_param_sets, rotation_sets, set_bytes
 from .environment import available_memory_bytes, describe, last_level_cache_bytes
 from .progress import Progress
@@ -41,7 +41,6 @@ class Row:
     measurement: Measurement
     rotation_sets: int
     rotation_bytes: int
-    bandwidth_gbps: float  # the run's 100% line
     speedups: dict[str, float] = field(default_factory=dict)  # baseline name -> baseline time / this time
 
     @property
@@ -51,10 +50,6 @@ class Row:
     @property
     def gbps(self) -> float:
         return self.bytes_per_element * self.case.numel / self.measurement.median / 1e9
-
-    @property
-    def percent_of_bandwidth(self) -> float:
-        return 100 * self.gbps / self.bandwidth_gbps
 
     @property
     def compile_seconds(self) -> float | None:
@@ -75,7 +70,8 @@ class Skip:
 class SweepResult:
     options: SweepOptions
     metadata: dict[str, object]
-    probes: list[ProbeResult]
+    probes: list[ProbeResult]  # each probe's best over the run
+    probe_rounds: int
     rows: list[Row]
     skipped: list[Skip]
 
@@ -83,20 +79,30 @@ class SweepResult:
     def reference(self) -> ProbeResult:
         return reference_bandwidth(self.probes)
 
+    def percent_of_bandwidth(self, row: Row) -> float:
+        return 100 * row.gbps / self.reference.gbps
+
+
+def progress_items(options: SweepOptions) -> int:
+    """What ``run_sweep`` reports progress on: every implementation of every case, and the probe rounds."""
+    return len(options.cases) * (len(options.implementations) + 1) + 1
+
 
 def run_sweep(options: SweepOptions, progress: Progress) -> SweepResult:
-    """``progress`` counts 1 + cases x implementations items."""
+    """Time every case; ``progress`` expects ``progress_items(options)`` items."""
     device = options.device
     metadata = describe(device)
+    probe_rounds: list[list[ProbeResult]] = []
 
-    progress.working_on("bandwidth probes (copy, triad)")
-    probes = measure_bandwidth(device)
-    bandwidth = reference_bandwidth(probes).gbps
+    def probe() -> None:
+        progress.working_on("bandwidth probes (copy, triad)")
+        probe_rounds.append(measure_bandwidth(device))
 
     rows: list[Row] = []
     skipped: list[Skip] = []
     cache_bytes = last_level_cache_bytes(device)
     for case in options.cases:
+        probe()  # before the case's data exists, so the probe's buffers have the memory
         sets_count = _fitting_sets(case, options.config, device, rotation_sets(case, options.config, cache_bytes))
         if sets_count is None:
             for name in options.implementations:
@@ -125,7 +131,6 @@ def run_sweep(options: SweepOptions, progress: Progress) -> SweepResult:
                     measurement=measurement,
                     rotation_sets=sets_count,
                     rotation_bytes=sets_count * set_bytes(case, options.config),
-                    bandwidth_gbps=bandwidth,
                 )
             )
             del steps
@@ -133,8 +138,9 @@ def run_sweep(options: SweepOptions, progress: Progress) -> SweepResult:
         rows.extend(case_rows)
         del sets
         _release_memory(device)
+    probe()
     progress.finish()
-    return SweepResult(options, metadata, probes, rows, skipped)
+    return SweepResult(options, metadata, best_per_probe(probe_rounds), len(probe_rounds), rows, skipped)
 
 
 def _fitting_sets(case: Case, config: StepConfig, device: torch.device, wanted: int) -> int | None:
