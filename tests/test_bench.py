@@ -42,7 +42,7 @@ CPU = torch.device("cpu")
 
 # One thread: on a shared 2-core machine, two OpenMP threads wait on each other for whole scheduler
 # slices, and a tiny sweep would take minutes instead of seconds.
-TINY_SWEEP = ["--device", "cpu", "--sizes", "4Ki", "16Ki", "--tensors", "1", "3", "--repeats", "3",
+TINY_SWEEP = ["--device", "cpu", "--sizes", "4Ki", "16Ki", "--tensors", "3", "--repeats", "3",
               "--threads", "1", "--no-compile"]
 TINY_IMPLEMENTATIONS = ["cpp", "reference", "torch-forloop", "torch-foreach"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -73,7 +73,7 @@ def test_csv_has_one_positive_row_per_case_and_implementation(tiny_run):
     out, _ = tiny_run
     with only_file(out, ".csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    cases = {(4096, 1), (4095, 3), (16384, 1), (16383, 3)}  # sizes round down to a multiple of the count
+    cases = {(4095, 3), (16383, 3)}  # sizes round down to a multiple of the tensor count
     assert {(int(r["numel"]), int(r["tensors"]), r["implementation"]) for r in rows} == {
         (numel, tensors, name) for numel, tensors in cases for name in TINY_IMPLEMENTATIONS
     }
@@ -105,12 +105,11 @@ def test_json_records_hardware_versions_probes_and_samples(tiny_run):
         assert key in metadata
     assert metadata["arguments"][:2] == ["--device", "cpu"]
     probes = {p["probe"]: p for p in document["bandwidth"]}
-    assert set(probes) == {"copy", "triad"}
-    assert probes["copy"]["bytes_per_element"] == 8 and probes["triad"]["bytes_per_element"] == 12
+    assert {name: p["bytes_per_element"] for name, p in probes.items()} == {"copy": 8, "triad": 12, "axpy": 12}
     assert all(p["gbps"] > 0 for p in probes.values())
     best = max(probes.values(), key=lambda p: p["gbps"])
     assert document["reference_bandwidth"] == best["probe"]
-    assert document["probe_rounds"] == 4 + 1  # before each of the 4 cases, and at the end
+    assert document["probe_rounds"] == 2 + 1  # before each of the 2 cases, and at the end
     for row in document["rows"]:
         assert len(row["per_step_s"]) == 3 and all(s > 0 for s in row["per_step_s"])
         assert row["bandwidth_gbps"] == pytest.approx(best["gbps"])
@@ -123,17 +122,17 @@ def test_png_is_a_real_plot(tiny_run):
     assert data[12:16] == b"IHDR"
     width, height = struct.unpack(">II", data[16:24])
     assert (width, height) == (990, 605)  # 9 x 5.5 inches at 110 dpi
-    assert len(data) > 20_000  # axes, eight lines, legend: far more than an empty canvas
+    assert len(data) > 20_000  # axes, four lines, three probes, legend: far more than an empty canvas
 
 
 def test_table_shows_every_row_and_the_bandwidth_line(tiny_run):
     _, stdout = tiny_run
-    assert "bandwidth: copy (a = b)" in stdout and "triad (a = b + s*c)" in stdout
+    assert "bandwidth: copy (a = b)" in stdout and "triad (a = b + s*c)" in stdout and "axpy (a += s*b)" in stdout
     header = next(line for line in stdout.splitlines() if line.lstrip().startswith("size"))
     for column in ("median ms", "p10-p90 ms", "GB/s", "% bw", "vs forloop", "vs foreach"):
         assert column in header
     table_rows = [line for line in stdout.splitlines() if re.match(r"\s*\d+(Ki)?\*?\s+\d+\s+\S", line)]
-    assert len(table_rows) == 16
+    assert len(table_rows) == 8
     assert "wrote " in stdout and ".png" in stdout
 
 

@@ -95,7 +95,7 @@ def run_sweep(options: SweepOptions, progress: Progress) -> SweepResult:
     probe_rounds: list[list[ProbeResult]] = []
 
     def probe() -> None:
-        progress.working_on("bandwidth probes (copy, triad)")
+        progress.working_on("bandwidth probes (copy, triad, axpy)")
         probe_rounds.append(measure_bandwidth(device))
 
     rows: list[Row] = []
