@@ -229,10 +229,12 @@ def write_plot(result: SweepResult, path: Path) -> tuple[Path | None, str | None
             [r.case.numel for r in rows], [r.gbps for r in rows], styles[kind], marker=markers[kind],
             color=colors[name], label=f"{name}, {tensors} tensor{'s' if tensors > 1 else ''}",
         )
+    other_styles = iter([":", "-.", (0, (1, 3))])
     for probe in result.probes:
         is_reference = probe is result.reference
         axes.axhline(
-            probe.gbps, color="black", linestyle="-" if is_reference else ":", linewidth=1.2 if is_reference else 0.8,
+            probe.gbps, color="black" if is_reference else "gray", linestyle="-" if is_reference else next(other_styles),
+            linewidth=1.2 if is_reference else 0.9,
             label=f"measured {probe.name} {probe.gbps:.1f} GB/s" + (" (100%)" if is_reference else ""),
         )
     axes.set_xscale("log", base=2)
