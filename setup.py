@@ -9,7 +9,7 @@ Environment variables:
   ADADELTA_FUSED_BUILD_EXT=0      build no extension (pure Python: the reference and Triton backends)
   ADADELTA_FUSED_BUILD_CUDA=auto  "1" forces the CUDA sources (a failure is an error), "0" skips them
   ADADELTA_FUSED_STRICT_BUILD=1   any build failure is an error (CI sets it)
-  TORCH_CUDA_ARCH_LIST            GPU targets; default "8.0;9.0" (A100, H100/H200)
+  TORCH_CUDA_ARCH_LIST            GPU targets; default "8.0;9.0;10.0" (A100, H100/H200, B200)
   CUDA_HOME                       the toolkit; found from nvcc when unset (see find_cuda_home)
 """
 
@@ -23,7 +23,7 @@ import warnings
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CUDA_ARCHS = "8.0;9.0"
+DEFAULT_CUDA_ARCHS = "8.0;9.0;10.0"
 
 
 def env_flag(name: str, default: str) -> str:

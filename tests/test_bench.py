@@ -336,15 +336,18 @@ def test_torch_foreach_moves_108_bytes_per_fp32_element_in_11_passes():
 
 
 def test_launch_counts():
-    # 1 Gi elements = 16384 chunks of 64 Ki; 2048 per launch
-    assert extension_launches([2**30]) == 8
+    # one tensor (a flat buffer) is one launch of the flat kernel, whatever its size
+    assert extension_launches([2**30]) == 1
+    assert extension_launches([0]) == 0
+    # 1 Gi elements in two tensors = 16384 chunks of 64 Ki; 2048 per launch
+    assert extension_launches([2**29, 2**29]) == 8
     # 4096 tensors of 8 Ki: one chunk each; 256 tensors per launch
     assert extension_launches([8 * Ki] * 4096) == 16
     assert extension_launches([0, 0]) == 0
     assert extension_launches([0, 5, 0]) == 1
     assert extension_launches([1] * 257) == 2
-    # a tensor split across launches: 3000 chunks = 2048 + 952
-    assert extension_launches([3000 * 65536]) == 2
+    # a tensor split across launches: 3000 + 1 chunks = 2048 + 953
+    assert extension_launches([3000 * 65536, 5]) == 2
     # torch: per pass, 4096 tensors / {770, 448, 336} tensors per launch for 1, 2, 3 lists = 6, 10, 13
     assert torch_foreach_launches([8 * Ki] * 4096) == 4 * 6 + 5 * 10 + 2 * 13
     assert torch_foreach_launches([1 * Mi]) == 11

@@ -300,8 +300,9 @@ def format_traffic(
     notes = [
         "",
         "predicted = bytes / bandwidth: a floor that ignores launch overhead.",
-        "Ours: the extension's multi-tensor walk (256 tensors or 2048 chunks of 64 Ki elements per launch). On a CPU",
-        "it is one parallel region per (device, dtype) group. Stochastic rounding and the hyperparameters change no byte.",
+        "Ours: the extension's multi-tensor walk (256 tensors or 2048 chunks of 64 Ki elements per launch); a group of",
+        "one tensor (flatten=True) is one launch of the flat kernel. On a CPU it is one parallel region per (device,",
+        "dtype) group. Stochastic rounding and the hyperparameters change no byte.",
         f"torch: traced from the installed torch {torch.__version__} on meta tensors; each pass reads its distinct buffers",
         f"once (counting the repeated operand of the two addcmul_ passes gives {operand_bytes} B/elem in fp32).",
         "Its launches assume CUDA >= 12.1 on sm_70+ (32 KB kernel arguments); its step counters stay on the CPU.",

@@ -220,7 +220,13 @@ def multi_tensor_launches(numels: Iterable[int], max_tensors: int, max_blocks: i
 
 
 def extension_launches(numels: Iterable[int]) -> int:
-    """CUDA launches of one step of our extension kernel over one (device, dtype) group."""
+    """CUDA launches of one step of our extension kernel over one (device, dtype) group.
+
+    A group of one tensor (a flattened optimizer's buffer) takes the flat kernel: one launch of any size.
+    """
+    numels = list(numels)
+    if len(numels) == 1:
+        return int(numels[0] > 0)
     return multi_tensor_launches(numels, EXTENSION_MAX_TENSORS, EXTENSION_MAX_BLOCKS)
 
 
