@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch 2.14.1 is the CUDA 13.0 build; triton 3.8 is its partner release.
-.venv/bin/python -m pip install --quiet "torch==2.14.1" "triton~=3.8.0" ninja pybind11 numpy setuptools wheel
+.venv/bin/python -m pip install --quiet "torch==2.14.1" "triton~=3.8.0" ninja pybind11 numpy "setuptools>=77" wheel
 # --no-build-isolation: the extension compiles against the torch installed above, not a fresh download.
 .venv/bin/python -m pip install --quiet --no-build-isolation -e ".[test]"
 .venv/bin/python -c "import adadelta_fused, json; print('adadelta_fused backends:', json.dumps(adadelta_fused.available_backends(), indent=1))"
