@@ -14,6 +14,7 @@ namespace adadelta_fused {
 std::string cpu_isa();
 void select_cpu_isa(const std::string& name);
 std::vector<std::string> supported_cpu_isas();
+int64_t parallel_workers();
 }  // namespace adadelta_fused
 
 TORCH_LIBRARY(adadelta_fused, m) {
@@ -71,6 +72,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isa", &adadelta_fused::cpu_isa);
   m.def("select_cpu_isa", &adadelta_fused::select_cpu_isa, "run a lower SIMD level (tests, benchmarks)");
   m.def("supported_cpu_isas", &adadelta_fused::supported_cpu_isas);
+  m.def("parallel_workers", &adadelta_fused::parallel_workers, "threads the CPU kernel's parallel loop runs on");
   m.def("plan_launches", &plan_launches, "the multi-tensor walk's launches for tensors of these sizes");
   m.attr("chunk_elements") = adadelta_fused::kChunkElements;
   m.attr("max_tensors_per_launch") = adadelta_fused::kMaxTensorsPerLaunch;

@@ -251,6 +251,18 @@ def test_opcheck_mixed_precision(generator):
     torch.library.opcheck(_extension.op(), (), _op_args(clone_group(group), stochastic_rounding=True, rounding_key=3))
 
 
+def test_parallel_loop_uses_every_torch_thread():
+    """The chunk loop runs on all of torch's intra-op threads (a build without -fopenmp ran on one)."""
+    ext = _extension.module()
+    before = torch.get_num_threads()
+    try:
+        for threads in sorted({1, 2, before}):
+            torch.set_num_threads(threads)
+            assert ext.parallel_workers() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_selected_isa_is_reported():
     ext = _extension.module()
     assert ext.cpu_isa() in ext.supported_cpu_isas()

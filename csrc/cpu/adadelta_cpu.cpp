@@ -180,6 +180,16 @@ void select_cpu_isa(const std::string& name) {
   TORCH_CHECK_VALUE(false, "Invalid cpu isa: '", name, "' (expected baseline, avx2 or avx512)");
 }
 
+// How many threads at::parallel_for really runs in this extension. Its OpenMP pragma is compiled here,
+// not in torch, so a build without -fopenmp silently runs every step on one thread.
+int64_t parallel_workers() {
+  std::vector<std::atomic<bool>> seen(size_t(at::get_num_threads()));
+  at::parallel_for(0, int64_t(seen.size()) * 64, 1, [&](int64_t, int64_t) {
+    seen.at(size_t(at::get_thread_num())).store(true);
+  });
+  return std::count_if(seen.begin(), seen.end(), [](const std::atomic<bool>& s) { return s.load(); });
+}
+
 std::vector<std::string> supported_cpu_isas() {
   std::vector<std::string> names;
   for (CpuIsa isa : {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
