@@ -31,10 +31,10 @@ struct Chunk {
 
 // The element loop. GCC vectorizes it once it is inlined into a function with a target ISA: the update
 // is branch-free per element, and the flags it tests are loop-invariant (unswitched at -O3).
-template <typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster>
+template <typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster, bool kScaled>
 __attribute__((always_inline)) inline void update_chunk(const Chunk<ParamT, StateT>& c,
                                                         const StepScalars<math_t<ParamT>>& scalars) {
-  using Element = AdadeltaElement<ParamT, StateT, kGradMode, kHasMaster>;
+  using Element = AdadeltaElement<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
   const StepScalars<math_t<ParamT>> s = scalars;  // a local copy: stores through the buffers cannot alias it
   ParamT* __restrict__ param = c.param;
   ParamT* __restrict__ grad = c.grad;
@@ -54,22 +54,22 @@ __attribute__((always_inline)) inline void update_chunk(const Chunk<ParamT, Stat
 
 #if defined(__x86_64__)
 // AVX-512: 16 fp32 lanes; GCC prefers 256-bit vectors unless told, and this loop is not frequency-bound.
-template <typename P, typename S, GradMode kMode, bool kMaster>
+template <typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,bmi2,prefer-vector-width=512"))) void
 update_chunk_avx512(const Chunk<P, S>& c, const StepScalars<math_t<P>>& s) {
-  update_chunk<P, S, kMode, kMaster>(c, s);
+  update_chunk<P, S, kMode, kMaster, kScaled>(c, s);
 }
 
-template <typename P, typename S, GradMode kMode, bool kMaster>
+template <typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
 __attribute__((target("avx2,fma,bmi2"))) void update_chunk_avx2(const Chunk<P, S>& c,
                                                                  const StepScalars<math_t<P>>& s) {
-  update_chunk<P, S, kMode, kMaster>(c, s);
+  update_chunk<P, S, kMode, kMaster, kScaled>(c, s);
 }
 #endif
 
-template <typename P, typename S, GradMode kMode, bool kMaster>
+template <typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
 void update_chunk_baseline(const Chunk<P, S>& c, const StepScalars<math_t<P>>& s) {
-  update_chunk<P, S, kMode, kMaster>(c, s);
+  update_chunk<P, S, kMode, kMaster, kScaled>(c, s);
 }
 
 CpuIsa best_supported_isa() {
@@ -107,12 +107,21 @@ struct RunCpu {
 
   template <typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster>
   void operator()() const {
+    if (args.grad_scale_ptr != nullptr) {
+      run<ParamT, StateT, kGradMode, kHasMaster, true>();
+    } else {
+      run<ParamT, StateT, kGradMode, kHasMaster, false>();
+    }
+  }
+
+  template <typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster, bool kScaled>
+  void run() const {
     const StepScalars<math_t<ParamT>> scalars = resolve_scalars<math_t<ParamT>>(args);
-    auto update = &update_chunk_baseline<ParamT, StateT, kGradMode, kHasMaster>;
+    auto update = &update_chunk_baseline<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
 #if defined(__x86_64__)
     const auto isa = CpuIsa(selected_isa().load());
-    if (isa == CpuIsa::kAvx512) update = &update_chunk_avx512<ParamT, StateT, kGradMode, kHasMaster>;
-    if (isa == CpuIsa::kAvx2) update = &update_chunk_avx2<ParamT, StateT, kGradMode, kHasMaster>;
+    if (isa == CpuIsa::kAvx512) update = &update_chunk_avx512<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
+    if (isa == CpuIsa::kAvx2) update = &update_chunk_avx2<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
 #endif
 
     // Pack the whole group first, then run every chunk of every launch in one parallel region, so 4096
