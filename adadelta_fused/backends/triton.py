@@ -1,0 +1,85 @@
+"""The Triton kernel (adadelta_fused.triton_kernel), through the op ``adadelta_fused::triton_adadelta_``.
+
+Runs on CUDA devices, and on CPU tensors in Triton's interpreter when TRITON_INTERPRET=1 (slow; for tests
+and debugging). The registry probes a backend once per process, so set TRITON_INTERPRET before the first
+step that asks for "triton". Importing this module imports neither triton nor the op: both load on first use.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+
+from ..contract import StepScalars, check_group
+
+NAME = "triton"
+__all__ = ["NAME", "unavailable_reason", "unsupported_reason", "check_group", "step_"]
+
+
+@cache
+def _import_error() -> str | None:
+    try:
+        import triton  # noqa: F401  (imported for the probe; the op module imports it for real)
+    except ImportError as error:
+        return f"triton is not installed ({error})"
+    except Exception as error:  # a broken install can fail in any way on import
+        return f"triton failed to import ({type(error).__name__}: {error})"
+    return None
+
+
+def _interpreting() -> bool:
+    """TRITON_INTERPRET as triton reads it (triton.knobs), once triton imports."""
+    if _import_error() is not None:
+        return False
+    import triton
+
+    return bool(triton.knobs.runtime.interpret)
+
+
+def unavailable_reason() -> str | None:
+    reason = _import_error()
+    if reason:
+        return reason
+    if not torch.cuda.is_available() and not _interpreting():
+        return "no CUDA device and TRITON_INTERPRET is not set (TRITON_INTERPRET=1 runs the kernel on CPU)"
+    return None
+
+
+def unsupported_reason(device: torch.device) -> str | None:
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        if _interpreting():
+            return None
+        return "the Triton kernel runs on CPU tensors only in Triton's interpreter (set TRITON_INTERPRET=1)"
+    return f"no Triton kernel for device type {device.type!r}"
+
+
+@cache
+def _op():
+    from .. import triton_op  # noqa: F401  (registers the op with torch.library on first use)
+
+    return torch.ops.adadelta_fused.triton_adadelta_.default
+
+
+def step_(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars) -> None:
+    lr_tensor = scalars.lr if isinstance(scalars.lr, torch.Tensor) else None
+    _op()(
+        params,
+        grads,
+        square_avgs,
+        acc_deltas,
+        master_params or [],
+        0.0 if lr_tensor is not None else float(scalars.lr),
+        lr_tensor,
+        scalars.rho,
+        scalars.eps,
+        scalars.weight_decay,
+        scalars.maximize,
+        scalars.grad_scale,
+        scalars.found_inf,
+        int(scalars.grad_mode),
+        scalars.stochastic_rounding,
+        scalars.rounding_key,
+    )
