@@ -16,7 +16,8 @@ Inputs
     ``grad_mode``        what happens to the gradient buffer: ``"keep"`` (untouched), ``"unscale"``
                          (overwritten with grad / grad_scale) or ``"zero"`` (zeroed in the same pass).
     ``stochastic_rounding``  bf16 params without a master copy are written with stochastic rounding, with
-                         noise from ``rounding_noise(rounding_key, tensor_index, element_index)``.
+                         noise from ``rounding_noise(rounding_key, tensor_index, element_index)``; the
+                         element index counts in the param's memory order (``walk_positions``).
 
 Math (torch.optim.Adadelta's ``_single_tensor_adadelta``, in its operation order), in fp32, or in fp64
 for fp64 params::
@@ -42,6 +43,7 @@ import numpy
 import torch
 
 from .contract import GradMode, StepScalars
+from .flat import is_dense
 
 _MASK32 = 0xFFFFFFFF
 
@@ -84,6 +86,18 @@ def rounding_noise(key: int, tensor_index: int, numel: int) -> torch.Tensor:
     index = torch.arange(numel, dtype=torch.int64)
     high = _mix32(torch.full_like(index, per_tensor) ^ (index >> 32))
     return _mix32(high ^ (index & _MASK32)) & 0xFFFF
+
+
+def walk_positions(param: torch.Tensor) -> torch.Tensor:
+    """Each element's position (in logical order) in the order the kernels walk the param.
+
+    A dense param is walked as it lies in memory, so a channels_last param's positions are its memory
+    offsets; any other param is stepped through a contiguous copy, in logical order.
+    """
+    positions = torch.arange(param.numel(), dtype=torch.int64)
+    if not param.is_contiguous() and is_dense(param):
+        positions = positions.as_strided(param.shape, param.stride()).reshape(-1)
+    return positions
 
 
 def round_to_bf16_stochastic(value: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -169,7 +183,7 @@ def _update_one(index, param, grad, square_avg, acc_delta, master, scalars: Step
         master.copy_(p)
         param.copy_(p)
     elif scalars.stochastic_rounding and param.dtype == torch.bfloat16:
-        noise = rounding_noise(scalars.rounding_key, index, p.numel())
+        noise = rounding_noise(scalars.rounding_key, index, p.numel())[walk_positions(param)]
         param.copy_(round_to_bf16_stochastic(p, noise))
     else:
         param.copy_(p)

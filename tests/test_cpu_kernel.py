@@ -101,6 +101,21 @@ def test_stochastic_rounding_is_bitwise_reproducible(cpu_isa, state_dtype, gener
     assert not torch.equal(different[0][0], actual[0][0]), "another seed must give other roundings"
 
 
+def test_stochastic_rounding_of_a_channels_last_param_follows_memory_order(generator):
+    """The noise is indexed in the order the kernel walks a dense param: its memory order."""
+    shape = (4, 6, 5, 7)
+    param = torch.randn(shape, generator=generator).to(torch.bfloat16, memory_format=torch.channels_last)
+
+    def like_param(scale, offset=0.0):
+        return (torch.rand(shape, generator=generator) * scale + offset).to(memory_format=torch.channels_last)
+
+    group = ([param], [like_param(0.2, -0.1).bfloat16()], [like_param(1e-2, 1e-3)], [like_param(1e-4, 1e-5)], None)
+    scalars = scalars_for("default", stochastic_rounding=True, rounding_key=rounding_key(seed=5, step=2))
+    actual, expected = run_both(group, scalars)
+    assert_groups_equal(actual, expected)
+    assert actual[0][0].is_contiguous(memory_format=torch.channels_last)
+
+
 def test_found_inf_changes_nothing(cpu_isa, generator):
     group = random_group((4097, 1023), torch.bfloat16, torch.float32, generator, master=True)
     group[1][0][3] = float("inf")

@@ -206,6 +206,24 @@ def test_stochastic_rounding_is_bitwise_reproducible(device, state_dtype, genera
     assert not torch.equal(different[0][0], actual[0][0]), "another seed must give other roundings"
 
 
+def test_stochastic_rounding_of_a_channels_last_param_follows_memory_order(interpreter, generator):
+    """The noise is indexed in the order the kernel walks a dense param: its memory order."""
+    shape = (4, 6, 5, 7)
+
+    def channels_last(tensor):
+        return tensor.to(memory_format=torch.channels_last)
+
+    group = (
+        [channels_last(torch.randn(shape, generator=generator).bfloat16())],
+        [channels_last(torch.randn(shape, generator=generator).bfloat16() * 0.1)],
+        [channels_last(torch.rand(shape, generator=generator) * 1e-2 + 1e-3)],
+        [channels_last(torch.rand(shape, generator=generator) * 1e-4 + 1e-5)],
+        None,
+    )
+    scalars = scalars_for("default", stochastic_rounding=True, rounding_key=rounding_key(seed=5, step=2))
+    assert_groups_equal(*run_both(group, scalars))
+
+
 @pytest.mark.parametrize("grad_mode", [GradMode.UNSCALE, GradMode.ZERO])
 def test_found_inf_changes_nothing(device, grad_mode, generator):
     group = to_device(random_group((4097, 1023), torch.bfloat16, torch.float32, generator, master=True), device)
