@@ -12,6 +12,7 @@ import re
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from adadelta_fused.backends import BACKEND_NAMES
 from adadelta_fused.bench import implementations as impls
 from adadelta_fused.bench.__main__ import main
 from adadelta_fused.bench.cases import Case, Ki, Mi, format_count, parse_count, rotation_sets, set_bytes, sweep
-from adadelta_fused.bench.timing import Measurement, time_steps
+from adadelta_fused.bench.timing import Measurement, time_interleaved, time_steps
 from adadelta_fused.bench.traffic import (
     DTYPES_BY_NAME,
     StepConfig,
@@ -387,6 +388,22 @@ def test_time_steps_rotates_evenly_over_every_set():
     timed = 4 * measurement.steps_per_sample
     assert sum(calls) == 1 + 2 * 5 + timed
     assert max(calls) - min(calls) <= 2  # the first call and a partial last round
+
+
+def test_interleaved_timing_takes_the_samples_in_turn():
+    order = []
+
+    def step(name):
+        def run():
+            order.append(name)
+            time.sleep(0.003)  # longer than a sample's minimum: one step per sample
+        return run
+
+    a, b = time_interleaved([[step("a")], [step("b")]], CPU, warmup_rounds=1, repeats=3)
+    assert a.steps_per_sample == b.steps_per_sample == 1
+    # prepared one after the other (first call, one warm-up round), then timed a, b, a, b, a, b
+    assert order == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    assert all(seconds >= 0.003 for seconds in a.per_step_seconds + b.per_step_seconds)
 
 
 def test_measurement_statistics():

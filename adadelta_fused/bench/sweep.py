@@ -12,7 +12,7 @@ from .bandwidth import ProbeResult, best_per_probe, measure_bandwidth, reference
 from .cases import Case, make_param_sets, rotation_sets, set_bytes
 from .environment import available_memory_bytes, describe, last_level_cache_bytes
 from .progress import Progress
-from .timing import Measurement, synchronize, time_steps
+from .timing import Measurement, synchronize, time_interleaved
 from .traffic import StepConfig, step_traffic
 
 # A case may use this share of the free memory: its rotation plus one set's worth of temporaries (torch's
@@ -110,7 +110,7 @@ def run_sweep(options: SweepOptions, progress: Progress) -> SweepResult:
                 skipped.append(Skip(case, name, "does not fit in free memory"))
             continue
         sets = make_param_sets(case, options.config, device, sets_count)
-        case_rows = []
+        timed = []  # (implementation, its step rotation); every one steps the same sets
         for name in options.implementations:
             progress.working_on(f"{case.label()}  {name}")
             reason = impls.case_skip_reason(
@@ -120,20 +120,23 @@ def run_sweep(options: SweepOptions, progress: Progress) -> SweepResult:
                 skipped.append(Skip(case, name, reason))
                 continue
             implementation = impls.implementation(name)
-            steps = implementation.build(sets, options.config)
-            measurement = time_steps(steps, device, warmup_rounds=options.warmup, repeats=options.repeats)
-            case_rows.append(
-                Row(
-                    case=case,
-                    implementation=name,
-                    description=implementation.description,
-                    config_run=implementation.config_run(options.config),
-                    measurement=measurement,
-                    rotation_sets=sets_count,
-                    rotation_bytes=sets_count * set_bytes(case, options.config),
-                )
+            timed.append((implementation, implementation.build(sets, options.config)))
+        measurements = time_interleaved(
+            [steps for _, steps in timed], device, warmup_rounds=options.warmup, repeats=options.repeats
+        )
+        case_rows = [
+            Row(
+                case=case,
+                implementation=implementation.name,
+                description=implementation.description,
+                config_run=implementation.config_run(options.config),
+                measurement=measurement,
+                rotation_sets=sets_count,
+                rotation_bytes=sets_count * set_bytes(case, options.config),
             )
-            del steps
+            for (implementation, _), measurement in zip(timed, measurements, strict=True)
+        ]
+        del timed
         _add_speedups(case_rows)
         rows.extend(case_rows)
         del sets

@@ -3,6 +3,8 @@
 Each timed sample runs several consecutive steps, each on the next parameter set of the rotation, so the
 data a step touches was last touched a whole rotation ago and has left the caches. On a GPU a sample is
 bracketed by CUDA events; on a CPU by ``perf_counter`` after the work is done (CPU ops are synchronous).
+The implementations of one case take their samples in turn (``time_interleaved``), so they share the drift
+of a machine's bandwidth.
 """
 
 from __future__ import annotations
@@ -67,44 +69,62 @@ def time_steps(
     The first call is timed alone; then ``warmup_rounds`` untimed passes over every set (at least one, so
     each set's pages are mapped and its lazy state exists); then ``repeats`` samples.
     """
-    first_call = time_call(steps[0], device)
-    rounds = max(1, warmup_rounds)
-
-    def warm_up() -> None:
-        for _ in range(rounds):
-            for step in steps:
-                step()
-
-    estimate = time_call(warm_up, device) / (rounds * len(steps))
-    per_sample = max(1, math.ceil(MIN_SAMPLE_SECONDS / max(estimate, 1e-9)))
-    if device.type == "cuda":
-        seconds = _cuda_samples(steps, device, repeats, per_sample)
-    else:
-        seconds = _host_samples(steps, repeats, per_sample)
-    return Measurement(tuple(s / per_sample for s in seconds), per_sample, first_call)
+    return time_interleaved([steps], device, warmup_rounds=warmup_rounds, repeats=repeats)[0]
 
 
-def _host_samples(steps, repeats: int, per_sample: int) -> list[float]:
-    seconds = []
-    position = 0
+def time_interleaved(
+    implementations: Sequence[Sequence[Callable[[], object]]],
+    device: torch.device,
+    *,
+    warmup_rounds: int,
+    repeats: int,
+) -> list[Measurement]:
+    """Time several implementations of one case (each a rotation of step callables), as ``time_steps`` does
+    one, but taking their samples in turn: sample 1 of each, then sample 2 of each, and so on.
+
+    The bandwidth a shared machine leaves us drifts by 2x within a minute here; timed one after another,
+    two implementations would be compared across different drifts, while interleaved they share them.
+    """
+    prepared = []
+    for steps in implementations:
+        first_call = time_call(steps[0], device)
+        rounds = max(1, warmup_rounds)
+
+        def warm_up(steps=steps, rounds=rounds) -> None:
+            for _ in range(rounds):
+                for step in steps:
+                    step()
+
+        estimate = time_call(warm_up, device) / (rounds * len(steps))
+        per_sample = max(1, math.ceil(MIN_SAMPLE_SECONDS / max(estimate, 1e-9)))
+        prepared.append((steps, per_sample, first_call))
+    seconds: list[list[float]] = [[] for _ in prepared]
+    positions = [0] * len(prepared)
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(per_sample):
-            steps[position % len(steps)]()
-            position += 1
-        seconds.append(time.perf_counter() - start)
-    return seconds
+        for index, (steps, per_sample, _) in enumerate(prepared):
+            seconds[index].append(_sample(steps, positions[index], per_sample, device))
+            positions[index] += per_sample
+    return [
+        Measurement(tuple(s / per_sample for s in samples), per_sample, first_call)
+        for samples, (_, per_sample, first_call) in zip(seconds, prepared, strict=True)
+    ]
 
 
-def _cuda_samples(steps, device, repeats: int, per_sample: int) -> list[float]:
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-    position = 0
-    synchronize(device)
-    for start, end in events:
+def _sample(steps, position: int, per_sample: int, device: torch.device) -> float:
+    """Seconds for ``per_sample`` consecutive steps of the rotation, starting at ``position``.
+
+    On a GPU, CUDA events bracket the work on the device; the sync after the end event is not timed.
+    """
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        synchronize(device)
         start.record()
-        for _ in range(per_sample):
-            steps[position % len(steps)]()
-            position += 1
+        for offset in range(per_sample):
+            steps[(position + offset) % len(steps)]()
         end.record()
-    synchronize(device)
-    return [start.elapsed_time(end) / 1e3 for start, end in events]
+        synchronize(device)
+        return start.elapsed_time(end) / 1e3
+    start_seconds = time.perf_counter()
+    for offset in range(per_sample):
+        steps[(position + offset) % len(steps)]()
+    return time.perf_counter() - start_seconds
