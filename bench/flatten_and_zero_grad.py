@@ -3,7 +3,8 @@
     python bench/flatten_and_zero_grad.py [--tensors 4096] [--numel 8Ki] [--out bench/results]
 
 Times ``adadelta_fused.Adadelta`` (backend ``auto``) on the default device over one parameter group of
-``--tensors`` fp32 tensors of ``--numel`` elements each, in five variants, next to the bandwidth probes of
+``--tensors`` fp32 tensors of ``--numel`` elements each, in five variants (their samples interleaved), next
+to the bandwidth probes of
 ``python -m adadelta_fused.bench``. GB/s counts the bytes each variant must move: 28 per element for a
 step, 32 when the step also zeroes the gradient, and 28 + 4 for a step followed by a separate zero_grad
 (a memset writes 4 bytes per element). Writes ``flatten_zero_grad.json`` and ``.md`` under ``--out``.
@@ -22,7 +23,7 @@ from adadelta_fused import Adadelta
 from adadelta_fused.bench.bandwidth import best_per_probe, measure_bandwidth, reference_bandwidth
 from adadelta_fused.bench.cases import format_count, parse_count
 from adadelta_fused.bench.environment import default_device, describe
-from adadelta_fused.bench.timing import time_steps
+from adadelta_fused.bench.timing import time_interleaved
 
 STEP_BYTES = 28  # fp32: read p, g, sq, acc; write p, sq, acc
 ZERO_IN_STEP_BYTES = 32  # and write g = 0 in the same pass
@@ -75,15 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     total = args.tensors * args.numel
 
     probes = [measure_bandwidth(device)]
+    built = {name: build(args.tensors, args.numel, device, **options) for name, (options, _, _) in variants().items()}
+    # Interleaved samples: every variant sees the same drift of this shared machine's bandwidth.
+    measurements = time_interleaved(
+        [[iteration(built[name][1])] for name, (_, iteration, _) in variants().items()],
+        device, warmup_rounds=2, repeats=args.repeats,
+    )
+    probes.append(measure_bandwidth(device))
     rows = []
-    for name, (options, iteration, bytes_per_element) in variants().items():
-        params, optimizer = build(args.tensors, args.numel, device, **options)
-        measurement = time_steps([iteration(optimizer)], device, warmup_rounds=2, repeats=args.repeats)
-        probes.append(measure_bandwidth(device))
+    for (name, (_, _, bytes_per_element)), measurement in zip(variants().items(), measurements, strict=True):
         gbps = bytes_per_element * total / measurement.median / 1e9
         rows.append(dict(variant=name, median_ms=measurement.median * 1e3, p10_ms=measurement.p10 * 1e3,
                          p90_ms=measurement.p90 * 1e3, bytes_per_element=bytes_per_element, gbps=gbps))
-        del params, optimizer
+    del built
     bandwidth = reference_bandwidth(best_per_probe(probes))
     for row in rows:
         row["percent_of_bandwidth"] = 100 * row["gbps"] / bandwidth.gbps
