@@ -149,3 +149,27 @@ def check_group(
     _check_scalar_tensor("found_inf", scalars.found_inf, device)
     if isinstance(scalars.lr, torch.Tensor) and scalars.lr.device not in (device, torch.device("cpu")):
         raise ValueError(f"lr is on {scalars.lr.device} but the params are on {device}")
+
+
+def op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars) -> tuple:
+    """The positional arguments of the compiled ops (``adadelta_fused::adadelta_`` and its Triton twin
+    ``triton_adadelta_``), in their schema's order: a tensor lr travels as ``lr_tensor``."""
+    lr_tensor = scalars.lr if isinstance(scalars.lr, torch.Tensor) else None
+    return (
+        params,
+        grads,
+        square_avgs,
+        acc_deltas,
+        master_params or [],
+        0.0 if lr_tensor is not None else float(scalars.lr),
+        lr_tensor,
+        scalars.rho,
+        scalars.eps,
+        scalars.weight_decay,
+        scalars.maximize,
+        scalars.grad_scale,
+        scalars.found_inf,
+        int(scalars.grad_mode),
+        scalars.stochastic_rounding,
+        scalars.rounding_key,
+    )

@@ -8,12 +8,36 @@ import pytest
 import torch
 
 from adadelta_fused import _extension
-from adadelta_fused.contract import STATE_DTYPES
+from adadelta_fused.contract import STATE_DTYPES, GradMode, StepScalars
+from adadelta_fused.reference import adadelta_step_reference_
 
 ODD_SIZES = (0, 1, 15, 1023, 4097, 2**20 + 3)
 
 # Every supported (param dtype, state dtype) pair: contract.STATE_DTYPES.
 DTYPE_PAIRS = [(param, state) for param, states in STATE_DTYPES.items() for state in states]
+
+
+# One step configuration per contract feature, for every kernel's tests (scalars_for fills in the rest).
+FEATURES = {
+    "default": {},
+    "maximize": dict(maximize=True),
+    "weight_decay": dict(weight_decay=0.05),
+    "maximize_weight_decay": dict(maximize=True, weight_decay=0.9, rho=0.95),
+    "lr_tensor": dict(lr=torch.tensor(0.37, dtype=torch.float64)),
+    "grad_scale_unscale": dict(grad_scale=torch.tensor(3.0), grad_mode=GradMode.UNSCALE),
+    "grad_scale_keep": dict(grad_scale=torch.tensor(0.25)),
+    "grad_zero": dict(grad_mode=GradMode.ZERO, weight_decay=0.01),
+    "found_inf_zero": dict(found_inf=torch.tensor(0.0), grad_scale=torch.tensor(2.0)),
+    "rho_edges": dict(rho=1.0, eps=0.0),
+}
+
+
+def scalars_for(feature: str, device: torch.device | str | None = None, **extra) -> StepScalars:
+    """The feature's scalars; with ``device``, its tensors (lr, grad_scale, found_inf) live there."""
+    fields = dict(lr=0.8, rho=0.9, eps=1e-6, weight_decay=0.0) | FEATURES[feature] | extra
+    if device is not None:
+        fields = {name: v.to(device) if isinstance(v, torch.Tensor) else v for name, v in fields.items()}
+    return StepScalars(**fields)
 
 
 def dtype_id(pair) -> str:
@@ -98,6 +122,14 @@ def assert_bitwise_equal(got: torch.Tensor, want: torch.Tensor, what: str = "") 
 
 
 GROUP_NAMES = ("params", "grads", "square_avgs", "acc_deltas", "master_params")
+
+
+def run_with_reference(step_, group, scalars):
+    """(the backend's result, the reference's) for one step of ``step_`` over copies of ``group``."""
+    expected, actual = clone_group(group), clone_group(group)
+    adadelta_step_reference_(*expected[:4], expected[4], scalars)
+    step_(*actual[:4], actual[4], scalars)
+    return actual, expected
 
 
 def assert_groups_equal(actual, expected) -> None:

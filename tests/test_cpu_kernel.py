@@ -12,38 +12,26 @@ from adadelta_fused.backends import cpp
 from adadelta_fused.contract import GradMode, StepScalars
 from adadelta_fused.reference import adadelta_step_reference_, rounding_key
 
-from conftest import DTYPE_PAIRS, ODD_SIZES, clone_group, dtype_id, random_group, requires_extension
+from conftest import (
+    DTYPE_PAIRS,
+    FEATURES,
+    ODD_SIZES,
+    clone_group,
+    dtype_id,
+    assert_groups_equal,
+    random_group,
+    requires_extension,
+    run_with_reference,
+    scalars_for,
+)
 
 pytestmark = requires_extension
 
-POISON = 12345.0  # a value no update produces: an element the kernel skipped stays at it
-
-
-from conftest import assert_groups_equal
+POISON = 12345.0  # a value no update produces: memory the kernel must not touch keeps it
 
 
 def run_both(group, scalars):
-    expected, actual = clone_group(group), clone_group(group)
-    adadelta_step_reference_(*expected[:4], expected[4], scalars)
-    cpp.step_(*actual[:4], actual[4], scalars)
-    return actual, expected
-
-
-FEATURES = {
-    "default": {},
-    "maximize": dict(maximize=True),
-    "weight_decay": dict(weight_decay=0.05),
-    "maximize_weight_decay": dict(maximize=True, weight_decay=0.9, rho=0.95),
-    "lr_tensor": dict(lr=torch.tensor(0.37, dtype=torch.float64)),
-    "grad_scale_unscale": dict(grad_scale=torch.tensor(3.0), grad_mode=GradMode.UNSCALE),
-    "grad_zero": dict(grad_mode=GradMode.ZERO, weight_decay=0.01),
-    "rho_edges": dict(rho=1.0, eps=0.0),
-}
-
-
-def scalars_for(feature: str, **extra) -> StepScalars:
-    fields = dict(lr=0.8, rho=0.9, eps=1e-6, weight_decay=0.0) | FEATURES[feature] | extra
-    return StepScalars(**fields)
+    return run_with_reference(cpp.step_, group, scalars)
 
 
 @pytest.mark.parametrize("feature", FEATURES)
@@ -114,6 +102,25 @@ def test_stochastic_rounding_of_a_channels_last_param_follows_memory_order(gener
     actual, expected = run_both(group, scalars)
     assert_groups_equal(actual, expected)
     assert actual[0][0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("size", [1, 15, 1023, 4097])
+def test_writes_stay_inside_each_tensor(cpu_isa, size, generator):
+    """Each tensor is a view between guard regions of POISON: the step must leave the guards alone."""
+    numels = (size, size + 2)
+    group = random_group(numels, torch.float32, torch.float32, generator)
+    bases = tuple([torch.full((n + 64,), POISON) for n in numels] for _ in range(4))
+    views = tuple([base[32 : 32 + n] for base, n in zip(row, numels)] for row in bases)
+    for view_row, tensors in zip(views, group):
+        for view, tensor in zip(view_row, tensors):
+            view.copy_(tensor)
+    expected = clone_group(group)
+    adadelta_step_reference_(*expected[:4], None, scalars_for("grad_zero"))
+    cpp.step_(*views, None, scalars_for("grad_zero"))
+    assert_groups_equal(views, expected[:4])
+    for row in bases:
+        for base, n in zip(row, numels):
+            assert (base[:32] == POISON).all() and (base[32 + n :] == POISON).all()
 
 
 def test_found_inf_changes_nothing(cpu_isa, generator):

@@ -32,7 +32,16 @@ from adadelta_fused.backends import triton as triton_backend  # noqa: E402
 from adadelta_fused.contract import GradMode, StepScalars  # noqa: E402
 from adadelta_fused.reference import adadelta_step_reference_, rounding_key  # noqa: E402
 
-from conftest import DTYPE_PAIRS, assert_groups_equal, clone_group, dtype_id, random_group  # noqa: E402
+from conftest import (  # noqa: E402
+    DTYPE_PAIRS,
+    FEATURES,
+    assert_groups_equal,
+    clone_group,
+    dtype_id,
+    random_group,
+    run_with_reference,
+    scalars_for,
+)
 
 # The interpreter computes in numpy, which warns where the GPU silently makes a NaN (0 / 0 with eps = 0).
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -90,30 +99,7 @@ def to_device(group, device):
 
 
 def run_both(group, scalars):
-    expected, actual = clone_group(group), clone_group(group)
-    adadelta_step_reference_(*expected[:4], expected[4], scalars)
-    triton_backend.step_(*actual[:4], actual[4], scalars)
-    return actual, expected
-
-
-FEATURES = {
-    "default": {},
-    "maximize": dict(maximize=True),
-    "weight_decay": dict(weight_decay=0.05),
-    "maximize_weight_decay": dict(maximize=True, weight_decay=0.9, rho=0.95),
-    "lr_tensor": dict(lr=torch.tensor(0.37, dtype=torch.float64)),
-    "grad_scale_unscale": dict(grad_scale=torch.tensor(3.0), grad_mode=GradMode.UNSCALE),
-    "grad_zero": dict(grad_mode=GradMode.ZERO, weight_decay=0.01),
-    "rho_edges": dict(rho=1.0, eps=0.0),
-}
-
-
-def scalars_for(feature: str, device=torch.device("cpu"), **extra) -> StepScalars:
-    fields = dict(lr=0.8, rho=0.9, eps=1e-6, weight_decay=0.0) | FEATURES[feature] | extra
-    for name in ("grad_scale", "found_inf"):
-        if fields.get(name) is not None:
-            fields[name] = fields[name].to(device)
-    return StepScalars(**fields)
+    return run_with_reference(triton_backend.step_, group, scalars)
 
 
 # ---- the interpreter really runs, and rounds like the GPU ----

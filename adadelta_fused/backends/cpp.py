@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
-from ..contract import StepScalars
+from ..contract import StepScalars, op_arguments
 
 NAME = "cpp"
 
@@ -27,22 +27,4 @@ def check_group(*args) -> None:
 
 
 def step_(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars) -> None:
-    lr_tensor = scalars.lr if isinstance(scalars.lr, torch.Tensor) else None
-    _extension.op()(
-        params,
-        grads,
-        square_avgs,
-        acc_deltas,
-        master_params or [],
-        0.0 if lr_tensor is not None else float(scalars.lr),
-        lr_tensor,
-        scalars.rho,
-        scalars.eps,
-        scalars.weight_decay,
-        scalars.maximize,
-        scalars.grad_scale,
-        scalars.found_inf,
-        int(scalars.grad_mode),
-        scalars.stochastic_rounding,
-        scalars.rounding_key,
-    )
+    _extension.op()(*op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars))

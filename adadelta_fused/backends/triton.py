@@ -11,7 +11,7 @@ from functools import cache
 
 import torch
 
-from ..contract import StepScalars, check_group
+from ..contract import StepScalars, check_group, op_arguments
 
 NAME = "triton"
 __all__ = ["NAME", "unavailable_reason", "unsupported_reason", "check_group", "step_"]
@@ -64,22 +64,4 @@ def _op():
 
 
 def step_(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars) -> None:
-    lr_tensor = scalars.lr if isinstance(scalars.lr, torch.Tensor) else None
-    _op()(
-        params,
-        grads,
-        square_avgs,
-        acc_deltas,
-        master_params or [],
-        0.0 if lr_tensor is not None else float(scalars.lr),
-        lr_tensor,
-        scalars.rho,
-        scalars.eps,
-        scalars.weight_decay,
-        scalars.maximize,
-        scalars.grad_scale,
-        scalars.found_inf,
-        int(scalars.grad_mode),
-        scalars.stochastic_rounding,
-        scalars.rounding_key,
-    )
+    _op()(*op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars))

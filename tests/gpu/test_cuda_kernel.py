@@ -17,7 +17,16 @@ from adadelta_fused.backends import cpp
 from adadelta_fused.contract import GradMode, StepScalars
 from adadelta_fused.reference import adadelta_step_reference_, rounding_key
 
-from conftest import DTYPE_PAIRS, ODD_SIZES, assert_groups_equal, clone_group, dtype_id, random_group
+from conftest import (
+    DTYPE_PAIRS,
+    FEATURES,
+    ODD_SIZES,
+    assert_groups_equal,
+    clone_group,
+    dtype_id,
+    random_group,
+    scalars_for,
+)
 
 CUDA_BUILD_REQUIRED = os.environ.get("ADADELTA_FUSED_BUILD_CUDA", "").lower() in ("1", "true", "yes")
 
@@ -56,24 +65,6 @@ def run_both(group, scalars: StepScalars):
     cpp.step_(*actual[:4], actual[4], on_device(scalars))
     torch.cuda.synchronize()
     return to_device(actual, "cpu"), expected
-
-
-FEATURES = {
-    "default": {},
-    "maximize": dict(maximize=True),
-    "weight_decay": dict(weight_decay=0.05),
-    "maximize_weight_decay": dict(maximize=True, weight_decay=0.9, rho=0.95),
-    "lr_tensor": dict(lr=torch.tensor(0.37, dtype=torch.float64)),
-    "grad_scale_unscale": dict(grad_scale=torch.tensor(3.0), grad_mode=GradMode.UNSCALE),
-    "grad_scale_keep": dict(grad_scale=torch.tensor(0.25)),
-    "grad_zero": dict(grad_mode=GradMode.ZERO, weight_decay=0.01),
-    "found_inf_zero": dict(found_inf=torch.tensor(0.0), grad_scale=torch.tensor(2.0)),
-    "rho_edges": dict(rho=1.0, eps=0.0),
-}
-
-
-def scalars_for(feature: str, **extra) -> StepScalars:
-    return StepScalars(**(dict(lr=0.8, rho=0.9, eps=1e-6, weight_decay=0.0) | FEATURES[feature] | extra))
 
 
 @pytest.mark.parametrize("feature", FEATURES)
