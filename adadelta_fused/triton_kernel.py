@@ -61,7 +61,10 @@ def _tensor_key(rounding_key, tensor_index):
 
 @triton.jit
 def _rounding_noise(tensor_key, index):
-    """reference.rounding_noise: 16 random bits for each int64 element index."""
+    """reference.rounding_noise: 16 random bits for each element index."""
+    # A flat launch's tail index is int32 when the tensor has fewer than 2^31 elements (Triton types the
+    # scalar argument it starts from), and an int32 shifted by 32 is undefined on the GPU.
+    index = index.to(tl.int64)
     high = _mix32(tensor_key ^ (index >> 32).to(tl.uint32))
     return _mix32(high ^ index.to(tl.uint32)) & 0xFFFF
 

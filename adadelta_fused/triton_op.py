@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.library import triton_op, wrap_triton
 
 from .contract import GradMode, StepScalars, check_group
@@ -157,15 +158,18 @@ def _step_arguments(params, square_avgs, master_params, scalars: StepScalars) ->
     dtype, state_dtype = params[0].dtype, square_avgs[0].dtype
     math_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     lr_ptr = None
-    if isinstance(scalars.lr, torch.Tensor):
+    lr = scalars.lr
+    if isinstance(lr, torch.Tensor) and lr.is_cpu and not params[0].is_cpu and not isinstance(lr, FakeTensor):
+        lr = float(lr)  # a host read: copying a CPU lr to the GPU would sync with the host
+    if isinstance(lr, torch.Tensor):
         # reference._resolve_lr: the lr in math precision on the params' device, read there (no host sync).
-        lr_ptr = scalars.lr.to(device=params[0].device, dtype=math_dtype).reshape(())
+        lr_ptr = lr.to(device=params[0].device, dtype=math_dtype).reshape(())
     has_master = bool(master_params)
     arguments = dict(
         lr_ptr=lr_ptr,
         grad_scale_ptr=scalars.grad_scale,
         found_inf_ptr=scalars.found_inf,
-        lr=0.0 if lr_ptr is not None else float(scalars.lr),
+        lr=0.0 if lr_ptr is not None else float(lr),
         rho=float(scalars.rho),
         one_minus_rho=1.0 - float(scalars.rho),  # in double, as Python computes torch's `value=1 - rho`
         eps=float(scalars.eps),

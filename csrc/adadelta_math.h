@@ -70,7 +70,9 @@ struct StepScalars {
   M rho;            // mul_(rho)
   M one_minus_rho;  // addcmul_(..., value=1 - rho), computed in double as Python does
   M eps;
-  M weight_decay;   // torch skips the add entirely when weight_decay == 0
+  M weight_decay;
+  M decays;         // 1 when torch adds the decay (it tests the double weight_decay != 0), else 0: a
+                    // weight_decay below fp32's smallest subnormal still adds 0 * param, as torch does
   M grad_scale;     // 1 without a grad_scale: g / 1 == g exactly
   M grad_sign;      // -1 to maximize: -g == g * -1 exactly
   uint32_t stochastic_mask;  // all ones: bf16 params round stochastically; zero: to nearest
@@ -90,6 +92,7 @@ ADF_HOST_DEVICE StepScalars<M> resolve_scalars(const StepArgs& a) {
   s.one_minus_rho = M(1.0 - a.rho);
   s.eps = M(a.eps);
   s.weight_decay = M(a.weight_decay);
+  s.decays = a.weight_decay != 0.0 ? M(1) : M(0);
   s.grad_scale = a.grad_scale_ptr != nullptr ? M(*a.grad_scale_ptr) : M(1);
   s.grad_sign = a.maximize ? M(-1) : M(1);
   s.stochastic_mask = a.stochastic_rounding ? 0xFFFFFFFFu : 0u;
@@ -122,7 +125,7 @@ struct AdadeltaElement {
       p = to_math(param);
     }
     const M decayed = fused_multiply_add(s.weight_decay, p, g);  // grad.add(param, alpha=weight_decay)
-    g = s.weight_decay != M(0) ? decayed : g;
+    g = s.decays != M(0) ? decayed : g;
 
     M sq = to_math(square_avg);
     M acc = to_math(acc_delta);

@@ -29,6 +29,7 @@ struct TensorListMeta {
   uint16_t block_slot[kMaxBlocksPerLaunch];    // which tensor slot a block works on
   int32_t block_chunk[kMaxBlocksPerLaunch];    // which chunk of that tensor
 };
+// (The multi-tensor kernel's other argument, StepArgs, adds 64 bytes: static_assert in adadelta_cuda.cu.)
 static_assert(sizeof(TensorListMeta) <= 32764, "must fit the CUDA kernel-argument limit");
 
 struct ChunkRange {

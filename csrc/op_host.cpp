@@ -137,7 +137,7 @@ void DenseGroup::add(const at::Tensor& tensor, const at::Tensor& layout, std::ve
   if (written) {
     staged_.emplace_back(tensor, dense);
   } else {
-    staged_.emplace_back(at::Tensor(), dense);  // read-only: kept alive until the kernels are done
+    staged_.emplace_back(at::Tensor(), dense);  // read-only: kept until finish(), after the launches
   }
 }
 
@@ -159,8 +159,12 @@ StepArgs make_step_args(const OpArgs& a, const c10::Device& device, std::vector<
   StepArgs s{};
   s.lr = a.lr;
   s.lr_ptr = nullptr;
-  if (a.lr_tensor.has_value()) {
-    // Read as fp64 on the params' device, as torch reads a Python-float lr: no host sync for a device lr.
+  if (a.lr_tensor.has_value() && a.lr_tensor->is_cpu()) {
+    s.lr = a.lr_tensor->item<double>();  // a host read: copying it to a GPU would sync with the host
+  } else if (a.lr_tensor.has_value()) {
+    // A device lr is read by the kernel, as fp64 like a Python-float lr: no host sync, graph-capturable.
+    // The copy is freed when this returns, but the caching allocator hands its memory out again only
+    // to work ordered after the kernels on this stream, so they read it intact.
     at::Tensor lr = a.lr_tensor->to(device, at::kDouble).reshape({});
     keep_alive.push_back(lr);
     s.lr_ptr = lr.const_data_ptr<double>();

@@ -57,8 +57,9 @@ class DenseGroup {
   bool has_master_;
 };
 
-// StepArgs whose lr/grad_scale/found_inf pointers address memory on `device`. `keep_alive` holds any
-// converted tensor (an fp64 copy of a tensor lr) until the kernels have read it.
+// StepArgs whose lr/grad_scale/found_inf pointers address memory on `device` (a CPU lr tensor is read on
+// the host instead). `keep_alive` holds any converted tensor (an fp64 copy of a device lr) until the op
+// returns: on a GPU the kernels are queued by then, and stream order protects the memory after that.
 StepArgs make_step_args(const OpArgs& args, const c10::Device& device, std::vector<at::Tensor>& keep_alive);
 
 // Calls fn.template operator()<ParamT, StateT, kGradMode, kHasMaster>() for the group's configuration.

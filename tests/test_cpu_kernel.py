@@ -147,6 +147,10 @@ def test_nonfinite_values_propagate_like_reference(cpu_isa, generator):
     group[0][0][4:6] = torch.tensor([float("inf"), -0.0])
     for feature in ("default", "weight_decay", "maximize"):
         assert_groups_equal(*run_both(group, scalars_for(feature)))
+    # A weight_decay that rounds to 0 in fp32 is still added, as 0 * param: NaN at the inf param, as in torch.
+    actual, expected = run_both(group, scalars_for("default", weight_decay=1e-46))
+    assert_groups_equal(actual, expected)
+    assert actual[0][0][4].isnan()
 
 
 def test_4096_tensors_and_many_launches(generator):

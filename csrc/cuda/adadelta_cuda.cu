@@ -23,13 +23,14 @@ namespace {
 
 // 512 threads x 4 fp32 vectors = 2048 elements per block sweep: a 64 Ki chunk takes 32 sweeps.
 constexpr int kThreadsPerBlock = 512;
+static_assert(sizeof(TensorListMeta) + sizeof(StepArgs) <= 32764, "the CUDA kernel-argument limit (CUDA >= 12.1)");
 // Two resident blocks per SM cap a thread at 64 registers, which every fp32-math configuration fits
 // without spilling on sm_80 and sm_90 (45 to 64 registers). 1024 threads with 4 (fp32) to 7 (bf16 + fp32
 // master) 16-byte loads each keep 64 KB or more in flight per SM, several times what an H100 needs to
 // cover its memory latency at full bandwidth. fp64 math spills 16 to 48 bytes under that cap (its square
 // root and division slow paths hold register pairs), and so does sm_100's ptxas for the unscale mode
-// (4 to 8 bytes): those keep one block per SM as the bound and take the registers they want. The flat
-// kernel's grid asks the occupancy API how many blocks really fit.
+// (4 to 8 bytes): fp64, and every configuration on sm_100 and later, keep one block per SM as the bound
+// and take the registers they want. The flat kernel's grid asks the occupancy API how many blocks fit.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000
 constexpr int kFp32MathMinBlocksPerSm = 1;
 #else
@@ -128,7 +129,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSm<ParamT>)
 }
 
 // The flat-buffer fast path: a group of one tensor (a flattened optimizer's whole buffer) is one launch
-// with 48 bytes of arguments instead of the 25 KB table. Blocks stride over the same 64 Ki chunks and
+// with 112 bytes of arguments instead of the 25 KB table. Blocks stride over the same 64 Ki chunks and
 // run the same block loop as the multi-tensor kernel. (A thread-level grid-stride loop kept a 64-bit
 // stride in local memory across the division's slow-path call on sm_90; this shape spills nothing.)
 template <typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster>
@@ -149,7 +150,9 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSm<ParamT>)
 template <auto kKernel>
 int64_t resident_blocks(c10::DeviceIndex device) {
   static std::array<std::atomic<int64_t>, 64> cached{};
-  std::atomic<int64_t>& blocks = cached.at(size_t(device));
+  TORCH_CHECK(device >= 0 && size_t(device) < cached.size(), "adadelta_fused supports CUDA devices 0 to ",
+              cached.size() - 1, ", got device ", int(device));
+  std::atomic<int64_t>& blocks = cached[size_t(device)];
   if (blocks.load(std::memory_order_relaxed) == 0) {
     int multiprocessors = 0;
     int per_multiprocessor = 0;
@@ -215,8 +218,7 @@ void adadelta_cuda(at::TensorList params, at::TensorList grads, at::TensorList s
   const TensorListPointers tensors = group.pointers();
   dispatch_config(params[0].scalar_type(), square_avgs[0].scalar_type(), grad_mode, !master_params.empty(),
                   RunCuda{tensors, args, device.index(), stream});
-  group.finish();  // stream-ordered copies back into strided tensors; the caching allocator keeps
-                   // keep_alive's memory until the kernels that read it are done
+  group.finish();  // copies back into strided tensors, ordered after the kernels on this stream
 }
 
 }  // namespace

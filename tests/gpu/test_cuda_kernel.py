@@ -135,6 +135,35 @@ def test_misaligned_and_strided_views(generator):
     assert_groups_equal(to_device(actual_base, "cpu"), expected_base)
 
 
+def test_flat_kernel_on_a_misaligned_view(generator):
+    """One tensor starting at element 1: the flat kernel's scalar path."""
+    base = random_group((4098,), torch.float32, torch.float32, generator)
+    expected_base, actual_base = clone_group(base), to_device(base)
+    scalars = scalars_for("weight_decay")
+    adadelta_step_reference_(*([t[1:] for t in tensors] for tensors in expected_base[:4]), None, scalars)
+    cpp.step_(*([t[1:] for t in tensors] for tensors in actual_base[:4]), None, scalars)
+    assert_groups_equal(to_device(actual_base, "cpu"), expected_base)
+
+
+def test_flat_kernel_strides_over_more_chunks_than_resident_blocks(generator):
+    """600 chunks of 64 Ki: more than one wave of blocks (2 per SM), so each block takes several chunks."""
+    group = random_group((600 * 65536 + 5,), torch.float32, torch.float32, generator)
+    assert_groups_equal(*run_both(group, scalars_for("maximize_weight_decay")))
+
+
+def test_cpu_lr_tensor_is_read_on_the_host_without_a_sync(generator):
+    group = to_device(random_group((4097, 1023), torch.float32, torch.float32, generator))
+    expected = to_device(group, "cpu")
+    adadelta_step_reference_(*expected[:4], None, scalars_for("default", lr=torch.tensor(0.3)))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        cpp.step_(*group[:4], None, scalars_for("default", lr=torch.tensor(0.3)))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_groups_equal(to_device(group, "cpu"), expected)
+
+
 def test_4096_tensors_and_many_launches(generator):
     numels = [int(n) for n in torch.randint(1, 300, (4096,), generator=generator)] + [3 * 65536 + 5]
     group = random_group(numels, torch.float32, torch.float32, generator)
