@@ -265,6 +265,9 @@ class _TableCache:
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._entries: OrderedDict[tuple, tuple[_Tables, ...]] = OrderedDict()
+        # Tables a captured CUDA graph reads on every replay: never freed by eviction. (A miss inside a
+        # capture would copy a new table from pageable host memory, which capture forbids: warm up first.)
+        self._captured: list[tuple[_Tables, ...]] = []
 
     def get(self, rows: list[tuple], device: torch.device, block: int) -> tuple[_Tables, ...]:
         key = [device, block, len(rows)]
@@ -281,6 +284,15 @@ class _TableCache:
                 self._entries.popitem(last=False)
         else:
             self._entries.move_to_end(key)
+        if device.type == "cuda":
+            if torch.cuda.is_current_stream_capturing():
+                self._captured.append(tables)
+            else:
+                # An evicted table is freed at once; tell the allocator this stream may still be reading it.
+                stream = torch.cuda.current_stream(device)
+                for table in tables:
+                    table.tensor_table.record_stream(stream)
+                    table.block_table.record_stream(stream)
         return tables
 
     def __len__(self) -> int:
