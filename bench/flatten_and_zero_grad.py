@@ -76,15 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     total = args.tensors * args.numel
 
     probes = [measure_bandwidth(device)]
-    built = {name: build(args.tensors, args.numel, device, **options) for name, (options, _, _) in variants().items()}
+    chosen = variants()
+    built = {name: build(args.tensors, args.numel, device, **options) for name, (options, _, _) in chosen.items()}
     # Interleaved samples: every variant sees the same drift of this shared machine's bandwidth.
     measurements = time_interleaved(
-        [[iteration(built[name][1])] for name, (_, iteration, _) in variants().items()],
+        [[iteration(built[name][1])] for name, (_, iteration, _) in chosen.items()],
         device, warmup_rounds=2, repeats=args.repeats,
     )
     probes.append(measure_bandwidth(device))
     rows = []
-    for (name, (_, _, bytes_per_element)), measurement in zip(variants().items(), measurements, strict=True):
+    for (name, (_, _, bytes_per_element)), measurement in zip(chosen.items(), measurements, strict=True):
         gbps = bytes_per_element * total / measurement.median / 1e9
         rows.append(dict(variant=name, median_ms=measurement.median * 1e3, p10_ms=measurement.p10 * 1e3,
                          p90_ms=measurement.p90 * 1e3, bytes_per_element=bytes_per_element, gbps=gbps))

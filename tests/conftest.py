@@ -32,12 +32,16 @@ FEATURES = {
 }
 
 
+def scalars_on(scalars: StepScalars, device: torch.device | str) -> StepScalars:
+    """The same scalars with their tensors (lr, grad_scale, found_inf) on ``device``."""
+    fields = scalars.__dict__.items()
+    return StepScalars(**{name: v.to(device) if isinstance(v, torch.Tensor) else v for name, v in fields})
+
+
 def scalars_for(feature: str, device: torch.device | str | None = None, **extra) -> StepScalars:
-    """The feature's scalars; with ``device``, its tensors (lr, grad_scale, found_inf) live there."""
-    fields = dict(lr=0.8, rho=0.9, eps=1e-6, weight_decay=0.0) | FEATURES[feature] | extra
-    if device is not None:
-        fields = {name: v.to(device) if isinstance(v, torch.Tensor) else v for name, v in fields.items()}
-    return StepScalars(**fields)
+    """The feature's scalars; with ``device``, its tensors live there."""
+    scalars = StepScalars(**(dict(lr=0.8, rho=0.9, eps=1e-6, weight_decay=0.0) | FEATURES[feature] | extra))
+    return scalars if device is None else scalars_on(scalars, device)
 
 
 def dtype_id(pair) -> str:
@@ -130,6 +134,28 @@ def run_with_reference(step_, group, scalars):
     adadelta_step_reference_(*expected[:4], expected[4], scalars)
     step_(*actual[:4], actual[4], scalars)
     return actual, expected
+
+
+def op_kwargs(group, **overrides) -> dict:
+    """Keyword arguments of the ops (adadelta_ and triton_adadelta_) over ``group``, with defaults."""
+    params, grads, square_avgs, acc_deltas, masters = group
+    args = dict(
+        params=params, grads=grads, square_avgs=square_avgs, acc_deltas=acc_deltas, master_params=masters or [],
+        lr=1.0, lr_tensor=None, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False, grad_scale=None,
+        found_inf=None, grad_mode=0, stochastic_rounding=False, rounding_key=0,
+    )
+    return args | overrides
+
+
+def step_with_new_gradients(step_, expected, actual, scalars, generator) -> None:
+    """One step of the reference on ``expected`` and of ``step_`` on ``actual``, both with the same fresh
+    gradients (drawn on the CPU, then moved to the groups' device), as in training."""
+    for want, got in zip(expected[1], actual[1]):
+        fresh = (torch.randn(want.shape, generator=generator) * 0.1).to(want.device)
+        want.copy_(fresh)
+        got.copy_(fresh)
+    adadelta_step_reference_(*expected[:4], expected[4], scalars)
+    step_(*actual[:4], actual[4], scalars)
 
 
 def assert_groups_equal(actual, expected) -> None:

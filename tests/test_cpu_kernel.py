@@ -9,7 +9,7 @@ import torch
 
 from adadelta_fused import _extension
 from adadelta_fused.backends import cpp
-from adadelta_fused.contract import GradMode, StepScalars
+from adadelta_fused.contract import GradMode
 from adadelta_fused.reference import adadelta_step_reference_, rounding_key
 
 from conftest import (
@@ -22,7 +22,9 @@ from conftest import (
     random_group,
     requires_extension,
     run_with_reference,
+    op_kwargs,
     scalars_for,
+    step_with_new_gradients,
 )
 
 pytestmark = requires_extension
@@ -57,12 +59,7 @@ def test_fp32_matches_reference_over_100_steps(generator):
     expected, actual = clone_group(group), clone_group(group)
     for step in range(100):
         scalars = scalars_for("maximize_weight_decay", lr=0.5 + step / 200)
-        grads = [torch.randn(g.shape, generator=generator) * 0.1 for g in group[1]]
-        for e, a, g in zip(expected[1], actual[1], grads):
-            e.copy_(g)
-            a.copy_(g)
-        adadelta_step_reference_(*expected[:4], None, scalars)
-        cpp.step_(*actual[:4], None, scalars)
+        step_with_new_gradients(cpp.step_, expected, actual, scalars, generator)
     assert_groups_equal(actual, expected)
 
 
@@ -205,16 +202,6 @@ def test_grad_with_other_strides_than_param(generator):
 
 # ---- bad input: a clear error naming the argument and its value, before memory is touched ----
 
-def _op_args(group, **overrides):
-    params, grads, square_avgs, acc_deltas, masters = group
-    args = dict(
-        params=params, grads=grads, square_avgs=square_avgs, acc_deltas=acc_deltas, master_params=masters or [],
-        lr=1.0, lr_tensor=None, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False, grad_scale=None,
-        found_inf=None, grad_mode=0, stochastic_rounding=False, rounding_key=0,
-    )
-    return args | overrides
-
-
 BAD_INPUTS = {
     "unequal_lists": (dict(grads="drop_last"), ValueError, "grads has 1 tensors but params has 2"),
     "shape": (dict(square_avgs="wrong_shape"), ValueError, r"square_avgs\[1\] has shape \[3\] but params\[1\] has \[4\]"),
@@ -252,7 +239,7 @@ def test_bad_input_raises_before_touching_memory(case, generator):
     group = random_group((5, 4), torch.float32, torch.float32, generator)
     before = clone_group(group)
     overrides, error, message = BAD_INPUTS[case]
-    args = _op_args(group)
+    args = op_kwargs(group)
     for key, value in overrides.items():
         args[key] = _apply(args, key, value) if isinstance(value, str) else value
     with pytest.raises(error, match=message):
@@ -267,14 +254,14 @@ def test_opcheck(generator):
         dict(lr_tensor=torch.tensor(0.5), grad_scale=torch.tensor(2.0), found_inf=torch.tensor(0.0), grad_mode=1),
         dict(grad_mode=2, maximize=True, weight_decay=0.1),
     ):
-        torch.library.opcheck(_extension.op(), (), _op_args(clone_group(group), **overrides))
+        torch.library.opcheck(_extension.op(), (), op_kwargs(clone_group(group), **overrides))
 
 
 def test_opcheck_mixed_precision(generator):
     group = random_group((1023, 15), torch.bfloat16, torch.float32, generator, master=True)
-    torch.library.opcheck(_extension.op(), (), _op_args(clone_group(group)))
+    torch.library.opcheck(_extension.op(), (), op_kwargs(clone_group(group)))
     group = random_group((1023,), torch.bfloat16, torch.bfloat16, generator)
-    torch.library.opcheck(_extension.op(), (), _op_args(clone_group(group), stochastic_rounding=True, rounding_key=3))
+    torch.library.opcheck(_extension.op(), (), op_kwargs(clone_group(group), stochastic_rounding=True, rounding_key=3))
 
 
 def test_parallel_loop_uses_every_torch_thread():

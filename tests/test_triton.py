@@ -40,7 +40,9 @@ from conftest import (  # noqa: E402
     dtype_id,
     random_group,
     run_with_reference,
+    op_kwargs,
     scalars_for,
+    step_with_new_gradients,
 )
 
 # The interpreter computes in numpy, which warns where the GPU silently makes a NaN (0 / 0 with eps = 0).
@@ -161,12 +163,7 @@ def test_several_steps_with_new_gradients_and_lr(device, generator):
     expected, actual = clone_group(group), clone_group(group)
     for step in range(4):
         scalars = scalars_for("maximize_weight_decay", device, lr=0.5 + step / 8)
-        for e, a in zip(expected[1], actual[1]):
-            fresh = (torch.randn(e.shape, generator=generator) * 0.1).to(device)
-            e.copy_(fresh)
-            a.copy_(fresh)
-        adadelta_step_reference_(*expected[:4], None, scalars)
-        triton_backend.step_(*actual[:4], None, scalars)
+        step_with_new_gradients(triton_backend.step_, expected, actual, scalars, generator)
     assert_groups_equal(actual, expected)
 
 
@@ -333,16 +330,6 @@ def test_staged_groups_bypass_the_cache(interpreter, generator):
 
 # ---- bad input: the contract's messages, before any memory is touched ----
 
-def _op_args(group, **overrides):
-    params, grads, square_avgs, acc_deltas, masters = group
-    args = dict(
-        params=params, grads=grads, square_avgs=square_avgs, acc_deltas=acc_deltas, master_params=masters or [],
-        lr=1.0, lr_tensor=None, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False, grad_scale=None,
-        found_inf=None, grad_mode=0, stochastic_rounding=False, rounding_key=0,
-    )
-    return args | overrides
-
-
 def _op():
     return torch.ops.adadelta_fused.triton_adadelta_.default
 
@@ -390,7 +377,7 @@ def test_bad_input_raises_before_touching_memory(interpreter, case, generator):
     group = random_group((5, 4), torch.float32, torch.float32, generator)
     before = clone_group(group)
     make, error, message = BAD_INPUTS[case]
-    args = _op_args(group)
+    args = op_kwargs(group)
     with pytest.raises(error, match=message):
         _op()(**(args | make(args)))
     assert_groups_equal(group, before)
@@ -420,14 +407,14 @@ def quiet_mutation_analysis():
 )
 def test_opcheck(interpreter, quiet_mutation_analysis, overrides, generator):
     group = random_group((1023, 15), torch.float32, torch.float32, generator)
-    torch.library.opcheck(_op(), (), _op_args(clone_group(group), **overrides), test_utils=INTERPRETER_OPCHECKS)
+    torch.library.opcheck(_op(), (), op_kwargs(clone_group(group), **overrides), test_utils=INTERPRETER_OPCHECKS)
 
 
 def test_opcheck_mixed_precision(interpreter, quiet_mutation_analysis, generator):
     group = random_group((1023, 15), torch.bfloat16, torch.float32, generator, master=True)
-    torch.library.opcheck(_op(), (), _op_args(clone_group(group)), test_utils=INTERPRETER_OPCHECKS)
+    torch.library.opcheck(_op(), (), op_kwargs(clone_group(group)), test_utils=INTERPRETER_OPCHECKS)
     group = random_group((1023,), torch.bfloat16, torch.bfloat16, generator)
-    args = _op_args(clone_group(group), stochastic_rounding=True, rounding_key=3)
+    args = op_kwargs(clone_group(group), stochastic_rounding=True, rounding_key=3)
     torch.library.opcheck(_op(), (), args, test_utils=INTERPRETER_OPCHECKS)
 
 
@@ -435,7 +422,7 @@ def test_opcheck_mixed_precision(interpreter, quiet_mutation_analysis, generator
 def test_opcheck_on_cuda_including_aot_dispatch(monkeypatch, generator):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     group = to_device(random_group((1023, 15), torch.float32, torch.float32, generator), torch.device("cuda"))
-    torch.library.opcheck(_op(), (), _op_args(clone_group(group), weight_decay=0.1, grad_mode=2))
+    torch.library.opcheck(_op(), (), op_kwargs(clone_group(group), weight_decay=0.1, grad_mode=2))
 
 
 def _compiled_step(params, grads, square_avgs, acc_deltas, lr):

@@ -26,6 +26,7 @@ from conftest import (
     dtype_id,
     random_group,
     scalars_for,
+    scalars_on,
 )
 
 CUDA_BUILD_REQUIRED = os.environ.get("ADADELTA_FUSED_BUILD_CUDA", "").lower() in ("1", "true", "yes")
@@ -49,20 +50,12 @@ def to_device(group, device="cuda"):
     return tuple(None if tensors is None else [t.to(device) for t in tensors] for tensors in group)
 
 
-def on_device(scalars: StepScalars, device="cuda") -> StepScalars:
-    moved = {
-        name: value.to(device) if isinstance(value, torch.Tensor) else value
-        for name, value in scalars.__dict__.items()
-    }
-    return StepScalars(**moved)
-
-
 def run_both(group, scalars: StepScalars):
     """(CUDA result copied to the CPU, reference result)."""
     expected = clone_group(group)
     adadelta_step_reference_(*expected[:4], expected[4], scalars)
     actual = to_device(group)
-    cpp.step_(*actual[:4], actual[4], on_device(scalars))
+    cpp.step_(*actual[:4], actual[4], scalars_on(scalars, "cuda"))
     torch.cuda.synchronize()
     return to_device(actual, "cpu"), expected
 
@@ -108,8 +101,8 @@ def test_found_inf_changes_nothing_without_a_host_sync(generator):
     group = to_device(random_group((4097, 1023), torch.bfloat16, torch.float32, generator, master=True))
     group[1][0][3] = float("inf")
     before = clone_group(group)
-    scalars = on_device(
-        scalars_for("grad_zero", grad_scale=torch.tensor(4.0), found_inf=torch.tensor(1.0), lr=torch.tensor(0.5))
+    scalars = scalars_for(
+        "grad_zero", "cuda", grad_scale=torch.tensor(4.0), found_inf=torch.tensor(1.0), lr=torch.tensor(0.5)
     )
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
