@@ -1,7 +1,7 @@
-"""Loads the compiled extension lazily, once, and keeps the reason when it cannot be loaded.
+"""Loads the compiled extension when the package is imported, and keeps the reason when it cannot be loaded.
 
 A missing or broken build never breaks ``import adadelta_fused``: the package then runs on the reference
-backend and ``available_backends()`` says why.
+backend and ``available_backends()`` says why. Loading the built library takes a few milliseconds.
 """
 
 from __future__ import annotations
@@ -10,31 +10,14 @@ from functools import cache
 
 import torch
 
-OP_NAME = "adadelta_fused::adadelta_"
-STEPS_OP_NAME = "adadelta_fused::advance_steps_"
-
 
 @cache
 def _load():
     try:
-        from . import _C  # registers the op's schema and kernels with torch's dispatcher
+        from . import _C  # registers the ops' CPU (and CUDA) kernels with torch's dispatcher
     except ImportError as error:
         return None, f"the compiled extension adadelta_fused._C is missing or failed to load ({error})"
-    _register_fake()
     return _C, None
-
-
-def _register_fake() -> None:
-    @torch.library.register_fake(OP_NAME)
-    def _adadelta_fake(params, grads, square_avgs, acc_deltas, master_params, lr, lr_tensor, rho, eps,
-                       weight_decay, maximize, grad_scale, found_inf, grad_mode, stochastic_rounding,
-                       rounding_key):
-        # The op only mutates its inputs in place and returns nothing: no output metadata to infer.
-        return None
-
-    @torch.library.register_fake(STEPS_OP_NAME)
-    def _advance_steps_fake(state_steps, found_inf):
-        return None
 
 
 def module():
@@ -43,7 +26,7 @@ def module():
 
 
 def op():
-    """``torch.ops.adadelta_fused.adadelta_``, loading the extension first; raises if it is absent."""
+    """``torch.ops.adadelta_fused.adadelta_``; raises if the extension that holds its kernels is absent."""
     if module() is None:
         raise RuntimeError(load_error())
     return torch.ops.adadelta_fused.adadelta_.default
@@ -61,6 +44,24 @@ def load_error() -> str | None:
 def has_cuda_kernel() -> bool:
     ext = module()
     return bool(ext is not None and ext.compiled_with_cuda())
+
+
+def check_op_args(*args) -> None:
+    """The op's one validator (csrc/op_host.cpp), for the backends written in Python and the fake kernel:
+    the op's arguments in schema order, then the device type of the kernel that will run.
+
+    Without the extension nothing is checked here; the reference backend's torch ops then raise their own
+    errors, and ``available_backends()`` reports the missing build.
+    """
+    ext = module()
+    if ext is not None:
+        ext.check_op_args(*args)
+
+
+def check_state_steps(steps) -> None:
+    ext = module()
+    if ext is not None:
+        ext.check_state_steps(list(steps))
 
 
 def build_info() -> dict[str, object]:

@@ -1,5 +1,6 @@
-"""The op contract shared by every backend: the step's scalars, the gradient modes, the dtype rules, and
-the input checks that run before any memory is touched. ``reference.py`` holds the math."""
+"""The op contract shared by every backend: the step's scalars, the gradient modes and the dtype rules.
+The input checks live in one place, the compiled validator (csrc/op_host.cpp, ``check_group`` here);
+``reference.py`` holds the math."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from . import _extension
 
 
 class GradMode(enum.IntEnum):
@@ -59,16 +62,24 @@ class StepScalars:
     rounding_key: int = 0
 
 
-def check_lr(lr: float | torch.Tensor) -> None:
-    """A step with a non-finite lr would silently destroy every parameter; refuse it."""
+def check_lr(lr) -> float | torch.Tensor:
+    """lr as the op takes it: a 1-element floating tensor, or a float. Anything Python can read as one real
+    number is a float lr (int, numpy scalars, 0-d arrays), as torch.optim accepts them."""
     if isinstance(lr, torch.Tensor):
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not lr.is_floating_point():
             raise ValueError(f"Invalid lr dtype: {lr.dtype} (expected a floating-point tensor)")
-        return
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr):
-        raise ValueError(f"Invalid learning rate: {lr} (must be a finite number)")
+        return lr
+    if isinstance(lr, (bool, complex)) or getattr(lr, "ndim", 0) != 0:
+        raise ValueError(f"Invalid learning rate: {lr!r} (expected a real number or a 1-element tensor)")
+    try:
+        value = float(lr)
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid learning rate: {lr!r} (expected a real number or a 1-element tensor)") from None
+    if not math.isfinite(value):
+        raise ValueError(f"Invalid learning rate: {value} (must be a finite number)")
+    return value
 
 
 def check_hyperparameters(lr, rho: float, eps: float, weight_decay: float) -> None:
@@ -85,70 +96,10 @@ def check_hyperparameters(lr, rho: float, eps: float, weight_decay: float) -> No
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
 
 
-def _check_scalar_tensor(name: str, value: torch.Tensor | None, device: torch.device) -> None:
-    if value is None:
-        return
-    if not isinstance(value, torch.Tensor) or value.numel() != 1:
-        raise ValueError(f"{name} must be a 1-element tensor, got {value!r}")
-    if value.dtype != torch.float32:
-        raise ValueError(f"{name} must be float32, got {value.dtype}")
-    if value.device != device:
-        raise ValueError(f"{name} is on {value.device} but the params are on {device}")
-
-
-def check_group(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    square_avgs: list[torch.Tensor],
-    acc_deltas: list[torch.Tensor],
-    master_params: list[torch.Tensor] | None,
-    scalars: StepScalars,
-) -> None:
-    """Validate one (device, dtype) group before any backend writes to it."""
-    lists = {"grads": grads, "square_avgs": square_avgs, "acc_deltas": acc_deltas}
-    if master_params:
-        lists["master_params"] = master_params
-    for name, tensors in lists.items():
-        if len(tensors) != len(params):
-            raise ValueError(f"{name} has {len(tensors)} tensors but params has {len(params)}")
-    check_lr(scalars.lr)
-    if not params:
-        return
-    device, dtype = params[0].device, params[0].dtype
-    state_dtype = square_avgs[0].dtype
-    if dtype not in PARAM_DTYPES:
-        raise TypeError(f"params[0] has unsupported dtype {dtype}; expected one of {PARAM_DTYPES}")
-    if state_dtype not in STATE_DTYPES[dtype]:
-        raise TypeError(
-            f"square_avgs[0] has dtype {state_dtype}, unsupported with {dtype} params; "
-            f"expected one of {STATE_DTYPES[dtype]}"
-        )
-    if master_params and dtype not in LOW_PRECISION:
-        raise TypeError(f"master_params are for bf16/fp16 params, got {dtype} params")
-    if scalars.stochastic_rounding and master_params:
-        raise ValueError("stochastic_rounding applies to bf16 params without master_params, not both")
-    for i, param in enumerate(params):
-        grad, sq, acc = grads[i], square_avgs[i], acc_deltas[i]
-        if grad.is_sparse:
-            raise RuntimeError("Adadelta does not support sparse gradients")
-        expected = [("grads", grad, dtype), ("square_avgs", sq, state_dtype), ("acc_deltas", acc, state_dtype)]
-        if master_params:
-            expected.append(("master_params", master_params[i], torch.float32))
-        if param.dtype != dtype:
-            raise TypeError(f"params[{i}] has dtype {param.dtype} but params[0] has {dtype}")
-        if param.device != device:
-            raise ValueError(f"params[{i}] is on {param.device} but params[0] is on {device}")
-        for name, tensor, want in expected:
-            if tensor.shape != param.shape:
-                raise ValueError(f"{name}[{i}] has shape {tuple(tensor.shape)} but params[{i}] has {tuple(param.shape)}")
-            if tensor.dtype != want:
-                raise TypeError(f"{name}[{i}] has dtype {tensor.dtype}, expected {want}")
-            if tensor.device != device:
-                raise ValueError(f"{name}[{i}] is on {tensor.device} but params[{i}] is on {device}")
-    _check_scalar_tensor("grad_scale", scalars.grad_scale, device)
-    _check_scalar_tensor("found_inf", scalars.found_inf, device)
-    if isinstance(scalars.lr, torch.Tensor) and scalars.lr.device not in (device, torch.device("cpu")):
-        raise ValueError(f"lr is on {scalars.lr.device} but the params are on {device}")
+def check_group(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars, device_type: str) -> None:
+    """Validate one (device, dtype) group for a kernel on ``device_type``, before anything is written: the
+    compiled op's validator (csrc/op_host.cpp), the only one, so every backend fails with the same words."""
+    _extension.check_op_args(*op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars), device_type)
 
 
 def op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars) -> tuple:

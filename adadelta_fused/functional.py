@@ -1,30 +1,83 @@
-"""``adadelta_``: one fused Adadelta step over tensor lists, grouped by (device, dtype) and dispatched."""
+"""``adadelta_``: one fused Adadelta step over tensor lists, grouped by (device, dtype) and dispatched.
+
+A step is planned before it runs: tensors grouped, scalars placed on each group's device, step counters
+and (when there is more than one backend call) every call's arguments checked. Only then is anything
+written, so an error never leaves a step half applied.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from . import _extension, backends
-from .contract import GradMode, StepScalars, check_lr
+from .contract import GradMode, StepScalars, check_group, check_lr
+
+
+@dataclass
+class BackendCall:
+    """One backend call: one (device, dtype) group of tensors with its scalars."""
+
+    module: object
+    device: torch.device
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    square_avgs: list[torch.Tensor]
+    acc_deltas: list[torch.Tensor]
+    master_params: list[torch.Tensor] | None
+    scalars: StepScalars
+
+    def check(self) -> None:
+        check_group(self.params, self.grads, self.square_avgs, self.acc_deltas, self.master_params, self.scalars,
+                    self.device.type)
+
+    def run(self) -> None:
+        self.module.step_(self.params, self.grads, self.square_avgs, self.acc_deltas, self.master_params,
+                          self.scalars)
+
+
+@dataclass
+class StepPlan:
+    """The backend calls of one step, then the step counters to advance."""
+
+    calls: list[BackendCall]
+    state_steps: list[torch.Tensor] | None
+    found_inf: torch.Tensor | None
+    # Gradients with torch's lazy negation bit (``z.conj().imag``) are stepped through resolved copies,
+    # since an op cannot write through the bit; (the user's grad, the copy) to write back after the step.
+    write_back: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def check(self) -> None:
+        for call in self.calls:
+            call.check()
+
+    def run(self) -> None:
+        for call in self.calls:
+            call.run()
+        for grad, resolved in self.write_back:
+            grad.copy_(resolved)
+        if self.state_steps:
+            _advance_steps(self.state_steps, self.found_inf)
 
 
 def _advance_steps(state_steps: list[torch.Tensor], found_inf: torch.Tensor | None) -> None:
     """``step += 1 - found_inf``: a skipped step leaves the counters alone, with no sync on the device."""
-    if not state_steps:
-        return
     steps_op = _extension.steps_op()
-    if steps_op is not None and state_steps[0].is_cpu and (found_inf is None or found_inf.is_cpu):
-        steps_op(state_steps, found_inf)  # one C++ loop instead of a dispatch per counter
-        return
-    if found_inf is None:
-        # A CPU scalar tensor as the operand keeps CPU steps on foreach's fast path (as torch does).
-        one = torch.tensor(1.0, device=state_steps[0].device) if state_steps[0].is_cpu else 1
-        torch._foreach_add_(state_steps, one)
-        return
-    increment = 1 - found_inf
-    for device, steps in _by_device(state_steps).items():
-        torch._foreach_add_(steps, increment.to(device, non_blocking=True))
+    by_device = _by_device(state_steps)
+    for device, steps in by_device.items():
+        if device.type == "cpu" and steps_op is not None:
+            # A device found_inf is copied to the host with a blocking copy: the counters are read on the
+            # host at once, before a non_blocking copy would have landed.
+            steps_op(steps, None if found_inf is None else found_inf.to("cpu"))
+        elif found_inf is None:
+            # A CPU scalar tensor as the operand keeps CPU steps on foreach's fast path (as torch does).
+            one = torch.tensor(1.0, device=device) if device.type == "cpu" else 1
+            torch._foreach_add_(steps, one)
+        else:
+            increment = (1 - found_inf).to(device, non_blocking=device.type != "cpu")
+            torch._foreach_add_(steps, increment)
 
 
 def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:
@@ -37,6 +90,79 @@ def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Ten
 def _as_real(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """Adadelta treats a complex number as two real ones (as torch does with view_as_real)."""
     return [torch.view_as_real(t) for t in tensors]
+
+
+def _on_device(value: torch.Tensor | None, device: torch.device, copies: dict) -> torch.Tensor | None:
+    """GradScaler's scalars live on one GPU; params on another get a copy, made once per device (as
+    torch's fused optimizers do). Any other placement is left for the validator to refuse by name."""
+    if value is None or value.device == device or value.device.type != "cuda" or device.type != "cuda":
+        return value
+    key = (id(value), device)
+    if key not in copies:
+        copies[key] = value.to(device, non_blocking=True)
+    return copies[key]
+
+
+def _grouped(lists, scalars: StepScalars) -> dict:
+    """torch's grouping by (device, dtype); where it refuses the lists (a grad on another device than its
+    param, say), the op's validator names the tensor instead of torch's generic message."""
+    try:
+        return _group_tensors_by_device_and_dtype(lists, with_indices=False)
+    except RuntimeError:
+        check_group(*lists[:4], lists[4] if len(lists) > 4 else None, scalars, lists[0][0].device.type)
+        raise
+
+
+def _check_lengths(params, grads, square_avgs, acc_deltas, master_params) -> None:
+    n = len(params)
+    if all(len(tensors) == n for tensors in (grads, square_avgs, acc_deltas, master_params or params)):
+        return
+    # The op's validator checks the lengths first, so it raises here with the op's own message.
+    scalars = StepScalars(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0)
+    check_group(params, grads, square_avgs, acc_deltas, master_params, scalars, "cpu")
+    raise ValueError("params, grads, square_avgs, acc_deltas and master_params must have equal lengths")
+
+
+def plan(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    square_avgs: list[torch.Tensor],
+    acc_deltas: list[torch.Tensor],
+    state_steps: list[torch.Tensor] | None,
+    scalars: StepScalars,
+    master_params: list[torch.Tensor] | None = None,
+    backend: str | None = None,
+) -> StepPlan:
+    """Group, place and check one step without writing anything (``StepPlan.check`` checks the calls)."""
+    _check_lengths(params, grads, square_avgs, acc_deltas, master_params)
+    if state_steps:
+        _extension.check_state_steps(state_steps)
+    write_back = []
+    if any(grad.is_neg() for grad in grads):
+        resolved = [grad.resolve_neg() for grad in grads]
+        if scalars.grad_mode != GradMode.KEEP:
+            write_back = [(grad, copy) for grad, copy in zip(grads, resolved) if copy is not grad]
+        grads = resolved
+    calls = []
+    if params:
+        lists = [params, grads, square_avgs, acc_deltas] + ([master_params] if master_params else [])
+        copies: dict = {}
+        for (device, dtype), (group, _) in _grouped(lists, scalars).items():
+            group_params, group_grads, group_sq, group_acc = (
+                (_as_real(tensors) for tensors in group[:4]) if dtype.is_complex else group[:4]
+            )
+            group_scalars = replace(
+                scalars,
+                grad_scale=_on_device(scalars.grad_scale, device, copies),
+                found_inf=_on_device(scalars.found_inf, device, copies),
+            )
+            if isinstance(scalars.lr, torch.Tensor) and _on_device(scalars.lr, device, copies) is not scalars.lr:
+                group_scalars = replace(group_scalars, lr=scalars.lr.to(device))
+            calls.append(BackendCall(
+                backends.resolve(backend, device), device, group_params, group_grads, group_sq, group_acc,
+                group[4] if master_params else None, group_scalars,
+            ))
+    return StepPlan(calls, state_steps, scalars.found_inf, write_back)
 
 
 def adadelta_(
@@ -62,17 +188,21 @@ def adadelta_(
     """One Adadelta step, in place, over lists of tensors (the contract in ``adadelta_fused.reference``).
 
     Tensors are grouped by (device, dtype); each group goes to one backend call. ``state_steps``, when
-    given, are advanced by one unless ``found_inf`` is set.
+    given, are advanced by one unless ``found_inf`` is set. Everything is checked before anything is
+    written.
     """
-    n = len(params)
-    for name, tensors in (("grads", grads), ("square_avgs", square_avgs), ("acc_deltas", acc_deltas)):
-        if len(tensors) != n:
-            raise ValueError(f"{name} has {len(tensors)} tensors but params has {n}")
-    if master_params is not None and master_params and len(master_params) != n:
-        raise ValueError(f"master_params has {len(master_params)} tensors but params has {n}")
-    check_lr(lr)
-    scalars = StepScalars(
-        lr=lr,
+    scalars = step_scalars(lr, rho, eps, weight_decay, maximize, grad_scale, found_inf, grad_mode,
+                           stochastic_rounding, rounding_key)
+    step = plan(params, grads, square_avgs, acc_deltas, state_steps, scalars, master_params or None, backend)
+    if len(step.calls) > 1:
+        step.check()  # each call checks its own group; a later group's error must come before any write
+    step.run()
+
+
+def step_scalars(lr, rho, eps, weight_decay, maximize, grad_scale, found_inf, grad_mode, stochastic_rounding,
+                 rounding_key) -> StepScalars:
+    return StepScalars(
+        lr=check_lr(lr),
         rho=float(rho),
         eps=float(eps),
         weight_decay=float(weight_decay),
@@ -83,18 +213,3 @@ def adadelta_(
         stochastic_rounding=bool(stochastic_rounding),
         rounding_key=int(rounding_key) & 0xFFFFFFFF,
     )
-    lists = [params, grads, square_avgs, acc_deltas] + ([master_params] if master_params else [])
-    grouped = _group_tensors_by_device_and_dtype(lists, with_indices=False)
-    for (device, dtype), (group, _) in grouped.items():
-        group_params, group_grads, group_sq, group_acc = (
-            (_as_real(tensors) for tensors in group[:4]) if dtype.is_complex else group[:4]
-        )
-        group_master = group[4] if master_params else None
-        module = backends.resolve(backend, device)
-        group_scalars = scalars
-        if isinstance(lr, torch.Tensor) and lr.device != device and not lr.is_cpu:
-            group_scalars = StepScalars(**{**scalars.__dict__, "lr": lr.to(device)})
-        module.check_group(group_params, group_grads, group_sq, group_acc, group_master, group_scalars)
-        module.step_(group_params, group_grads, group_sq, group_acc, group_master, group_scalars)
-    if state_steps is not None:
-        _advance_steps(state_steps, found_inf)

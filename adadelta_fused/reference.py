@@ -12,7 +12,9 @@ Inputs
                          and updated, and the param receives its rounded copy.
     ``lr``               a float, or a 1-element tensor read at run time (no host sync on a GPU).
     ``grad_scale``       optional 1-element fp32 tensor: the gradient is divided by it first.
-    ``found_inf``        optional 1-element fp32 tensor: when it is nonzero nothing is written at all.
+    ``found_inf``        optional 1-element fp32 tensor: when it is nonzero the step is skipped and nothing
+                         is written, except that grad_mode "zero" still zeroes the gradients (the next
+                         backward must not add to the inf/NaN that was found).
     ``grad_mode``        what happens to the gradient buffer: ``"keep"`` (untouched), ``"unscale"``
                          (overwritten with grad / grad_scale) or ``"zero"`` (zeroed in the same pass).
     ``stochastic_rounding``  bf16 params without a master copy are written with stochastic rounding, with
@@ -43,7 +45,7 @@ import numpy
 import torch
 
 from .contract import GradMode, StepScalars
-from .flat import is_dense
+from .layout import is_dense
 
 _MASK32 = 0xFFFFFFFF
 
@@ -75,9 +77,14 @@ def mix32(x: int) -> int:
     return x ^ (x >> 16)
 
 
-def rounding_key(seed: int, step: int) -> int:
-    """The 32-bit key of one step's rounding noise: reproducible from (seed, step)."""
-    return mix32(mix32(mix32(step) ^ (seed & _MASK32)) ^ ((seed >> 32) & _MASK32))
+def rounding_key(seed: int, step: int, stream: int = 0) -> int:
+    """The 32-bit key of one step's rounding noise: reproducible from (seed, step, stream).
+
+    ``stream`` tells apart the calls of one step that would otherwise draw the same noise: the optimizer
+    gives each (param group, flat buffer) its own, since every call numbers its tensors from 0.
+    """
+    key = mix32(mix32(mix32(step) ^ (seed & _MASK32)) ^ ((seed >> 32) & _MASK32))
+    return key if stream == 0 else mix32(key ^ mix32(stream & _MASK32))
 
 
 def rounding_noise(key: int, tensor_index: int, numel: int) -> torch.Tensor:
@@ -142,6 +149,9 @@ def adadelta_step_reference_(
 ) -> None:
     """Apply one Adadelta step in place to a validated group of tensors (the contract above)."""
     if scalars.found_inf is not None and bool(scalars.found_inf.item() != 0):
+        if scalars.grad_mode == GradMode.ZERO:
+            for grad in grads:
+                grad.zero_()
         return
     for index, (param, grad, square_avg, acc_delta) in enumerate(
         zip(params, grads, square_avgs, acc_deltas, strict=True)

@@ -143,8 +143,8 @@ def _hyperparameter(value, MATH: tl.constexpr):
 def _update_elements(
     # buffers of one tensor, typed pointers
     param_ptr, grad_ptr, square_avg_ptr, acc_delta_ptr, master_ptr,
-    # which elements
-    offsets, mask,
+    # which elements: mask for the update, zero_mask for GradMode.ZERO's store (it also covers a skipped step)
+    offsets, mask, zero_mask,
     # hyperparameters in math precision
     neg_lr, rho, one_minus_rho, eps, weight_decay, grad_scale, tensor_key,
     # constexpr flags
@@ -185,9 +185,9 @@ def _update_elements(
         tl.store(param_ptr + offsets, _bits_to_bf16(_bf16_round_stochastic(p, noise)), mask=mask)
     else:
         tl.store(param_ptr + offsets, _to_storage(p, param_ptr.dtype.element_ty), mask=mask)
-    if GRAD_MODE == 2:  # GradMode.ZERO: grad.zero_()
+    if GRAD_MODE == 2:  # GradMode.ZERO: grad.zero_(), also when GradScaler skips the step
         zero = tl.full(g.shape, 0.0, MATH)
-        tl.store(grad_ptr + offsets, _to_storage(zero, grad_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_ptr + offsets, _to_storage(zero, grad_ptr.dtype.element_ty), mask=zero_mask)
 
 
 @triton.jit
@@ -222,7 +222,8 @@ def _step_block(
     body_limit = body_end
     tail_limit = numel
     if found_inf_ptr is not None:
-        # A nonzero found_inf empties the tensor: every load and store is masked off, nothing is written.
+        # A nonzero found_inf empties the tensor: every load and store is masked off and nothing is written,
+        # except the ZERO mode's zeroed grad (zero_mask keeps the unskipped limits).
         skip = tl.load(found_inf_ptr) != 0
         body_limit = tl.where(skip, 0, body_end)
         tail_limit = tl.where(skip, 0, numel)
@@ -234,14 +235,14 @@ def _step_block(
     offsets = tl.max_contiguous(start + tl.arange(0, BLOCK), VECTOR)
     _update_elements(
         param_ptr, grad_ptr, square_avg_ptr, acc_delta_ptr, master_ptr, offsets, offsets < body_limit,
-        neg_lr, rho, one_minus_rho, eps, weight_decay, grad_scale, tensor_key,
+        offsets < body_end, neg_lr, rho, one_minus_rho, eps, weight_decay, grad_scale, tensor_key,
         MATH, GRAD_MODE, MAXIMIZE, grad_scale_ptr is not None, HAS_WEIGHT_DECAY, HAS_MASTER, STOCHASTIC,
     )
     # start <= body_end always (start is a multiple of 16 below numel), so this is the block holding the tail.
     if HAS_TAIL and body_end - start < BLOCK:
         tail = body_end + tl.arange(0, BODY_MULTIPLE)
         _update_elements(
-            param_ptr, grad_ptr, square_avg_ptr, acc_delta_ptr, master_ptr, tail, tail < tail_limit,
+            param_ptr, grad_ptr, square_avg_ptr, acc_delta_ptr, master_ptr, tail, tail < tail_limit, tail < numel,
             neg_lr, rho, one_minus_rho, eps, weight_decay, grad_scale, tensor_key,
             MATH, GRAD_MODE, MAXIMIZE, grad_scale_ptr is not None, HAS_WEIGHT_DECAY, HAS_MASTER, STOCHASTIC,
         )

@@ -2,7 +2,7 @@
 //
 // bf16 and fp16 are plain 16-bit words here (not c10::BFloat16/c10::Half): the conversions below are
 // branch-free integer and float operations that GCC vectorizes on the CPU, and that match torch's
-// round-to-nearest-even casts bit for bit (tests/test_dtypes.py checks every fp16 value).
+// round-to-nearest-even casts bit for bit (tests/test_precision.py checks every bf16 and fp16 value).
 #pragma once
 
 #include <cstdint>

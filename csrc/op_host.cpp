@@ -1,8 +1,17 @@
 #include "op_host.h"
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <unordered_map>
 
 namespace adadelta_fused {
 namespace {
@@ -29,15 +38,15 @@ void check_list_length(const char* name, at::TensorList list, size_t expected) {
 
 void check_scalar_tensor(const char* name, const c10::optional<at::Tensor>& t, const c10::Device& device) {
   if (!t.has_value()) return;
-  TORCH_CHECK_VALUE(t->numel() == 1, name, " must be a 1-element tensor, got ", t->numel(), " elements");
+  TORCH_CHECK_VALUE(t->sym_numel() == 1, name, " must be a 1-element tensor, got ", t->sym_numel(), " elements");
   TORCH_CHECK_VALUE(t->scalar_type() == at::kFloat, name, " must be float32, got ", t->scalar_type());
   TORCH_CHECK_VALUE(t->device() == device, name, " is on ", t->device(), " but the params are on ", device);
 }
 
 void check_companion(const char* name, size_t i, const at::Tensor& t, const at::Tensor& param,
                      at::ScalarType dtype) {
-  TORCH_CHECK_VALUE(t.sizes() == param.sizes(), name, "[", i, "] has shape ", t.sizes(), " but params[", i,
-                    "] has ", param.sizes());
+  TORCH_CHECK_VALUE(t.sym_sizes() == param.sym_sizes(), name, "[", i, "] has shape ", t.sym_sizes(), " but params[",
+                    i, "] has ", param.sym_sizes());
   TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, "[", i, "] has dtype ", t.scalar_type(), ", expected ", dtype);
   TORCH_CHECK_VALUE(t.device() == param.device(), name, "[", i, "] is on ", t.device(), " but params[", i,
                     "] is on ", param.device());
@@ -45,6 +54,105 @@ void check_companion(const char* name, size_t i, const at::Tensor& t, const at::
 
 bool dense_like(const at::Tensor& t, const at::Tensor& layout) {
   return t.is_non_overlapping_and_dense() && t.strides() == layout.strides();
+}
+
+// torch refuses an lr or weight_decay that overflows the param dtype it converts them to ("value cannot be
+// converted to type c10::Half without overflow"): the kernels would turn it into inf and every weight
+// into inf or NaN. The same bound here, per param dtype; fp64 params take any finite double.
+void check_fits_param_dtype(const char* name, double value, at::ScalarType dtype) {
+  double largest = std::numeric_limits<double>::max();
+  if (dtype == at::kFloat) largest = double(std::numeric_limits<float>::max());
+  if (dtype == at::kBFloat16) largest = double(std::numeric_limits<c10::BFloat16>::max());
+  if (dtype == at::kHalf) largest = double(std::numeric_limits<c10::Half>::max());
+  TORCH_CHECK(std::abs(value) <= largest, "Invalid ", name, ": ", value, " cannot be converted to type ", dtype,
+              " without overflow (the type of the params)");
+}
+
+struct Span {
+  const char* name;
+  size_t index;
+  bool written;
+  uintptr_t begin;  // bytes within the storage
+  uintptr_t end;
+};
+
+// Two tensors of one call that share memory would race (the kernels read and write every element of
+// every tensor in parallel), so any overlap that involves a written tensor is refused. Only tensors that
+// share a storage are compared: a call whose tensors all own their storage pays one hash insert each.
+// Byte ranges decide, so two interleaved views (x[::2], x[1::2]) count as overlapping too. Storages are
+// visited in the order the arguments name them, so every backend reports the same pair.
+void check_no_overlap(const std::vector<std::pair<const char*, at::TensorList>>& lists,
+                      const std::vector<bool>& written) {
+  std::unordered_map<const void*, size_t> slot_of;
+  std::vector<std::vector<Span>> by_storage;
+  bool shared = false;
+  for (size_t l = 0; l < lists.size(); ++l) {
+    const auto& [name, tensors] = lists[l];
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const at::Tensor& t = tensors[i];
+      if (t.numel() == 0 || !t.has_storage()) continue;
+      const uintptr_t item = uintptr_t(t.itemsize());
+      uintptr_t extent = 1;
+      for (int64_t d = 0; d < t.dim(); ++d) extent += uintptr_t(t.size(d) - 1) * uintptr_t(t.stride(d));
+      const uintptr_t begin = uintptr_t(t.storage_offset()) * item;
+      const auto [it, inserted] = slot_of.try_emplace(t.storage().unsafeGetStorageImpl(), by_storage.size());
+      if (inserted) by_storage.emplace_back();
+      std::vector<Span>& spans = by_storage[it->second];
+      spans.push_back({name, i, bool(written[l]), begin, begin + extent * item});
+      shared = shared || spans.size() > 1;
+    }
+  }
+  if (!shared) return;
+  for (std::vector<Span>& spans : by_storage) {
+    if (spans.size() < 2) continue;
+    std::stable_sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+    // Sweep: the span reaching furthest so far is the one any later span could overlap first.
+    size_t reach = 0;
+    for (size_t k = 1; k < spans.size(); ++k) {
+      const Span& a = spans[reach];
+      const Span& b = spans[k];
+      if (b.begin < a.end && (a.written || b.written)) {
+        TORCH_CHECK_VALUE(false, b.name, "[", b.index, "] and ", a.name, "[", a.index,
+                          "] share memory (the same tensor twice, or overlapping views); the step writes ",
+                          a.written ? a.name : b.name, " and would race. Pass tensors that do not overlap");
+      }
+      if (b.end > a.end) reach = k;
+    }
+  }
+}
+
+// The layout as Python spells it (torch.sparse_csr), so the message names what the user wrote.
+std::string layout_name(at::Layout layout) {
+  switch (layout) {
+    case at::kSparse:
+      return "torch.sparse_coo";
+    case at::kSparseCsr:
+      return "torch.sparse_csr";
+    case at::kSparseCsc:
+      return "torch.sparse_csc";
+    case at::kSparseBsr:
+      return "torch.sparse_bsr";
+    case at::kSparseBsc:
+      return "torch.sparse_bsc";
+    case at::kJagged:
+      return "torch.jagged";
+    default: {
+      std::ostringstream name;
+      name << layout;
+      return name.str();
+    }
+  }
+}
+
+// Every tensor argument must be an ordinary strided tensor; sparse and other layouts are named here
+// instead of failing in the dispatcher.
+void check_layout(const char* name, size_t i, const at::Tensor& t) {
+  if (t.layout() == at::kStrided) return;
+  if (std::string(name) == "grads" && t.layout() == at::kSparse) {
+    TORCH_CHECK(false, "grads[", i, "] has layout torch.sparse_coo: Adadelta does not support sparse gradients");
+  }
+  TORCH_CHECK_VALUE(false, name, "[", i, "] has layout ", layout_name(t.layout()),
+                    "; the step needs strided (dense) tensors");
 }
 
 }  // namespace
@@ -59,7 +167,8 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
   TORCH_CHECK_VALUE(a.lr_tensor.has_value() || std::isfinite(a.lr), "Invalid learning rate: ", a.lr,
                     " (must be a finite number)");
   if (a.lr_tensor.has_value()) {
-    TORCH_CHECK_VALUE(a.lr_tensor->numel() == 1, "Tensor lr must be 1-element");
+    check_layout("lr_tensor", 0, *a.lr_tensor);
+    TORCH_CHECK_VALUE(a.lr_tensor->sym_numel() == 1, "Tensor lr must be 1-element");
     TORCH_CHECK_VALUE(a.lr_tensor->is_floating_point(), "Invalid lr dtype: ", a.lr_tensor->scalar_type(),
                       " (expected a floating-point tensor)");
   }
@@ -67,6 +176,12 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
                     " (expected 0 keep, 1 unscale or 2 zero)");
   if (n == 0) return;
 
+  const std::vector<std::pair<const char*, at::TensorList>> lists = {
+      {"params", a.params}, {"grads", a.grads}, {"square_avgs", a.square_avgs}, {"acc_deltas", a.acc_deltas},
+      {"master_params", a.master_params}};
+  for (const auto& [name, tensors] : lists) {
+    for (size_t i = 0; i < tensors.size(); ++i) check_layout(name, i, tensors[i]);
+  }
   const at::Tensor& first = a.params[0];
   const at::ScalarType dtype = first.scalar_type();
   const at::ScalarType state_dtype = a.square_avgs[0].scalar_type();
@@ -80,9 +195,10 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
   TORCH_CHECK_TYPE(!has_master || low_precision, "master_params are for bf16/fp16 params, got ", dtype, " params");
   TORCH_CHECK_VALUE(!(a.stochastic_rounding && has_master),
                     "stochastic_rounding applies to bf16 params without master_params, not both");
+  if (!a.lr_tensor.has_value()) check_fits_param_dtype("learning rate", a.lr, dtype);
+  check_fits_param_dtype("weight_decay value", a.weight_decay, dtype);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = a.params[i];
-    TORCH_CHECK(!a.grads[i].is_sparse(), "Adadelta does not support sparse gradients");
     TORCH_CHECK_TYPE(p.scalar_type() == dtype, "params[", i, "] has dtype ", p.scalar_type(), " but params[0] has ",
                      dtype);
     TORCH_CHECK_VALUE(p.device() == device, "params[", i, "] is on ", p.device(), " but params[0] is on ", device);
@@ -98,54 +214,99 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
     TORCH_CHECK_VALUE(lr_device == device || lr_device.is_cpu(), "lr is on ", lr_device, " but the params are on ",
                       device);
   }
+  // Traced with symbolic shapes (torch.compile's fake kernel), addresses and extents are not numbers yet;
+  // the real call checks them.
+  for (const auto& [name, tensors] : lists) {
+    for (const at::Tensor& t : tensors) {
+      if (t.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) return;
+    }
+  }
+  // Written tensors: a stride-0 (expanded) or otherwise self-overlapping tensor cannot hold one result
+  // per element, and an inference tensor cannot be updated outside InferenceMode; both refused here,
+  // before the first write, instead of half-way through the step.
+  const bool grad_written = a.grad_mode != int64_t(GradMode::kKeep);
+  const std::vector<bool> written = {true, grad_written, true, true, true};
+  for (size_t l = 0; l < lists.size(); ++l) {
+    if (!written[l]) continue;
+    const auto& [name, tensors] = lists[l];
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const at::Tensor& t = tensors[i];
+      TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, name, "[", i,
+                        "] has elements that share memory (an expanded tensor with stride 0?) and the step "
+                        "writes it; pass a tensor with its own memory per element (e.g. .clone())");
+      TORCH_CHECK(!t.is_inference() || c10::InferenceMode::is_enabled(), name, "[", i,
+                  "] is an inference tensor; the step updates it in place, which torch allows only inside "
+                  "InferenceMode");
+    }
+  }
+  check_no_overlap(lists, written);
+}
+
+void check_state_steps(at::TensorList steps) {
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const at::Tensor& step = steps[i];
+    TORCH_CHECK_VALUE(step.layout() == at::kStrided && step.sym_numel() == 1 &&
+                          (step.scalar_type() == at::kFloat || step.scalar_type() == at::kDouble),
+                      "state_steps[", i, "] must be a 1-element float32 or float64 tensor, got ", step.scalar_type(),
+                      " with ", step.sym_numel(), " elements (layout ", layout_name(step.layout()), ")");
+  }
+}
+
+void bump_versions(const OpArgs& a) {
+  // Every list the schema marks mutable, grads included in the "keep" mode: torch's generated
+  // ADInplaceOrView kernels bump every (a!) argument of its own fused optimizers the same way.
+  for (at::TensorList list : {a.params, a.grads, a.square_avgs, a.acc_deltas, a.master_params}) {
+    for (const at::Tensor& t : list) t.unsafeGetTensorImpl()->bump_version();
+  }
+}
+
+bool zeroes_grads_when_skipped(const OpArgs& a) {
+  return a.found_inf.has_value() && a.grad_mode == int64_t(GradMode::kZero);
 }
 
 DenseGroup::DenseGroup(const OpArgs& a) : has_master_(!a.master_params.empty()) {
   const size_t n = a.params.size();
-  for (std::vector<void*>* list : {&param_, &grad_, &square_avg_, &acc_delta_}) list->reserve(n);
-  numel_.reserve(n);
+  rows_.reserve(n);
   const bool grad_written = a.grad_mode != int64_t(GradMode::kKeep);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = a.params[i];
     // A param that is itself not dense is staged contiguously; its companions then follow that layout.
     const at::Tensor layout = p.is_non_overlapping_and_dense() ? p : p.contiguous();
-    add(p, layout, param_, true);
-    add(a.grads[i], layout, grad_, grad_written);
-    add(a.square_avgs[i], layout, square_avg_, true);
-    add(a.acc_deltas[i], layout, acc_delta_, true);
-    if (has_master_) {
-      std::vector<void*> master_ptr;
-      add(a.master_params[i], layout, master_ptr, true);
-      master_.push_back(static_cast<float*>(master_ptr.front()));
-    }
-    numel_.push_back(p.numel());
+    std::array<at::Tensor, 5>& row = rows_.emplace_back();
+    row[0] = add(p, layout, true);
+    row[1] = add(a.grads[i], layout, grad_written);
+    row[2] = add(a.square_avgs[i], layout, true);
+    row[3] = add(a.acc_deltas[i], layout, true);
+    if (has_master_) row[4] = add(a.master_params[i], layout, true);
   }
 }
 
-void DenseGroup::add(const at::Tensor& tensor, const at::Tensor& layout, std::vector<void*>& out, bool written) {
-  if (dense_like(tensor, layout) && tensor.numel() > 0) {
-    out.push_back(tensor.data_ptr());
-    return;
-  }
-  if (tensor.numel() == 0) {
-    out.push_back(nullptr);  // never dereferenced: empty tensors take no block
-    return;
-  }
+at::Tensor DenseGroup::add(const at::Tensor& tensor, const at::Tensor& layout, bool written) {
+  if (tensor.numel() == 0 || dense_like(tensor, layout)) return tensor;
   at::Tensor dense = at::empty_strided(layout.sizes(), layout.strides(), tensor.options());
   dense.copy_(tensor);
-  out.push_back(dense.data_ptr());
-  if (written) {
-    staged_.emplace_back(tensor, dense);
-  } else {
-    staged_.emplace_back(at::Tensor(), dense);  // read-only: kept until finish(), after the launches
-  }
+  // A read-only copy is kept (undefined target) until finish(), after the launches that read it.
+  staged_.emplace_back(written ? tensor : at::Tensor(), dense);
+  return dense;
 }
 
-TensorListPointers DenseGroup::pointers() const {
-  return {param_.data(),     grad_.data(),
-          square_avg_.data(), acc_delta_.data(),
-          has_master_ ? master_.data() : nullptr, numel_.data(),
-          int64_t(numel_.size())};
+TensorListPointers DenseGroup::pointers() {
+  const size_t n = rows_.size();
+  for (std::vector<void*>* list : {&param_, &grad_, &square_avg_, &acc_delta_}) list->assign(n, nullptr);
+  master_.assign(has_master_ ? n : 0, nullptr);
+  numel_.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const auto& row = rows_[i];
+    numel_[i] = row[0].numel();
+    if (numel_[i] == 0) continue;  // null pointers, never dereferenced: empty tensors take no block
+    param_[i] = row[0].data_ptr();
+    grad_[i] = row[1].data_ptr();
+    square_avg_[i] = row[2].data_ptr();
+    acc_delta_[i] = row[3].data_ptr();
+    if (has_master_) master_[i] = static_cast<float*>(row[4].data_ptr());
+  }
+  return {param_.data(),      grad_.data(), square_avg_.data(), acc_delta_.data(),
+          has_master_ ? master_.data() : nullptr, numel_.data(), int64_t(n)};
 }
 
 void DenseGroup::finish() {

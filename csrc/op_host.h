@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -34,26 +35,46 @@ struct OpArgs {
   int64_t rounding_key;
 };
 
-// Raises a clear error naming the argument and its value before any memory is touched. Messages match
-// adadelta_fused/contract.py (check_group), so every backend fails the same way.
+// The op's one validator: raises a clear error naming the argument and its value before any memory is
+// touched. Every backend runs it (the Triton and reference backends and the fake kernel through
+// _C.check_op_args), so every backend fails with the same words.
 void check_op_args(const OpArgs& args, c10::DeviceType expected_device);
 
-// The tensors a kernel writes through raw pointers: every element dense, in the param's layout.
-// Tensors that are not (a strided view, a grad whose strides differ from its param's) are staged in a
-// dense copy and written back by finish().
+// The step counters functional.adadelta_ advances after the update, checked before the update runs:
+// 1-element fp32 or fp64 tensors (torch's _get_scalar_dtype), so a bad counter never half-applies a step.
+void check_state_steps(at::TensorList steps);
+
+// After a step: every tensor in a list the schema marks mutable gets a new version, as torch's in-place
+// ops give theirs, so a graph saved before the step refuses to backpropagate through the new values.
+void bump_versions(const OpArgs& args);
+
+// A step skipped by GradScaler (found_inf set) still zeroes the gradients in the "zero" mode: the next
+// backward must not add to the inf/NaN it found.
+bool zeroes_grads_when_skipped(const OpArgs& args);
+
+// The staging policy, the only one: the tensors a kernel writes through raw pointers must be dense, in
+// the param's layout. Tensors that are not (a strided view, a grad whose strides differ from its
+// param's) are staged in a dense copy and written back by finish(). The Triton backend stages through
+// this class too (_C.stage_dense).
 class DenseGroup {
  public:
   explicit DenseGroup(const OpArgs& args);
-  TensorListPointers pointers() const;
-  int64_t size() const { return int64_t(numel_.size()); }
+  // The kernels' view of the rows (reads data pointers, so never called on fake tensors).
+  TensorListPointers pointers();
+  int64_t size() const { return int64_t(rows_.size()); }
+  // The dense tensors, row by row: param, grad, square_avg, acc_delta, master (undefined without one).
+  const std::vector<std::array<at::Tensor, 5>>& rows() const { return rows_; }
+  // (caller's tensor, dense copy) for every staged tensor; the caller's is undefined for read-only ones.
+  const std::vector<std::pair<at::Tensor, at::Tensor>>& staged() const { return staged_; }
   void finish();  // copies staged results back into the caller's tensors
 
  private:
-  void add(const at::Tensor& tensor, const at::Tensor& layout, std::vector<void*>& out, bool written);
+  at::Tensor add(const at::Tensor& tensor, const at::Tensor& layout, bool written);
+  std::vector<std::array<at::Tensor, 5>> rows_;
+  std::vector<std::pair<at::Tensor, at::Tensor>> staged_;
   std::vector<void*> param_, grad_, square_avg_, acc_delta_;
   std::vector<float*> master_;
   std::vector<int64_t> numel_;
-  std::vector<std::pair<at::Tensor, at::Tensor>> staged_;  // (caller's tensor, dense copy)
   bool has_master_;
 };
 

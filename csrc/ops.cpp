@@ -1,11 +1,15 @@
-// The op schema, declared once; the CPU and CUDA files register kernels for it.
-#include <torch/library.h>
+// The Python face of the extension. The ops' schemas are declared once, in adadelta_fused/ops.py, when
+// the package is imported; this file and the CPU and CUDA files register kernels for them, and expose
+// the one validator and the one staging policy (op_host.h) to the backends written in Python.
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include "multi_tensor.h"
+#include "op_host.h"
 
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -17,19 +21,9 @@ std::vector<std::string> supported_cpu_isas();
 int64_t parallel_workers();
 }  // namespace adadelta_fused
 
-TORCH_LIBRARY(adadelta_fused, m) {
-  // Every list is mutable with its own alias set: params, square_avgs, acc_deltas and master_params are
-  // always written, grads in the "unscale" and "zero" modes. Nothing is returned.
-  m.def(
-      "adadelta_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs, Tensor(d!)[] acc_deltas, "
-      "Tensor(e!)[] master_params, float lr, Tensor? lr_tensor, float rho, float eps, float weight_decay, "
-      "bool maximize, Tensor? grad_scale, Tensor? found_inf, int grad_mode, bool stochastic_rounding, "
-      "int rounding_key) -> ()");
-  // step += 1 for each param's counter, unless found_inf is nonzero (the step counters of the group).
-  m.def("advance_steps_(Tensor(a!)[] state_steps, Tensor? found_inf) -> ()");
-}
-
 namespace {
+using adadelta_fused::OpArgs;
+
 // The launches pack_launches makes for tensors of these sizes, as (tensor index, chunk) per block: lets
 // the tests check the walk's capacity limits with sizes alone, without allocating 2^27 elements.
 std::vector<std::vector<std::pair<int64_t, int64_t>>> plan_launches(const std::vector<int64_t>& numels) {
@@ -49,19 +43,59 @@ std::vector<std::vector<std::pair<int64_t, int64_t>>> plan_launches(const std::v
   return plan;
 }
 
-// A sparse gradient routes the call to a sparse dispatch key; answer there with torch's own message.
-void reject_sparse(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList, double,
-                   const c10::optional<at::Tensor>&, double, double, double, bool, const c10::optional<at::Tensor>&,
-                   const c10::optional<at::Tensor>&, int64_t, bool, int64_t) {
-  TORCH_CHECK(false, "Adadelta does not support sparse gradients");
+// The op's arguments, checked for a kernel on `device_type` ("cpu", "cuda", "meta" for the fake kernel).
+void check_op_args(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                   const std::vector<at::Tensor>& square_avgs, const std::vector<at::Tensor>& acc_deltas,
+                   const std::vector<at::Tensor>& master_params, double lr, const c10::optional<at::Tensor>& lr_tensor,
+                   double rho, double eps, double weight_decay, bool maximize,
+                   const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+                   int64_t grad_mode, bool stochastic_rounding, int64_t rounding_key, const std::string& device_type) {
+  const OpArgs op{params, grads,      square_avgs, acc_deltas, master_params, lr,        lr_tensor,           rho,
+                  eps,    weight_decay, maximize,  grad_scale, found_inf,     grad_mode, stochastic_rounding, rounding_key};
+  adadelta_fused::check_op_args(op, c10::Device(device_type).type());
+}
+
+// DenseGroup for a Python backend: (the dense rows, the (caller's tensor, dense copy) pairs to copy back
+// after the launches, whether any tensor was copied). Rows hold param, grad, square_avg, acc_delta and,
+// with master weights, the master.
+std::tuple<std::vector<std::vector<at::Tensor>>, std::vector<std::pair<at::Tensor, at::Tensor>>, bool> stage_dense(
+    const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+    const std::vector<at::Tensor>& square_avgs, const std::vector<at::Tensor>& acc_deltas,
+    const std::vector<at::Tensor>& master_params, int64_t grad_mode) {
+  const c10::optional<at::Tensor> none;
+  const OpArgs op{params, grads, square_avgs, acc_deltas, master_params, 0.0, none, 0.0, 0.0, 0.0, false,
+                  none,   none,  grad_mode,   false,      0};
+  const adadelta_fused::DenseGroup group(op);
+  std::vector<std::vector<at::Tensor>> rows;
+  rows.reserve(group.rows().size());
+  for (const auto& row : group.rows()) rows.emplace_back(row.begin(), row.begin() + (master_params.empty() ? 4 : 5));
+  std::vector<std::pair<at::Tensor, at::Tensor>> write_back;
+  for (const auto& [target, dense] : group.staged()) {
+    if (target.defined()) write_back.emplace_back(target, dense);
+  }
+  return {std::move(rows), std::move(write_back), !group.staged().empty()};
+}
+
+// A sparse tensor routes the call to a sparse dispatch key; the validator names the argument and layout.
+void reject_layout(at::TensorList params, at::TensorList grads, at::TensorList square_avgs, at::TensorList acc_deltas,
+                   at::TensorList master_params, double lr, const c10::optional<at::Tensor>& lr_tensor, double rho,
+                   double eps, double weight_decay, bool maximize, const c10::optional<at::Tensor>& grad_scale,
+                   const c10::optional<at::Tensor>& found_inf, int64_t grad_mode, bool stochastic_rounding,
+                   int64_t rounding_key) {
+  const OpArgs op{params, grads,      square_avgs, acc_deltas, master_params, lr,        lr_tensor,           rho,
+                  eps,    weight_decay, maximize,  grad_scale, found_inf,     grad_mode, stochastic_rounding, rounding_key};
+  adadelta_fused::check_op_args(op, params.empty() ? c10::DeviceType::CPU : params[0].device().type());
+  TORCH_CHECK(false, "adadelta_fused::adadelta_ got a tensor with a layout it has no kernel for");
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(adadelta_fused, SparseCPU, m) { m.impl("adadelta_", &reject_sparse); }
-TORCH_LIBRARY_IMPL(adadelta_fused, SparseCUDA, m) { m.impl("adadelta_", &reject_sparse); }
+TORCH_LIBRARY_IMPL(adadelta_fused, SparseCPU, m) { m.impl("adadelta_", &reject_layout); }
+TORCH_LIBRARY_IMPL(adadelta_fused, SparseCUDA, m) { m.impl("adadelta_", &reject_layout); }
+TORCH_LIBRARY_IMPL(adadelta_fused, SparseCsrCPU, m) { m.impl("adadelta_", &reject_layout); }
+TORCH_LIBRARY_IMPL(adadelta_fused, SparseCsrCUDA, m) { m.impl("adadelta_", &reject_layout); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "adadelta_fused's compiled kernels; importing it registers torch.ops.adadelta_fused.adadelta_";
+  m.doc() = "adadelta_fused's compiled kernels, validator and staging for the ops of adadelta_fused.ops";
   m.def("compiled_with_cuda", [] {
 #if defined(ADADELTA_FUSED_WITH_CUDA)
     return true;
@@ -69,6 +103,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return false;
 #endif
   });
+  m.def("check_op_args", &check_op_args, "the op's validator (op_host.h), for backends written in Python");
+  m.def("check_state_steps", [](const std::vector<at::Tensor>& steps) { adadelta_fused::check_state_steps(steps); },
+        "the step counters' validator, run before the update");
+  m.def("stage_dense", &stage_dense, "the op's staging of non-dense tensors (op_host.h DenseGroup)");
   m.def("cpu_isa", &adadelta_fused::cpu_isa);
   m.def("select_cpu_isa", &adadelta_fused::select_cpu_isa, "run a lower SIMD level (tests, benchmarks)");
   m.def("supported_cpu_isas", &adadelta_fused::supported_cpu_isas);

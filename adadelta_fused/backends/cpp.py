@@ -22,9 +22,6 @@ def unsupported_reason(device: torch.device) -> str | None:
     return f"no kernel for device type {device.type!r}"
 
 
-def check_group(*args) -> None:
-    """The op validates its inputs in C++ before touching memory, so nothing is repeated in Python."""
-
-
 def step_(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars) -> None:
+    """The op checks its arguments (csrc/op_host.cpp) before it touches memory."""
     _extension.op()(*op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars))

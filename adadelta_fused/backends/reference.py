@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..reference import adadelta_step_reference_ as step_
-from ..contract import check_group
+from ..contract import StepScalars, check_group
+from ..reference import adadelta_step_reference_
 
 NAME = "reference"
-__all__ = ["NAME", "unavailable_reason", "unsupported_reason", "step_", "check_group"]
 
 
 def unavailable_reason() -> str | None:
@@ -17,3 +16,14 @@ def unavailable_reason() -> str | None:
 
 def unsupported_reason(device: torch.device) -> str | None:
     return None
+
+
+def step_(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars) -> None:
+    if params:
+        check_group(params, grads, square_avgs, acc_deltas, master_params, scalars, params[0].device.type)
+    adadelta_step_reference_(params, grads, square_avgs, acc_deltas, master_params, scalars)
+    # Like the compiled ops: every tensor of a list the schema marks mutable gets a new version, including
+    # the ones a skipped step or the "keep" mode leave untouched.
+    for tensors in (params, grads, square_avgs, acc_deltas, master_params or ()):
+        for tensor in tensors:
+            torch.autograd.graph.increment_version(tensor)

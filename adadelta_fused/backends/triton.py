@@ -11,10 +11,10 @@ from functools import cache
 
 import torch
 
-from ..contract import StepScalars, check_group, op_arguments
+from ..contract import StepScalars, op_arguments
 
 NAME = "triton"
-__all__ = ["NAME", "unavailable_reason", "unsupported_reason", "check_group", "step_"]
+__all__ = ["NAME", "unavailable_reason", "unsupported_reason", "step_"]
 
 
 @cache
@@ -32,9 +32,9 @@ def _interpreting() -> bool:
     """TRITON_INTERPRET as triton reads it (triton.knobs), once triton imports."""
     if _import_error() is not None:
         return False
-    import triton
+    from .. import triton_interpreter
 
-    return bool(triton.knobs.runtime.interpret)
+    return triton_interpreter.interpreting()
 
 
 def unavailable_reason() -> str | None:

@@ -166,12 +166,19 @@ void adadelta_cpu(at::TensorList params, at::TensorList grads, at::TensorList sq
   if (params.empty()) return;
   std::vector<at::Tensor> keep_alive;
   const StepArgs args = make_step_args(op, params[0].device(), keep_alive);
-  if (step_skipped(args)) return;  // GradScaler found inf/NaN: nothing changes
-  DenseGroup group(op);
-  const TensorListPointers tensors = group.pointers();
-  dispatch_config(params[0].scalar_type(), square_avgs[0].scalar_type(), grad_mode, !master_params.empty(),
-                  RunCpu{tensors, args});
-  group.finish();
+  if (step_skipped(args)) {
+    // GradScaler found inf/NaN: nothing changes, except that the "zero" mode still clears the grads.
+    if (zeroes_grads_when_skipped(op)) {
+      for (const at::Tensor& grad : grads) grad.zero_();
+    }
+  } else {
+    DenseGroup group(op);
+    const TensorListPointers tensors = group.pointers();
+    dispatch_config(params[0].scalar_type(), square_avgs[0].scalar_type(), grad_mode, !master_params.empty(),
+                    RunCpu{tensors, args});
+    group.finish();
+  }
+  bump_versions(op);
 }
 
 }  // namespace

@@ -6,18 +6,27 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include "../op_host.h"
+
 namespace adadelta_fused {
 namespace {
 
 void advance_steps_cpu(at::TensorList steps, const c10::optional<at::Tensor>& found_inf) {
+  check_state_steps(steps);
   for (size_t i = 0; i < steps.size(); ++i) {
-    const at::Tensor& step = steps[i];
-    TORCH_CHECK_VALUE(step.numel() == 1 && step.scalar_type() == at::kFloat && step.is_cpu(), "state_steps[", i,
-                      "] must be a 1-element float32 CPU tensor, got ", step.scalar_type(), " with ", step.numel(),
-                      " elements on ", step.device());
+    TORCH_CHECK_VALUE(steps[i].is_cpu(), "state_steps[", i, "] is on ", steps[i].device(),
+                      "; this loop advances CPU counters");
   }
   if (found_inf.has_value() && found_inf->item<float>() != 0.0f) return;
-  for (const at::Tensor& step : steps) *step.data_ptr<float>() += 1.0f;
+  for (const at::Tensor& step : steps) {
+    // fp64 counters are what torch keeps under torch.set_default_dtype(torch.float64).
+    if (step.scalar_type() == at::kDouble) {
+      *step.data_ptr<double>() += 1.0;
+    } else {
+      *step.data_ptr<float>() += 1.0f;
+    }
+    step.unsafeGetTensorImpl()->bump_version();
+  }
 }
 
 }  // namespace

@@ -145,6 +145,28 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSm<ParamT>)
   }
 }
 
+// A step that GradScaler skips in the "zero" mode still clears the grads, or the next backward would add
+// to the inf/NaN it found and every later step would be skipped too. A separate kernel keeps the update
+// kernels' machine code (and its audit) as it is; when found_inf is zero each block reads 4 bytes and
+// returns. Any element width: the all-zero bit pattern is +0 in every float format.
+template <typename Word>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    zero_grads_if_skipped_kernel(const __grid_constant__ TensorListMeta meta, const float* found_inf) {
+  if (*found_inf == 0.0f) return;
+  const ChunkRange r = chunk_of_block(meta, int(blockIdx.x));
+  Word* grad = static_cast<Word*>(meta.grad[r.slot]);
+  for (int64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) grad[i] = Word(0);
+}
+
+template <typename Word>
+void zero_grads_if_skipped(const TensorListPointers& tensors, const float* found_inf, cudaStream_t stream) {
+  auto meta = std::make_unique<TensorListMeta>();
+  pack_launches(tensors, *meta, [&](const TensorListMeta& full, int blocks) {
+    zero_grads_if_skipped_kernel<Word><<<blocks, kThreadsPerBlock, 0, stream>>>(full, found_inf);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 // Blocks of kKernel that fit on the device at once: the flat kernel's grid is one such wave, since more
 // blocks would only queue behind it. Cached per kernel and device (two driver queries on first use).
 template <auto kKernel>
@@ -212,13 +234,28 @@ void adadelta_cuda(at::TensorList params, at::TensorList grads, at::TensorList s
   const c10::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  // A CPU lr is read on the host when the step is queued: a captured graph would replay that one value
+  // forever and ignore every scheduler update.
+  TORCH_CHECK_VALUE(capture == cudaStreamCaptureStatusNone || !lr_tensor.has_value() || !lr_tensor->is_cpu(),
+                    "lr is a CPU tensor, but the step is being captured in a CUDA graph, which would freeze its "
+                    "value; keep lr on ", device, " (torch.tensor(lr, device='", device, "'))");
   std::vector<at::Tensor> keep_alive;  // the fp64 device copy of a tensor lr, read by the kernels
   const StepArgs args = make_step_args(op, device, keep_alive);
   DenseGroup group(op);
   const TensorListPointers tensors = group.pointers();
   dispatch_config(params[0].scalar_type(), square_avgs[0].scalar_type(), grad_mode, !master_params.empty(),
                   RunCuda{tensors, args, device.index(), stream});
+  if (zeroes_grads_when_skipped(op)) {
+    switch (params[0].element_size()) {
+      case 2: zero_grads_if_skipped<uint16_t>(tensors, args.found_inf_ptr, stream); break;
+      case 4: zero_grads_if_skipped<uint32_t>(tensors, args.found_inf_ptr, stream); break;
+      default: zero_grads_if_skipped<uint64_t>(tensors, args.found_inf_ptr, stream); break;
+    }
+  }
   group.finish();  // copies back into strided tensors, ordered after the kernels on this stream
+  bump_versions(op);
 }
 
 }  // namespace
