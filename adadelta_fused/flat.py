@@ -4,6 +4,8 @@ A flattened group's step is one kernel call over four (or five) contiguous buffe
 metadata at all, and ``zero_grad`` is one memset. Each tensor starts on a 16-byte boundary, so the
 128-bit vector path of the CUDA and Triton kernels always applies.
 
+Frozen params (``requires_grad=False``) stay out of the buffers, as torch never steps them.
+
 What breaks the views: assigning ``param.data = ...`` or ``param.grad = ...`` (or setting it to None),
 ``param.set_(...)``, or moving the model with ``model.to(...)`` after the optimizer was built. The step
 detects each of these and raises instead of silently training a detached copy.
@@ -15,22 +17,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .layout import is_dense
+
 ALIGN_BYTES = 16
 
 
 def _padded(numel: int, element_size: int) -> int:
     per_line = ALIGN_BYTES // element_size
     return -(-numel // per_line) * per_line
-
-
-def is_dense(t: torch.Tensor) -> bool:
-    """Every element of the tensor's span is one of its elements exactly once (any dim order)."""
-    expected = 1
-    for stride, size in sorted((stride, size) for size, stride in zip(t.shape, t.stride()) if size != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 def _view(buffer: torch.Tensor, like: torch.Tensor, offset: int) -> torch.Tensor:
@@ -53,13 +47,26 @@ class FlatGroup:
     _addresses: list[tuple[int, int]] = field(default_factory=list)
 
     @classmethod
-    def build(cls, params: list[torch.Tensor], state_dtype: torch.dtype, master: bool) -> "FlatGroup":
+    def build(cls, params: list[torch.Tensor], state_dtype: torch.dtype, master: bool, *,
+              shared_ok: bool = False) -> "FlatGroup":
+        """``shared_ok``: the params are a copy of an optimizer's own flat params (deepcopy, torch.save keep
+        them views of one storage), not a user's tied tensors."""
+        storages: dict[int, int] = {}
         for index, p in enumerate(params):
             if not is_dense(p):
                 raise ValueError(
                     f"flatten=True needs dense params; param {index} has shape {tuple(p.shape)} and strides "
                     f"{p.stride()} (make it contiguous before building the optimizer)"
                 )
+            # Two params over one storage would each get a copy in the buffer and drift apart.
+            storage = p.untyped_storage().data_ptr()
+            if p.numel() and storage in storages and not shared_ok:
+                raise ValueError(
+                    f"flatten=True: params {storages[storage]} and {index} share storage (views of one tensor, "
+                    "or two Parameters over the same data); flattening would untie them. Pass each tensor "
+                    "once, or use flatten=False"
+                )
+            storages[storage] = index
         offsets, total = [], 0
         for p in params:
             offsets.append(total)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -10,8 +12,9 @@ from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype, _use_gr
 
 from .contract import LOW_PRECISION, check_hyperparameters
 from .flat import FlatGroup
-from .functional import adadelta_
+from .functional import plan, step_scalars
 from .reference import rounding_key
+from .state_dict import check_loadable, loaded_step
 
 _STATE_DTYPES = (None, torch.float32, torch.bfloat16)
 
@@ -44,6 +47,11 @@ class Adadelta(Optimizer):
 
     _step_supports_amp_scaling = True
 
+    # The fused options live in ``defaults``, which torch's __getstate__ keeps (deepcopy, pickle), and are
+    # stripped from each param group: they are the optimizer's, not a group's, and a state_dict loaded
+    # from another optimizer must not change them.
+    _OPTIONS = ("flatten", "zero_grad_in_step", "state_dtype", "master_weights", "stochastic_rounding", "seed")
+
     def __init__(
         self,
         params: ParamsT,
@@ -70,12 +78,6 @@ class Adadelta(Optimizer):
         fused_options = flatten or zero_grad_in_step or state_dtype or master_weights or stochastic_rounding
         if differentiable and fused_options:
             raise ValueError("differentiable=True runs torch's Adadelta and takes none of the fused options")
-        self._flatten = flatten
-        self._zero_grad_in_step = zero_grad_in_step
-        self._state_dtype = state_dtype
-        self._master_weights = master_weights
-        self._stochastic_rounding = stochastic_rounding
-        self._seed = int(seed)
         self._flat_groups: list[list[FlatGroup]] = []
         defaults = {
             "lr": lr,
@@ -87,18 +89,25 @@ class Adadelta(Optimizer):
             "foreach": foreach,
             "differentiable": differentiable,
             "backend": backend,
+            "flatten": bool(flatten),
+            "zero_grad_in_step": bool(zero_grad_in_step),
+            "state_dtype": state_dtype,
+            "master_weights": bool(master_weights),
+            "stochastic_rounding": bool(stochastic_rounding),
+            "seed": int(seed),
         }
         super().__init__(params, defaults)
 
     # ---- state ----
 
     def _state_dtype_for(self, p: torch.Tensor) -> torch.dtype:
-        if self._state_dtype is None or p.dtype == torch.float64 or torch.is_complex(p):
+        state_dtype = self.defaults["state_dtype"]
+        if state_dtype is None or p.dtype == torch.float64 or torch.is_complex(p):
             return p.dtype
-        return self._state_dtype
+        return state_dtype
 
     def _wants_master(self, p: torch.Tensor) -> bool:
-        return self._master_weights and p.dtype in LOW_PRECISION
+        return self.defaults["master_weights"] and p.dtype in LOW_PRECISION
 
     def _new_step(self, p: torch.Tensor, capturable: bool) -> torch.Tensor:
         return torch.zeros((), dtype=_get_scalar_dtype(), device=p.device if capturable else None)
@@ -114,26 +123,68 @@ class Adadelta(Optimizer):
             state["master_param"] = p.detach().to(torch.float32, memory_format=torch.preserve_format, copy=True)
         return state
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        if self._flatten:
-            self._flatten_group(self.param_groups[-1])
+    def _follow_param_dtype(self, p: torch.Tensor, state: dict[str, Any]) -> None:
+        """After ``model.to(dtype)`` the state takes the dtype the param now needs, as torch keeps stepping
+        (its in-place ops cast); a master copy stays only while the param is bf16/fp16."""
+        dtype = self._state_dtype_for(p)
+        with torch.no_grad():
+            for key in ("square_avg", "acc_delta"):
+                state[key] = state[key].to(dtype)
+            master = state.pop("master_param", None)
+            if master is not None and not self._wants_master(p):
+                p.copy_(master)  # the fp32 copy is the more precise value of the param
+            elif self._wants_master(p):
+                state["master_param"] = master if master is not None else p.detach().float()
 
-    def _flatten_group(self, group: dict[str, Any]) -> None:
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        params = param_group["params"]
+        if isinstance(params, (list, tuple)):
+            tensors = [p[1] if isinstance(p, tuple) else p for p in params]
+            seen: dict[int, int] = {}
+            for index, p in enumerate(tensors):
+                if id(p) in seen:
+                    # The fused step updates every listed tensor at once: a tensor listed twice would race
+                    # with itself (torch warns and applies the two updates one after the other).
+                    raise ValueError(
+                        f"param {index} of the new param group is the same tensor as param {seen[id(p)]}; "
+                        "list each param once"
+                    )
+                seen[id(p)] = index
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for key in self._OPTIONS:
+            group.pop(key, None)
+        if self.defaults["flatten"]:
+            self._flat_groups.append(self._flatten_group(group))
+
+    def _flatten_group(self, group: dict[str, Any], copied: bool = False) -> list[FlatGroup]:
+        """Move the group's trainable params (and any state they have) into flat buffers; ``copied``: the
+        params come out of a copy of this optimizer, still views of its old buffers."""
         by_kind: dict[tuple, list[torch.Tensor]] = {}
         for p in group["params"]:
-            by_kind.setdefault((p.device, p.dtype), []).append(p)
+            if p.requires_grad:
+                by_kind.setdefault((p.device, p.dtype), []).append(p)
         flats = []
         for params in by_kind.values():
-            flat = FlatGroup.build(params, self._state_dtype_for(params[0]), self._wants_master(params[0]))
-            for p, offset in zip(params, flat.offsets):
-                self.state[p] = {"step": self._new_step(p, group["capturable"]), **flat.state_views(p, offset)}
-                flat.steps.append(self.state[p]["step"])
+            old_state = [self.state.get(p, {}) for p in params]
+            flat = FlatGroup.build(
+                params, self._state_dtype_for(params[0]), self._wants_master(params[0]), shared_ok=copied
+            )
+            with torch.no_grad():
+                for p, offset, old in zip(params, flat.offsets, old_state):
+                    state = {"step": self._new_step(p, group["capturable"]), **flat.state_views(p, offset)}
+                    for key, value in old.items():
+                        if key in state:
+                            state[key].copy_(value)
+                    self.state[p] = state
+                    flat.steps.append(state["step"])
             flats.append(flat)
-        self._flat_groups.append(flats)
+        return flats
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        for key in self._OPTIONS:
+            self.defaults.setdefault(key, {"flatten": False, "seed": 0}.get(key))
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
@@ -145,53 +196,88 @@ class Adadelta(Optimizer):
                 if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
                     device = p.device if group["capturable"] else None
                     p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_get_scalar_dtype(), device=device)
+        if "_flat_groups" not in self.__dict__:
+            # A copy (deepcopy, pickle) brings params and state but not the buffers they viewed, and pickle
+            # does not even keep the views shared: build the buffers again, around the copied values.
+            flatten = self.defaults["flatten"]
+            self._flat_groups = [self._flatten_group(group, copied=True) for group in self.param_groups] if flatten else []
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's load, except that accumulators keep this optimizer's state dtype (torch casts them to
-        the param dtype, which would round fp32 state of bf16 params), master copies stay fp32, and
-        flattened state is copied into the flat buffers."""
-        saved_groups = state_dict["param_groups"]
-        saved_state = state_dict["state"]
-        flat_state = dict(self.state) if self._flatten else {}
-        super().load_state_dict({**state_dict, "state": {}})
-        self.state.update(flat_state)
-        param_of = {
-            saved_id: p
-            for saved, group in zip(saved_groups, self.param_groups)
-            for saved_id, p in zip(saved["params"], group["params"])
-        }
+        """torch's load, checked first, except that accumulators keep this optimizer's state dtype (torch
+        casts them to the param dtype, which would round fp32 state of bf16 params), master copies stay
+        fp32, and flattened state is copied into the flat buffers (the step counters included).
+
+        The pre-hooks see (and may replace) the whole state dict, and the post-hooks run after the state is
+        in place, as with torch. A state dict that does not fit raises before anything changes.
+        """
+        state_dict = state_dict.copy()
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        param_of = check_loadable(self.param_groups, state_dict)
+        pre_hooks, post_hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
+        kept = dict(self.state) if self.defaults["flatten"] else {}
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        try:
+            super().load_state_dict({**state_dict, "state": {}})
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = pre_hooks
+            self._optimizer_load_state_dict_post_hooks = post_hooks
+        self.state.update(kept)
         group_of = {p: group for group in self.param_groups for p in group["params"]}
-        for saved_id, saved in saved_state.items():
+        for saved_id, saved in state_dict["state"].items():
+            if not saved:
+                continue
             p = param_of[saved_id]
-            target = self.state[p] if self._flatten else self._init_state(p, group_of[p])
+            flat = p in kept
+            target = self.state[p] if flat else self._init_state(p, group_of[p])
             with torch.no_grad():
                 for key, value in saved.items():
                     if key == "master_param" and not self._wants_master(p):
                         continue  # saved with master weights, loaded without: the param itself is the value
-                    if key == "step" and key in target:
-                        target[key] = value.to(device=target[key].device, dtype=target[key].dtype, copy=True)
+                    if key == "step":
+                        step = loaded_step(value, target["step"], group_of[p]["capturable"], p.device)
+                        if flat:
+                            target["step"].copy_(step)  # the flat buffer advances this very tensor
+                        else:
+                            target["step"] = step
                     elif key in target and isinstance(value, torch.Tensor):
                         target[key].copy_(value)  # casts into our dtype; a flat view stays a view
                     elif key not in target:
                         target[key] = value
             self.state[p] = target
+        for hook in post_hooks.values():
+            hook(self)
 
     # ---- step ----
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """With ``flatten``, gradients are views of one buffer: always zeroed in place, never set to None."""
-        if not self._flatten:
+        """With ``flatten``, gradients are views of one buffer: always zeroed in place, never set to None
+        (params outside the buffers, the frozen ones, are treated as torch treats them)."""
+        if not self.defaults["flatten"]:
             return super().zero_grad(set_to_none)
+        flat_params = set()
         for flats in self._flat_groups:
             for flat in flats:
                 flat.zero_grad()
+                flat_params.update(flat.params)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None or p in flat_params:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.detach_().requires_grad_(False).zero_()
 
     def _grad_mode(self, grad_scale) -> str:
-        if self._zero_grad_in_step:
+        if self.defaults["zero_grad_in_step"]:
             return "zero"
         return "unscale" if grad_scale is not None else "keep"
 
-    def _gather(self, group):
+    def _gather(self, group, skip: frozenset = frozenset()):
         """Per-param lists for one group, split into params with and without an fp32 master copy.
 
         This loop runs over every param each step, so it does only what it must (about 1 us a param).
@@ -201,13 +287,15 @@ class Adadelta(Optimizer):
         state_of = self.state
         for p in group["params"]:
             grad = p.grad
-            if grad is None:
+            if grad is None or p in skip:
                 continue
             if grad.is_sparse:
                 raise RuntimeError("Adadelta does not support sparse gradients")
             state = state_of[p]
             if not state:
                 state.update(self._init_state(p, group))
+            elif state["square_avg"].dtype != self._state_dtype_for(p):
+                self._follow_param_dtype(p, state)
             master = state.get("master_param")
             lists = without_master if master is None else with_master
             lists[0].append(p)
@@ -234,46 +322,62 @@ class Adadelta(Optimizer):
 
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        plans = []
         for index, group in enumerate(self.param_groups):
             if group["differentiable"]:
-                self._torch_step(group)
+                plans.append(group)
                 continue
-            hyper = dict(
-                lr=group["lr"],
-                rho=group["rho"],
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                maximize=group["maximize"],
-                grad_scale=grad_scale,
-                found_inf=found_inf,
-                grad_mode=self._grad_mode(grad_scale),
-                backend=group["backend"],
-            )
-            if self._stochastic_rounding:
+            plans.extend(self._plan_group(index, group, grad_scale, found_inf))
+        # Everything is planned and checked before the first write: a bad group never leaves a step half
+        # applied. One backend call checks itself (the op validates first), so only several need this.
+        fused = [p for p in plans if not isinstance(p, dict)]
+        if sum(len(p.calls) for p in fused) > 1:
+            for step_plan in fused:
+                step_plan.check()
+        for step_plan in plans:
+            if isinstance(step_plan, dict):
+                self._torch_step(step_plan)
+            else:
+                step_plan.run()
+        if self.defaults["stochastic_rounding"]:
+            for group in self.param_groups:
                 group["rounding_step"] = group.get("rounding_step", 0) + 1
-                hyper.update(stochastic_rounding=True, rounding_key=rounding_key(self._seed, group["rounding_step"]))
-            if self._flatten:
-                for flat in self._flat_groups[index]:
-                    flat.check_views()
-                    masters = [flat.master] if flat.master is not None else None
-                    adadelta_(
-                        [flat.param], [flat.grad], [flat.square_avg], [flat.acc_delta], flat.steps,
-                        master_params=masters, **self._rounding_for(masters, hyper),
-                    )
-                continue
-            for params, grads, square_avgs, acc_deltas, steps, masters in self._gather(group):
-                adadelta_(
-                    params, grads, square_avgs, acc_deltas, steps,
-                    master_params=masters or None, **self._rounding_for(masters, hyper),
-                )
         return loss
 
-    @staticmethod
-    def _rounding_for(masters, hyper: dict[str, Any]) -> dict[str, Any]:
-        """Stochastic rounding is for params without a master copy (the copy already keeps the bits)."""
-        if masters and hyper.get("stochastic_rounding"):
-            return {**hyper, "stochastic_rounding": False}
-        return hyper
+    def _plan_group(self, index: int, group: dict[str, Any], grad_scale, found_inf) -> list:
+        options = self.defaults
+        rounding_step = group.get("rounding_step", 0) + 1  # counted in step(), once the step has run
+        scalars = step_scalars(
+            group["lr"], group["rho"], group["eps"], group["weight_decay"], group["maximize"], grad_scale, found_inf,
+            self._grad_mode(grad_scale), False, 0,
+        )
+
+        def with_rounding(masters, stream: int):
+            # Stochastic rounding is for params without a master copy (the copy already keeps the bits);
+            # each (group, buffer) draws its own noise, since every call numbers its tensors from 0.
+            if not options["stochastic_rounding"] or masters:
+                return scalars
+            rounding = rounding_key(options["seed"], rounding_step, stream)
+            return replace(scalars, stochastic_rounding=True, rounding_key=rounding)
+
+        plans = []
+        flat_params: frozenset = frozenset()
+        if options["flatten"]:
+            flats = self._flat_groups[index]
+            for buffer, flat in enumerate(flats):
+                flat.check_views()
+                masters = [flat.master] if flat.master is not None else None
+                plans.append(plan(
+                    [flat.param], [flat.grad], [flat.square_avg], [flat.acc_delta], flat.steps,
+                    with_rounding(masters, (index << 16) + buffer + 1), masters, group["backend"],
+                ))
+            flat_params = frozenset(p for flat in flats for p in flat.params)
+        for params, grads, square_avgs, acc_deltas, steps, masters in self._gather(group, flat_params):
+            plans.append(plan(
+                params, grads, square_avgs, acc_deltas, steps, with_rounding(masters, (index << 16) + 0xFFFF),
+                masters or None, group["backend"],
+            ))
+        return plans
 
     def _torch_step(self, group: dict[str, Any]) -> None:
         gathered = self._gather(group)  # differentiable takes no master weights: at most one list set

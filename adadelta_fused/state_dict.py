@@ -1,0 +1,66 @@
+"""Loading an optimizer state dict: what must hold before anything is changed, and the step counter's form.
+
+A checkpoint that does not fit the optimizer (a state id no param group lists, an accumulator of another
+shape, a missing key) is refused with the param and the key named, before the optimizer is touched.
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+from typing import Any
+
+import torch
+from torch.optim.optimizer import _get_scalar_dtype
+
+REQUIRED_KEYS = ("step", "square_avg", "acc_delta")
+SHAPED_KEYS = ("square_avg", "acc_delta", "master_param")
+
+
+def check_loadable(param_groups: list[dict[str, Any]], state_dict: dict[str, Any]) -> dict[Any, torch.Tensor]:
+    """Raise if ``state_dict`` cannot load into these param groups; return saved param id -> param."""
+    saved_groups = state_dict["param_groups"]
+    # torch's own checks and messages (Optimizer.load_state_dict), made before ours.
+    if len(param_groups) != len(saved_groups):
+        raise ValueError("loaded state dict has a different number of parameter groups")
+    if any(len(g["params"]) != len(s["params"]) for g, s in zip(param_groups, saved_groups)):
+        raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+    param_of = dict(zip(chain.from_iterable(s["params"] for s in saved_groups),
+                        chain.from_iterable(g["params"] for g in param_groups)))
+    for saved_id, saved in state_dict["state"].items():
+        if saved_id not in param_of:
+            raise ValueError(
+                f"loaded state dict has state for param id {saved_id!r}, which none of its param groups lists "
+                f"(they list {sorted(param_of, key=str)})"
+            )
+        if not saved:
+            continue
+        param = param_of[saved_id]
+        where = f"loaded state of param {saved_id!r} (shape {tuple(param.shape)})"
+        if not isinstance(saved, dict):
+            raise ValueError(f"{where} is a {type(saved).__name__}, expected a dict")
+        missing = [key for key in REQUIRED_KEYS if key not in saved]
+        if missing:
+            raise ValueError(f"{where} lacks {', '.join(map(repr, missing))}")
+        for key in SHAPED_KEYS:
+            value = saved.get(key)
+            if key not in saved:
+                continue
+            if not isinstance(value, torch.Tensor) or value.shape != param.shape:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"{where}: {key!r} has shape {shape}, expected {tuple(param.shape)}")
+        step = saved["step"]
+        if isinstance(step, torch.Tensor) and step.numel() != 1:
+            raise ValueError(f"{where}: 'step' has {step.numel()} elements, expected 1")
+        if not isinstance(step, (torch.Tensor, int, float)):
+            raise ValueError(f"{where}: 'step' is a {type(step).__name__}, expected a number or a tensor")
+    return param_of
+
+
+def loaded_step(value, current: torch.Tensor, capturable: bool, device: torch.device) -> torch.Tensor:
+    """A saved step as torch keeps it: a float (torch's format before 1.12) becomes a 0-d tensor; a
+    capturable group keeps it in fp32 on the param's device."""
+    if not isinstance(value, torch.Tensor):
+        value = torch.tensor(float(value), dtype=_get_scalar_dtype())
+    if capturable:
+        return value.to(dtype=torch.float32, device=device, copy=True)
+    return value.to(dtype=current.dtype, device=current.device, copy=True)
