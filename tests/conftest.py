@@ -13,6 +13,17 @@ from adadelta_fused.reference import adadelta_step_reference_
 
 ODD_SIZES = (0, 1, 15, 1023, 4097, 2**20 + 3)
 
+# How close a result must be to torch.optim.Adadelta's, per param dtype, the one table for every test.
+# fp32/fp64: rtol/atol for trajectories that may drift by a few ulps from torch's (where the tests are not
+# bit for bit against the reference). bf16/fp16: the error against an fp64 run may be at most
+# `error_ratio` times eager torch's own error in the same dtype (test_precision.py).
+TOLERANCE = {
+    torch.float32: dict(rtol=2e-5, atol=2e-6),
+    torch.float64: dict(rtol=1e-12, atol=1e-14),
+    torch.bfloat16: dict(error_ratio=2.0),
+    torch.float16: dict(error_ratio=2.0),
+}
+
 # Every supported (param dtype, state dtype) pair: contract.STATE_DTYPES.
 DTYPE_PAIRS = [(param, state) for param, states in STATE_DTYPES.items() for state in states]
 
@@ -165,3 +176,28 @@ def assert_groups_equal(actual, expected) -> None:
         assert len(got_list) == len(want_list)
         for i, (got, want) in enumerate(zip(got_list, want_list)):
             assert_bitwise_equal(got, want, f"{name}[{i}]")
+
+
+def _clear_backend_registry() -> None:
+    from adadelta_fused import backends as registry
+
+    registry._load.cache_clear()
+    registry._auto.cache_clear()
+
+
+@pytest.fixture(params=["reference", "cpp", "triton"])
+def every_backend(request, monkeypatch) -> str:
+    """Every backend that can run on this machine's CPU: the reference, the compiled kernel, and the Triton
+    kernel in Triton's interpreter (TRITON_INTERPRET set for this test only)."""
+    name = request.param
+    if name == "cpp" and _extension.module() is None:
+        assert not REQUIRE_EXTENSION, _extension.load_error()
+        pytest.skip(f"compiled extension unavailable: {_extension.load_error()}")
+    if name == "triton":
+        pytest.importorskip("triton", reason="the Triton backend needs triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        _clear_backend_registry()
+        yield name
+        _clear_backend_registry()
+        return
+    yield name

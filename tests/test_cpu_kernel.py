@@ -120,14 +120,15 @@ def test_writes_stay_inside_each_tensor(cpu_isa, size, generator):
             assert (base[:32] == POISON).all() and (base[32 + n :] == POISON).all()
 
 
-def test_found_inf_changes_nothing(cpu_isa, generator):
+@pytest.mark.parametrize("grad_mode", [GradMode.KEEP, GradMode.UNSCALE, GradMode.ZERO])
+def test_found_inf_changes_nothing_but_zeroes_grads_in_zero_mode(cpu_isa, grad_mode, generator):
     group = random_group((4097, 1023), torch.bfloat16, torch.float32, generator, master=True)
     group[1][0][3] = float("inf")
     before = clone_group(group)
-    scalars = scalars_for(
-        "grad_zero", grad_scale=torch.tensor(4.0), found_inf=torch.tensor(1.0), grad_mode=GradMode.ZERO
-    )
+    scalars = scalars_for("grad_zero", grad_scale=torch.tensor(4.0), found_inf=torch.tensor(1.0), grad_mode=grad_mode)
     cpp.step_(*group[:4], group[4], scalars)
+    if grad_mode == GradMode.ZERO:
+        before[1][:] = [torch.zeros_like(g) for g in before[1]]  # the next backward starts from zero
     assert_groups_equal(group, before)
 
 
@@ -292,6 +293,9 @@ def test_advance_steps_op():
     assert [s.item() for s in steps] == [1.0, 2.0, 3.0, 4.0, 5.0], "found_inf: the counters stay"
     op(steps, torch.tensor(0.0))
     assert [s.item() for s in steps] == [2.0, 3.0, 4.0, 5.0, 6.0]
-    with pytest.raises(ValueError, match=r"state_steps\[1\] must be a 1-element float32 CPU tensor, got Double"):
-        op([torch.zeros(()), torch.zeros((), dtype=torch.float64)], None)
+    doubles = [torch.zeros(()), torch.zeros((), dtype=torch.float64)]  # torch.set_default_dtype(torch.float64)
+    op(doubles, None)
+    assert [s.item() for s in doubles] == [1.0, 1.0]
+    with pytest.raises(ValueError, match=r"state_steps\[1\] must be a 1-element float32 or float64 tensor, got Long"):
+        op([torch.zeros(()), torch.zeros((), dtype=torch.int64)], None)
     torch.library.opcheck(op, ([torch.zeros(()), torch.ones(())], torch.tensor(0.0)))

@@ -11,7 +11,7 @@ import torch
 
 from adadelta_fused import Adadelta
 
-from conftest import REQUIRE_EXTENSION, assert_bitwise_equal, backends_under_test
+from conftest import REQUIRE_EXTENSION, TOLERANCE, assert_bitwise_equal, backends_under_test
 
 BACKENDS = backends_under_test()
 
@@ -263,7 +263,7 @@ def test_torch_loads_our_state_and_we_load_torch_state(flatten):
     train(ours_model, swapped_torch, batches(2, seed=4))
     train(torch_model, swapped_ours, batches(2, seed=4))
     for a, b in zip(ours_model.parameters(), torch_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+        torch.testing.assert_close(a, b, **TOLERANCE[a.dtype])
 
 
 def test_invalid_options():

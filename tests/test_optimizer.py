@@ -12,7 +12,7 @@ import adadelta_fused
 from adadelta_fused import Adadelta, BackendUnavailableError, FusedAdadelta, available_backends
 from adadelta_fused import backends as registry
 
-from conftest import REQUIRE_EXTENSION, backends_under_test
+from conftest import REQUIRE_EXTENSION, TOLERANCE, backends_under_test
 
 BACKENDS = backends_under_test()
 
@@ -50,7 +50,6 @@ CONFIGS = {
     "rho_0.95_wd_0.9": dict(rho=0.95, weight_decay=0.9),
 }
 
-TOLERANCE = {torch.float32: dict(rtol=2e-5, atol=2e-6), torch.float64: dict(rtol=1e-12, atol=1e-14)}
 
 
 def make_pair(dtype, generator, **kwargs):
@@ -113,9 +112,14 @@ def test_fused_alias_and_defaults():
     assert FusedAdadelta is Adadelta
     opt = Adadelta([torch.nn.Parameter(torch.randn(3))])
     ref = torch.optim.Adadelta([torch.nn.Parameter(torch.randn(3))])
-    ours = {k: v for k, v in opt.defaults.items() if k != "backend"}
+    ours = {k: v for k, v in opt.defaults.items() if k not in Adadelta._OPTIONS + ("backend",)}
     assert ours == ref.defaults
     assert opt.defaults["backend"] == "auto"
+    options = dict(flatten=False, zero_grad_in_step=False, state_dtype=None, master_weights=False,
+                   stochastic_rounding=False, seed=0)
+    assert {k: opt.defaults[k] for k in Adadelta._OPTIONS} == options
+    # The options are the optimizer's: no param group (nor its state_dict) carries them.
+    assert not set(Adadelta._OPTIONS) & set(opt.param_groups[0]) and set(opt.param_groups[0]) <= set(opt.defaults) | {"params"}
 
 
 # ---- validation: the same exception types and messages as torch.optim.Adadelta ----

@@ -20,7 +20,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
-from adadelta_fused import triton_op  # noqa: E402
+from adadelta_fused import triton_interpreter, triton_launch  # noqa: E402
 from adadelta_fused.bench.traffic import StepConfig, step_traffic  # noqa: E402
 from adadelta_fused.contract import GradMode, StepScalars  # noqa: E402
 
@@ -60,10 +60,10 @@ def _example_tensors(config: StepConfig, count: int, numel: int, *, offset: int 
     return params, grads, square_avgs, acc_deltas, masters
 
 
-def compile_launch(launch: triton_op.Launch, target: GPUTarget):
+def compile_launch(launch: triton_launch.Launch, target: GPUTarget):
     """What launching ``launch`` would compile on ``target``, through the JIT's own binder, so the types,
     the 16-byte alignment and divisibility attributes and the constexprs are those of a real launch."""
-    kernel = getattr(triton_op.kernels(False), launch.kernel)
+    kernel = getattr(triton_interpreter.kernels(False), launch.kernel)
     backend = make_backend(target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, specialization, options = binder(**launch.arguments)
@@ -103,7 +103,7 @@ def audit_ptx(ptx: str, threads: int, elements: int) -> Audit:
 
 @dataclass(frozen=True)
 class Compiled:
-    launch: triton_op.Launch
+    launch: triton_launch.Launch
     ptx: str
     cubin: bytes
     audit: Audit
@@ -114,7 +114,7 @@ def compiled(name: str, kernel: str, target: str, *, numel: int = NUMEL, offset:
     config, extra = AUDITED[name]
     tensors = _example_tensors(config, KERNELS[kernel], numel, offset=offset)
     scalars = StepScalars(lr=0.5, rho=0.9, eps=1e-6, weight_decay=0.0, grad_mode=config.grad_mode, **extra)
-    (launch,) = triton_op.planned_launches(*tensors, scalars)
+    (launch,) = triton_launch.planned_launches(*tensors, scalars)
     assert launch.kernel == f"adadelta_{kernel}_kernel"
     binary = compile_launch(launch, TARGETS[target])
     ptx = binary.asm["ptx"]

@@ -18,6 +18,7 @@ from adadelta_fused.contract import GradMode, StepScalars
 from adadelta_fused.reference import adadelta_step_reference_, rounding_key
 
 from conftest import (
+    TOLERANCE,
     DTYPE_PAIRS,
     FEATURES,
     ODD_SIZES,
@@ -237,7 +238,7 @@ def test_optimizer_matches_torch_on_cuda():
             net(x).square().mean().backward()
             optimizer.step()
     for a, b in zip(model.parameters(), twin.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, **TOLERANCE[a.dtype])
 
 
 def test_wrong_device_raises_before_touching_memory(generator):

@@ -1,0 +1,268 @@
+"""Where users meet the optimizer: each behaviour next to torch.optim.Adadelta in the same situation
+(issue 11's items, one test or more each)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch.optim.adadelta import adadelta as torch_adadelta
+
+from adadelta_fused import Adadelta, adadelta_
+
+from conftest import TOLERANCE
+
+
+
+def mlp(generator, dtype=torch.float32) -> torch.nn.Module:
+    model = torch.nn.Sequential(torch.nn.Linear(7, 13), torch.nn.Tanh(), torch.nn.Linear(13, 3)).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64))
+    return model
+
+
+def backward(model, generator, dtype=None, scale=1.0) -> None:
+    dtype = dtype or next(model.parameters()).dtype
+    x = torch.randn(16, 7, generator=generator, dtype=torch.float64).to(dtype)
+    (model(x).square().mean() * scale).backward()
+
+
+def assert_same_params(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, **TOLERANCE[p.dtype], msg=lambda m: f"{name}: {m}")
+
+
+# 1. zero_grad_in_step with a GradScaler recovers from an overflow ----------------------------------------
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_zero_grad_in_step_recovers_after_a_skipped_step(every_backend, flatten, generator):
+    """An inf gradient skips the step; the grads must still be zeroed, or every later step is skipped too.
+    Compared with torch plus an explicit zero_grad, as the user of torch writes the loop."""
+    model = mlp(generator)
+    twin = copy.deepcopy(model)
+    ours = Adadelta(model.parameters(), backend=every_backend, zero_grad_in_step=True, flatten=flatten)
+    theirs = torch.optim.Adadelta(twin.parameters())
+    for step in range(4):
+        backward(model, torch.Generator().manual_seed(step))
+        backward(twin, torch.Generator().manual_seed(step))
+        overflow = step == 1
+        if overflow:
+            for p in model.parameters():
+                p.grad[0] = float("inf")
+        ours.grad_scale = torch.tensor(1.0)
+        ours.found_inf = torch.tensor(float(overflow))
+        ours.step()
+        if not overflow:
+            theirs.step()
+        theirs.zero_grad()
+        for p in model.parameters():
+            assert p.grad is not None and torch.count_nonzero(p.grad) == 0, f"step {step}: grad not zeroed"
+    assert_same_params(model, twin)
+    steps = {float(s["step"]) for s in ours.state.values()}
+    assert steps == {3.0}
+
+
+# 2. flatten=True keeps counting steps after load_state_dict ------------------------------------------------
+
+def test_flatten_counts_steps_after_load_state_dict(generator):
+    model = mlp(generator)
+    opt = Adadelta(model.parameters(), flatten=True)
+    for _ in range(2):
+        backward(model, generator)
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    opt.load_state_dict(saved)
+    backward(model, generator)
+    opt.step()
+    assert {float(s["step"]) for s in opt.state.values()} == {3.0}
+    assert {float(s["step"]) for s in opt.state_dict()["state"].values()} == {3.0}
+
+
+# 3. deepcopy and pickle keep every option ---------------------------------------------------------------
+
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle", "torch.save"])
+@pytest.mark.parametrize("options", [dict(), dict(flatten=True, zero_grad_in_step=True),
+                                     dict(state_dtype=torch.bfloat16, maximize=True)])
+def test_copies_train_like_the_original(copier, options, generator):
+    model = mlp(generator)
+    opt = Adadelta(model.parameters(), **options)
+    backward(model, generator)
+    opt.step()
+    if copier == "deepcopy":
+        clone_opt = copy.deepcopy(opt)
+    elif copier == "pickle":
+        clone_opt = pickle.loads(pickle.dumps(opt))
+    else:
+        buffer = io.BytesIO()
+        torch.save(opt, buffer)
+        buffer.seek(0)
+        clone_opt = torch.load(buffer, weights_only=False)
+    assert clone_opt.defaults == opt.defaults
+    clone_params = [p for group in clone_opt.param_groups for p in group["params"]]
+    for p, q in zip(model.parameters(), clone_params):
+        q.grad = p.grad.clone() if not options.get("flatten") else q.grad.copy_(p.grad)
+    for p in model.parameters():
+        p.grad.mul_(1.0)
+    opt.step()
+    clone_opt.step()
+    clone_opt.zero_grad()
+    for p, q in zip(model.parameters(), clone_params):
+        assert torch.equal(p, q)
+    for state, clone_state in zip(opt.state.values(), clone_opt.state.values()):
+        for key in state:
+            assert torch.equal(state[key], clone_state[key]), key
+
+
+# 4. torch.set_default_dtype(torch.float64) ----------------------------------------------------------------
+
+def test_default_dtype_float64_trains_like_torch(every_backend, generator):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = mlp(generator)
+        twin = copy.deepcopy(model)
+        ours = Adadelta(model.parameters(), backend=every_backend)
+        theirs = torch.optim.Adadelta(twin.parameters())
+        for step in range(3):
+            for m, opt in ((model, ours), (twin, theirs)):
+                opt.zero_grad()
+                backward(m, torch.Generator().manual_seed(step))
+                opt.step()
+        assert_same_params(model, twin)
+        for ours_state, theirs_state in zip(ours.state.values(), theirs.state.values()):
+            assert ours_state["step"].dtype == theirs_state["step"].dtype == torch.float64
+            assert float(ours_state["step"]) == float(theirs_state["step"]) == 3.0
+    finally:
+        torch.set_default_dtype(previous)
+
+
+# 5. flatten=True leaves frozen params alone ----------------------------------------------------------------
+
+def test_flatten_never_touches_a_frozen_param(generator):
+    model = mlp(generator)
+    model[0].weight.requires_grad_(False)
+    twin = copy.deepcopy(model)
+    ours = Adadelta(model.parameters(), flatten=True, weight_decay=0.1)
+    theirs = torch.optim.Adadelta(twin.parameters(), weight_decay=0.1)
+    frozen = model[0].weight.detach().clone()
+    for step in range(3):
+        for m, opt in ((model, ours), (twin, theirs)):
+            opt.zero_grad()
+            backward(m, torch.Generator().manual_seed(step))
+            opt.step()
+    assert torch.equal(model[0].weight, frozen)
+    assert model[0].weight.grad is None
+    assert model[0].weight not in ours.state
+    assert_same_params(model, twin)
+
+
+# 6. load_state_dict pre-hooks see the saved state -----------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer_class", [torch.optim.Adadelta, Adadelta])
+def test_load_state_dict_hooks_see_what_torch_hooks_see(optimizer_class, generator):
+    model = mlp(generator)
+    source = Adadelta(model.parameters())
+    backward(model, generator)
+    source.step()
+    saved = source.state_dict()
+    opt = optimizer_class(model.parameters())
+    seen = {}
+
+    def pre_hook(optimizer, state_dict):
+        seen["pre"] = sorted(state_dict["state"])
+        state_dict = copy.deepcopy(state_dict)
+        state_dict["param_groups"][0]["lr"] = 0.25  # a hook may replace what is loaded
+        return state_dict
+
+    def post_hook(optimizer):
+        seen["post"] = sorted(float(s["step"]) for s in optimizer.state.values())
+
+    opt.register_load_state_dict_pre_hook(pre_hook)
+    opt.register_load_state_dict_post_hook(post_hook)
+    opt.load_state_dict(saved)
+    assert seen == {"pre": [0, 1, 2, 3], "post": [1.0, 1.0, 1.0, 1.0]}
+    assert opt.param_groups[0]["lr"] == 0.25
+
+
+# 7. stochastic rounding: every group and buffer draws its own noise -----------------------------------------
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_stochastic_rounding_streams_differ_between_groups(flatten, generator):
+    values = torch.randn(4096, generator=generator).to(torch.bfloat16)
+    grads = (torch.randn(4096, generator=generator) * 1e-3).to(torch.bfloat16)
+    params = [torch.nn.Parameter(values.clone()) for _ in range(2)]
+    opt = Adadelta([{"params": [params[0]]}, {"params": [params[1]]}], lr=1e-2, stochastic_rounding=True,
+                   flatten=flatten)
+    for p in params:
+        p.grad.copy_(grads) if flatten else setattr(p, "grad", grads.clone())
+    opt.step()
+    assert not torch.equal(params[0], params[1])
+    # Still unbiased and reproducible: the same seed gives the same bits.
+    again = [torch.nn.Parameter(values.clone()) for _ in range(2)]
+    opt2 = Adadelta([{"params": [again[0]]}, {"params": [again[1]]}], lr=1e-2, stochastic_rounding=True,
+                    flatten=flatten)
+    for p in again:
+        p.grad.copy_(grads) if flatten else setattr(p, "grad", grads.clone())
+    opt2.step()
+    assert torch.equal(params[0], again[0]) and torch.equal(params[1], again[1])
+
+
+# 8. checkpoints with a float step (torch before 1.12) -------------------------------------------------------
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_old_checkpoint_with_float_step_loads_like_torch(flatten, generator):
+    model = mlp(generator)
+    source = torch.optim.Adadelta(model.parameters())
+    backward(model, generator)
+    source.step()
+    twin = copy.deepcopy(model)
+    saved = copy.deepcopy(source.state_dict())
+    for state in saved["state"].values():
+        state["step"] = float(state["step"])
+    ours = Adadelta(model.parameters(), flatten=flatten)
+    theirs = torch.optim.Adadelta(twin.parameters())
+    ours.load_state_dict(copy.deepcopy(saved))
+    theirs.load_state_dict(copy.deepcopy(saved))
+    for m, opt in ((model, ours), (twin, theirs)):
+        opt.zero_grad()
+        backward(m, torch.Generator().manual_seed(9))
+        opt.step()
+    assert_same_params(model, twin)
+    assert {float(s["step"]) for s in ours.state.values()} == {2.0}
+    assert all(torch.is_tensor(s["step"]) for s in ours.state.values())
+
+
+# 9. GradScaler's found_inf on a device, CPU step counters ---------------------------------------------------
+
+def test_step_counters_read_found_inf_with_a_blocking_copy(monkeypatch):
+    """The CPU counters are advanced on the host at once, so a device found_inf must be copied with a
+    blocking copy (a non_blocking one may not have landed yet). CUDA-less stand-in: record the copies."""
+    from adadelta_fused import functional
+
+    copies = []
+    original = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        copies.append(kwargs.get("non_blocking", False))
+        return original(self, *args, **kwargs)
+
+    steps = [torch.zeros(()) for _ in range(3)]
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    functional._advance_steps(steps, torch.tensor(0.0))
+    assert copies == [False]
+    assert [float(s) for s in steps] == [1.0, 1.0, 1.0]
+
+
+# 10 and 11 need CUDA devices: tests/gpu/test_cuda_optimizer.py. ---------------------------------------------
+
+# 12. the dependency floor: tests/test_requirements.py. -----------------------------------------------------
+
+
+def test_functional_with_no_tensors_does_nothing_like_torch():
+    adadelta_([], [], [], [], [])
+    torch_adadelta([], [], [], [], [], lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, foreach=False,
+                   maximize=False, capturable=False, differentiable=False, has_complex=False)
