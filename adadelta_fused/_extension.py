@@ -58,10 +58,11 @@ def check_op_args(*args) -> None:
         ext.check_op_args(*args)
 
 
-def check_state_steps(steps) -> None:
+def check_state_steps(steps) -> bool | None:
+    """The step counters' validator (csrc/op_host.cpp): whether all are CPU tensors; None without the
+    extension."""
     ext = module()
-    if ext is not None:
-        ext.check_state_steps(list(steps))
+    return ext.check_state_steps(steps if isinstance(steps, list) else list(steps)) if ext is not None else None
 
 
 def build_info() -> dict[str, object]:

@@ -44,6 +44,10 @@ class FlatGroup:
     acc_delta: torch.Tensor
     master: torch.Tensor | None
     steps: list[torch.Tensor] = field(default_factory=list)
+    # Indices of params whose master copy must be taken from the param before the next step: a model
+    # checkpoint loaded after the optimizer was built (or a torch state dict, which has no master copies)
+    # changed the params, and stepping from the old copy would undo the load.
+    stale_masters: set[int] = field(default_factory=set)
     _addresses: list[tuple[int, int]] = field(default_factory=list)
 
     @classmethod
@@ -96,6 +100,8 @@ class FlatGroup:
             master=flat_master,
         )
         group._addresses = [(p.data_ptr(), p.grad.data_ptr()) for p in params]
+        if flat_master is not None:
+            group.stale_masters = set(range(len(params)))
         return group
 
     def state_views(self, p: torch.Tensor, offset: int) -> dict[str, torch.Tensor]:
@@ -103,6 +109,14 @@ class FlatGroup:
         if self.master is not None:
             views["master_param"] = _view(self.master, p, offset)
         return views
+
+    def refresh_masters(self) -> None:
+        """Copy each stale param into its master copy (bf16/fp16 to fp32 is exact)."""
+        with torch.no_grad():
+            for index in sorted(self.stale_masters):
+                p = self.params[index]
+                _view(self.master, p, self.offsets[index]).copy_(p)
+        self.stale_masters.clear()
 
     def check_views(self) -> None:
         """Raise if any param or grad stopped being a view of the flat buffers."""

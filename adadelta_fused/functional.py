@@ -14,6 +14,7 @@ from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from . import _extension, backends
 from .contract import GradMode, StepScalars, check_group, check_lr
+from .reference import mix32
 
 
 @dataclass
@@ -44,6 +45,7 @@ class StepPlan:
 
     calls: list[BackendCall]
     state_steps: list[torch.Tensor] | None
+    steps_on_cpu: bool  # every counter is a CPU tensor: one C++ loop advances them all
     found_inf: torch.Tensor | None
     # Gradients with torch's lazy negation bit (``z.conj().imag``) are stepped through resolved copies,
     # since an op cannot write through the bit; (the user's grad, the copy) to write back after the step.
@@ -59,13 +61,17 @@ class StepPlan:
         for grad, resolved in self.write_back:
             grad.copy_(resolved)
         if self.state_steps:
-            _advance_steps(self.state_steps, self.found_inf)
+            _advance_steps(self.state_steps, self.found_inf, self.steps_on_cpu)
 
 
-def _advance_steps(state_steps: list[torch.Tensor], found_inf: torch.Tensor | None) -> None:
-    """``step += 1 - found_inf``: a skipped step leaves the counters alone, with no sync on the device."""
+def _advance_steps(state_steps: list[torch.Tensor], found_inf: torch.Tensor | None, on_cpu: bool = False) -> None:
+    """``step += 1 - found_inf``: a skipped step leaves the counters alone, with no sync on the device.
+
+    CPU counters with a device ``found_inf`` (GradScaler on a GPU, ``capturable=False``) read it with one
+    blocking copy per step, a host sync; ``capturable=True`` keeps the counters on the device instead.
+    """
     steps_op = _extension.steps_op()
-    by_device = _by_device(state_steps)
+    by_device = {state_steps[0].device: state_steps} if on_cpu else _by_device(state_steps)
     for device, steps in by_device.items():
         if device.type == "cpu" and steps_op is not None:
             # A device found_inf is copied to the host with a blocking copy: the counters are read on the
@@ -135,8 +141,10 @@ def plan(
 ) -> StepPlan:
     """Group, place and check one step without writing anything (``StepPlan.check`` checks the calls)."""
     _check_lengths(params, grads, square_avgs, acc_deltas, master_params)
-    if state_steps:
-        _extension.check_state_steps(state_steps)
+    steps_on_cpu = False
+    if state_steps and not torch.compiler.is_compiling():
+        # (Under torch.compile the ops' fake kernels check the same, without a graph break.)
+        steps_on_cpu = bool(_extension.check_state_steps(state_steps))
     write_back = []
     if any(grad.is_neg() for grad in grads):
         resolved = [grad.resolve_neg() for grad in grads]
@@ -156,13 +164,16 @@ def plan(
                 grad_scale=_on_device(scalars.grad_scale, device, copies),
                 found_inf=_on_device(scalars.found_inf, device, copies),
             )
+            if scalars.stochastic_rounding and device.index:
+                # Every call numbers its tensors from 0: the same key on two GPUs would draw the same noise.
+                group_scalars = replace(group_scalars, rounding_key=mix32(scalars.rounding_key ^ mix32(device.index)))
             if isinstance(scalars.lr, torch.Tensor) and _on_device(scalars.lr, device, copies) is not scalars.lr:
                 group_scalars = replace(group_scalars, lr=scalars.lr.to(device))
             calls.append(BackendCall(
                 backends.resolve(backend, device), device, group_params, group_grads, group_sq, group_acc,
                 group[4] if master_params else None, group_scalars,
             ))
-    return StepPlan(calls, state_steps, scalars.found_inf, write_back)
+    return StepPlan(calls, state_steps, steps_on_cpu, scalars.found_inf, write_back)
 
 
 def adadelta_(
@@ -194,7 +205,7 @@ def adadelta_(
     scalars = step_scalars(lr, rho, eps, weight_decay, maximize, grad_scale, found_inf, grad_mode,
                            stochastic_rounding, rounding_key)
     step = plan(params, grads, square_avgs, acc_deltas, state_steps, scalars, master_params or None, backend)
-    if len(step.calls) > 1:
+    if len(step.calls) > 1 and not torch.compiler.is_compiling():
         step.check()  # each call checks its own group; a later group's error must come before any write
     step.run()
 

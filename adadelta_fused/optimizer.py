@@ -78,7 +78,8 @@ class Adadelta(Optimizer):
         fused_options = flatten or zero_grad_in_step or state_dtype or master_weights or stochastic_rounding
         if differentiable and fused_options:
             raise ValueError("differentiable=True runs torch's Adadelta and takes none of the fused options")
-        self._flat_groups: list[list[FlatGroup]] = []
+        self._flat_groups: list[list[FlatGroup]] = []  # per param group
+        self._unflat_params: list[list[torch.Tensor]] = []  # per param group: params outside the buffers
         defaults = {
             "lr": lr,
             "rho": rho,
@@ -134,11 +135,14 @@ class Adadelta(Optimizer):
             if master is not None and not self._wants_master(p):
                 p.copy_(master)  # the fp32 copy is the more precise value of the param
             elif self._wants_master(p):
-                state["master_param"] = master if master is not None else p.detach().float()
+                # A loaded checkpoint without master copies leaves none: it is made from the loaded param.
+                state["master_param"] = master if master is not None else p.detach().to(
+                    torch.float32, memory_format=torch.preserve_format, copy=True)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         params = param_group["params"]
-        if isinstance(params, (list, tuple)):
+        if not isinstance(params, (torch.Tensor, set)):
+            params = param_group["params"] = list(params)  # as torch does; a generator is read once here
             tensors = [p[1] if isinstance(p, tuple) else p for p in params]
             seen: dict[int, int] = {}
             for index, p in enumerate(tensors):
@@ -155,15 +159,21 @@ class Adadelta(Optimizer):
         for key in self._OPTIONS:
             group.pop(key, None)
         if self.defaults["flatten"]:
-            self._flat_groups.append(self._flatten_group(group))
+            flats, others = self._flatten_group(group)
+            self._flat_groups.append(flats)
+            self._unflat_params.append(others)
 
-    def _flatten_group(self, group: dict[str, Any], copied: bool = False) -> list[FlatGroup]:
+    def _flatten_group(self, group: dict[str, Any], copied: bool = False) -> tuple[list[FlatGroup], list]:
         """Move the group's trainable params (and any state they have) into flat buffers; ``copied``: the
-        params come out of a copy of this optimizer, still views of its old buffers."""
+        params come out of a copy of this optimizer, still views of its old buffers. Returns the buffers and
+        the params left out (the frozen ones, stepped as torch steps them if they ever get a grad)."""
         by_kind: dict[tuple, list[torch.Tensor]] = {}
+        others = []
         for p in group["params"]:
             if p.requires_grad:
                 by_kind.setdefault((p.device, p.dtype), []).append(p)
+            else:
+                others.append(p)
         flats = []
         for params in by_kind.values():
             old_state = [self.state.get(p, {}) for p in params]
@@ -178,8 +188,10 @@ class Adadelta(Optimizer):
                             state[key].copy_(value)
                     self.state[p] = state
                     flat.steps.append(state["step"])
+                    if "master_param" in old:
+                        flat.stale_masters.discard(flat.params.index(p))
             flats.append(flat)
-        return flats
+        return flats, others
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -199,8 +211,12 @@ class Adadelta(Optimizer):
         if "_flat_groups" not in self.__dict__:
             # A copy (deepcopy, pickle) brings params and state but not the buffers they viewed, and pickle
             # does not even keep the views shared: build the buffers again, around the copied values.
-            flatten = self.defaults["flatten"]
-            self._flat_groups = [self._flatten_group(group, copied=True) for group in self.param_groups] if flatten else []
+            self._flat_groups, self._unflat_params = [], []
+            if self.defaults["flatten"]:
+                for group in self.param_groups:
+                    flats, others = self._flatten_group(group, copied=True)
+                    self._flat_groups.append(flats)
+                    self._unflat_params.append(others)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load, checked first, except that accumulators keep this optimizer's state dtype (torch
@@ -227,19 +243,38 @@ class Adadelta(Optimizer):
             self._optimizer_load_state_dict_post_hooks = post_hooks
         self.state.update(kept)
         group_of = {p: group for group in self.param_groups for p in group["params"]}
-        for saved_id, saved in state_dict["state"].items():
-            if not saved:
-                continue
-            p = param_of[saved_id]
-            flat = p in kept
-            target = self.state[p] if flat else self._init_state(p, group_of[p])
+        located = {p: (flat, index) for flats in self._flat_groups for flat in flats for index, p in enumerate(flat.params)}
+        for saved_id, p in param_of.items():
+            saved = state_dict["state"].get(saved_id) or {}
+            where = located.get(p)
+            if where is None:
+                if not saved:
+                    continue  # as torch: a param without saved state gets none
+                target = self._init_state(p, group_of[p])
+                target.pop("master_param", None)  # made from the param at its next step, unless saved below
+            else:
+                # A flat param's state is views of the buffers: reset in place where nothing was saved.
+                target = self.state[p]
+                flat, index = where
+                with torch.no_grad():
+                    for key in ("step", "square_avg", "acc_delta"):
+                        target[key].zero_()
+                if flat.master is not None:
+                    flat.stale_masters.add(index)
             with torch.no_grad():
                 for key, value in saved.items():
-                    if key == "master_param" and not self._wants_master(p):
-                        continue  # saved with master weights, loaded without: the param itself is the value
-                    if key == "step":
+                    if key == "master_param":
+                        if not self._wants_master(p):
+                            continue  # saved with master weights, loaded without: the param itself is the value
+                        if where is None:
+                            target[key] = value.to(device=p.device, dtype=torch.float32,
+                                                   memory_format=torch.preserve_format, copy=True)
+                        else:
+                            target[key].copy_(value)
+                            flat.stale_masters.discard(index)
+                    elif key == "step":
                         step = loaded_step(value, target["step"], group_of[p]["capturable"], p.device)
-                        if flat:
+                        if where is not None:
                             target["step"].copy_(step)  # the flat buffer advances this very tensor
                         else:
                             target["step"] = step
@@ -258,14 +293,12 @@ class Adadelta(Optimizer):
         (params outside the buffers, the frozen ones, are treated as torch treats them)."""
         if not self.defaults["flatten"]:
             return super().zero_grad(set_to_none)
-        flat_params = set()
         for flats in self._flat_groups:
             for flat in flats:
                 flat.zero_grad()
-                flat_params.update(flat.params)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None or p in flat_params:
+        for others in self._unflat_params:
+            for p in others:
+                if p.grad is None:
                     continue
                 if set_to_none:
                     p.grad = None
@@ -277,7 +310,7 @@ class Adadelta(Optimizer):
             return "zero"
         return "unscale" if grad_scale is not None else "keep"
 
-    def _gather(self, group, skip: frozenset = frozenset()):
+    def _gather(self, group):
         """Per-param lists for one group, split into params with and without an fp32 master copy.
 
         This loop runs over every param each step, so it does only what it must (about 1 us a param).
@@ -285,18 +318,29 @@ class Adadelta(Optimizer):
         without_master = ([], [], [], [], [], [])
         with_master = ([], [], [], [], [], [])
         state_of = self.state
+        state_dtype = self.defaults["state_dtype"]
+        master_weights = self.defaults["master_weights"]
         for p in group["params"]:
             grad = p.grad
-            if grad is None or p in skip:
+            if grad is None:
                 continue
             if grad.is_sparse:
                 raise RuntimeError("Adadelta does not support sparse gradients")
             state = state_of[p]
             if not state:
                 state.update(self._init_state(p, group))
-            elif state["square_avg"].dtype != self._state_dtype_for(p):
-                self._follow_param_dtype(p, state)
+            else:
+                # Identity tests first: the full rule (_state_dtype_for) only runs when the param's dtype
+                # may have changed since the state was made (model.to(dtype)).
+                held = state["square_avg"].dtype
+                if held is not p.dtype and (held is not state_dtype or p.dtype is torch.float64):
+                    if held != self._state_dtype_for(p):
+                        self._follow_param_dtype(p, state)
             master = state.get("master_param")
+            if master_weights and (master is None) == (p.dtype is torch.bfloat16 or p.dtype is torch.float16):
+                # A master copy is missing (a checkpoint without one, model.to(bf16)) or no longer wanted.
+                self._follow_param_dtype(p, state)
+                master = state.get("master_param")
             lists = without_master if master is None else with_master
             lists[0].append(p)
             lists[1].append(grad)
@@ -331,7 +375,7 @@ class Adadelta(Optimizer):
         # Everything is planned and checked before the first write: a bad group never leaves a step half
         # applied. One backend call checks itself (the op validates first), so only several need this.
         fused = [p for p in plans if not isinstance(p, dict)]
-        if sum(len(p.calls) for p in fused) > 1:
+        if sum(len(p.calls) for p in fused) > 1 and not torch.compiler.is_compiling():
             for step_plan in fused:
                 step_plan.check()
         for step_plan in plans:
@@ -361,18 +405,19 @@ class Adadelta(Optimizer):
             return replace(scalars, stochastic_rounding=True, rounding_key=rounding)
 
         plans = []
-        flat_params: frozenset = frozenset()
+        unflat = group
         if options["flatten"]:
-            flats = self._flat_groups[index]
-            for buffer, flat in enumerate(flats):
+            for buffer, flat in enumerate(self._flat_groups[index]):
                 flat.check_views()
+                if flat.stale_masters:
+                    flat.refresh_masters()
                 masters = [flat.master] if flat.master is not None else None
                 plans.append(plan(
                     [flat.param], [flat.grad], [flat.square_avg], [flat.acc_delta], flat.steps,
                     with_rounding(masters, (index << 16) + buffer + 1), masters, group["backend"],
                 ))
-            flat_params = frozenset(p for flat in flats for p in flat.params)
-        for params, grads, square_avgs, acc_deltas, steps, masters in self._gather(group, flat_params):
+            unflat = {**group, "params": self._unflat_params[index]}  # usually none: frozen params
+        for params, grads, square_avgs, acc_deltas, steps, masters in self._gather(unflat):
             plans.append(plan(
                 params, grads, square_avgs, acc_deltas, steps, with_rounding(masters, (index << 16) + 0xFFFF),
                 masters or None, group["backend"],

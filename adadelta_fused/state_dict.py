@@ -61,6 +61,7 @@ def loaded_step(value, current: torch.Tensor, capturable: bool, device: torch.de
     capturable group keeps it in fp32 on the param's device."""
     if not isinstance(value, torch.Tensor):
         value = torch.tensor(float(value), dtype=_get_scalar_dtype())
+    value = value.reshape(())  # a 1-element counter of shape (1,) loads into the 0-d one torch keeps
     if capturable:
         return value.to(dtype=torch.float32, device=device, copy=True)
     return value.to(dtype=current.dtype, device=current.device, copy=True)

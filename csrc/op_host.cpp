@@ -242,14 +242,17 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
   check_no_overlap(lists, written);
 }
 
-void check_state_steps(at::TensorList steps) {
+bool check_state_steps(at::TensorList steps) {
+  bool all_cpu = true;
   for (size_t i = 0; i < steps.size(); ++i) {
     const at::Tensor& step = steps[i];
     TORCH_CHECK_VALUE(step.layout() == at::kStrided && step.sym_numel() == 1 &&
                           (step.scalar_type() == at::kFloat || step.scalar_type() == at::kDouble),
                       "state_steps[", i, "] must be a 1-element float32 or float64 tensor, got ", step.scalar_type(),
                       " with ", step.sym_numel(), " elements (layout ", layout_name(step.layout()), ")");
+    all_cpu = all_cpu && step.is_cpu();
   }
+  return all_cpu;
 }
 
 void bump_versions(const OpArgs& a) {

@@ -42,7 +42,8 @@ void check_op_args(const OpArgs& args, c10::DeviceType expected_device);
 
 // The step counters functional.adadelta_ advances after the update, checked before the update runs:
 // 1-element fp32 or fp64 tensors (torch's _get_scalar_dtype), so a bad counter never half-applies a step.
-void check_state_steps(at::TensorList steps);
+// Returns whether all of them are on the CPU (one C++ loop instead of a Python one per step).
+bool check_state_steps(at::TensorList steps);
 
 // After a step: every tensor in a list the schema marks mutable gets a new version, as torch's in-place
 // ops give theirs, so a graph saved before the step refuses to backpropagate through the new values.

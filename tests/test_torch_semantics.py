@@ -266,3 +266,107 @@ def test_functional_with_no_tensors_does_nothing_like_torch():
     adadelta_([], [], [], [], [])
     torch_adadelta([], [], [], [], [], lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, foreach=False,
                    maximize=False, capturable=False, differentiable=False, has_complex=False)
+
+
+# Found in review: master copies, state resets and graph breaks --------------------------------------------------
+
+def _bf16_model(generator):
+    return mlp(generator).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("order", ["model_after_optimizer", "torch_checkpoint_then_model"])
+def test_master_copies_follow_weights_loaded_after_the_optimizer(flatten, order, generator):
+    """Stepping from a master copy taken before the weights were loaded would undo the load."""
+    model = _bf16_model(generator)
+    loaded = {k: v + 0.5 for k, v in model.state_dict().items()}
+    opt = Adadelta(model.parameters(), lr=1e-3, master_weights=True, flatten=flatten)
+    if order == "torch_checkpoint_then_model":
+        twin = copy.deepcopy(model)
+        source = torch.optim.Adadelta(twin.parameters())
+        backward(twin, generator)
+        source.step()
+        opt.load_state_dict(source.state_dict())
+    model.load_state_dict(loaded)
+    opt.zero_grad()
+    backward(model, generator)
+    opt.step()
+    for name, p in model.named_parameters():
+        assert (p.float() - loaded[name].float()).abs().max() < 0.05, name
+
+
+@pytest.mark.parametrize("start, end", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
+def test_model_to_dtype_with_master_weights_and_fp32_state(start, end, generator):
+    model = mlp(generator).to(start)
+    opt = Adadelta(model.parameters(), master_weights=True, state_dtype=torch.float32)
+    backward(model, generator)
+    opt.step()
+    model.to(end)
+    opt.zero_grad()
+    backward(model, generator)
+    opt.step()
+    for p in model.parameters():
+        assert ("master_param" in opt.state[p]) == (end == torch.bfloat16)
+        assert opt.state[p]["square_avg"].dtype == torch.float32
+
+
+def test_flatten_loads_a_checkpoint_without_state_like_torch(generator):
+    model = mlp(generator)
+    twin = copy.deepcopy(model)
+    fresh = torch.optim.Adadelta(copy.deepcopy(model).parameters()).state_dict()  # never stepped: no state
+    ours = Adadelta(model.parameters(), flatten=True)
+    for _ in range(3):
+        ours.zero_grad()
+        backward(model, generator)
+        ours.step()
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), twin.parameters()):
+            p.copy_(q)
+    ours.load_state_dict(fresh)
+    theirs = torch.optim.Adadelta(twin.parameters())
+    theirs.load_state_dict(fresh)
+    for m, opt in ((model, ours), (twin, theirs)):
+        opt.zero_grad()
+        backward(m, torch.Generator().manual_seed(5))
+        opt.step()
+    assert_same_params(model, twin)
+    assert {float(s["step"]) for s in ours.state.values()} == {1.0}
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_a_step_of_shape_1_loads_like_torch(flatten, generator):
+    model = mlp(generator)
+    source = torch.optim.Adadelta(model.parameters())
+    backward(model, generator)
+    source.step()
+    saved = copy.deepcopy(source.state_dict())
+    for state in saved["state"].values():
+        state["step"] = state["step"].reshape(1)
+    torch.optim.Adadelta(model.parameters()).load_state_dict(copy.deepcopy(saved))
+    ours = Adadelta(model.parameters(), flatten=flatten)
+    ours.load_state_dict(saved)
+    backward(model, generator)
+    ours.step()
+    assert {float(s["step"]) for s in ours.state.values()} == {2.0}
+
+
+def test_duplicates_in_a_generator_are_refused(generator):
+    w = torch.nn.Parameter(torch.randn(3, generator=generator))
+    with pytest.raises(ValueError, match="same tensor as param 0"):
+        Adadelta({"params": (p for p in (w, w))} for _ in range(1))
+
+
+def test_compiling_a_step_traces_no_validator_call(generator):
+    """The checks that run before the first write are pybind calls Dynamo cannot trace; under
+    torch.compile the ops' fake kernels run them instead. (The graph breaks that remain, in the backend
+    lookup, are issue 10's: compiled steps with no more graphs than torch's.)"""
+    torch._dynamo.reset()
+    params = [torch.nn.Parameter(torch.randn(8, generator=generator)) for _ in range(2)]
+    params.append(torch.nn.Parameter(torch.randn(8, generator=generator, dtype=torch.float64)))
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = Adadelta([{"params": params[:2]}, {"params": params[2:]}])
+    explanation = torch._dynamo.explain(opt.step)()
+    frames = " ".join(str(frame) for reason in explanation.break_reasons for frame in reason.user_stack)
+    assert "check_state_steps" not in frames and "check_op_args" not in frames and "def check" not in frames
+    assert all(float(opt.state[p]["step"]) == 1.0 for p in params)
