@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from . import _extension, backends
+from ._compat import group_by_device_and_dtype
 from .contract import GradMode, StepScalars, check_lr
 
 
@@ -84,7 +84,7 @@ def adadelta_(
         rounding_key=int(rounding_key) & 0xFFFFFFFF,
     )
     lists = [params, grads, square_avgs, acc_deltas] + ([master_params] if master_params else [])
-    grouped = _group_tensors_by_device_and_dtype(lists, with_indices=False)
+    grouped = group_by_device_and_dtype(lists)
     for (device, dtype), (group, _) in grouped.items():
         group_params, group_grads, group_sq, group_acc = (
             (_as_real(tensors) for tensors in group[:4]) if dtype.is_complex else group[:4]
