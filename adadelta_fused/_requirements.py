@@ -18,7 +18,8 @@ def too_old(package: str, version: str, floor: tuple[int, int]) -> str | None:
     """Why ``version`` of ``package`` is below ``floor``, or None."""
     if _major_minor(version) >= floor:
         return None
-    return f"adadelta_fused needs {package}>={floor[0]}.{floor[1]}, the oldest it is tested with; found {package} {version}"
+    wanted = f"{package}>={floor[0]}.{floor[1]}"
+    return f"adadelta_fused needs {wanted}, the oldest it is tested with; found {package} {version}"
 
 
 def check_torch(version: str) -> None:

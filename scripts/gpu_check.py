@@ -364,8 +364,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         name, arch = found_gpu
         log(f"gpu_check: {name}, sm_{arch.replace('.', '')}, python {args.python}")
-        versions = "import setuptools, torch, triton; print(torch.__version__, triton.__version__, setuptools.__version__)"
-        run(log, [args.python, "-c", versions], 60)  # torch, triton, setuptools (>= 77 reads our pyproject)
+        # setuptools older than 77 cannot read pyproject's license field, and the build would fail on it.
+        versions = "import setuptools as s, torch, triton; print(torch.__version__, triton.__version__, s.__version__)"
+        run(log, [args.python, "-c", versions], 60)
         results = {"gpu": name, "stage_seconds": {}}
         scratch = Path(tempfile.mkdtemp(prefix="gpu_check-"))
 
