@@ -1,5 +1,11 @@
 """adadelta_fused: torch.optim.Adadelta's exact update in one memory pass (CPU, CUDA, Triton)."""
 
+import torch
+
+from ._requirements import check_torch
+
+check_torch(torch.__version__)
+
 from . import ops  # noqa: F401  (declares torch.ops.adadelta_fused.adadelta_ and loads its kernels)
 from .backends import BackendUnavailableError, available_backends
 from .contract import GradMode

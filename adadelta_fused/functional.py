@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from . import _extension, backends
+from ._compat import group_by_device_and_dtype
 from .contract import GradMode, StepScalars, check_group, check_lr
 from .reference import mix32
 
@@ -110,10 +110,11 @@ def _on_device(value: torch.Tensor | None, device: torch.device, copies: dict) -
 
 
 def _grouped(lists, scalars: StepScalars) -> dict:
-    """torch's grouping by (device, dtype); where it refuses the lists (a grad on another device than its
-    param, say), the op's validator names the tensor instead of torch's generic message."""
+    """torch's grouping by (device, dtype) (_compat: by the param's, on torch 2.11); where it refuses the
+    lists (a grad on another device than its param, say), the op's validator names the tensor instead of
+    torch's generic message."""
     try:
-        return _group_tensors_by_device_and_dtype(lists, with_indices=False)
+        return group_by_device_and_dtype(lists)
     except RuntimeError:
         check_group(*lists[:4], lists[4] if len(lists) > 4 else None, scalars, lists[0][0].device.type)
         raise

@@ -26,7 +26,7 @@ CONFIG = StepConfig(torch.float32)
 CASES = [Case(4 * Mi, 1), Case(4 * Mi, 256)]
 NAMES = [
     name
-    for name in ("cpp", "triton", impls.TORCH_FOREACH, impls.TORCH_FORLOOP, impls.TORCH_FUSED_ADAM)
+    for name in ("cpp", "triton", impls.TORCH_FOREACH, impls.TORCH_FORLOOP, impls.TORCH_FUSED_ADAMW)
     if impls.unavailable_reason(name, DEVICE) is None
 ]
 

@@ -11,6 +11,7 @@ from functools import cache
 
 import torch
 
+from .._requirements import TRITON_FLOOR, too_old
 from ..contract import StepScalars, op_arguments
 
 NAME = "triton"
@@ -20,12 +21,12 @@ __all__ = ["NAME", "unavailable_reason", "unsupported_reason", "step_"]
 @cache
 def _import_error() -> str | None:
     try:
-        import triton  # noqa: F401  (imported for the probe; the op module imports it for real)
+        import triton  # (imported for the probe; the op module imports it for real)
     except ImportError as error:
         return f"triton is not installed ({error})"
     except Exception as error:  # a broken install can fail in any way on import
         return f"triton failed to import ({type(error).__name__}: {error})"
-    return None
+    return too_old("triton", triton.__version__, TRITON_FLOOR)
 
 
 def _interpreting() -> bool:

@@ -140,7 +140,7 @@ def _implementations(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     if not args.no_compile:
         torch_rows.append(impls.TORCH_COMPILE)
     if device.type == "cuda":
-        torch_rows.append(impls.TORCH_FUSED_ADAM)
+        torch_rows.append(impls.TORCH_FUSED_ADAMW)
     return (*ours, *torch_rows)
 
 
