@@ -4,7 +4,7 @@ A flattened group's step is one kernel call over four (or five) contiguous buffe
 metadata at all, and ``zero_grad`` is one memset. Each tensor starts on a 16-byte boundary, so the
 128-bit vector path of the CUDA and Triton kernels always applies.
 
-Frozen params (``requires_grad=False``) stay out of the buffers, as torch never steps them.
+Frozen params (``requires_grad=False`` and no grad) stay out of the buffers, as torch never steps them.
 
 What breaks the views: assigning ``param.data = ...`` or ``param.grad = ...`` (or setting it to None),
 ``param.set_(...)``, or moving the model with ``model.to(...)`` after the optimizer was built. The step

@@ -170,7 +170,9 @@ class Adadelta(Optimizer):
         by_kind: dict[tuple, list[torch.Tensor]] = {}
         others = []
         for p in group["params"]:
-            if p.requires_grad:
+            # Frozen: no grad and none to come. torch never touches such a param; in a buffer it would get
+            # a zero grad every step and move with weight decay.
+            if p.requires_grad or p.grad is not None:
                 by_kind.setdefault((p.device, p.dtype), []).append(p)
             else:
                 others.append(p)
@@ -243,7 +245,9 @@ class Adadelta(Optimizer):
             self._optimizer_load_state_dict_post_hooks = post_hooks
         self.state.update(kept)
         group_of = {p: group for group in self.param_groups for p in group["params"]}
-        located = {p: (flat, index) for flats in self._flat_groups for flat in flats for index, p in enumerate(flat.params)}
+        located = {
+            p: (flat, index) for flats in self._flat_groups for flat in flats for index, p in enumerate(flat.params)
+        }
         for saved_id, p in param_of.items():
             saved = state_dict["state"].get(saved_id) or {}
             where = located.get(p)

@@ -23,7 +23,9 @@ def check_loadable(param_groups: list[dict[str, Any]], state_dict: dict[str, Any
     if len(param_groups) != len(saved_groups):
         raise ValueError("loaded state dict has a different number of parameter groups")
     if any(len(g["params"]) != len(s["params"]) for g, s in zip(param_groups, saved_groups)):
-        raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+        raise ValueError(
+            "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+        )
     param_of = dict(zip(chain.from_iterable(s["params"] for s in saved_groups),
                         chain.from_iterable(g["params"] for g in param_groups)))
     for saved_id, saved in state_dict["state"].items():

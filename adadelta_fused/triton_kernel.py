@@ -1,11 +1,11 @@
-"""The Triton kernels of one fused Adadelta step: device code only (the launch and the op: triton_op.py).
+"""The Triton kernels of one fused Adadelta step: device code only (launches: triton_launch.py; op: triton_op.py).
 
 The per-element update mirrors ``adadelta_fused.reference._update_one`` line by line, with its variable
 names, and rounds where ``csrc/adadelta_math.h`` rounds: fma for weight decay, both addcmul's and the param
 update, IEEE sqrt and division, and the counter-based rounding noise of ``csrc/rounding.h``. Every backend
 therefore produces the same bits.
 
-``triton_op.kernels(interpret)`` executes this module once per mode, because ``triton.jit`` decides between
+``triton_interpreter.kernels(interpret)`` executes this module once per mode, because ``triton.jit`` decides between
 the compiler and the interpreter when it decorates; a kernel finds its helpers in its own module's globals.
 For the same reason the kernels use only builtins of triton.language, none of its @jit library functions
 (tl.zeros, tl.zeros_like, tl.cdiv, ...): those were decorated when triton was imported, and the

@@ -413,10 +413,10 @@ PARITY_CASES = {
     "meta_found_inf": lambda g: dict(found_inf=torch.tensor(0.0, device="meta")),
     "overlap": lambda g: dict(acc_deltas=g["square_avgs"]),
     "expanded": lambda g: dict(square_avgs=[torch.rand(1).expand(37)] + g["square_avgs"][1:]),
-    "csr_grad": lambda g: dict(params=[t.view(37, 1) for t in g["params"]],
-                               grads=[g["grads"][0].view(37, 1).to_sparse_csr()] + [t.view(37, 1) for t in g["grads"][1:]],
-                               square_avgs=[t.view(37, 1) for t in g["square_avgs"]],
-                               acc_deltas=[t.view(37, 1) for t in g["acc_deltas"]]),
+    "csr_grad": lambda g: {
+        **{name: [t.view(37, 1) for t in g[name]] for name in ("params", "grads", "square_avgs", "acc_deltas")},
+        "grads": [g["grads"][0].view(37, 1).to_sparse_csr()] + [t.view(37, 1) for t in g["grads"][1:]],
+    },
     "step_dtype": lambda g: dict(state_steps=[torch.tensor(1)] * 3),
 }
 
