@@ -69,10 +69,11 @@ constexpr bool kStaged = is_16_bit_v<P> || is_16_bit_v<S>;
 template <typename P, typename S>
 constexpr bool kHasFp16 = std::is_same_v<P, float16_bits> || std::is_same_v<S, float16_bits>;
 
-// Four fp32 tiles of 1 Ki elements take 16 KiB, half of a Zen core's 32 KiB L1D, leaving the rest to the lines
-// streaming in. A tile starts at a multiple of its size in its tensor (chunks do: 64 Ki elements), so it
-// never straddles a multiple of 2^32 elements (narrow_stochastic hoists the index's high word).
-constexpr int kTileElements = 1024;
+// Four fp32 tiles of 256 elements take 4 KiB of a Zen core's 32 KiB L1D, leaving it to the lines streaming
+// in (and to a second thread, where the host shares a core between two vCPUs); in cache, 128 to 2048
+// elements time the same. A tile starts at a multiple of its size in its tensor (chunks do: 64 Ki
+// elements), so it never straddles a multiple of 2^32 elements (narrow_stochastic hoists the high word).
+constexpr int kTileElements = 256;
 static_assert(kChunkElements % kTileElements == 0, "a chunk must hold whole tiles");
 
 // The fp32 view of buffer[first, first + n): the buffer itself when it holds fp32, else the tile, widened.
@@ -97,7 +98,7 @@ __attribute__((always_inline)) inline void narrow_tile(const float* tile, T* buf
 // Why: in the fused loop GCC vectorizes the conversions poorly and a bf16 param hashes its stochastic-
 // rounding noise per element even when rounding to nearest (the select is branch-free). One AVX2 core, in
 // cache, ns per element: fp32 0.59; bf16 fused 2.02, staged 1.20 (widen 0.065 and narrow 0.14 per buffer);
-// fp16 fused ~4.2, staged with F16C 1.22. Tile sizes of 128 to 2048 elements time the same.
+// fp16 fused ~4.2, staged with F16C 1.22.
 template <TileConversion kConversion, typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster,
           bool kScaled>
 __attribute__((always_inline)) inline void update_chunk_staged(const Chunk<ParamT, StateT>& c,

@@ -41,7 +41,7 @@ ADF_TILE_INLINE void narrow_portable(const float* __restrict__ src, T* __restric
 #if defined(__x86_64__)
 // 8 values per instruction; the last n % 8 take the portable loop. Called, not inlined: GCC refuses to
 // inline F16C code into the target-neutral templates between it and the kernel's F16C function, and one
-// call per tile of 1 Ki elements costs nothing.
+// call per tile of 256 elements costs little.
 __attribute__((target("avx,f16c"))) inline void widen_f16c(const float16_bits* __restrict__ src,
                                                                       float* __restrict__ dst, int n) {
   int i = 0;
