@@ -62,10 +62,6 @@ __attribute__((always_inline)) inline void update_chunk(const Chunk<ParamT, Stat
 template <typename T>
 constexpr bool is_16_bit_v = std::is_same_v<T, bfloat16_bits> || std::is_same_v<T, float16_bits>;
 
-// A configuration with 16-bit params or state is staged through fp32 tiles on the vector ISAs.
-template <typename P, typename S>
-constexpr bool kStaged = is_16_bit_v<P> || is_16_bit_v<S>;
-
 template <typename P, typename S>
 constexpr bool kHasFp16 = std::is_same_v<P, float16_bits> || std::is_same_v<S, float16_bits>;
 
@@ -135,13 +131,14 @@ __attribute__((always_inline)) inline void update_chunk_staged(const Chunk<Param
   }
 }
 
-// The update for a vector ISA: staged when the configuration has 16-bit buffers, else the fused loop. bf16
-// params with master weights (and no fp16 buffer) stay fused: their param store rounds to nearest without
-// hashing noise, and at 32 Mi elements on 2 threads the fused loop took 0.83-0.96x the fp32 step's time
-// where the staged one took 1.12-1.24x (three interleaved runs each), though staged is faster in cache.
+// The update for a vector ISA: staged when every buffer is 16-bit or one is fp16, else the fused loop. A
+// bf16 step that also streams fp32 buffers (fp32 state or master) stays fused: though staged is faster in
+// cache, at 32 Mi elements on 2 threads the fused loop took 0.83-0.96x the fp32 step's time with a master
+// copy where staged took 1.12-1.24x (three interleaved runs each), and 1.04x with fp32 state where staged
+// took 1.12x (1.29x with stochastic rounding).
 template <TileConversion kConversion, typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
 __attribute__((always_inline)) inline void update_chunk_vector(const Chunk<P, S>& c, const StepScalars<math_t<P>>& s) {
-  if constexpr (kStaged<P, S> && !(kMaster && !kHasFp16<P, S>)) {
+  if constexpr (kHasFp16<P, S> || (is_16_bit_v<P> && is_16_bit_v<S> && !kMaster)) {
     update_chunk_staged<kConversion, P, S, kMode, kMaster, kScaled>(c, s);
   } else {
     update_chunk<P, S, kMode, kMaster, kScaled>(c, s);
