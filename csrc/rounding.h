@@ -24,9 +24,19 @@ ADF_HOST_DEVICE uint32_t rounding_tensor_key(uint32_t step_key, int64_t tensor_i
   return mix32(step_key ^ (uint32_t(tensor_index) * 0x9E3779B9u));
 }
 
+// The noise's two hash rounds, the first keyed by the index's high word and the second by its low word.
+// They are separate so that the CPU kernel can run the first once per tile
+// (cpu/tile_convert.h): per element, one round instead of two.
+ADF_HOST_DEVICE uint32_t rounding_noise_high(uint32_t tensor_key, int64_t index) {
+  return mix32(tensor_key ^ uint32_t(uint64_t(index) >> 32));
+}
+
+ADF_HOST_DEVICE uint32_t rounding_noise_low(uint32_t high, uint32_t index_low) {
+  return mix32(high ^ index_low) & 0xFFFFu;
+}
+
 ADF_HOST_DEVICE uint32_t rounding_noise(uint32_t tensor_key, int64_t index) {
-  const uint64_t i = uint64_t(index);
-  return mix32(mix32(tensor_key ^ uint32_t(i >> 32)) ^ uint32_t(i)) & 0xFFFFu;
+  return rounding_noise_low(rounding_noise_high(tensor_key, index), uint32_t(uint64_t(index)));
 }
 
 // fp32 -> bf16 rounding up with probability equal to the dropped fraction: add 16 random bits under the

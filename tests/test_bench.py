@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from adadelta_fused.backends import BACKEND_NAMES
 from adadelta_fused.bench import implementations as impls
-from adadelta_fused.bench.__main__ import main
+from adadelta_fused.bench.__main__ import _config, _implementations, build_parser, main
 from adadelta_fused.bench.cases import Case, Ki, Mi, format_count, parse_count, rotation_sets, set_bytes, sweep
 from adadelta_fused.bench.timing import Measurement, time_interleaved, time_steps
 from adadelta_fused.bench.traffic import (
@@ -156,6 +156,21 @@ def test_mixed_precision_rows_are_credited_with_the_bytes_they_move(tmp_path):
     assert (rows["cpp"]["state_dtype"], rows["cpp"]["master_weights"], rows["cpp"]["bytes_per_element"]) == (
         "fp32", "True", "28")
     assert (rows["torch-foreach"]["state_dtype"], rows["torch-foreach"]["bytes_per_element"]) == ("bf16", "14")
+
+
+@pytest.mark.parametrize("dtype, listed", [("bf16", True), ("fp16", True), ("fp32", False)])
+def test_cpu_low_precision_runs_time_torch_fused_adamw_by_default(dtype, listed):
+    parser = build_parser()
+    args = parser.parse_args(["--device", "cpu", "--dtype", dtype, "--no-compile"])
+    assert (impls.TORCH_FUSED_ADAMW in _implementations(parser, args, CPU, _config(parser, args))) == listed
+
+
+def test_torch_fused_adamw_runs_on_cpu_in_bf16_with_the_same_bytes(tmp_path):
+    run_cli(["--device", "cpu", "--dtype", "bf16", "--sizes", "2Ki", "--tensors", "2", "--repeats", "2",
+             "--threads", "1", "--backends", "cpp", "torch-fused-adamw", "--out", str(tmp_path)])
+    with only_file(tmp_path, ".csv").open() as handle:
+        rows = {row["implementation"]: row for row in csv.DictReader(handle)}
+    assert rows["torch-fused-adamw"]["bytes_per_element"] == rows["cpp"]["bytes_per_element"] == "14"
 
 
 def test_traffic_runs_as_a_module_and_predicts_the_h100_step():

@@ -20,7 +20,7 @@ def test_flat_names_and_descriptions():
     assert set(impls.FLAT_NAMES) <= set(impls.IMPLEMENTATION_NAMES)
     assert impls.implementation("cpp-flat").description.endswith("flatten=True")
     assert impls.implementation("cpp-flat").ours
-    assert impls.unavailable_reason(impls.TORCH_FUSED_ADAMW, CPU) == "torch's fused AdamW is timed on CUDA only"
+    assert impls.unavailable_reason(impls.TORCH_FUSED_ADAMW, CPU) is None  # the CPU's bf16/fp16 yardstick
 
 
 @requires_extension

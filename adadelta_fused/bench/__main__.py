@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..contract import LOW_PRECISION
 from . import implementations as impls
 from .cases import DEFAULT_SIZES, DEFAULT_TENSORS, FULL_SIZES, FULL_TENSORS, Gi, parse_count, sweep
 from .environment import default_device
@@ -126,7 +127,9 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> StepCo
         parser.error(f"{flag}: {error}")
 
 
-def _implementations(parser: argparse.ArgumentParser, args: argparse.Namespace, device: torch.device) -> tuple[str, ...]:
+def _implementations(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, device: torch.device, config: StepConfig
+) -> tuple[str, ...]:
     if args.backends:
         if args.no_compile and impls.TORCH_COMPILE in args.backends:
             parser.error("--backends names torch-compile but --no-compile is given")
@@ -139,7 +142,9 @@ def _implementations(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     torch_rows = [impls.TORCH_FORLOOP, impls.TORCH_FOREACH]
     if not args.no_compile:
         torch_rows.append(impls.TORCH_COMPILE)
-    if device.type == "cuda":
+    # Fused AdamW is the same-bytes yardstick on a GPU, and on a CPU for bf16 and fp16 (issue 17); a CPU's fp32
+    # rows have torch's Adadelta steps for that.
+    if device.type == "cuda" or config.param_dtype in LOW_PRECISION:
         torch_rows.append(impls.TORCH_FUSED_ADAMW)
     return (*ours, *torch_rows)
 
@@ -182,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = sweep(tuple(sizes), tuple(tensor_counts))
     if not cases:
         parser.error("--sizes/--tensors: every size is smaller than every tensor count")
-    names = _implementations(parser, args, device)
+    names = _implementations(parser, args, device, config)
     options = SweepOptions(
         device=device,
         config=config,
