@@ -83,8 +83,12 @@ struct Span {
 // visited in the order the arguments name them, so every backend reports the same pair.
 void check_no_overlap(const std::vector<std::pair<const char*, at::TensorList>>& lists,
                       const std::vector<bool>& written) {
+  size_t total = 0;
+  for (const auto& list : lists) total += list.second.size();
   std::unordered_map<const void*, size_t> slot_of;
+  slot_of.reserve(total);  // one bucket array, no rehash while inserting
   std::vector<std::vector<Span>> by_storage;
+  by_storage.reserve(total);
   bool shared = false;
   for (size_t l = 0; l < lists.size(); ++l) {
     const auto& [name, tensors] = lists[l];
