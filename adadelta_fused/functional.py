@@ -99,8 +99,9 @@ def _as_real(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _on_device(value: torch.Tensor | None, device: torch.device, copies: dict) -> torch.Tensor | None:
-    """GradScaler's scalars live on one GPU; params on another get a copy, made once per device (as
-    torch's fused optimizers do). Any other placement is left for the validator to refuse by name."""
+    """GradScaler's scalars (and a tensor lr) live on one GPU; params on another get a copy, made once per
+    device (as torch's fused optimizers do). Any other placement is left for the validator to refuse by
+    name (a CPU lr is read on the host by the kernels)."""
     if value is None or value.device == device or value.device.type != "cuda" or device.type != "cuda":
         return value
     key = (id(value), device)
@@ -162,14 +163,13 @@ def plan(
             )
             group_scalars = replace(
                 scalars,
+                lr=_on_device(scalars.lr, device, copies) if isinstance(scalars.lr, torch.Tensor) else scalars.lr,
                 grad_scale=_on_device(scalars.grad_scale, device, copies),
                 found_inf=_on_device(scalars.found_inf, device, copies),
             )
             if scalars.stochastic_rounding and device.index:
                 # Every call numbers its tensors from 0: the same key on two GPUs would draw the same noise.
                 group_scalars = replace(group_scalars, rounding_key=mix32(scalars.rounding_key ^ mix32(device.index)))
-            if isinstance(scalars.lr, torch.Tensor) and _on_device(scalars.lr, device, copies) is not scalars.lr:
-                group_scalars = replace(group_scalars, lr=scalars.lr.to(device))
             calls.append(BackendCall(
                 backends.resolve(backend, device), device, group_params, group_grads, group_sq, group_acc,
                 group[4] if master_params else None, group_scalars,
