@@ -6,9 +6,16 @@ metadata at all, and ``zero_grad`` is one memset. Each tensor starts on a 16-byt
 
 Frozen params (``requires_grad=False`` and no grad) stay out of the buffers, as torch never steps them.
 
-What breaks the views: assigning ``param.data = ...`` or ``param.grad = ...`` (or setting it to None),
-``param.set_(...)``, or moving the model with ``model.to(...)`` after the optimizer was built. The step
-detects each of these and raises instead of silently training a detached copy.
+Gradients set to None (``model.zero_grad()``, the Hugging Face Trainer, Lightning) are allowed: the next
+backward makes new gradient tensors, and the step copies each into its slot of the flat buffer and makes
+the param's grad the view again. That is one extra pass over those gradients (8 bytes per fp32 element,
+read and write, against the step's 28), once per step while grads keep being set to None. A param still
+without a grad at the step is skipped, as torch skips it: the kernel runs over the ranges around it.
+
+What breaks the views, and raises at the next step instead of silently training a detached copy:
+assigning ``param.data = ...``, ``param.set_(...)``, or moving the model with ``model.to(...)`` after the
+optimizer was built. DTensor params (FSDP2, tensor parallel) cannot be flattened at all: their storage is
+the engine's, which re-shards it and replaces their grads itself.
 """
 
 from __future__ import annotations
@@ -17,9 +24,37 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import dtensor
 from .layout import is_dense
 
 ALIGN_BYTES = 16
+
+
+def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False) -> None:
+    """Raise, naming the param, if ``params`` (one buffer's worth) cannot be moved into a flat buffer."""
+    storages: dict[int, int] = {}
+    for index, p in enumerate(params):
+        if dtensor.any_dtensor([p]):
+            raise ValueError(
+                f"flatten=True cannot take param {index} (shape {tuple(p.shape)}): it is a DTensor with "
+                f"placements {tuple(p.placements)}, whose local storage belongs to FSDP2 or tensor parallel "
+                "(they re-shard it and replace its grad each step). Use flatten=False: a DTensor group's "
+                "step is already one fused kernel call per (device, dtype) over the local shards"
+            )
+        if not is_dense(p):
+            raise ValueError(
+                f"flatten=True needs dense params; param {index} has shape {tuple(p.shape)} and strides "
+                f"{p.stride()} (make it contiguous before building the optimizer)"
+            )
+        # Two params over one storage would each get a copy in the buffer and drift apart.
+        storage = p.untyped_storage().data_ptr()
+        if p.numel() and storage in storages and not shared_ok:
+            raise ValueError(
+                f"flatten=True: params {storages[storage]} and {index} share storage (views of one tensor, "
+                "or two Parameters over the same data); flattening would untie them. Pass each tensor "
+                "once, or use flatten=False"
+            )
+        storages[storage] = index
 
 
 def _padded(numel: int, element_size: int) -> int:
@@ -55,22 +90,7 @@ class FlatGroup:
               shared_ok: bool = False) -> "FlatGroup":
         """``shared_ok``: the params are a copy of an optimizer's own flat params (deepcopy, torch.save keep
         them views of one storage), not a user's tied tensors."""
-        storages: dict[int, int] = {}
-        for index, p in enumerate(params):
-            if not is_dense(p):
-                raise ValueError(
-                    f"flatten=True needs dense params; param {index} has shape {tuple(p.shape)} and strides "
-                    f"{p.stride()} (make it contiguous before building the optimizer)"
-                )
-            # Two params over one storage would each get a copy in the buffer and drift apart.
-            storage = p.untyped_storage().data_ptr()
-            if p.numel() and storage in storages and not shared_ok:
-                raise ValueError(
-                    f"flatten=True: params {storages[storage]} and {index} share storage (views of one tensor, "
-                    "or two Parameters over the same data); flattening would untie them. Pass each tensor "
-                    "once, or use flatten=False"
-                )
-            storages[storage] = index
+        check_flattenable(params, shared_ok=shared_ok)
         offsets, total = [], 0
         for p in params:
             offsets.append(total)
@@ -118,19 +138,57 @@ class FlatGroup:
                 _view(self.master, p, self.offsets[index]).copy_(p)
         self.stale_masters.clear()
 
-    def check_views(self) -> None:
-        """Raise if any param or grad stopped being a view of the flat buffers."""
+    def step_tensors(self) -> tuple[list[torch.Tensor], ...]:
+        """The tensors one step runs over: (params, grads, square_avgs, acc_deltas, masters, steps).
+
+        Normally the whole buffers, one tensor each. A param whose grad is None is left out, as torch leaves
+        it: the lists then hold the ranges of the buffers between such params, and only the stepped params'
+        counters. Raises if a param stopped viewing its buffer.
+        """
+        skipped = self._gather_grads()
+        buffers = [self.param, self.grad, self.square_avg, self.acc_delta]
+        if self.master is not None:
+            buffers.append(self.master)
+        if not skipped:
+            tensors = [[buffer] for buffer in buffers]
+            steps = self.steps
+        else:
+            bounds = [*self.offsets, self.param.numel()]
+            ranges, start = [], 0
+            for index in [*skipped, len(self.params)]:
+                if bounds[index] > bounds[start]:
+                    ranges.append((bounds[start], bounds[index]))
+                start = index + 1
+            tensors = [[buffer[begin:end] for begin, end in ranges] for buffer in buffers]
+            skipped_set = set(skipped)
+            steps = [step for index, step in enumerate(self.steps) if index not in skipped_set]
+        masters = tensors[4] if self.master is not None else None
+        return (*tensors[:4], masters, steps)
+
+    def _gather_grads(self) -> list[int]:
+        """Bring every param's grad into the flat gradient buffer; returns the indices of params without one.
+
+        A grad that is not the param's view of the buffer (autograd made it after the grad was set to None,
+        or DDP's bucket view) is copied into the param's slot, and the view becomes the param's grad again.
+        """
+        skipped = []
         for index, (p, (param_address, grad_address)) in enumerate(zip(self.params, self._addresses)):
             if p.data_ptr() != param_address:
                 raise RuntimeError(
                     f"flatten=True: param {index} (shape {tuple(p.shape)}) no longer views the optimizer's flat "
                     "buffer; was `param.data` reassigned or the model moved after building the optimizer?"
                 )
-            if p.grad is None or p.grad.data_ptr() != grad_address:
-                raise RuntimeError(
-                    f"flatten=True: the grad of param {index} (shape {tuple(p.shape)}) no longer views the flat "
-                    "gradient buffer; was `param.grad` reassigned or set to None? Use optimizer.zero_grad()."
-                )
+            grad = p.grad
+            if grad is None:
+                skipped.append(index)
+            elif grad.layout != torch.strided:
+                raise RuntimeError("Adadelta does not support sparse gradients")
+            elif grad.data_ptr() != grad_address:
+                view = _view(self.grad, p, self.offsets[index])
+                with torch.no_grad():
+                    view.copy_(grad)
+                p.grad = view
+        return skipped
 
     def zero_grad(self) -> None:
         self.grad.zero_()

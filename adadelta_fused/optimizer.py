@@ -11,7 +11,7 @@ from torch.optim.adadelta import adadelta as torch_adadelta
 from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype, _use_grad_for_differentiable
 
 from .contract import LOW_PRECISION, check_hyperparameters
-from .flat import FlatGroup
+from .flat import FlatGroup, check_flattenable
 from .functional import plan, step_scalars
 from .reference import rounding_key
 from .state_dict import check_loadable, loaded_step
@@ -27,8 +27,9 @@ class Adadelta(Optimizer):
             environment variable ``ADADELTA_FUSED_BACKEND`` overrides ``"auto"``.
         flatten: move each (group, device, dtype)'s params, grads and state into contiguous buffers at
             construction; params stay the same objects (views), ``step`` is one kernel call per buffer and
-            ``zero_grad`` zeroes in place. Every param is then stepped each time, with a zero gradient if it
-            got none (torch skips params whose grad is None). See ``adadelta_fused.flat`` for what breaks it.
+            ``zero_grad`` zeroes in place. Grads set to None elsewhere (``model.zero_grad()``) cost one copy
+            into the buffer at the next step, and a param still without a grad is skipped, as torch skips
+            it. See ``adadelta_fused.flat`` for what breaks it (DTensor params cannot be flattened).
         zero_grad_in_step: the step zeroes the gradients in its own pass (no separate ``zero_grad``).
         state_dtype: dtype of ``square_avg`` and ``acc_delta``: None (the param's, as torch), ``torch.float32``
             or ``torch.bfloat16``. Kept through ``state_dict`` round trips.
@@ -97,7 +98,18 @@ class Adadelta(Optimizer):
             "stochastic_rounding": bool(stochastic_rounding),
             "seed": int(seed),
         }
+        # Groups are flattened once all are known, so that a group that cannot be flattened raises before
+        # any other group's params have moved into buffers.
+        self._flatten_later = True
         super().__init__(params, defaults)
+        self._flatten_later = False
+        if flatten:
+            kinds = [self._flattenable(group) for group in self.param_groups]
+            for by_kind, _ in kinds:
+                for params in by_kind.values():
+                    check_flattenable(params)
+            for group in self.param_groups:
+                self._append_flat(group)
 
     # ---- state ----
 
@@ -158,24 +170,35 @@ class Adadelta(Optimizer):
         group = self.param_groups[-1]
         for key in self._OPTIONS:
             group.pop(key, None)
-        if self.defaults["flatten"]:
-            flats, others = self._flatten_group(group)
-            self._flat_groups.append(flats)
-            self._unflat_params.append(others)
+        if self.defaults["flatten"] and not self._flatten_later:
+            self._append_flat(group)
+
+    def _append_flat(self, group: dict[str, Any]) -> None:
+        flats, others = self._flatten_group(group)
+        self._flat_groups.append(flats)
+        self._unflat_params.append(others)
+
+    @staticmethod
+    def _flattenable(group: dict[str, Any]) -> tuple[dict[tuple, list[torch.Tensor]], list[torch.Tensor]]:
+        """The group's params that go into buffers, by (device, dtype), and the frozen ones that stay out.
+
+        Frozen: no grad and none to come. torch never touches such a param; in a buffer it would get a zero
+        grad every step and move with weight decay.
+        """
+        by_kind: dict[tuple, list[torch.Tensor]] = {}
+        others = []
+        for p in group["params"]:
+            if p.requires_grad or p.grad is not None:
+                by_kind.setdefault((p.device, p.dtype), []).append(p)
+            else:
+                others.append(p)
+        return by_kind, others
 
     def _flatten_group(self, group: dict[str, Any], copied: bool = False) -> tuple[list[FlatGroup], list]:
         """Move the group's trainable params (and any state they have) into flat buffers; ``copied``: the
         params come out of a copy of this optimizer, still views of its old buffers. Returns the buffers and
         the params left out (the frozen ones, stepped as torch steps them if they ever get a grad)."""
-        by_kind: dict[tuple, list[torch.Tensor]] = {}
-        others = []
-        for p in group["params"]:
-            # Frozen: no grad and none to come. torch never touches such a param; in a buffer it would get
-            # a zero grad every step and move with weight decay.
-            if p.requires_grad or p.grad is not None:
-                by_kind.setdefault((p.device, p.dtype), []).append(p)
-            else:
-                others.append(p)
+        by_kind, others = self._flattenable(group)
         flats = []
         for params in by_kind.values():
             old_state = [self.state.get(p, {}) for p in params]
@@ -197,6 +220,7 @@ class Adadelta(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._flatten_later = False
         for key in self._OPTIONS:
             self.defaults.setdefault(key, {"flatten": False, "seed": 0}.get(key))
         for group in self.param_groups:
@@ -293,8 +317,10 @@ class Adadelta(Optimizer):
     # ---- step ----
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """With ``flatten``, gradients are views of one buffer: always zeroed in place, never set to None
-        (params outside the buffers, the frozen ones, are treated as torch treats them)."""
+        """With ``flatten``, gradients are views of one buffer: always zeroed in place, never set to None, so
+        the next backward accumulates into the buffer (params outside the buffers, the frozen ones, are
+        treated as torch treats them). ``model.zero_grad()`` may still set them to None: see
+        ``adadelta_fused.flat`` for what that costs."""
         if not self.defaults["flatten"]:
             return super().zero_grad(set_to_none)
         for flats in self._flat_groups:
@@ -412,12 +438,11 @@ class Adadelta(Optimizer):
         unflat = group
         if options["flatten"]:
             for buffer, flat in enumerate(self._flat_groups[index]):
-                flat.check_views()
+                params, grads, square_avgs, acc_deltas, masters, steps = flat.step_tensors()
                 if flat.stale_masters:
                     flat.refresh_masters()
-                masters = [flat.master] if flat.master is not None else None
                 plans.append(plan(
-                    [flat.param], [flat.grad], [flat.square_avg], [flat.acc_delta], flat.steps,
+                    params, grads, square_avgs, acc_deltas, steps,
                     with_rounding(masters, (index << 16) + buffer + 1), masters, group["backend"],
                 ))
             unflat = {**group, "params": self._unflat_params[index]}  # usually none: frozen params

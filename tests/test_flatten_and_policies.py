@@ -99,11 +99,100 @@ def test_broken_views_are_detected():
     model.fc1.weight.data = model.fc1.weight.data.clone()
     with pytest.raises(RuntimeError, match=r"param 2 \(shape \(33, 45\)\) no longer views the optimizer's flat buffer"):
         opt.step()
+
+
+class Branchy(torch.nn.Module):
+    """A side branch used every other step and a layer never used: their grads stay None under
+    ``model.zero_grad()``, so torch skips them (weight decay would move them if they were stepped)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(13, 31)
+        self.side = torch.nn.Linear(31, 7)
+        self.unused = torch.nn.Linear(5, 3)
+        self.fc2 = torch.nn.Linear(31, 7)
+
+    def forward(self, x, use_side):
+        h = torch.tanh(self.fc1(x))
+        return self.fc2(h) + self.side(h) if use_side else self.fc2(h)
+
+
+@pytest.mark.parametrize("master", [False, True], ids=["fp32", "bf16-master"])
+def test_flatten_trains_like_torch_when_grads_are_set_to_none(every_backend, master):
+    """The Hugging Face Trainer / Lightning loop: ``model.zero_grad()`` sets grads to None, autograd makes new
+    ones, and a param the backward did not reach keeps None and is skipped.
+
+    Three models side by side: flattened, per-tensor (the same kernel: bit for bit), and torch's (fp32 only;
+    within fp32 rounding, as its single-tensor path rounds its fused multiply-adds differently)."""
+    dtype = torch.bfloat16 if master else torch.float32
+    flat_model, plain_model, torch_model = Branchy().to(dtype), Branchy().to(dtype), Branchy().to(dtype)
+    plain_model.load_state_dict(flat_model.state_dict())
+    torch_model.load_state_dict(flat_model.state_dict())
+    options = dict(lr=0.7, weight_decay=0.1, master_weights=master, backend=every_backend)
+    flat_opt = Adadelta(flat_model.parameters(), flatten=True, **options)
+    plain_opt = Adadelta(plain_model.parameters(), **options)
+    torch_opt = torch.optim.Adadelta(torch_model.parameters(), lr=0.7, weight_decay=0.1)
+    storages = flat_storage(flat_opt)
+    grad_storage = {flat.grad.untyped_storage().data_ptr() for flats in flat_opt._flat_groups for flat in flats}
+    data = torch.randn(8, 4, 13).to(dtype)
+    for step, x in enumerate(data):
+        for model, optimizer in ((flat_model, flat_opt), (plain_model, plain_opt), (torch_model, torch_opt)):
+            model.zero_grad(set_to_none=True)
+            model(x, use_side=step % 2 == 0).square().mean().backward()
+            optimizer.step()
+        plain_params = dict(plain_model.named_parameters())
+        torch_params = dict(torch_model.named_parameters())
+        for name, p in flat_model.named_parameters():
+            q, t = plain_params[name], torch_params[name]
+            assert_bitwise_equal(p.detach(), q.detach(), f"step {step}: {name}")
+            if not master:
+                torch.testing.assert_close(p, t, **TOLERANCE[dtype], msg=lambda m: f"step {step}: {name}: {m}")
+            assert p.untyped_storage().data_ptr() in storages, f"{name} left the flat buffer"
+            if t.grad is None:
+                assert p.grad is None, f"step {step}: {name} got a grad the backward did not give"
+            else:
+                assert p.grad.untyped_storage().data_ptr() in grad_storage, f"{name}'s grad is a view again"
+            if t in torch_opt.state:
+                assert flat_opt.state[p]["step"].item() == torch_opt.state[t]["step"].item(), f"steps of {name}"
+                for key in ("square_avg", "acc_delta"):
+                    assert_bitwise_equal(flat_opt.state[p][key], plain_opt.state[q][key], f"step {step}: {key} of {name}")
+            else:
+                assert flat_opt.state[p]["step"].item() == 0, f"{name} was never stepped by torch"
+    assert torch_opt.state[torch_model.side.weight]["step"].item() == 4, "the side branch was skipped every other step"
+
+
+def test_flatten_steps_grads_assigned_by_hand_and_refuses_sparse_ones():
     model = Net()
     opt = Adadelta(model.parameters(), flatten=True)
-    model.fc2.bias.grad = None
-    with pytest.raises(RuntimeError, match="grad of param 5 .* no longer views the flat gradient buffer"):
+    twin = Net()
+    twin_opt = torch.optim.Adadelta(twin.parameters())
+    for p, q in zip(model.parameters(), twin.parameters()):
+        grad = torch.randn_like(p).t().contiguous().t() if p.dim() == 2 else torch.randn_like(p)  # strided
+        p.grad, q.grad = grad, grad.clone()
+    opt.step()
+    twin_opt.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, **TOLERANCE[torch.float32])
+    assert_views_intact(model, opt)
+    table = torch.nn.Embedding(11, 3, sparse=True)
+    opt = Adadelta(table.parameters(), flatten=True)
+    table.zero_grad(set_to_none=True)  # else backward adds the sparse grad into the dense view
+    table(torch.tensor([1, 4])).sum().backward()
+    assert table.weight.grad.is_sparse
+    before = table.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="Adadelta does not support sparse gradients"):
         opt.step()
+    assert_bitwise_equal(table.weight.detach(), before)
+
+
+def test_flatten_checks_every_group_before_moving_any():
+    """A group that cannot be flattened raises before an earlier group's params moved into a buffer."""
+    good = torch.nn.Parameter(torch.randn(5, 3))
+    strided = torch.nn.Parameter(torch.randn(6, 8)[:, ::2])
+    address = good.data_ptr()
+    with pytest.raises(ValueError, match=r"param 0 has shape \(6, 4\)"):
+        Adadelta([{"params": [good]}, {"params": [strided]}], flatten=True)
+    assert good.data_ptr() == address and good.grad is None
 
 
 def test_flatten_rejects_a_non_dense_param():
