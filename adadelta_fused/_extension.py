@@ -6,12 +6,9 @@ backend and ``available_backends()`` says why. Loading the built library takes a
 
 from __future__ import annotations
 
-from functools import cache
-
 import torch
 
 
-@cache
 def _load():
     try:
         from . import _C  # registers the ops' CPU (and CUDA) kernels with torch's dispatcher
@@ -20,9 +17,14 @@ def _load():
     return _C, None
 
 
+# Loaded once, at import: a plain module global is what torch.compile can read while tracing a step
+# without a graph break (a functools.cache wrapper is a function it refuses to trace).
+_MODULE, _LOAD_ERROR = _load()
+
+
 def module():
     """The loaded ``adadelta_fused._C`` module, or None."""
-    return _load()[0]
+    return _MODULE
 
 
 def op():
@@ -38,7 +40,7 @@ def steps_op():
 
 
 def load_error() -> str | None:
-    return _load()[1]
+    return _LOAD_ERROR
 
 
 def has_cuda_kernel() -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import _extension, backends
+from . import dtensor
 from ._compat import group_by_device_and_dtype
 from .contract import GradMode, StepScalars, check_group, check_lr
 from .reference import mix32
@@ -143,12 +144,16 @@ def plan(
 ) -> StepPlan:
     """Group, place and check one step without writing anything (``StepPlan.check`` checks the calls)."""
     _check_lengths(params, grads, square_avgs, acc_deltas, master_params)
+    if any(dtensor.any_dtensor(tensors) for tensors in (params, grads, square_avgs, acc_deltas, master_params or ())):
+        params, grads, square_avgs, acc_deltas, master_params = dtensor.to_local(
+            params, grads, square_avgs, acc_deltas, master_params)
     steps_on_cpu = False
     if state_steps and not torch.compiler.is_compiling():
         # (Under torch.compile the ops' fake kernels check the same, without a graph break.)
         steps_on_cpu = bool(_extension.check_state_steps(state_steps))
     write_back = []
-    if any(grad.is_neg() for grad in grads):
+    # (Under torch.compile a traced graph carries no negation bits, and is_neg would break the graph.)
+    if not torch.compiler.is_compiling() and any(grad.is_neg() for grad in grads):
         resolved = [grad.resolve_neg() for grad in grads]
         if scalars.grad_mode != GradMode.KEEP:
             write_back = [(grad, copy) for grad, copy in zip(grads, resolved) if copy is not grad]

@@ -341,12 +341,28 @@ class Adadelta(Optimizer):
         return "unscale" if grad_scale is not None else "keep"
 
     def _gather(self, group):
-        """Per-param lists for one group, split into params with and without an fp32 master copy.
+        """Per-param lists for one group, split into params with and without an fp32 master copy."""
+        params, grads, square_avgs, acc_deltas, steps, masters = [], [], [], [], [], []
+        self._init_group(group, params, grads, square_avgs, acc_deltas, steps, masters)
+        mastered = [index for index, master in enumerate(masters) if master is not None]
+        if not mastered:
+            return [(params, grads, square_avgs, acc_deltas, steps, [])] if params else []
+        if len(mastered) == len(params):
+            return [(params, grads, square_avgs, acc_deltas, steps, masters)]
+        sets = []
+        for chosen in ([i for i, master in enumerate(masters) if master is None], mastered):
+            lists = [[tensors[i] for i in chosen] for tensors in (params, grads, square_avgs, acc_deltas, steps)]
+            sets.append((*lists, [masters[i] for i in chosen] if chosen is mastered else []))
+        return sets
 
-        This loop runs over every param each step, so it does only what it must (about 1 us a param).
+    def _init_group(self, group, params, grads, square_avgs, acc_deltas, steps, masters) -> None:
+        """Append each param with a grad, its grad, state and master copy (or None), making state as needed.
+
+        The name and the list arguments are what torch.compile looks for in an optimizer: it runs this
+        method before tracing the step (as for torch's own optimizers), so that creating the state on the
+        first step does not make a second graph. This loop runs over every param each step, so it does
+        only what it must (about 1 us a param).
         """
-        without_master = ([], [], [], [], [], [])
-        with_master = ([], [], [], [], [], [])
         state_of = self.state
         state_dtype = self.defaults["state_dtype"]
         master_weights = self.defaults["master_weights"]
@@ -371,15 +387,12 @@ class Adadelta(Optimizer):
                 # A master copy is missing (a checkpoint without one, model.to(bf16)) or no longer wanted.
                 self._follow_param_dtype(p, state)
                 master = state.get("master_param")
-            lists = without_master if master is None else with_master
-            lists[0].append(p)
-            lists[1].append(grad)
-            lists[2].append(state["square_avg"])
-            lists[3].append(state["acc_delta"])
-            lists[4].append(state["step"])
-            if master is not None:
-                lists[5].append(master)
-        return [lists for lists in (without_master, with_master) if lists[0]]
+            params.append(p)
+            grads.append(grad)
+            square_avgs.append(state["square_avg"])
+            acc_deltas.append(state["acc_delta"])
+            steps.append(state["step"])
+            masters.append(master)
 
     @_use_grad_for_differentiable
     def step(self, closure=None):

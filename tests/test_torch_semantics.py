@@ -358,8 +358,7 @@ def test_duplicates_in_a_generator_are_refused(generator):
 
 def test_compiling_a_step_traces_no_validator_call(generator):
     """The checks that run before the first write are pybind calls Dynamo cannot trace; under
-    torch.compile the ops' fake kernels run them instead. (The graph breaks that remain, in the backend
-    lookup, are issue 10's: compiled steps with no more graphs than torch's.)"""
+    torch.compile the ops' fake kernels run them instead (test_compile.py counts the graphs)."""
     torch._dynamo.reset()
     params = [torch.nn.Parameter(torch.randn(8, generator=generator)) for _ in range(2)]
     params.append(torch.nn.Parameter(torch.randn(8, generator=generator, dtype=torch.float64)))

@@ -31,6 +31,9 @@ _AUTO_ORDER = {
 
 BACKEND_NAMES = tuple(_MODULES)
 
+# name -> module, for each backend that loaded and can run (see resolve).
+_loaded: dict[str, object] = {}
+
 
 class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run; the message says why."""
@@ -44,7 +47,10 @@ def _load(name: str):
     except Exception as error:  # an optional dependency may fail in any way on import
         return None, f"import failed: {type(error).__name__}: {error}"
     reason = module.unavailable_reason()
-    return (None, reason) if reason else (module, None)
+    if reason:
+        return None, reason
+    _loaded[name] = module
+    return module, None
 
 
 def available_backends() -> dict[str, str]:
@@ -91,7 +97,18 @@ def requested_backend(backend: str | None) -> str:
 
 def resolve(backend: str | None, device: torch.device):
     """The backend module that runs a step for ``device``."""
+    return _loaded[_resolve_name(backend, device)]
+
+
+def _resolve_name(backend: str | None, device: torch.device) -> str:
     name = requested_backend(backend)
-    if name == "auto":
-        return _auto(device.type, device)
-    return _explicit(name, device)
+    module = _auto(device.type, device) if name == "auto" else _explicit(name, device)
+    return module.NAME
+
+
+# torch.compile calls _resolve_name() once while tracing and keeps the name as a constant of the graph
+# (traced line by line, the cached probes above would re-run importlib and break the graph); the module
+# is then read from ``_loaded``, which it can guard. This is the mark that
+# torch.compiler.assume_constant_result sets (tests/test_compile.py checks it still is); calling that here
+# would import torch._dynamo, 4 s, into every eager user's import.
+_resolve_name._dynamo_marked_constant = True
