@@ -51,7 +51,10 @@ class Adadelta(Optimizer):
     # The fused options live in ``defaults``, which torch's __getstate__ keeps (deepcopy, pickle), and are
     # stripped from each param group: they are the optimizer's, not a group's, and a state_dict loaded
     # from another optimizer must not change them.
-    _OPTIONS = ("flatten", "zero_grad_in_step", "state_dtype", "master_weights", "stochastic_rounding", "seed")
+    # (Keys a group has and torch's lacks would also stop DCP's set_optimizer_state_dict from loading our
+    # full state dict into torch.optim.Adadelta: it maps each non-tensor key onto the target's groups.)
+    _OPTIONS = ("backend", "flatten", "zero_grad_in_step", "state_dtype", "master_weights", "stochastic_rounding",
+                "seed")
 
     def __init__(
         self,
@@ -222,13 +225,14 @@ class Adadelta(Optimizer):
         super().__setstate__(state)
         self._flatten_later = False
         for key in self._OPTIONS:
-            self.defaults.setdefault(key, {"flatten": False, "seed": 0}.get(key))
+            self.defaults.setdefault(key, {"backend": "auto", "flatten": False, "seed": 0}.get(key))
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
             group.setdefault("differentiable", False)
             group.setdefault("capturable", False)
-            group.setdefault("backend", "auto")
+            for key in self._OPTIONS:
+                group.pop(key, None)  # a pickle from before the options left the groups
             for p in group["params"]:
                 p_state = self.state.get(p, [])
                 if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
@@ -456,13 +460,13 @@ class Adadelta(Optimizer):
                     flat.refresh_masters()
                 plans.append(plan(
                     params, grads, square_avgs, acc_deltas, steps,
-                    with_rounding(masters, (index << 16) + buffer + 1), masters, group["backend"],
+                    with_rounding(masters, (index << 16) + buffer + 1), masters, options["backend"],
                 ))
             unflat = {**group, "params": self._unflat_params[index]}  # usually none: frozen params
         for params, grads, square_avgs, acc_deltas, steps, masters in self._gather(unflat):
             plans.append(plan(
                 params, grads, square_avgs, acc_deltas, steps, with_rounding(masters, (index << 16) + 0xFFFF),
-                masters or None, group["backend"],
+                masters or None, options["backend"],
             ))
         return plans
 
