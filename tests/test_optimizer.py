@@ -112,14 +112,15 @@ def test_fused_alias_and_defaults():
     assert FusedAdadelta is Adadelta
     opt = Adadelta([torch.nn.Parameter(torch.randn(3))])
     ref = torch.optim.Adadelta([torch.nn.Parameter(torch.randn(3))])
-    ours = {k: v for k, v in opt.defaults.items() if k not in Adadelta._OPTIONS + ("backend",)}
+    ours = {k: v for k, v in opt.defaults.items() if k not in Adadelta._OPTIONS}
     assert ours == ref.defaults
-    assert opt.defaults["backend"] == "auto"
-    options = dict(flatten=False, zero_grad_in_step=False, state_dtype=None, master_weights=False,
+    options = dict(backend="auto", flatten=False, zero_grad_in_step=False, state_dtype=None, master_weights=False,
                    stochastic_rounding=False, seed=0)
     assert {k: opt.defaults[k] for k in Adadelta._OPTIONS} == options
     # The options are the optimizer's: no param group (nor its state_dict) carries them.
     assert not set(Adadelta._OPTIONS) & set(opt.param_groups[0]) and set(opt.param_groups[0]) <= set(opt.defaults) | {"params"}
+    # So a group holds torch's keys and no others (DCP maps every group key onto the target's).
+    assert set(opt.state_dict()["param_groups"][0]) == set(ref.state_dict()["param_groups"][0])
 
 
 # ---- validation: the same exception types and messages as torch.optim.Adadelta ----
