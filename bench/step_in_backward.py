@@ -113,7 +113,9 @@ def report(runs: dict[str, dict], environment: dict) -> tuple[str, dict]:
         f"(required: at least {100 * REQUIRED_DROP:.0f} %). Params bit for bit identical after the last step: "
         f"{'yes' if summary['bit_identical'] else 'NO'}.",
         "",
-        f"torch {environment['torch']}, triton {environment['triton']}, git {environment['git']}.",
+        f"torch {environment['torch']}, triton {environment['triton']}, git {environment['git']}; "
+        f"{environment['cpu_cores']} cores, 1-minute load average {environment['load_average_1min']['before']:.1f} "
+        f"before and {environment['load_average_1min']['after']:.1f} after.",
     ]
     return "\n".join(lines), summary
 
@@ -130,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(train(args.child, args.width, args.layers, args.steps)))
         return 0
 
+    load_before = os.getloadavg()[0]
     runs = {mode: run_fresh(mode, args) for mode in MODES}
     environment = describe(torch.device("cpu"))
+    # The machine is shared: a 1-minute load above its core count means the step times include waiting.
+    environment["load_average_1min"] = dict(before=load_before, after=os.getloadavg()[0])
     table, summary = report(runs, environment)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
