@@ -13,6 +13,7 @@ from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype, _use_gr
 from .contract import LOW_PRECISION, check_hyperparameters
 from .flat import FlatGroup, check_flattenable
 from .functional import plan, step_scalars
+from .in_backward import StepInBackward, check_no_grad_scaler
 from .reference import rounding_key
 from .state_dict import check_loadable, loaded_step
 
@@ -37,6 +38,16 @@ class Adadelta(Optimizer):
             fp32 and write the param as its rounded copy.
         stochastic_rounding: write bf16 params (without master weights) with unbiased stochastic rounding,
             reproducible from ``seed`` and the step count.
+        step_in_backward: step each param inside backward, in a post-accumulate-grad hook, as soon as its
+            gradient is final, then set its ``grad`` to None: backward holds about one layer of gradients
+            instead of the whole model's. Params, state and ``state_dict`` are bit for bit those of the
+            ordinary step (the group's current ``lr`` is read as each hook runs). ``step()`` still ends each
+            iteration (it runs the closure, steps any param whose gradient came outside backward, and lets
+            every param be stepped again); ``zero_grad()`` finds nothing to do. Raises: with
+            ``flatten=True``; when a param gets a second gradient before ``step()`` (accumulation over
+            several backwards, a reentrant checkpoint); in ``GradScaler.step``, since ``found_inf`` is known
+            only after the whole backward. Gradient clipping cannot see the gradients. See
+            ``adadelta_fused.in_backward``.
 
     ``foreach`` is accepted for compatibility and has no effect: every step is fused.
     ``differentiable=True`` needs autograd through the update, which a fused kernel cannot give, so it
@@ -53,8 +64,10 @@ class Adadelta(Optimizer):
     # from another optimizer must not change them.
     # (Keys a group has and torch's lacks would also stop DCP's set_optimizer_state_dict from loading our
     # full state dict into torch.optim.Adadelta: it maps each non-tensor key onto the target's groups.)
-    _OPTIONS = ("backend", "flatten", "zero_grad_in_step", "state_dtype", "master_weights", "stochastic_rounding",
-                "seed")
+    _OPTIONS = (
+        "backend", "flatten", "zero_grad_in_step", "state_dtype", "master_weights", "stochastic_rounding", "seed",
+        "step_in_backward",
+    )
 
     def __init__(
         self,
@@ -75,13 +88,22 @@ class Adadelta(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
         seed: int = 0,
+        step_in_backward: bool = False,
     ) -> None:
         check_hyperparameters(lr, rho, eps, weight_decay)
         if state_dtype not in _STATE_DTYPES:
             raise ValueError(f"Invalid state_dtype: {state_dtype} (expected None, torch.float32 or torch.bfloat16)")
-        fused_options = flatten or zero_grad_in_step or state_dtype or master_weights or stochastic_rounding
+        fused_options = (
+            flatten or zero_grad_in_step or state_dtype or master_weights or stochastic_rounding or step_in_backward
+        )
         if differentiable and fused_options:
             raise ValueError("differentiable=True runs torch's Adadelta and takes none of the fused options")
+        if flatten and step_in_backward:
+            raise ValueError(
+                "flatten=True and step_in_backward=True exclude each other: flat gradients are views of one "
+                "buffer that lives as long as the optimizer, so there is nothing to free after each param's step"
+            )
+        self._in_backward = StepInBackward(self) if step_in_backward else None
         self._flat_groups: list[list[FlatGroup]] = []  # per param group
         self._unflat_params: list[list[torch.Tensor]] = []  # per param group: params outside the buffers
         defaults = {
@@ -100,6 +122,7 @@ class Adadelta(Optimizer):
             "master_weights": bool(master_weights),
             "stochastic_rounding": bool(stochastic_rounding),
             "seed": int(seed),
+            "step_in_backward": bool(step_in_backward),
         }
         # Groups are flattened once all are known, so that a group that cannot be flattened raises before
         # any other group's params have moved into buffers.
@@ -175,6 +198,8 @@ class Adadelta(Optimizer):
             group.pop(key, None)
         if self.defaults["flatten"] and not self._flatten_later:
             self._append_flat(group)
+        if self._in_backward is not None:
+            self._in_backward.register(group["params"])
 
     def _append_flat(self, group: dict[str, Any]) -> None:
         flats, others = self._flatten_group(group)
@@ -225,7 +250,8 @@ class Adadelta(Optimizer):
         super().__setstate__(state)
         self._flatten_later = False
         for key in self._OPTIONS:
-            self.defaults.setdefault(key, {"backend": "auto", "flatten": False, "seed": 0}.get(key))
+            self.defaults.setdefault(
+                key, {"backend": "auto", "flatten": False, "seed": 0, "step_in_backward": False}.get(key))
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
@@ -247,6 +273,14 @@ class Adadelta(Optimizer):
                     flats, others = self._flatten_group(group, copied=True)
                     self._flat_groups.append(flats)
                     self._unflat_params.append(others)
+        if "_in_backward" not in self.__dict__:
+            # Hooks are not copied with tensors (deepcopy and pickle drop them): the copy hooks its own
+            # params, which are the copied model's when model and optimizer are copied together.
+            self._in_backward = None
+            if self.defaults["step_in_backward"]:
+                self._in_backward = StepInBackward(self)
+                for group in self.param_groups:
+                    self._in_backward.register(group["params"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load, checked first, except that accumulators keep this optimizer's state dtype (torch
@@ -411,6 +445,9 @@ class Adadelta(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        if self._in_backward is not None:
+            check_no_grad_scaler(self)
+            self._in_backward.end_iteration()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         plans = []

@@ -87,9 +87,15 @@ def rounding_key(seed: int, step: int, stream: int = 0) -> int:
     return key if stream == 0 else mix32(key ^ mix32(stream & _MASK32))
 
 
+def key_as_tensor_zero(key: int, tensor_index: int) -> int:
+    """The key under which tensor 0 of a call draws the noise that tensor ``tensor_index`` draws under
+    ``key``: a call of one param (``step_in_backward``) draws what the group's whole call would have."""
+    return key ^ ((tensor_index * 0x9E3779B9) & _MASK32)
+
+
 def rounding_noise(key: int, tensor_index: int, numel: int) -> torch.Tensor:
     """16 random bits per element (int64 tensor), a pure function of (key, tensor, element index)."""
-    per_tensor = mix32(key ^ ((tensor_index * 0x9E3779B9) & _MASK32))
+    per_tensor = mix32(key_as_tensor_zero(key, tensor_index))
     index = torch.arange(numel, dtype=torch.int64)
     high = _mix32(torch.full_like(index, per_tensor) ^ (index >> 32))
     return _mix32(high ^ (index & _MASK32)) & 0xFFFF

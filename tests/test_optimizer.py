@@ -115,7 +115,7 @@ def test_fused_alias_and_defaults():
     ours = {k: v for k, v in opt.defaults.items() if k not in Adadelta._OPTIONS}
     assert ours == ref.defaults
     options = dict(backend="auto", flatten=False, zero_grad_in_step=False, state_dtype=None, master_weights=False,
-                   stochastic_rounding=False, seed=0)
+                   stochastic_rounding=False, seed=0, step_in_backward=False)
     assert {k: opt.defaults[k] for k in Adadelta._OPTIONS} == options
     # The options are the optimizer's: no param group (nor its state_dict) carries them.
     assert not set(Adadelta._OPTIONS) & set(opt.param_groups[0]) and set(opt.param_groups[0]) <= set(opt.defaults) | {"params"}

@@ -1,0 +1,121 @@
+"""``step_in_backward``: each param is stepped by a post-accumulate-grad hook as soon as its gradient is
+final, and the gradient is freed at once, so backward never holds more than about one layer of gradients.
+
+A hook steps its one param through the optimizer's own planner (``Adadelta._plan_group`` over a group of
+that one param): state creation, ``state_dtype``, master copies, the step counter and the group's current
+``lr`` are those of the ordinary step, and so are the bits, since every element's update depends only on
+its own param, gradient and state. The one per-call quantity, the stochastic-rounding noise, is drawn
+under the key that gives this param the noise of its place in the group's call
+(``reference.key_as_tensor_zero``).
+
+An iteration is the time between two ``optimizer.step()`` calls: each param may be stepped once in it. What
+cannot fit that raises, since it would silently step more than once or with a partial gradient:
+a second gradient for a param before ``step()`` (gradient accumulation over several backwards, or one
+backward that reaches the param twice, as a reentrant checkpoint does), a gradient another hook already
+took (the param in two such optimizers), and a GradScaler (``check_no_grad_scaler``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import replace
+
+import torch
+
+from .reference import key_as_tensor_zero
+
+
+class StepInBackward:
+    """The hooks of one optimizer and what they know of the current iteration."""
+
+    def __init__(self, optimizer) -> None:
+        # A weak reference: the hooks live on the params, which outlive an optimizer that is dropped; a hook
+        # of a dropped optimizer then does nothing, and the gradient accumulates as without it.
+        self._optimizer = weakref.ref(optimizer)
+        self._stepped: set[torch.Tensor] = set()  # params stepped since the last step()
+        self._places: dict[torch.Tensor, tuple[int, int, int]] | None = None  # this iteration's param -> place
+
+    def register(self, params) -> None:
+        """Hooks on the params that require grad; the others never get a gradient from backward (one that is
+        set by hand is stepped by ``step()``, as the ordinary step would)."""
+        for p in params:
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(self._step_param)
+
+    def end_iteration(self) -> None:
+        """``step()`` was called: every param may be stepped again, and param groups edited since the last
+        iteration (params moved, lists changed) are read anew."""
+        self._stepped.clear()
+        self._places = None
+
+    def _step_param(self, p: torch.Tensor) -> None:
+        optimizer = self._optimizer()
+        if optimizer is None:
+            return
+        if self._places is None:
+            self._places = _places(optimizer.param_groups)
+        place = self._places.get(p)
+        if place is None:
+            return  # taken out of every param group: not this optimizer's any more
+        index, position, tensor_index = place
+        if p in self._stepped:
+            raise RuntimeError(
+                f"step_in_backward: param {position} of param group {index} got a second "
+                "gradient before optimizer.step(); it was already stepped with the first one. Each param is "
+                "stepped once per iteration (backward, then optimizer.step()), with its whole gradient: "
+                "gradient accumulation over several backwards, or one backward that reaches a param twice "
+                "(torch.utils.checkpoint with use_reentrant=True around a param also used outside it) cannot "
+                "work. Call optimizer.step() after each backward, use use_reentrant=False, or use "
+                "step_in_backward=False."
+            )
+        if p.grad is None:
+            raise RuntimeError(
+                f"step_in_backward: param {position} of param group {index} has no gradient "
+                "when its hook runs: another hook took it. Is the param in two optimizers with "
+                "step_in_backward=True? Give each param to one of them."
+            )
+        group = optimizer.param_groups[index]
+        with torch.no_grad():
+            for step_plan in optimizer._plan_group(index, {**group, "params": [p]}, None, None):
+                for call in step_plan.calls:
+                    if call.scalars.stochastic_rounding:
+                        key = key_as_tensor_zero(call.scalars.rounding_key, tensor_index)
+                        call.scalars = replace(call.scalars, rounding_key=key)
+                step_plan.run()
+        self._stepped.add(p)
+        p.grad = None
+
+
+def _places(param_groups) -> dict[torch.Tensor, tuple[int, int, int]]:
+    """Each param's (group index, position in the group, index in the group's backend call of the ordinary
+    step).
+
+    The ordinary step numbers a call's tensors in group order over the params that have a gradient, per
+    (device, dtype); here, over those that require grad. The two agree when every trainable param gets a
+    gradient; a param without one shifts the stochastic-rounding noise of the later params (other noise,
+    as unbiased).
+    """
+    places = {}
+    for index, group in enumerate(param_groups):
+        counts: dict[tuple, int] = {}
+        for position, p in enumerate(group["params"]):
+            kind = (p.device, p.dtype)
+            places[p] = (index, position, counts.get(kind, 0))
+            if p.requires_grad:
+                counts[kind] = counts.get(kind, 0) + 1
+    return places
+
+
+def check_no_grad_scaler(optimizer) -> None:
+    """GradScaler sets ``found_inf`` on the optimizer in ``scaler.step``; by then every param was stepped
+    during backward, with scaled gradients, before anyone could know whether one of them was inf/NaN."""
+    if getattr(optimizer, "found_inf", None) is None and getattr(optimizer, "grad_scale", None) is None:
+        return
+    optimizer.__dict__.pop("found_inf", None)
+    optimizer.__dict__.pop("grad_scale", None)
+    raise RuntimeError(
+        "step_in_backward=True cannot work with a GradScaler: each param was stepped inside backward, as "
+        "soon as its gradient was ready, so the scaled gradients were applied before found_inf (which needs "
+        "every gradient) was known. Train without the scaler (bf16 autocast needs none), or use "
+        "step_in_backward=False."
+    )
