@@ -1,6 +1,6 @@
 """Test the ADADELTA paper's claims (Zeiler 2012, arXiv:1212.5701) with adadelta_fused, offline.
 
-    python examples/zeiler2012.py                  # the full run: about 4 minutes on a 2-core CPU
+    python examples/zeiler2012.py                  # the full run: ~5 minutes on a 2-core CPU, with --check-torch 6
     python examples/zeiler2012.py --quick          # a smoke run of every table: under 30 s
     python examples/zeiler2012.py --check-torch    # also torch.optim.Adadelta in every rho x eps cell
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import statistics
 import sys
 import time
@@ -49,7 +50,7 @@ LEARNING_RATES = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 BASELINES = ("SGD", "Momentum", "Adagrad")
 NOISE_SCALES = (0.0, 1.0, 3.0, 10.0)  # noise std as a multiple of each gradient tensor's RMS
 
-FULL = dict(epochs=30, seeds=5)  # 420 updates per run; with --check-torch, 275 runs in under 10 minutes here
+FULL = dict(epochs=30, seeds=5)  # 14 updates per epoch; with --check-torch, 335 runs in about 6 minutes here
 QUICK = dict(epochs=2, seeds=1)
 CHECK_TOLERANCE_POINTS = 0.1  # percentage points of test error between our optimizer and torch's
 
@@ -70,10 +71,13 @@ class Setting:
     method: str  # "ADADELTA", "torch ADADELTA" (--check-torch), or one of BASELINES
     hyper: tuple[tuple[str, float], ...]  # (name, value) pairs, not a dict: a setting keys a table cell
     noise: float = 0.0
+    # Initial weights moved this many ulps up: --check-torch's control, which shows how far a last-bit
+    # difference alone carries a cell's test error.
+    start_ulps: int = 0
 
     @classmethod
-    def of(cls, experiment: str, method: str, noise: float = 0.0, **hyper: float) -> Setting:
-        return cls(experiment, method, tuple(hyper.items()), noise)
+    def of(cls, experiment: str, method: str, noise: float = 0.0, start_ulps: int = 0, **hyper: float) -> Setting:
+        return cls(experiment, method, tuple(hyper.items()), noise, start_ulps)
 
     @property
     def kwargs(self) -> dict[str, float]:
@@ -82,7 +86,8 @@ class Setting:
     def label(self) -> str:
         hyper = ", ".join(f"{k}={v:g}" for k, v in self.hyper)
         noise = f", noise {self.noise:g}x" if self.noise else ""
-        return f"{self.method} ({hyper}{noise})"
+        start = f", start +{self.start_ulps} ulp" if self.start_ulps else ""
+        return f"{self.method} ({hyper}{noise}{start})"
 
 
 @dataclass
@@ -152,6 +157,10 @@ def train(setting: Setting, seed: int, data: Digits, epochs: int, backend: str) 
     started = time.perf_counter()
     torch.manual_seed(seed)
     model = make_mlp()
+    with torch.no_grad():
+        for _ in range(setting.start_ulps):
+            for p in model.parameters():
+                p.copy_(torch.nextafter(p, torch.full_like(p, math.inf)))
     optimizer = make_optimizer(setting, model.parameters(), backend)
     # Separate streams, so that ADADELTA and torch's Adadelta see the same batches and the same noise.
     batches = torch.Generator().manual_seed(seed)
@@ -180,8 +189,9 @@ def train(setting: Setting, seed: int, data: Digits, epochs: int, backend: str) 
 # ---- the experiments ----
 
 
-def sensitivity_settings(method: str = "ADADELTA") -> list[Setting]:
-    return [Setting.of("sensitivity", method, rho=rho, eps=eps) for eps in EPSILONS for rho in RHOS]
+def sensitivity_settings(method: str = "ADADELTA", start_ulps: int = 0) -> list[Setting]:
+    return [Setting.of("sensitivity", method, start_ulps=start_ulps, rho=rho, eps=eps)
+            for eps in EPSILONS for rho in RHOS]
 
 
 def learning_rate_settings() -> list[Setting]:
@@ -260,6 +270,9 @@ class TorchCheck:
     max_run_difference: float  # percentage points between two runs of the same cell and seed
     identical_weights: int  # runs whose final weights are the same bits
     runs: int
+    # torch against itself started 1 ulp away: what a last-bit difference alone does to the same numbers
+    control_max_cell_difference: float
+    control_max_run_difference: float
 
     @property
     def passed(self) -> bool:
@@ -267,18 +280,27 @@ class TorchCheck:
 
 
 def check_against_torch(runs: list[Run]) -> TorchCheck:
-    ours = {(r.setting.hyper, r.seed): r for r in runs
-            if r.setting.method == "ADADELTA" and r.setting.experiment == "sensitivity"}
-    pairs = [(ours[(r.setting.hyper, r.seed)], r) for r in runs if r.setting.method == "torch ADADELTA"]
     cells = errors_by_setting(runs)
+    by_cell_and_seed = {(r.setting, r.seed): r for r in runs if r.setting.experiment == "sensitivity"}
+
+    def compare(method: str, start_ulps: int) -> tuple[float, float, list[tuple[Run, Run]]]:
+        """Largest difference of a cell's mean and of one run, from torch's runs to ``method``'s; the run pairs."""
+        cell_pairs = list(zip(sensitivity_settings("torch ADADELTA"), sensitivity_settings(method, start_ulps)))
+        run_pairs = [(by_cell_and_seed[(a, seed)], by_cell_and_seed[(b, seed)])
+                     for a, b in cell_pairs for seed in range(len(cells[a]))]
+        cell_difference = max(abs(statistics.fmean(cells[a]) - statistics.fmean(cells[b])) for a, b in cell_pairs)
+        run_difference = max(abs(a.final_error - b.final_error) for a, b in run_pairs)
+        return cell_difference, run_difference, run_pairs
+
+    cell_difference, run_difference, pairs = compare("ADADELTA", 0)
+    control_cell, control_run, _ = compare("torch ADADELTA", 1)
     return TorchCheck(
-        max_cell_difference=max(
-            abs(statistics.fmean(cells[s]) - statistics.fmean(cells[Setting.of("sensitivity", "torch ADADELTA", **s.kwargs)]))
-            for s in sensitivity_settings()
-        ),
-        max_run_difference=max(abs(a.final_error - b.final_error) for a, b in pairs),
+        max_cell_difference=cell_difference,
+        max_run_difference=run_difference,
         identical_weights=sum(a.weights_sha256 == b.weights_sha256 for a, b in pairs),
         runs=len(pairs),
+        control_max_cell_difference=control_cell,
+        control_max_run_difference=control_run,
     )
 
 
@@ -290,11 +312,12 @@ def loss_rises(train_loss: list[float]) -> tuple[int, int]:
 
 
 def curves_to_plot(runs: list[Run], cells: dict[Setting, list[float]]) -> dict[str, list[Run]]:
-    """Label -> runs: the best setting of each method, and ADADELTA's worst cell."""
+    """Label -> runs: the best setting of each method, and ADADELTA's worst cell and the paper's setting."""
     by_setting: dict[Setting, list[Run]] = {}
     for run in runs:
         if run.setting.experiment in ("sensitivity", "learning_rate") and run.setting.method != "torch ADADELTA":
             by_setting.setdefault(run.setting, []).append(run)
+    paper = Setting.of("sensitivity", "ADADELTA", **PAPER_SETTING)
     mean_error = lambda s: statistics.fmean(cells[s])
     chosen = {}
     for method in ("ADADELTA", *BASELINES):
@@ -304,6 +327,8 @@ def curves_to_plot(runs: list[Run], cells: dict[Setting, list[float]]) -> dict[s
         if method == "ADADELTA":
             worst = max(candidates, key=mean_error)
             chosen[f"worst: {worst.label()}"] = by_setting[worst]
+            if paper not in (best, worst):
+                chosen[f"paper's: {paper.label()}"] = by_setting[paper]
     return chosen
 
 
@@ -318,7 +343,7 @@ def write_plot(curves: dict[str, list[Run]], path: Path) -> None:
         epochs = range(1, len(runs[0].train_loss) + 1)
         mean_loss = [statistics.fmean(v) for v in zip(*(r.train_loss for r in runs))]
         mean_error = [statistics.fmean(v) for v in zip(*(r.test_error for r in runs))]
-        style = "--" if label.startswith("worst") else "-"
+        style = {"worst": "--", "paper's": ":"}.get(label.split(":")[0], "-")
         loss_axes.plot(epochs, mean_loss, style, label=label)
         error_axes.plot(epochs, mean_error, style, label=label)
     loss_axes.set(yscale="log", xlabel="epoch", ylabel="training loss (cross-entropy, full set)")
@@ -399,16 +424,21 @@ def write_report(path: Path, runs: list[Run], metadata: dict, curves: dict[str, 
             "adadelta_fused rounds it correctly (IEEE), torch's vectorized CPU sqrt can be 1 ulp off "
             "(adadelta_fused/reference.py, `_sqrt`), and training amplifies the last bit.",
             "",
+            "Control: torch.optim.Adadelta against itself, started from initial weights 1 ulp higher. Largest "
+            f"difference of a cell's mean final test error: {check.control_max_cell_difference:.2f} points; of a "
+            f"single run: {check.control_max_run_difference:.2f} points. A last-bit difference alone moves the "
+            "test error this far.",
+            "",
             sensitivity_table(cells, "torch ADADELTA"),
         ]
     path.write_text("\n".join(lines) + "\n")
 
 
 def write_results(path: Path, runs: list[Run], metadata: dict) -> None:
-    document = {"metadata": metadata, "runs": [
-        asdict(run) | {"setting": asdict(run.setting) | {"hyper": run.setting.kwargs}, "final_test_error": run.final_error}
-        for run in runs
-    ]}
+    rows = [asdict(run) | {"setting": asdict(run.setting) | {"hyper": run.setting.kwargs}} for run in runs]
+    for row, run in zip(rows, runs, strict=True):
+        row["final_test_error"] = run.final_error
+    document = {"metadata": metadata, "runs": rows}
     path.write_text(json.dumps(document, indent=1) + "\n")
 
 
@@ -440,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
 
     first = sensitivity_settings() + learning_rate_settings()
     if args.check_torch:
-        first += sensitivity_settings("torch ADADELTA")
+        first += sensitivity_settings("torch ADADELTA") + sensitivity_settings("torch ADADELTA", start_ulps=1)
     total = (len(first) + (1 + len(BASELINES)) * len(NOISE_SCALES)) * seeds
     bar = tqdm(total=total, desc="zeiler2012", unit="run", file=sys.stderr)  # stderr: stdout stays clean
     runs = run_all(first, seeds, data, preset["epochs"], backend, bar)

@@ -44,7 +44,11 @@ def test_zeiler2012_quick_writes_the_three_tables_the_plot_and_every_run(tmp_pat
         capture_output=True, text=True, timeout=300,
     )
     report = (out / "report.md").read_text()
-    shapes = {"## 1. ADADELTA over ρ × ε": (4, 3), "## 2. SGD, Momentum and Adagrad": (3, 5), "## 3. Noisy gradients": (4, 4)}
+    shapes = {  # heading: (rows, numeric columns)
+        "## 1. ADADELTA over ρ × ε": (4, 3),
+        "## 2. SGD, Momentum and Adagrad": (3, 5),
+        "## 3. Noisy gradients": (4, 4),
+    }
     for heading, (rows, columns) in shapes.items():
         cells = table_rows(report, heading)
         assert [len(row) for row in cells] == [columns] * rows, heading
@@ -53,13 +57,15 @@ def test_zeiler2012_quick_writes_the_three_tables_the_plot_and_every_run(tmp_pat
 
     document = json.loads((out / "results.json").read_text())
     runs = document["runs"]
-    assert len(runs) == 12 + 15 + 16 + 12  # rho x eps, 3 methods x 5 rates, 4 methods x 4 noise scales, torch's
+    # rho x eps, 3 methods x 5 rates, 4 methods x 4 noise scales; torch's rho x eps, and from a start 1 ulp away
+    assert len(runs) == 12 + 15 + 16 + 12 + 12
     assert all(len(run["test_error"]) == len(run["train_loss"]) == 2 for run in runs)  # --quick: 2 epochs
     assert all(0 <= run["final_test_error"] <= 100 for run in runs)
     assert document["metadata"]["settings"]["backend"] == "cpp"  # the fused kernel, not the pure-torch reference
 
     # --check-torch: the verdict in the report and the exit status agree, and the stdout is only the file list.
     check = document["metadata"]["torch_check"]
+    assert check["runs"] == 12 and 0 <= check["control_max_cell_difference"] <= 100
     verdict = re.search(r"^(PASS|FAIL): torch.optim.Adadelta", report, re.MULTILINE).group(1)
     assert verdict == ("PASS" if check["max_cell_difference"] <= 0.1 else "FAIL")
     assert result.returncode == (0 if verdict == "PASS" else 1), result.stderr
