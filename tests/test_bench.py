@@ -58,9 +58,12 @@ def run_cli(argv: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """The results folder, stdout and stderr of a tiny sweep."""
     out = tmp_path_factory.mktemp("results")
-    stdout = run_cli([*TINY_SWEEP, "--out", str(out)])
-    return out, stdout
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        stdout = run_cli([*TINY_SWEEP, "--out", str(out)])
+    return out, stdout, stderr.getvalue()
 
 
 def only_file(directory: Path, suffix: str) -> Path:
@@ -71,7 +74,7 @@ def only_file(directory: Path, suffix: str) -> Path:
 # ---- the CLI end to end ----
 
 def test_csv_has_one_positive_row_per_case_and_implementation(tiny_run):
-    out, _ = tiny_run
+    out, _, _ = tiny_run
     with only_file(out, ".csv").open() as handle:
         rows = list(csv.DictReader(handle))
     cases = {(4095, 3), (16383, 3)}  # sizes round down to a multiple of the tensor count
@@ -99,7 +102,7 @@ def test_csv_has_one_positive_row_per_case_and_implementation(tiny_run):
 
 
 def test_json_records_hardware_versions_probes_and_samples(tiny_run):
-    out, _ = tiny_run
+    out, _, _ = tiny_run
     document = json.loads(only_file(out, ".json").read_text())
     metadata = document["metadata"]
     for key in ("device_name", "cpu_cores", "torch", "triton", "python", "extension", "git", "backends"):
@@ -117,7 +120,7 @@ def test_json_records_hardware_versions_probes_and_samples(tiny_run):
 
 
 def test_png_is_a_real_plot(tiny_run):
-    out, _ = tiny_run
+    out, _, _ = tiny_run
     data = only_file(out, ".png").read_bytes()
     assert data[:8] == PNG_SIGNATURE
     assert data[12:16] == b"IHDR"
@@ -127,7 +130,7 @@ def test_png_is_a_real_plot(tiny_run):
 
 
 def test_table_shows_every_row_and_the_bandwidth_line(tiny_run):
-    _, stdout = tiny_run
+    _, stdout, _ = tiny_run
     assert "bandwidth: copy (a = b)" in stdout and "triad (a = b + s*c)" in stdout and "axpy (a += s*b)" in stdout
     header = next(line for line in stdout.splitlines() if line.lstrip().startswith("size"))
     for column in ("median ms", "p10-p90 ms", "GB/s", "% bw", "vs forloop", "vs foreach"):
@@ -135,6 +138,12 @@ def test_table_shows_every_row_and_the_bandwidth_line(tiny_run):
     table_rows = [line for line in stdout.splitlines() if re.match(r"\s*\d+(Ki)?\*?\s+\d+\s+\S", line)]
     assert len(table_rows) == 8
     assert "wrote " in stdout and ".png" in stdout
+
+
+def test_progress_bar_counts_every_case_and_probe_round_on_stderr_only(tiny_run):
+    _, stdout, stderr = tiny_run
+    assert "bench: 100%" in stderr and "| 5/5 " in stderr  # 2 cases, a probe round before each and at the end
+    assert "bench:" not in stdout and "\r" not in stdout
 
 
 def test_png_is_skipped_with_a_message_without_matplotlib(tmp_path, monkeypatch):

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..contract import LOW_PRECISION
 from . import implementations as impls
 from .cases import DEFAULT_SIZES, DEFAULT_TENSORS, FULL_SIZES, FULL_TENSORS, Gi, parse_count, sweep
 from .environment import default_device
-from .progress import Progress
 from .report import format_table, format_traffic, results_stem, write_csv, write_json, write_plot
 from .sweep import SweepOptions, progress_items, run_sweep
 from .traffic import DTYPES_BY_NAME, StepConfig, all_configs
@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         compile_all=args.compile_all,
     )
 
-    result = run_sweep(options, Progress(progress_items(options)))
+    # The bar goes to stderr, so stdout holds only the results.
+    result = run_sweep(options, tqdm(total=progress_items(options), desc="bench", file=sys.stderr))
     result.metadata["arguments"] = list(sys.argv[1:] if argv is None else argv)
     print(format_table(result))
 

@@ -6,12 +6,12 @@ import gc
 from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 
 from . import implementations as impls
 from .bandwidth import ProbeResult, best_per_probe, measure_bandwidth, reference_bandwidth
 from .cases import Case, make_param_sets, rotation_sets, set_bytes
 from .environment import available_memory_bytes, describe, last_level_cache_bytes
-from .progress import Progress
 from .timing import Measurement, synchronize, time_interleaved
 from .traffic import StepConfig, step_traffic
 
@@ -84,19 +84,20 @@ class SweepResult:
 
 
 def progress_items(options: SweepOptions) -> int:
-    """What ``run_sweep`` reports progress on: every implementation of every case, and the probe rounds."""
-    return len(options.cases) * (len(options.implementations) + 1) + 1
+    """What ``run_sweep`` counts on its progress bar: every case, and a probe round before each and at the end."""
+    return 2 * len(options.cases) + 1
 
 
-def run_sweep(options: SweepOptions, progress: Progress) -> SweepResult:
-    """Time every case; ``progress`` expects ``progress_items(options)`` items."""
+def run_sweep(options: SweepOptions, progress: tqdm) -> SweepResult:
+    """Time every case; ``progress`` is a bar of ``progress_items(options)`` items, closed on return."""
     device = options.device
     metadata = describe(device)
     probe_rounds: list[list[ProbeResult]] = []
 
     def probe() -> None:
-        progress.working_on("bandwidth probes (copy, triad, axpy)")
+        progress.set_postfix_str("bandwidth probes (copy, triad, axpy)")
         probe_rounds.append(measure_bandwidth(device))
+        progress.update()
 
     rows: list[Row] = []
     skipped: list[Skip] = []
@@ -106,13 +107,13 @@ def run_sweep(options: SweepOptions, progress: Progress) -> SweepResult:
         sets_count = _fitting_sets(case, options.config, device, rotation_sets(case, options.config, cache_bytes))
         if sets_count is None:
             for name in options.implementations:
-                progress.working_on(f"{case.label()}  {name}: skipped")
                 skipped.append(Skip(case, name, "does not fit in free memory"))
+            progress.update()
             continue
+        progress.set_postfix_str(f"{case.label()}  {', '.join(options.implementations)}")
         sets = make_param_sets(case, options.config, device, sets_count)
         timed = []  # (implementation, its step rotation); every one steps the same sets
         for name in options.implementations:
-            progress.working_on(f"{case.label()}  {name}")
             reason = impls.case_skip_reason(
                 name, case, device, named=name in options.named, compile_all=options.compile_all
             )
@@ -141,8 +142,9 @@ def run_sweep(options: SweepOptions, progress: Progress) -> SweepResult:
         rows.extend(case_rows)
         del sets
         _release_memory(device)
+        progress.update()
     probe()
-    progress.finish()
+    progress.close()
     return SweepResult(options, metadata, best_per_probe(probe_rounds), len(probe_rounds), rows, skipped)
 
 

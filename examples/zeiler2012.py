@@ -1,0 +1,509 @@
+"""Test the ADADELTA paper's claims (Zeiler 2012, arXiv:1212.5701) with adadelta_fused, offline.
+
+    python examples/zeiler2012.py                  # the full run: ~4 minutes on a 2-core CPU, 5 with --check-torch
+    python examples/zeiler2012.py --quick          # a smoke run of every table: under 30 s
+    python examples/zeiler2012.py --check-torch    # also torch.optim.Adadelta in every rho x eps cell, and a control
+
+The paper trains a tanh MLP on MNIST with minibatches of 100. This trains one on scikit-learn's bundled
+handwritten digits (1797 8x8 images, no download) with a fixed, stratified train/test split, and runs three
+experiments, each cell over --seeds seeds (initial weights, batch order and gradient noise):
+
+1. ADADELTA (adadelta_fused.Adadelta on the fused kernel that backend="auto" picks, lr=1.0: no learning rate
+   to set) over the paper's grid rho in {0.9, 0.95, 0.99} x eps in {1e-2, 1e-4, 1e-6, 1e-8};
+2. torch.optim.SGD, SGD with momentum 0.9 and Adagrad, each over a grid of learning rates;
+3. Gaussian noise added to every gradient, its standard deviation a growing multiple of that gradient's RMS,
+   for ADADELTA at the paper's setting and for each baseline at its best learning rate from 2.
+
+It writes report.md (the three tables, test error in % as mean +- std over the seeds), learning_curves.png
+and results.json (every run, with its per-epoch curves) to --out. Everything runs on the CPU, one thread:
+the MLP has 17k parameters, too few to keep a GPU or a second thread busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import adadelta_fused
+from adadelta_fused.backends import resolve
+from adadelta_fused.bench.environment import describe
+
+HIDDEN = (128, 64)  # two tanh hidden layers as in the paper, narrowed for 64 input pixels
+BATCH = 100  # the paper's minibatch
+TEST_FRACTION = 0.25
+SPLIT_SEED = 0  # the train/test split never changes with --seeds
+
+RHOS = (0.9, 0.95, 0.99)
+EPSILONS = (1e-2, 1e-4, 1e-6, 1e-8)
+PAPER_SETTING = dict(rho=0.95, eps=1e-6)  # the paper's choice for its MNIST comparison
+LEARNING_RATES = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+BASELINES = ("SGD", "Momentum", "Adagrad")
+NOISE_SCALES = (0.0, 1.0, 3.0, 10.0)  # noise std as a multiple of each gradient tensor's RMS
+
+FULL = dict(epochs=30, seeds=5)  # 14 updates per epoch; with --check-torch, 335 runs in about 5 minutes here
+QUICK = dict(epochs=2, seeds=1)
+CHECK_TOLERANCE_POINTS = 0.1  # percentage points of test error between our optimizer and torch's
+
+
+@dataclass(frozen=True)
+class Digits:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One optimizer configuration: a cell of one of the tables."""
+
+    experiment: str  # "sensitivity", "learning_rate" or "noise"
+    method: str  # "ADADELTA", "torch ADADELTA" (--check-torch), or one of BASELINES
+    hyper: tuple[tuple[str, float], ...]  # (name, value) pairs, not a dict: a setting keys a table cell
+    noise: float = 0.0
+    # Initial weights moved this many ulps up: --check-torch's control, which shows how far a last-bit
+    # difference alone carries a cell's test error.
+    start_ulps: int = 0
+
+    @classmethod
+    def of(cls, experiment: str, method: str, noise: float = 0.0, start_ulps: int = 0, **hyper: float) -> Setting:
+        return cls(experiment, method, tuple(hyper.items()), noise, start_ulps)
+
+    @property
+    def kwargs(self) -> dict[str, float]:
+        return dict(self.hyper)
+
+    def label(self) -> str:
+        hyper = ", ".join(f"{k}={v:g}" for k, v in self.hyper)
+        noise = f", noise {self.noise:g}x" if self.noise else ""
+        start = f", start +{self.start_ulps} ulp" if self.start_ulps else ""
+        return f"{self.method} ({hyper}{noise}{start})"
+
+
+@dataclass
+class Run:
+    setting: Setting
+    seed: int
+    train_loss: list[float] = field(default_factory=list)  # full training set, after each epoch
+    test_error: list[float] = field(default_factory=list)  # percent, after each epoch
+    weights_sha256: str = ""
+    seconds: float = 0.0
+
+    @property
+    def final_error(self) -> float:
+        return self.test_error[-1]
+
+
+def load_digits_split() -> Digits:
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        sys.exit(
+            "examples/zeiler2012.py needs scikit-learn for its bundled digits data set:\n"
+            "    pip install scikit-learn    (or: pip install adadelta_fused[examples])"
+        )
+    digits = load_digits()
+    train_x, test_x, train_y, test_y = train_test_split(
+        digits.data, digits.target, test_size=TEST_FRACTION, stratify=digits.target, random_state=SPLIT_SEED
+    )
+    pixels = lambda x: torch.tensor(x / 16.0, dtype=torch.float32)  # 0..16 ink levels to 0..1, as MNIST's
+    labels = lambda y: torch.tensor(y, dtype=torch.int64)
+    return Digits(pixels(train_x), labels(train_y), pixels(test_x), labels(test_y))
+
+
+def make_mlp() -> torch.nn.Sequential:
+    layers, width = [], 64
+    for hidden in HIDDEN:
+        layers += [torch.nn.Linear(width, hidden), torch.nn.Tanh()]
+        width = hidden
+    return torch.nn.Sequential(*layers, torch.nn.Linear(width, 10))
+
+
+def fused_backend() -> str:
+    """The fused kernel that ``backend="auto"`` picks for the CPU; the pure-torch reference does not count."""
+    backend = resolve("auto", torch.device("cpu")).NAME
+    if backend == "reference":
+        sys.exit(f"no fused adadelta_fused backend can run here: {adadelta_fused.available_backends()}")
+    return backend
+
+
+def make_optimizer(setting: Setting, params, backend: str) -> torch.optim.Optimizer:
+    hyper = setting.kwargs
+    if setting.method == "ADADELTA":
+        return adadelta_fused.Adadelta(params, lr=1.0, backend=backend, **hyper)
+    if setting.method == "torch ADADELTA":
+        return torch.optim.Adadelta(params, lr=1.0, foreach=False, **hyper)
+    if setting.method == "SGD":
+        return torch.optim.SGD(params, **hyper)
+    if setting.method == "Momentum":
+        return torch.optim.SGD(params, momentum=0.9, **hyper)
+    if setting.method == "Adagrad":
+        return torch.optim.Adagrad(params, **hyper)
+    raise ValueError(f"unknown method {setting.method!r}")
+
+
+def train(setting: Setting, seed: int, data: Digits, epochs: int, backend: str) -> Run:
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    model = make_mlp()
+    with torch.no_grad():
+        for _ in range(setting.start_ulps):
+            for p in model.parameters():
+                p.copy_(torch.nextafter(p, torch.full_like(p, math.inf)))
+    optimizer = make_optimizer(setting, model.parameters(), backend)
+    # Separate streams, so that ADADELTA and torch's Adadelta see the same batches and the same noise.
+    batches = torch.Generator().manual_seed(seed)
+    noise = torch.Generator().manual_seed(10_000 + seed)
+    run = Run(setting, seed)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(data.train_y), generator=batches).split(BATCH):
+            loss = torch.nn.functional.cross_entropy(model(data.train_x[batch]), data.train_y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            if setting.noise:
+                for p in model.parameters():
+                    rms = p.grad.square().mean().sqrt()
+                    p.grad.add_(torch.randn(p.grad.shape, generator=noise) * (setting.noise * rms))
+            optimizer.step()
+        with torch.no_grad():
+            run.train_loss.append(torch.nn.functional.cross_entropy(model(data.train_x), data.train_y).item())
+            wrong = (model(data.test_x).argmax(1) != data.test_y).sum().item()
+            run.test_error.append(100.0 * wrong / len(data.test_y))
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    run.weights_sha256 = hashlib.sha256(weights.numpy().tobytes()).hexdigest()
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+# ---- the experiments ----
+
+
+def sensitivity_settings(method: str = "ADADELTA", start_ulps: int = 0) -> list[Setting]:
+    return [Setting.of("sensitivity", method, start_ulps=start_ulps, rho=rho, eps=eps)
+            for eps in EPSILONS for rho in RHOS]
+
+
+def learning_rate_settings() -> list[Setting]:
+    return [Setting.of("learning_rate", method, lr=lr) for method in BASELINES for lr in LEARNING_RATES]
+
+
+def noise_settings(best_rates: dict[str, float]) -> list[Setting]:
+    methods = [("ADADELTA", PAPER_SETTING)] + [(m, dict(lr=best_rates[m])) for m in BASELINES]
+    return [Setting.of("noise", method, noise, **hyper) for method, hyper in methods for noise in NOISE_SCALES]
+
+
+def errors_by_setting(runs: list[Run]) -> dict[Setting, list[float]]:
+    cells: dict[Setting, list[float]] = {}
+    for run in runs:
+        cells.setdefault(run.setting, []).append(run.final_error)
+    return cells
+
+
+def best_learning_rates(runs: list[Run]) -> dict[str, float]:
+    """Each baseline's learning rate with the lowest mean final test error (there is no validation split)."""
+    cells = errors_by_setting(runs)
+    best = {}
+    for method in BASELINES:
+        candidates = [s for s in cells if s.method == method and s.experiment == "learning_rate"]
+        best[method] = min(candidates, key=lambda s: statistics.fmean(cells[s])).kwargs["lr"]
+    return best
+
+
+def run_all(settings: list[Setting], seeds: int, data: Digits, epochs: int, backend: str, bar: tqdm) -> list[Run]:
+    runs = []
+    for setting in settings:
+        bar.set_postfix_str(setting.label())
+        for seed in range(seeds):
+            runs.append(train(setting, seed, data, epochs, backend))
+            bar.update()
+    return runs
+
+
+# ---- the report ----
+
+
+def cell(errors: list[float]) -> str:
+    return f"{statistics.fmean(errors):.2f} ± {statistics.pstdev(errors):.2f}"
+
+
+def sensitivity_table(cells: dict[Setting, list[float]], method: str = "ADADELTA") -> str:
+    lines = ["| ε \\ ρ | " + " | ".join(f"ρ = {rho:g}" for rho in RHOS) + " |", "| --- |" + " ---: |" * len(RHOS)]
+    for eps in EPSILONS:
+        row = [cell(cells[Setting.of("sensitivity", method, rho=rho, eps=eps)]) for rho in RHOS]
+        lines.append(f"| ε = {eps:g} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def learning_rate_table(cells: dict[Setting, list[float]]) -> str:
+    lines = ["| method | " + " | ".join(f"lr = {lr:g}" for lr in LEARNING_RATES) + " |",
+             "| --- |" + " ---: |" * len(LEARNING_RATES)]
+    for method in BASELINES:
+        row = [cell(cells[Setting.of("learning_rate", method, lr=lr)]) for lr in LEARNING_RATES]
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def noise_table(cells: dict[Setting, list[float]]) -> str:
+    noise_cells = [s for s in cells if s.experiment == "noise"]
+    lines = ["| method | " + " | ".join(f"noise {n:g}x RMS" for n in NOISE_SCALES) + " |",
+             "| --- |" + " ---: |" * len(NOISE_SCALES)]
+    for base in [s for s in noise_cells if s.noise == NOISE_SCALES[0]]:
+        row = [cell(cells[Setting("noise", base.method, base.hyper, n)]) for n in NOISE_SCALES]
+        lines.append(f"| {base.label()} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class TorchCheck:
+    max_cell_difference: float  # percentage points between the cells' mean test errors
+    equal_cells: int  # cells whose mean test errors are the same
+    max_run_difference: float  # percentage points between two runs of the same cell and seed
+    identical_weights: int  # runs whose final weights are the same bits
+    runs: int
+    # torch against itself started 1 ulp away: what a last-bit difference alone does to the same numbers
+    control_max_cell_difference: float
+    control_max_run_difference: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_cell_difference <= CHECK_TOLERANCE_POINTS
+
+
+def check_against_torch(runs: list[Run]) -> TorchCheck:
+    cells = errors_by_setting(runs)
+    by_cell_and_seed = {(r.setting, r.seed): r for r in runs if r.setting.experiment == "sensitivity"}
+
+    def compare(method: str, start_ulps: int) -> tuple[list[float], float, list[tuple[Run, Run]]]:
+        """From torch's runs to ``method``'s: each cell's difference of means, the largest difference of one
+        run, and the run pairs."""
+        cell_pairs = list(zip(sensitivity_settings("torch ADADELTA"), sensitivity_settings(method, start_ulps)))
+        run_pairs = [(by_cell_and_seed[(a, seed)], by_cell_and_seed[(b, seed)])
+                     for a, b in cell_pairs for seed in range(len(cells[a]))]
+        cell_differences = [abs(statistics.fmean(cells[a]) - statistics.fmean(cells[b])) for a, b in cell_pairs]
+        run_difference = max(abs(a.final_error - b.final_error) for a, b in run_pairs)
+        return cell_differences, run_difference, run_pairs
+
+    cell_differences, run_difference, pairs = compare("ADADELTA", 0)
+    control_cells, control_run, _ = compare("torch ADADELTA", 1)
+    return TorchCheck(
+        max_cell_difference=max(cell_differences),
+        equal_cells=cell_differences.count(0.0),
+        max_run_difference=run_difference,
+        identical_weights=sum(a.weights_sha256 == b.weights_sha256 for a, b in pairs),
+        runs=len(pairs),
+        control_max_cell_difference=max(control_cells),
+        control_max_run_difference=control_run,
+    )
+
+
+def loss_rises(train_loss: list[float]) -> tuple[int, int]:
+    """(epochs whose training loss rose, epochs looked at) over the second half of one run: a run that has
+    converged smoothly has none; one that oscillates around its minimum keeps rising and falling."""
+    half = train_loss[len(train_loss) // 2 - 1:]
+    return sum(after > before for before, after in zip(half, half[1:])), len(half) - 1
+
+
+def curves_to_plot(runs: list[Run], cells: dict[Setting, list[float]]) -> dict[str, list[Run]]:
+    """Label -> runs: the best setting of each method, and ADADELTA's worst cell and the paper's setting."""
+    by_setting: dict[Setting, list[Run]] = {}
+    for run in runs:
+        if run.setting.experiment in ("sensitivity", "learning_rate") and run.setting.method != "torch ADADELTA":
+            by_setting.setdefault(run.setting, []).append(run)
+    paper = Setting.of("sensitivity", "ADADELTA", **PAPER_SETTING)
+    mean_error = lambda s: statistics.fmean(cells[s])
+    chosen = {}
+    for method in ("ADADELTA", *BASELINES):
+        candidates = [s for s in by_setting if s.method == method]
+        best = min(candidates, key=mean_error)
+        chosen[f"best: {best.label()}"] = by_setting[best]
+        if method == "ADADELTA":
+            worst = max(candidates, key=mean_error)
+            chosen[f"worst: {worst.label()}"] = by_setting[worst]
+            if paper not in (best, worst):
+                chosen[f"paper's: {paper.label()}"] = by_setting[paper]
+    return chosen
+
+
+def write_plot(curves: dict[str, list[Run]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axes, error_axes) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    for label, runs in curves.items():
+        epochs = range(1, len(runs[0].train_loss) + 1)
+        mean_loss = [statistics.fmean(v) for v in zip(*(r.train_loss for r in runs))]
+        mean_error = [statistics.fmean(v) for v in zip(*(r.test_error for r in runs))]
+        style = {"worst": "--", "paper's": ":"}.get(label.split(":")[0], "-")
+        loss_axes.plot(epochs, mean_loss, style, label=label)
+        error_axes.plot(epochs, mean_error, style, label=label)
+    loss_axes.set(yscale="log", xlabel="epoch", ylabel="training loss (cross-entropy, full set)")
+    error_axes.set(xlabel="epoch", ylabel="test error (%, axis cut at 20)", ylim=(0, 20))
+    error_axes.legend(fontsize=8)
+    figure.suptitle(f"digits MLP {'-'.join(map(str, (64, *HIDDEN, 10)))}, tanh, batch {BATCH}: "
+                    f"mean over {len(next(iter(curves.values())))} seeds")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_report(path: Path, runs: list[Run], metadata: dict, curves: dict[str, list[Run]],
+                 check: TorchCheck | None, plot_name: str) -> None:
+    cells = errors_by_setting(runs)
+    settings = metadata["settings"]
+    git = metadata.get("git") or {}
+    commit = git.get("sha", "unknown")[:12] + (" (with local changes)" if git.get("dirty") else "")
+    adadelta = [statistics.fmean(v) for s, v in cells.items() if s.experiment == "sensitivity"
+                and s.method == "ADADELTA"]
+    lines = [
+        "# ADADELTA's claims on the digits data set (Zeiler 2012, arXiv:1212.5701)",
+        "",
+        f"`python examples/zeiler2012.py {' '.join(metadata['arguments'])}`: "
+        f"{settings['epochs']} epochs, {settings['seeds']} seeds, MLP 64-{'-'.join(map(str, HIDDEN))}-10 with tanh, "
+        f"minibatch {BATCH}, {settings['train_size']} training and {settings['test_size']} test images. "
+        f"Each cell: final test error in %, mean ± std over the seeds.",
+        "",
+        f"Ran in {metadata['seconds']:.0f} s on {metadata['cpu_model']} ({metadata['cpu_cores']} cores, "
+        f"{metadata['torch_threads']} torch thread), torch {metadata['torch']}, triton {metadata['triton']}, "
+        f"Python {metadata['python']}, adadelta_fused git {commit}, backend `{settings['backend']}`.",
+        "",
+        "## 1. ADADELTA over ρ × ε (the paper's sensitivity table)",
+        "",
+        f"`adadelta_fused.Adadelta(lr=1.0, rho, eps, backend='{settings['backend']}')`. "
+        f"Spread over the 12 cells: {min(adadelta):.2f}% to {max(adadelta):.2f}%.",
+        "",
+        sensitivity_table(cells),
+        "",
+        "## 2. SGD, Momentum and Adagrad over learning rates",
+        "",
+        "torch.optim.SGD, SGD(momentum=0.9), torch.optim.Adagrad. For comparison, ADADELTA at the paper's "
+        f"setting (ρ = {PAPER_SETTING['rho']}, ε = {PAPER_SETTING['eps']:g}): "
+        f"{cell(cells[Setting.of('sensitivity', 'ADADELTA', **PAPER_SETTING)])}.",
+        "",
+        learning_rate_table(cells),
+        "",
+        "## 3. Noisy gradients",
+        "",
+        "Every gradient tensor gets Gaussian noise whose std is the multiple shown of that tensor's RMS, before "
+        "each step. Baselines at their best learning rate from table 2 (picked on test error: there is no "
+        "validation split, which flatters the baselines, not ADADELTA).",
+        "",
+        noise_table(cells),
+        "",
+        "## Learning curves",
+        "",
+        f"![learning curves]({plot_name})",
+        "",
+        "Epochs whose training loss rose, in the second half of training (mean over the seeds; a run that "
+        "keeps rising and falling oscillates around its minimum instead of settling):",
+        "",
+    ]
+    for label, curve_runs in curves.items():
+        counts = [loss_rises(r.train_loss) for r in curve_runs]
+        lines.append(f"- {label}: {statistics.fmean(c[0] for c in counts):.1f} of {counts[0][1]} epochs")
+    lines += ["", "## Against torch.optim.Adadelta", ""]
+    if check is None:
+        lines.append("Not checked in this run (`--check-torch` trains torch.optim.Adadelta in every ρ × ε cell).")
+    else:
+        verdict = "PASS" if check.passed else "FAIL"
+        lines += [
+            f"{verdict}: torch.optim.Adadelta(foreach=False) trained in every ρ × ε cell with the same seeds, "
+            f"batches and initial weights. Largest |adadelta_fused − torch| difference of a cell's mean final "
+            f"test error: {check.max_cell_difference:.2f} percentage points (allowed: {CHECK_TOLERANCE_POINTS}); "
+            f"of a single run: {check.max_run_difference:.2f} points. The same mean in {check.equal_cells} of "
+            f"{len(RHOS) * len(EPSILONS)} cells. Final weights identical bit for bit in "
+            f"{check.identical_weights} of {check.runs} runs. Where they differ, the cause is the square root: "
+            "adadelta_fused rounds it correctly (IEEE), torch's vectorized CPU sqrt can be 1 ulp off "
+            "(adadelta_fused/reference.py, `_sqrt`), and training amplifies the last bit.",
+            "",
+            "Control: torch.optim.Adadelta against itself, started from initial weights 1 ulp higher. Largest "
+            f"difference of a cell's mean final test error: {check.control_max_cell_difference:.2f} points; of a "
+            f"single run: {check.control_max_run_difference:.2f} points. A last-bit difference alone moves the "
+            "test error this far.",
+            "",
+            sensitivity_table(cells, "torch ADADELTA"),
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_results(path: Path, runs: list[Run], metadata: dict) -> None:
+    rows = [asdict(run) | {"setting": asdict(run.setting) | {"hyper": run.setting.kwargs}} for run in runs]
+    for row, run in zip(rows, runs, strict=True):
+        row["final_test_error"] = run.final_error
+    document = {"metadata": metadata, "runs": rows}
+    path.write_text(json.dumps(document, indent=1) + "\n")
+
+
+# ---- the command ----
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK['epochs']} epochs and {QUICK['seeds']} seed: every table, in seconds")
+    parser.add_argument("--out", type=Path, default=Path("zeiler2012-results"), help="folder for the results")
+    parser.add_argument("--seeds", type=int, help=f"seeds per cell (default {FULL['seeds']}, --quick {QUICK['seeds']})")
+    parser.add_argument("--check-torch", action="store_true",
+                        help="also train torch.optim.Adadelta in every rho x eps cell and compare")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    seeds = args.seeds if args.seeds is not None else preset["seeds"]
+    if seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {seeds}")
+    data = load_digits_split()
+    backend = fused_backend()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+
+    first = sensitivity_settings() + learning_rate_settings()
+    if args.check_torch:
+        first += sensitivity_settings("torch ADADELTA") + sensitivity_settings("torch ADADELTA", start_ulps=1)
+    total = (len(first) + (1 + len(BASELINES)) * len(NOISE_SCALES)) * seeds
+    bar = tqdm(total=total, desc="zeiler2012", unit="run", file=sys.stderr)  # stderr: stdout stays clean
+    runs = run_all(first, seeds, data, preset["epochs"], backend, bar)
+    runs += run_all(noise_settings(best_learning_rates(runs)), seeds, data, preset["epochs"], backend, bar)
+    bar.close()
+
+    metadata = describe(torch.device("cpu")) | {
+        "arguments": list(sys.argv[1:] if argv is None else argv),
+        "seconds": time.perf_counter() - started,
+        "settings": dict(epochs=preset["epochs"], seeds=seeds, batch=BATCH, hidden=HIDDEN, backend=backend,
+                         train_size=len(data.train_y), test_size=len(data.test_y), split_seed=SPLIT_SEED,
+                         noise="std = scale x the gradient tensor's RMS"),
+    }
+    check = check_against_torch(runs) if args.check_torch else None
+    if check is not None:
+        metadata["torch_check"] = asdict(check) | {"passed": check.passed}
+    args.out.mkdir(parents=True, exist_ok=True)
+    curves = curves_to_plot(runs, errors_by_setting(runs))
+    write_plot(curves, args.out / "learning_curves.png")
+    write_report(args.out / "report.md", runs, metadata, curves, check, "learning_curves.png")
+    write_results(args.out / "results.json", runs, metadata)
+    for name in ("report.md", "learning_curves.png", "results.json"):
+        print(f"wrote {args.out / name}")
+    if check is not None and not check.passed:
+        print(f"adadelta_fused differs from torch.optim.Adadelta by {check.max_cell_difference:.2f} points in a cell",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
