@@ -26,6 +26,16 @@ def _dtensor_module():
     return sys.modules.get("torch.distributed.tensor")
 
 
+def is_dtensor(t) -> bool:
+    module = _dtensor_module()
+    return module is not None and isinstance(t, module.DTensor)
+
+
+def describe(t: torch.Tensor) -> str:
+    """What a checkpoint or step error says of a tensor's kind."""
+    return _describe(t)
+
+
 def any_dtensor(tensors: list[torch.Tensor]) -> bool:
     module = _dtensor_module()
     return module is not None and any(isinstance(t, module.DTensor) for t in tensors)
@@ -40,8 +50,10 @@ def _describe(t: torch.Tensor) -> str:
 def to_local(params, grads, square_avgs, acc_deltas, master_params):
     """The local tensors of each list, after checking that every param's tensors are sharded alike.
 
-    Plain params may sit beside DTensor ones (a module left out of ``fully_shard``); the DTensor params of
-    one step must share a mesh, as torch's own foreach and fused steps require.
+    Plain params may sit beside DTensor ones (a module left out of ``fully_shard``). The DTensor params of
+    one step must share a mesh: torch's per-param loop would step a group spanning two meshes, but such a
+    group is more often a mistake than a design, and FSDP2 + tensor parallel keeps its meshes apart more
+    clearly in two param groups.
     """
     DTensor, Partial = _dtensor_module().DTensor, _dtensor_module().Partial
     mesh = None

@@ -152,8 +152,9 @@ def plan(
         # (Under torch.compile the ops' fake kernels check the same, without a graph break.)
         steps_on_cpu = bool(_extension.check_state_steps(state_steps))
     write_back = []
-    # (Under torch.compile a traced graph carries no negation bits, and is_neg would break the graph.)
-    if not torch.compiler.is_compiling() and any(grad.is_neg() for grad in grads):
+    # Under torch.compile every grad goes through resolve_neg: a traced is_neg() would break the graph, and
+    # resolve_neg of a grad without the bit is the grad itself, so it costs nothing there.
+    if torch.compiler.is_compiling() or any(grad.is_neg() for grad in grads):
         resolved = [grad.resolve_neg() for grad in grads]
         if scalars.grad_mode != GradMode.KEEP:
             write_back = [(grad, copy) for grad, copy in zip(grads, resolved) if copy is not grad]

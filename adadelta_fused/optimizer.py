@@ -192,12 +192,23 @@ class Adadelta(Optimizer):
                         "list each param once"
                     )
                 seen[id(p)] = index
+        if isinstance(param_group, dict):
+            for key in self._OPTIONS:
+                if key in param_group and param_group[key] != self.defaults[key]:
+                    raise ValueError(
+                        f"{key}={param_group[key]!r} in a param group: {key} is the optimizer's option "
+                        f"({self.defaults[key]!r} here), one for all its groups; use another optimizer instead"
+                    )
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         for key in self._OPTIONS:
             group.pop(key, None)
         if self.defaults["flatten"] and not self._flatten_later:
-            self._append_flat(group)
+            try:
+                self._append_flat(group)
+            except Exception:
+                self.param_groups.pop()  # the buffers raise before any param moves: undo the group alone
+                raise
         if self._in_backward is not None:
             self._in_backward.register(group["params"])
 
@@ -234,7 +245,7 @@ class Adadelta(Optimizer):
                 params, self._state_dtype_for(params[0]), self._wants_master(params[0]), shared_ok=copied
             )
             with torch.no_grad():
-                for p, offset, old in zip(params, flat.offsets, old_state):
+                for index, (p, offset, old) in enumerate(zip(params, flat.offsets, old_state)):
                     state = {"step": self._new_step(p, group["capturable"]), **flat.state_views(p, offset)}
                     for key, value in old.items():
                         if key in state:
@@ -242,7 +253,7 @@ class Adadelta(Optimizer):
                     self.state[p] = state
                     flat.steps.append(state["step"])
                     if "master_param" in old:
-                        flat.stale_masters.discard(flat.params.index(p))
+                        flat.stale_masters.discard(index)
             flats.append(flat)
         return flats, others
 

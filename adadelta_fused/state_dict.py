@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
+from .dtensor import describe, is_dtensor
+
 REQUIRED_KEYS = ("step", "square_avg", "acc_delta")
 SHAPED_KEYS = ("square_avg", "acc_delta", "master_param")
 
@@ -50,6 +52,13 @@ def check_loadable(param_groups: list[dict[str, Any]], state_dict: dict[str, Any
             if not isinstance(value, torch.Tensor) or value.shape != param.shape:
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                 raise ValueError(f"{where}: {key!r} has shape {shape}, expected {tuple(param.shape)}")
+            if is_dtensor(value) != is_dtensor(param):
+                # Neither kind copies into the other; found here, before anything is loaded.
+                raise ValueError(
+                    f"{where}: {key!r} is {describe(value)}, but the param is {describe(param)}. A state dict "
+                    "saved by one FSDP2 rank holds only its shards: load it with torch.distributed.checkpoint "
+                    "(dcp.load and set_optimizer_state_dict), which reshards it for the model at hand"
+                )
         step = saved["step"]
         if isinstance(step, torch.Tensor) and step.numel() != 1:
             raise ValueError(f"{where}: 'step' has {step.numel()} elements, expected 1")

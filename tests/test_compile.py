@@ -75,3 +75,16 @@ def test_backend_choice_is_a_compile_time_constant():
 
     marks = set(vars(torch.compiler.assume_constant_result(probe)))
     assert marks and marks <= set(vars(backends._resolve_name))
+
+
+def test_a_compiled_step_resolves_a_negation_bit_grad():
+    """``z.conj().imag`` is a grad with torch's lazy negation bit, which an op cannot write through."""
+    torch._dynamo.reset()
+    z = torch.randn(6, dtype=torch.complex64, generator=torch.Generator().manual_seed(2))
+    ours, theirs = torch.nn.Parameter(torch.randn(6)), None
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    ours.grad, theirs.grad = z.conj().imag, z.conj().imag.resolve_neg().clone()
+    assert ours.grad.is_neg()
+    torch.compile(Adadelta([ours], lr=0.5).step, backend="aot_eager")()
+    torch.optim.Adadelta([theirs], lr=0.5).step()
+    torch.testing.assert_close(ours, theirs, rtol=2e-5, atol=2e-6)

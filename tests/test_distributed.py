@@ -221,6 +221,23 @@ def scenario_bad_placements_raise_before_any_write(rank, workdir):
     assert all(torch.equal(p.to_local(), local) for p, local in zip((first, second), before)), "nothing written"
 
 
+def scenario_a_rank_state_dict_is_refused_by_a_plain_optimizer(rank, workdir):
+    """One rank's state_dict() holds its shards; loading it into a plain optimizer raises before any change
+    (torch's loader would take it and keep nothing of what the optimizer had)."""
+    model = _sharded()
+    opt = Adadelta(model.parameters())
+    train(model, opt, range(1), rank)
+    plain = make_model()
+    plain_opt = Adadelta(plain.parameters(), lr=0.5)
+    train(plain, plain_opt, range(2))
+    before = copy.deepcopy(plain_opt.state_dict())
+    _raises(lambda: plain_opt.load_state_dict(opt.state_dict()), "'square_avg' is a DTensor with placements",
+            "but the param is a plain Parameter", "set_optimizer_state_dict")
+    after = plain_opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    assert_equal_maps(after["state"], before["state"], "state")
+
+
 def _save(model, opt, path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict

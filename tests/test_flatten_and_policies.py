@@ -185,6 +185,30 @@ def test_flatten_steps_grads_assigned_by_hand_and_refuses_sparse_ones():
     assert_bitwise_equal(table.weight.detach(), before)
 
 
+def test_a_group_that_cannot_be_flattened_is_not_added():
+    """add_param_group after construction: the refused group leaves no trace, and later groups step."""
+    opt = Adadelta([torch.nn.Parameter(torch.randn(4))], flatten=True)
+    with pytest.raises(ValueError, match=r"param 0 has shape \(6, 4\)"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(6, 8)[:, ::2])]})
+    assert len(opt.param_groups) == len(opt._flat_groups) == 1
+    later = torch.nn.Parameter(torch.randn(3))
+    opt.add_param_group({"params": [later], "lr": 0.5})
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad.copy_(torch.randn_like(p))
+    before = later.detach().clone()
+    opt.step()
+    assert not torch.equal(later, before) and opt.state[later]["step"].item() == 1
+
+
+def test_an_option_in_a_param_group_must_be_the_optimizers():
+    p, q = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match="backend='reference' in a param group: backend is the optimizer's option"):
+        Adadelta([{"params": [p]}, {"params": [q], "backend": "reference"}])
+    opt = Adadelta([{"params": [p]}, {"params": [q], "backend": "auto"}])  # as ZeroRedundancyOptimizer passes it
+    assert "backend" not in opt.param_groups[1]
+
+
 def test_flatten_checks_every_group_before_moving_any():
     """A group that cannot be flattened raises before an earlier group's params moved into a buffer."""
     good = torch.nn.Parameter(torch.randn(5, 3))

@@ -117,6 +117,26 @@ def test_copies_train_like_the_original(copier, options, generator):
             assert torch.equal(state[key], clone_state[key]), key
 
 
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+def test_copies_of_flat_buffers_with_master_weights_train_like_the_original(copier, generator):
+    """Two same-shaped bf16 params in one buffer with fp32 master copies: the copy rebuilds the buffers
+    around the copied masters (a lookup by == once compared the tensors' values instead of their identity)."""
+    model = torch.nn.Sequential(torch.nn.Linear(7, 7), torch.nn.Linear(7, 7)).to(torch.bfloat16)
+    opt = Adadelta(model.parameters(), flatten=True, master_weights=True)
+    backward(model, generator, torch.bfloat16)
+    opt.step()
+    clone_opt = copy.deepcopy(opt) if copier == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    clone_params = [p for group in clone_opt.param_groups for p in group["params"]]
+    for p, q in zip(model.parameters(), clone_params):
+        q.grad.copy_(p.grad)
+    opt.step()
+    clone_opt.step()
+    for p, q in zip(model.parameters(), clone_params):
+        assert torch.equal(p, q)
+        assert torch.equal(opt.state[p]["master_param"], clone_opt.state[q]["master_param"])
+
+
+
 # 4. torch.set_default_dtype(torch.float64) ----------------------------------------------------------------
 
 def test_default_dtype_float64_trains_like_torch(every_backend, generator):
