@@ -24,10 +24,29 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import dtensor
+from . import _extension, dtensor
 from .layout import is_dense
 
 ALIGN_BYTES = 16
+
+
+def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, expected: torch.Tensor,
+                 grad_views: list[torch.Tensor]) -> tuple[int, list[int], list[int]]:
+    """(the first param that left the buffer or -1, the params without a grad, those whose grad is not their
+    view): one native pass when the extension is loaded (csrc/ops.cpp flat_view_status)."""
+    ext = _extension.module()
+    if ext is not None:
+        return ext.flat_view_status(params, buffer, expected)
+    storage = buffer.untyped_storage().data_ptr()
+    skipped, foreign = [], []
+    for index, (p, (offset, _)) in enumerate(zip(params, expected.tolist())):
+        if p.untyped_storage().data_ptr() != storage or p.storage_offset() != offset:
+            return index, skipped, foreign
+        if p.grad is None:
+            skipped.append(index)
+        elif p.grad is not grad_views[index]:
+            foreign.append(index)
+    return -1, skipped, foreign
 
 
 def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False) -> None:
@@ -78,12 +97,18 @@ class FlatGroup:
     square_avg: torch.Tensor
     acc_delta: torch.Tensor
     master: torch.Tensor | None
+    # Each param's step counter, one element a param: ``state["step"]`` is a 0-d view of it (``steps``), so
+    # a step advances every counter with one op, not one per param.
+    counters: torch.Tensor | None = None
     steps: list[torch.Tensor] = field(default_factory=list)
     # Indices of params whose master copy must be taken from the param before the next step: a model
     # checkpoint loaded after the optimizer was built (or a torch state dict, which has no master copies)
     # changed the params, and stepping from the old copy would undo the load.
     stale_masters: set[int] = field(default_factory=set)
-    _addresses: list[tuple[int, int]] = field(default_factory=list)
+    # The grad views the optimizer gave the params (held, so each keeps its identity while the param's grad
+    # is something else), and per param (its storage offset, its grad view's TensorImpl address).
+    _grad_views: list[torch.Tensor] = field(default_factory=list)
+    _expected: torch.Tensor | None = None
 
     @classmethod
     def build(cls, params: list[torch.Tensor], state_dtype: torch.dtype, master: bool, *,
@@ -119,7 +144,8 @@ class FlatGroup:
             acc_delta=torch.zeros(total, dtype=state_dtype, device=first.device),
             master=flat_master,
         )
-        group._addresses = [(p.data_ptr(), p.grad.data_ptr()) for p in params]
+        group._grad_views = [p.grad for p in params]
+        group._expected = torch.tensor([(p.storage_offset(), p.grad._cdata) for p in params], dtype=torch.int64)
         if flat_master is not None:
             group.stale_masters = set(range(len(params)))
         return group
@@ -138,12 +164,13 @@ class FlatGroup:
                 _view(self.master, p, self.offsets[index]).copy_(p)
         self.stale_masters.clear()
 
-    def step_tensors(self) -> tuple[list[torch.Tensor], ...]:
-        """The tensors one step runs over: (params, grads, square_avgs, acc_deltas, masters, steps).
+    def step_tensors(self) -> tuple:
+        """The tensors one step runs over: (params, grads, square_avgs, acc_deltas, masters, steps, counters).
 
-        Normally the whole buffers, one tensor each. A param whose grad is None is left out, as torch leaves
-        it: the lists then hold the ranges of the buffers between such params, and only the stepped params'
-        counters. Raises if a param stopped viewing its buffer.
+        Normally the whole buffers, one tensor each, and ``counters`` to advance (``steps`` is None). A
+        param whose grad is None is left out, as torch leaves it: the lists then hold the ranges of the
+        buffers between such params, and ``steps`` the stepped params' counters (``counters`` is None).
+        Raises if a param stopped viewing its buffer.
         """
         skipped = self._gather_grads()
         buffers = [self.param, self.grad, self.square_avg, self.acc_delta]
@@ -151,7 +178,7 @@ class FlatGroup:
             buffers.append(self.master)
         if not skipped:
             tensors = [[buffer] for buffer in buffers]
-            steps = self.steps
+            steps, counters = None, self.counters
         else:
             bounds = [*self.offsets, self.param.numel()]
             ranges, start = [], 0
@@ -162,8 +189,9 @@ class FlatGroup:
             tensors = [[buffer[begin:end] for begin, end in ranges] for buffer in buffers]
             skipped_set = set(skipped)
             steps = [step for index, step in enumerate(self.steps) if index not in skipped_set]
+            counters = None
         masters = tensors[4] if self.master is not None else None
-        return (*tensors[:4], masters, steps)
+        return (*tensors[:4], masters, steps, counters)
 
     def _gather_grads(self) -> list[int]:
         """Bring every param's grad into the flat gradient buffer; returns the indices of params without one.
@@ -171,23 +199,27 @@ class FlatGroup:
         A grad that is not the param's view of the buffer (autograd made it after the grad was set to None,
         or DDP's bucket view) is copied into the param's slot, and the view becomes the param's grad again.
         """
-        skipped = []
-        for index, (p, (param_address, grad_address)) in enumerate(zip(self.params, self._addresses)):
-            if p.data_ptr() != param_address:
-                raise RuntimeError(
-                    f"flatten=True: param {index} (shape {tuple(p.shape)}) no longer views the optimizer's flat "
-                    "buffer; was `param.data` reassigned or the model moved after building the optimizer?"
-                )
-            grad = p.grad
-            if grad is None:
-                skipped.append(index)
-            elif grad.layout != torch.strided:
-                raise RuntimeError("Adadelta does not support sparse gradients")
-            elif grad.data_ptr() != grad_address:
-                view = _view(self.grad, p, self.offsets[index])
-                with torch.no_grad():
+        moved, skipped, foreign = _view_status(self.params, self.param, self._expected, self._grad_views)
+        if moved >= 0:
+            raise RuntimeError(
+                f"flatten=True: param {moved} (shape {tuple(self.params[moved].shape)}) no longer views the "
+                "optimizer's flat buffer; was `param.data` reassigned or the model moved after building the "
+                "optimizer?"
+            )
+        if foreign:
+            buffer_storage = self.grad.untyped_storage().data_ptr()
+            sources = []
+            for index in foreign:
+                grad = self.params[index].grad
+                if grad.layout != torch.strided:
+                    raise RuntimeError("Adadelta does not support sparse gradients")
+                # A grad viewing another slot of this buffer would be overwritten before it is read.
+                sources.append(grad.clone() if grad.untyped_storage().data_ptr() == buffer_storage else grad)
+            with torch.no_grad():
+                for index, grad in zip(foreign, sources):
+                    view = self._grad_views[index]
                     view.copy_(grad)
-                p.grad = view
+                    self.params[index].grad = view
         return skipped
 
     def zero_grad(self) -> None:

@@ -46,6 +46,7 @@ class StepPlan:
 
     calls: list[BackendCall]
     state_steps: list[torch.Tensor] | None
+    step_counters: torch.Tensor | None  # a vector of counters (a flat buffer's), advanced with one op
     steps_on_cpu: bool  # every counter is a CPU tensor: one C++ loop advances them all
     found_inf: torch.Tensor | None
     # Gradients with torch's lazy negation bit (``z.conj().imag``) are stepped through resolved copies,
@@ -63,6 +64,8 @@ class StepPlan:
             grad.copy_(resolved)
         if self.state_steps:
             _advance_steps(self.state_steps, self.found_inf, self.steps_on_cpu)
+        if self.step_counters is not None:
+            _advance_counters(self.step_counters, self.found_inf)
 
 
 def _advance_steps(state_steps: list[torch.Tensor], found_inf: torch.Tensor | None, on_cpu: bool = False) -> None:
@@ -85,6 +88,16 @@ def _advance_steps(state_steps: list[torch.Tensor], found_inf: torch.Tensor | No
         else:
             increment = (1 - found_inf).to(device, non_blocking=device.type != "cpu")
             torch._foreach_add_(steps, increment)
+
+
+def _advance_counters(counters: torch.Tensor, found_inf: torch.Tensor | None) -> None:
+    """``_advance_steps`` for a vector of counters: one op whatever their number."""
+    if found_inf is None:
+        counters.add_(1)
+    elif counters.device.type == "cpu":
+        counters.add_(1 - found_inf.to("cpu"))  # blocking: read on the host now, as _advance_steps does
+    else:
+        counters.add_(1 - found_inf.to(counters.device, non_blocking=True))
 
 
 def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:
@@ -141,8 +154,12 @@ def plan(
     scalars: StepScalars,
     master_params: list[torch.Tensor] | None = None,
     backend: str | None = None,
+    step_counters: torch.Tensor | None = None,
 ) -> StepPlan:
-    """Group, place and check one step without writing anything (``StepPlan.check`` checks the calls)."""
+    """Group, place and check one step without writing anything (``StepPlan.check`` checks the calls).
+
+    ``step_counters``: a vector of counters advanced with the step, besides (or instead of) ``state_steps``.
+    """
     _check_lengths(params, grads, square_avgs, acc_deltas, master_params)
     if any(dtensor.any_dtensor(tensors) for tensors in (params, grads, square_avgs, acc_deltas, master_params or ())):
         params, grads, square_avgs, acc_deltas, master_params = dtensor.to_local(
@@ -180,7 +197,7 @@ def plan(
                 backends.resolve(backend, device), device, group_params, group_grads, group_sq, group_acc,
                 group[4] if master_params else None, group_scalars,
             ))
-    return StepPlan(calls, state_steps, steps_on_cpu, scalars.found_inf, write_back)
+    return StepPlan(calls, state_steps, step_counters, steps_on_cpu, scalars.found_inf, write_back)
 
 
 def adadelta_(

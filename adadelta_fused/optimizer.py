@@ -244,9 +244,11 @@ class Adadelta(Optimizer):
             flat = FlatGroup.build(
                 params, self._state_dtype_for(params[0]), self._wants_master(params[0]), shared_ok=copied
             )
+            flat.counters = torch.zeros(len(params), dtype=_get_scalar_dtype(),
+                                        device=params[0].device if group["capturable"] else None)
             with torch.no_grad():
                 for index, (p, offset, old) in enumerate(zip(params, flat.offsets, old_state)):
-                    state = {"step": self._new_step(p, group["capturable"]), **flat.state_views(p, offset)}
+                    state = {"step": flat.counters[index], **flat.state_views(p, offset)}
                     for key, value in old.items():
                         if key in state:
                             state[key].copy_(value)
@@ -503,12 +505,12 @@ class Adadelta(Optimizer):
         unflat = group
         if options["flatten"]:
             for buffer, flat in enumerate(self._flat_groups[index]):
-                params, grads, square_avgs, acc_deltas, masters, steps = flat.step_tensors()
+                params, grads, square_avgs, acc_deltas, masters, steps, counters = flat.step_tensors()
                 if flat.stale_masters:
                     flat.refresh_masters()
                 plans.append(plan(
                     params, grads, square_avgs, acc_deltas, steps,
-                    with_rounding(masters, (index << 16) + buffer + 1), masters, options["backend"],
+                    with_rounding(masters, (index << 16) + buffer + 1), masters, options["backend"], counters,
                 ))
             unflat = {**group, "params": self._unflat_params[index]}  # usually none: frozen params
         for params, grads, square_avgs, acc_deltas, steps, masters in self._gather(unflat):

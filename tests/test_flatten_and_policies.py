@@ -209,6 +209,46 @@ def test_an_option_in_a_param_group_must_be_the_optimizers():
     assert "backend" not in opt.param_groups[1]
 
 
+def assert_counters_viewed(opt, value):
+    """Each flat param's ``state["step"]`` is a 0-d view of its buffer's one counter vector."""
+    for flats in opt._flat_groups:
+        for flat in flats:
+            assert torch.equal(flat.counters, torch.full_like(flat.counters, value))
+            for index, p in enumerate(flat.params):
+                step = opt.state[p]["step"]
+                assert step.dim() == 0 and step.data_ptr() == flat.counters[index].data_ptr()
+
+
+def test_flat_step_counters_stay_views_of_one_vector():
+    """One op advances a buffer's counters (issue 12), through every way the state is rebuilt."""
+    model = Net()
+    opt = Adadelta(model.parameters(), flatten=True)
+    train(model, opt, batches(2))
+    assert_counters_viewed(opt, 2)
+    saved = copy.deepcopy(opt.state_dict())
+    assert {float(s["step"]) for s in saved["state"].values()} == {2.0}, "a 0-d step per param, as torch"
+    train(model, opt, batches(1))
+    opt.load_state_dict(saved)
+    assert_counters_viewed(opt, 2)
+    opt.grad_scale, opt.found_inf = torch.tensor(1.0), torch.tensor(1.0)  # GradScaler skips this step
+    train(model, opt, batches(1))
+    del opt.grad_scale, opt.found_inf
+    assert_counters_viewed(opt, 2)
+    extra = torch.nn.Parameter(torch.randn(5))
+    opt.add_param_group({"params": [extra]})
+    extra.grad.copy_(torch.randn(5))
+    train(model, opt, batches(1))
+    assert float(opt.state[extra]["step"]) == 1.0
+    assert [float(s["step"]) for s in opt.state_dict()["state"].values()].count(3.0) == 6
+    clone = copy.deepcopy(opt)
+    for flats, clone_flats in zip(opt._flat_groups, clone._flat_groups):
+        for flat, clone_flat in zip(flats, clone_flats):
+            assert torch.equal(flat.counters, clone_flat.counters)
+            assert clone_flat.counters.data_ptr() != flat.counters.data_ptr()
+            for index, p in enumerate(clone_flat.params):
+                assert clone.state[p]["step"].data_ptr() == clone_flat.counters[index].data_ptr()
+
+
 def test_flatten_checks_every_group_before_moving_any():
     """A group that cannot be flattened raises before an earlier group's params moved into a buffer."""
     good = torch.nn.Parameter(torch.randn(5, 3))
