@@ -161,7 +161,8 @@ def plan(
     ``step_counters``: a vector of counters advanced with the step, besides (or instead of) ``state_steps``.
     """
     _check_lengths(params, grads, square_avgs, acc_deltas, master_params)
-    if any(dtensor.any_dtensor(tensors) for tensors in (params, grads, square_avgs, acc_deltas, master_params or ())):
+    # The params decide (a DTensor grad of a plain param reaches the op, whose DTensor dispatch refuses it).
+    if dtensor.any_dtensor(params):
         params, grads, square_avgs, acc_deltas, master_params = dtensor.to_local(
             params, grads, square_avgs, acc_deltas, master_params)
     steps_on_cpu = False
