@@ -13,7 +13,7 @@ from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype, _use_gr
 from .contract import LOW_PRECISION, check_hyperparameters
 from .flat import FlatGroup, check_flattenable
 from .functional import plan, step_scalars
-from .in_backward import StepInBackward, check_no_grad_scaler
+from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken
 from .reference import rounding_key
 from .state_dict import check_loadable, loaded_step
 
@@ -127,8 +127,16 @@ class Adadelta(Optimizer):
         # Groups are flattened once all are known, so that a group that cannot be flattened raises before
         # any other group's params have moved into buffers.
         self._flatten_later = True
-        super().__init__(params, defaults)
+        try:
+            super().__init__(params, defaults)
+        except BaseException:
+            if self._in_backward is not None:
+                self._in_backward.remove()  # the groups hooked before the error must not be stepped
+            raise
         self._flatten_later = False
+        if not step_in_backward:
+            for index, group in enumerate(self.param_groups):
+                check_not_taken(group["params"], f"param group {index}")
         if flatten:
             kinds = [self._flattenable(group) for group in self.param_groups]
             for by_kind, _ in kinds:
@@ -199,7 +207,11 @@ class Adadelta(Optimizer):
         if self.defaults["flatten"] and not self._flatten_later:
             self._append_flat(group)
         if self._in_backward is not None:
-            self._in_backward.register(group["params"])
+            try:
+                self._in_backward.register(group["params"])
+            except ValueError:
+                self.param_groups.pop()  # torch appended it; a refused group is not added
+                raise
 
     def _append_flat(self, group: dict[str, Any]) -> None:
         flats, others = self._flatten_group(group)

@@ -7,6 +7,7 @@ import copy
 import gc
 import io
 import pickle
+import weakref
 
 import pytest
 import torch
@@ -274,13 +275,15 @@ def test_a_param_reached_twice_in_one_backward_raises(generator):
     del opt
 
 
-def test_a_param_in_two_optimizers_raises(generator):
+def test_a_gradient_taken_by_another_hook_raises(generator):
+    """A post-accumulate-grad hook registered before ours (torchtune's, say) that sets the grad to None."""
     model = Net(generator, torch.float32)
-    first = Adadelta(model.parameters(), step_in_backward=True)
-    second = Adadelta(model.parameters(), step_in_backward=True)
-    with pytest.raises(RuntimeError, match="another hook took it.*two optimizers"):
+    model.last.bias.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
+    opt = Adadelta(model.param_groups(), step_in_backward=True)
+    with pytest.raises(RuntimeError, match=r"param 3 of param group 1 has no gradient when its hook runs: "
+                                           "another post-accumulate-grad hook took it"):
         loss_of(model, 0).backward()
-    del first, second
+    del opt
 
 
 @pytest.mark.parametrize("unscale_first", [False, True])
@@ -294,3 +297,42 @@ def test_grad_scaler_step_raises(unscale_first, generator):
     with pytest.raises(RuntimeError, match="cannot work with a GradScaler.*found_inf"):
         scaler.step(opt)
     assert not hasattr(opt, "found_inf") and not hasattr(opt, "grad_scale")
+
+
+# ---- review of issue 14: ownership of the hooks, references, the end of an iteration, DDP ----
+
+def test_holds_no_reference_to_its_params(generator):
+    """A backward without step() leaves the iteration's params noted as stepped; model and optimizer dropped
+    then must still be freed (a strong reference would close a cycle through the tensor's hook dict, which
+    lives in C++ where the garbage collector cannot see it)."""
+    model = Net(generator, torch.float32)
+    opt = Adadelta(model.param_groups(), step_in_backward=True)
+    loss_of(model, 0).backward()
+    weight, optimizer = weakref.ref(model.last.weight), weakref.ref(opt)
+    del model, opt
+    gc.collect()
+    assert optimizer() is None
+    assert weight() is None
+
+
+def test_a_second_live_optimizer_on_the_same_params_raises(generator):
+    """The hooks of a live optimizer would keep stepping its params: a second one (in either mode) raises,
+    naming the param, until the first is dropped; then its hooks go with it and the new one steps alone."""
+    model = Net(generator, torch.float32)
+    twin = copy.deepcopy(model)
+    first = Adadelta(model.param_groups(), lr=5.0, step_in_backward=True)
+    for step_in_backward in (True, False):
+        with pytest.raises(ValueError, match=r"param 0 of (the new param group|param group 0) \(shape \(17, 11\)\) is stepped "
+                                             r"in backward by another live Adadelta.*drop it first"):
+            Adadelta(model.param_groups(), step_in_backward=step_in_backward)
+    del first
+    gc.collect()
+    ours = Adadelta(model.param_groups(), step_in_backward=True)
+    theirs = Adadelta(twin.param_groups())
+    assert all(len(p._post_accumulate_grad_hooks) == 1 for p in model.parameters() if p.requires_grad)
+    for step in range(2):
+        for m, opt in ((model, ours), (twin, theirs)):
+            loss_of(m, step).backward()
+            opt.step()
+            opt.zero_grad()
+    assert_same_training(model, ours, twin, theirs)
