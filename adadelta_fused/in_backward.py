@@ -12,7 +12,8 @@ An iteration is the time between two ``optimizer.step()`` calls: each param may 
 cannot fit that raises, since it would silently step more than once or with a partial gradient:
 a second gradient for a param before ``step()`` (gradient accumulation over several backwards, or one
 backward that reaches the param twice, as a reentrant checkpoint does), a gradient another hook already
-took, and a GradScaler (``check_no_grad_scaler``). The hooks go with their optimizer; while it lives, a new
+took, a gradient written after the hook (DDP's reducer; ``check_no_gradient_after_hook``), and a GradScaler
+(``check_no_grad_scaler``). The hooks go with their optimizer; while it lives, a new
 optimizer (of either mode) on its params raises (``check_not_taken``), since both would step them.
 """
 
@@ -60,6 +61,24 @@ class StepInBackward:
     def remove(self) -> None:
         """Removes the hooks now (an optimizer whose construction failed must not step anything)."""
         self._finalizer()
+
+    def check_no_gradient_after_hook(self, param_groups) -> None:
+        """Called by ``step()`` before it writes anything. A param stepped by its hook in this iteration has
+        a gradient again only if something wrote one after the hook: DDP's reducer writes the averaged
+        gradients back into ``p.grad`` at the end of backward. Stepping it would step it twice."""
+        if not self._stepped:
+            return
+        for index, group in enumerate(param_groups):
+            for position, p in enumerate(group["params"]):
+                if p.grad is not None and id(p) in self._stepped:
+                    raise RuntimeError(
+                        f"step_in_backward: param {position} of param group {index} (shape {tuple(p.shape)}) was "
+                        "stepped in backward by its hook, which freed its gradient, and has a gradient again: "
+                        "something wrote a gradient after the hook (DistributedDataParallel's reducer writes "
+                        "the averaged gradients back after backward, when the params were already stepped with "
+                        "their local ones). optimizer.step() would step it a second time, so it steps nothing. "
+                        "step_in_backward cannot work with DistributedDataParallel: use step_in_backward=False."
+                    )
 
     def end_iteration(self) -> None:
         """``step()`` was called: every param may be stepped again, and param groups edited since the last

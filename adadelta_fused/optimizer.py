@@ -46,7 +46,9 @@ class Adadelta(Optimizer):
             every param be stepped again); ``zero_grad()`` finds nothing to do. Raises: with
             ``flatten=True``; when a param gets a second gradient before ``step()`` (accumulation over
             several backwards, a reentrant checkpoint); in ``GradScaler.step``, since ``found_inf`` is known
-            only after the whole backward. Gradient clipping cannot see the gradients. See
+            only after the whole backward; in ``step()``, before writing anything, when a param stepped in
+            backward has a gradient again (DDP's reducer writes the averaged gradients after the hooks:
+            step_in_backward cannot work with DDP, use step_in_backward=False). Gradient clipping cannot see the gradients. See
             ``adadelta_fused.in_backward``.
 
     ``foreach`` is accepted for compatibility and has no effect: every step is fused.
@@ -459,6 +461,7 @@ class Adadelta(Optimizer):
 
         if self._in_backward is not None:
             check_no_grad_scaler(self)
+            self._in_backward.check_no_gradient_after_hook(self.param_groups)
             self._in_backward.end_iteration()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)

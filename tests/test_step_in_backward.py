@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import gc
 import io
 import pickle
+import socket
 import weakref
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.utils.checkpoint
 
 from adadelta_fused import Adadelta
@@ -336,3 +339,38 @@ def test_a_second_live_optimizer_on_the_same_params_raises(generator):
             opt.step()
             opt.zero_grad()
     assert_same_training(model, ours, twin, theirs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_raises_in_step_before_stepping_twice():
+    """DDP's reducer writes the averaged gradient into p.grad after backward, when the hook has already
+    stepped the param with its local gradient: step() refuses to step it a second time, and writes
+    nothing."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    twin = copy.deepcopy(model)
+    x = torch.randn(5, 3)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+        timeout=datetime.timedelta(seconds=30),
+    )
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        opt = Adadelta(model.parameters(), step_in_backward=True)
+        ddp(x).square().mean().backward()
+        assert model[0].weight.grad is not None  # the reducer's write, after the hook
+        with pytest.raises(RuntimeError, match=r"param 0 of param group 0 \(shape \(4, 3\)\) was stepped in "
+                                               r"backward.*gradient again.*DistributedDataParallel"):
+            opt.step()
+    finally:
+        dist.destroy_process_group()
+    theirs = Adadelta(twin.parameters())
+    twin(x).square().mean().backward()
+    theirs.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
