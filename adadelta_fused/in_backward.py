@@ -8,7 +8,7 @@ its own param, gradient and state. The one per-call quantity, the stochastic-rou
 under the key that gives this param the noise of its place in the group's call
 (``reference.key_as_tensor_zero``).
 
-An iteration is the time between two ``optimizer.step()`` calls: each param may be stepped once in it. What
+An iteration ends at ``optimizer.step()`` or ``optimizer.zero_grad()``: each param may be stepped once in it. What
 cannot fit that raises, since it would silently step more than once or with a partial gradient:
 a second gradient for a param before ``step()`` (gradient accumulation over several backwards, or one
 backward that reaches the param twice, as a reentrant checkpoint does), a gradient another hook already
@@ -81,7 +81,7 @@ class StepInBackward:
                     )
 
     def end_iteration(self) -> None:
-        """``step()`` was called: every param may be stepped again, and param groups edited since the last
+        """``step()`` or ``zero_grad()`` was called: every param may be stepped again, and param groups edited since the last
         iteration (params moved, lists changed) are read anew."""
         self._stepped.clear()
         self._places = None
@@ -103,8 +103,9 @@ class StepInBackward:
                 "stepped once per iteration (backward, then optimizer.step()), with its whole gradient: "
                 "gradient accumulation over several backwards, or one backward that reaches a param twice "
                 "(torch.utils.checkpoint with use_reentrant=True around a param also used outside it) cannot "
-                "work. Call optimizer.step() after each backward, use use_reentrant=False, or use "
-                "step_in_backward=False."
+                "work. Call optimizer.step() after each backward (or optimizer.zero_grad() to skip a step: "
+                "backward already applied the gradients, but the next iteration may begin), use "
+                "use_reentrant=False, or use step_in_backward=False."
             )
         if p.grad is None:
             raise RuntimeError(

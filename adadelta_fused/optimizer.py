@@ -43,7 +43,8 @@ class Adadelta(Optimizer):
             instead of the whole model's. Params, state and ``state_dict`` are bit for bit those of the
             ordinary step (the group's current ``lr`` is read as each hook runs). ``step()`` still ends each
             iteration (it runs the closure, steps any param whose gradient came outside backward, and lets
-            every param be stepped again); ``zero_grad()`` finds nothing to do. Raises: with
+            every param be stepped again); so does ``zero_grad()``, which finds no gradient to clear: by
+            then the gradients were applied, so skipping ``step()`` after a bad loss skips nothing. Raises: with
             ``flatten=True``; when a param gets a second gradient before ``step()`` (accumulation over
             several backwards, a reentrant checkpoint); in ``GradScaler.step``, since ``found_inf`` is known
             only after the whole backward; in ``step()``, before writing anything, when a param stepped in
@@ -372,7 +373,13 @@ class Adadelta(Optimizer):
         """With ``flatten``, gradients are views of one buffer: always zeroed in place, never set to None, so
         the next backward accumulates into the buffer (params outside the buffers, the frozen ones, are
         treated as torch treats them). ``model.zero_grad()`` may still set them to None: see
-        ``adadelta_fused.flat`` for what that costs."""
+        ``adadelta_fused.flat`` for what that costs.
+
+        With ``step_in_backward``, it ends the iteration as ``step()`` does (so that a loop that skips a
+        step, ``backward(); opt.zero_grad(); continue``, goes on), but it cannot undo it: the gradients were
+        applied inside backward."""
+        if self._in_backward is not None:
+            self._in_backward.end_iteration()
         if not self.defaults["flatten"]:
             return super().zero_grad(set_to_none)
         for flats in self._flat_groups:

@@ -341,6 +341,37 @@ def test_a_second_live_optimizer_on_the_same_params_raises(generator):
     assert_same_training(model, ours, twin, theirs)
 
 
+def test_zero_grad_ends_the_iteration(generator):
+    """The skip-the-step pattern (backward; on a bad loss, zero_grad() and no step()) goes on without an
+    error; the skipped iteration's gradients were already applied in backward, as two steps would apply
+    them."""
+    model = Net(generator, torch.float32)
+    twin = copy.deepcopy(model)
+    ours = Adadelta(model.param_groups(), step_in_backward=True)
+    theirs = Adadelta(twin.param_groups())
+    for step in range(3):
+        loss_of(model, step).backward()
+        if step == 1:
+            ours.zero_grad()
+            continue
+        ours.step()
+        ours.zero_grad()
+    for step in range(3):
+        loss_of(twin, step).backward()
+        theirs.step()
+        theirs.zero_grad()
+    assert_same_training(model, ours, twin, theirs)
+
+
+def test_the_second_gradient_error_names_the_skip_pattern(generator):
+    model = Net(generator, torch.float32)
+    opt = Adadelta(model.parameters(), step_in_backward=True)
+    loss_of(model, 0).backward()
+    with pytest.raises(RuntimeError, match=r"optimizer.zero_grad\(\) to skip a step"):
+        loss_of(model, 1).backward()
+    del opt
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
