@@ -44,13 +44,20 @@ class Adadelta(Optimizer):
             ordinary step (the group's current ``lr`` is read as each hook runs). ``step()`` still ends each
             iteration (it runs the closure, steps any param whose gradient came outside backward, and lets
             every param be stepped again); so does ``zero_grad()``, which finds no gradient to clear: by
-            then the gradients were applied, so skipping ``step()`` after a bad loss skips nothing. Raises: with
-            ``flatten=True``; when a param gets a second gradient before ``step()`` (accumulation over
-            several backwards, a reentrant checkpoint); in ``GradScaler.step``, since ``found_inf`` is known
-            only after the whole backward; in ``step()``, before writing anything, when a param stepped in
-            backward has a gradient again (DDP's reducer writes the averaged gradients after the hooks:
-            step_in_backward cannot work with DDP, use step_in_backward=False). Gradient clipping cannot see the gradients. See
-            ``adadelta_fused.in_backward``.
+            then the gradients were applied, so skipping ``step()`` after a bad loss skips nothing.
+            Raises: with ``flatten=True``; while a live step_in_backward optimizer hooks one of the params;
+            when a param gets a second gradient before ``step()`` (accumulation over several backwards, a
+            reentrant checkpoint); in ``GradScaler.step``, since ``found_inf`` is known only after the
+            whole backward; in ``step()``, before writing anything, when a param stepped in backward has a
+            gradient again (DDP's reducer writes the averaged gradients after the hooks: step_in_backward
+            cannot work with DDP, use step_in_backward=False). Limitations that do not raise: gradient
+            clipping cannot see the gradients; ``zero_grad(set_to_none=False)`` acts as
+            ``set_to_none=True`` (a param backward did not reach keeps no zero grad, so weight decay does
+            not move it, as it would with torch); a graph that reads a param's value outside its own
+            gradient path breaks (``w.detach()`` raises torch's in-place version error; ``.data`` or a
+            custom Function that saves the weight on ``ctx`` reads the stepped value); an error inside a
+            hook leaves the params stepped before it updated; under FSDP2 the hooks may not fire, so
+            ``step()`` steps those params and no memory is saved. See ``adadelta_fused.in_backward``.
 
     ``foreach`` is accepted for compatibility and has no effect: every step is fused.
     ``differentiable=True`` needs autograd through the update, which a fused kernel cannot give, so it
