@@ -8,11 +8,13 @@ its own param, gradient and state. The one per-call quantity, the stochastic-rou
 under the key that gives this param the noise of its place in the group's call
 (``reference.key_as_tensor_zero``).
 
-An iteration is the time between two ``optimizer.step()`` calls: each param may be stepped once in it. What
+An iteration ends at ``optimizer.step()`` or ``optimizer.zero_grad()``: each param may be stepped once in it. What
 cannot fit that raises, since it would silently step more than once or with a partial gradient:
 a second gradient for a param before ``step()`` (gradient accumulation over several backwards, or one
 backward that reaches the param twice, as a reentrant checkpoint does), a gradient another hook already
-took (the param in two such optimizers), and a GradScaler (``check_no_grad_scaler``).
+took, a gradient written after the hook (DDP's reducer; ``check_no_gradient_after_hook``), and a GradScaler
+(``check_no_grad_scaler``). The hooks go with their optimizer; while it lives, a new
+optimizer (of either mode) on its params raises (``check_not_taken``), since both would step them.
 """
 
 from __future__ import annotations
@@ -21,29 +23,65 @@ import weakref
 from dataclasses import replace
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .reference import key_as_tensor_zero
 
 
 class StepInBackward:
-    """The hooks of one optimizer and what they know of the current iteration."""
+    """The hooks of one optimizer and what they know of the current iteration.
+
+    Nothing here holds a param: a hook lives in the param's hook dict, which autograd keeps in C++, out of
+    the garbage collector's sight, so a param held here would keep itself (and its model) alive for good.
+    """
 
     def __init__(self, optimizer) -> None:
-        # A weak reference: the hooks live on the params, which outlive an optimizer that is dropped; a hook
-        # of a dropped optimizer then does nothing, and the gradient accumulates as without it.
+        # A weak reference: the hooks live on the params, which outlive an optimizer that is dropped.
         self._optimizer = weakref.ref(optimizer)
-        self._stepped: set[torch.Tensor] = set()  # params stepped since the last step()
-        self._places: dict[torch.Tensor, tuple[int, int, int]] | None = None  # this iteration's param -> place
+        self._stepped: set[int] = set()  # ids of the params stepped in this iteration
+        self._places: dict[int, tuple[int, int, int]] | None = None  # this iteration's id(param) -> place
+        self._handles: list = []
+        # The hooks go with the optimizer, so that a new optimizer can take the params over.
+        self._finalizer = weakref.finalize(optimizer, _remove_hooks, self._handles)
+
+    @property
+    def live(self) -> bool:
+        return self._finalizer.alive
 
     def register(self, params) -> None:
         """Hooks on the params that require grad; the others never get a gradient from backward (one that is
-        set by hand is stepped by ``step()``, as the ordinary step would)."""
+        set by hand is stepped by ``step()``, as the ordinary step would). Hooks nothing if a param is taken."""
+        check_not_taken(params)
         for p in params:
-            if p.requires_grad:
-                p.register_post_accumulate_grad_hook(self._step_param)
+            if not p.requires_grad:
+                continue
+            self._handles.append(p.register_post_accumulate_grad_hook(self._step_param))
+            _owners[p] = self
+
+    def remove(self) -> None:
+        """Removes the hooks now (an optimizer whose construction failed must not step anything)."""
+        self._finalizer()
+
+    def check_no_gradient_after_hook(self, param_groups) -> None:
+        """Called by ``step()`` before it writes anything. A param stepped by its hook in this iteration has
+        a gradient again only if something wrote one after the hook: DDP's reducer writes the averaged
+        gradients back into ``p.grad`` at the end of backward. Stepping it would step it twice."""
+        if not self._stepped:
+            return
+        for index, group in enumerate(param_groups):
+            for position, p in enumerate(group["params"]):
+                if p.grad is not None and id(p) in self._stepped:
+                    raise RuntimeError(
+                        f"step_in_backward: param {position} of param group {index} (shape {tuple(p.shape)}) was "
+                        "stepped in backward by its hook, which freed its gradient, and has a gradient again: "
+                        "something wrote a gradient after the hook (DistributedDataParallel's reducer writes "
+                        "the averaged gradients back after backward, when the params were already stepped with "
+                        "their local ones). optimizer.step() would step it a second time, so it steps nothing. "
+                        "step_in_backward cannot work with DistributedDataParallel: use step_in_backward=False."
+                    )
 
     def end_iteration(self) -> None:
-        """``step()`` was called: every param may be stepped again, and param groups edited since the last
+        """``step()`` or ``zero_grad()`` was called: every param may be stepped again, and param groups edited since the last
         iteration (params moved, lists changed) are read anew."""
         self._stepped.clear()
         self._places = None
@@ -54,25 +92,26 @@ class StepInBackward:
             return
         if self._places is None:
             self._places = _places(optimizer.param_groups)
-        place = self._places.get(p)
+        place = self._places.get(id(p))
         if place is None:
             return  # taken out of every param group: not this optimizer's any more
         index, position, tensor_index = place
-        if p in self._stepped:
+        if id(p) in self._stepped:
             raise RuntimeError(
                 f"step_in_backward: param {position} of param group {index} got a second "
                 "gradient before optimizer.step(); it was already stepped with the first one. Each param is "
                 "stepped once per iteration (backward, then optimizer.step()), with its whole gradient: "
                 "gradient accumulation over several backwards, or one backward that reaches a param twice "
                 "(torch.utils.checkpoint with use_reentrant=True around a param also used outside it) cannot "
-                "work. Call optimizer.step() after each backward, use use_reentrant=False, or use "
-                "step_in_backward=False."
+                "work. Call optimizer.step() after each backward (or optimizer.zero_grad() to skip a step: "
+                "backward already applied the gradients, but the next iteration may begin), use "
+                "use_reentrant=False, or use step_in_backward=False."
             )
         if p.grad is None:
             raise RuntimeError(
                 f"step_in_backward: param {position} of param group {index} has no gradient "
-                "when its hook runs: another hook took it. Is the param in two optimizers with "
-                "step_in_backward=True? Give each param to one of them."
+                "when its hook runs: another post-accumulate-grad hook took it (set it to None) before this "
+                "one. Give the param to one of them."
             )
         group = optimizer.param_groups[index]
         with torch.no_grad():
@@ -82,12 +121,12 @@ class StepInBackward:
                         key = key_as_tensor_zero(call.scalars.rounding_key, tensor_index)
                         call.scalars = replace(call.scalars, rounding_key=key)
                 step_plan.run()
-        self._stepped.add(p)
+        self._stepped.add(id(p))
         p.grad = None
 
 
-def _places(param_groups) -> dict[torch.Tensor, tuple[int, int, int]]:
-    """Each param's (group index, position in the group, index in the group's backend call of the ordinary
+def _places(param_groups) -> dict[int, tuple[int, int, int]]:
+    """Each param's (by id: group index, position in the group, index in the group's backend call of the ordinary
     step).
 
     The ordinary step numbers a call's tensors in group order over the params that have a gradient, per
@@ -100,10 +139,35 @@ def _places(param_groups) -> dict[torch.Tensor, tuple[int, int, int]]:
         counts: dict[tuple, int] = {}
         for position, p in enumerate(group["params"]):
             kind = (p.device, p.dtype)
-            places[p] = (index, position, counts.get(kind, 0))
+            places[id(p)] = (index, position, counts.get(kind, 0))
             if p.requires_grad:
                 counts[kind] = counts.get(kind, 0) + 1
     return places
+
+
+# Which StepInBackward hooks each param. Weak keys: the entry goes with the param; by id, since a tensor's
+# == is elementwise.
+_owners: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _remove_hooks(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
+    handles.clear()
+
+
+def check_not_taken(params, group: str = "the new param group") -> None:
+    """Raises if a param is hooked by a live step_in_backward optimizer: its hooks would keep stepping the
+    param next to any new optimizer (of either mode), which would step it a second time."""
+    for position, p in enumerate(params):
+        owner = _owners.get(p)
+        if owner is not None and owner.live:
+            raise ValueError(
+                f"param {position} of {group} (shape {tuple(p.shape)}) is stepped in backward by "
+                "another live Adadelta(step_in_backward=True), whose hooks would go on stepping it next to "
+                "this optimizer: drop it first (del it, and every reference to it, such as an LR scheduler's); "
+                "its hooks go with it"
+            )
 
 
 def check_no_grad_scaler(optimizer) -> None:

@@ -13,7 +13,7 @@ from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype, _use_gr
 from .contract import LOW_PRECISION, check_hyperparameters
 from .flat import FlatGroup, check_flattenable
 from .functional import plan, step_scalars
-from .in_backward import StepInBackward, check_no_grad_scaler
+from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken
 from .reference import rounding_key
 from .state_dict import check_loadable, loaded_step
 
@@ -43,11 +43,21 @@ class Adadelta(Optimizer):
             instead of the whole model's. Params, state and ``state_dict`` are bit for bit those of the
             ordinary step (the group's current ``lr`` is read as each hook runs). ``step()`` still ends each
             iteration (it runs the closure, steps any param whose gradient came outside backward, and lets
-            every param be stepped again); ``zero_grad()`` finds nothing to do. Raises: with
-            ``flatten=True``; when a param gets a second gradient before ``step()`` (accumulation over
-            several backwards, a reentrant checkpoint); in ``GradScaler.step``, since ``found_inf`` is known
-            only after the whole backward. Gradient clipping cannot see the gradients. See
-            ``adadelta_fused.in_backward``.
+            every param be stepped again); so does ``zero_grad()``, which finds no gradient to clear: by
+            then the gradients were applied, so skipping ``step()`` after a bad loss skips nothing.
+            Raises: with ``flatten=True``; while a live step_in_backward optimizer hooks one of the params;
+            when a param gets a second gradient before ``step()`` (accumulation over several backwards, a
+            reentrant checkpoint); in ``GradScaler.step``, since ``found_inf`` is known only after the
+            whole backward; in ``step()``, before writing anything, when a param stepped in backward has a
+            gradient again (DDP's reducer writes the averaged gradients after the hooks: step_in_backward
+            cannot work with DDP, use step_in_backward=False). Limitations that do not raise: gradient
+            clipping cannot see the gradients; ``zero_grad(set_to_none=False)`` acts as
+            ``set_to_none=True`` (a param backward did not reach keeps no zero grad, so weight decay does
+            not move it, as it would with torch); a graph that reads a param's value outside its own
+            gradient path breaks (``w.detach()`` raises torch's in-place version error; ``.data`` or a
+            custom Function that saves the weight on ``ctx`` reads the stepped value); an error inside a
+            hook leaves the params stepped before it updated; under FSDP2 the hooks may not fire, so
+            ``step()`` steps those params and no memory is saved. See ``adadelta_fused.in_backward``.
 
     ``foreach`` is accepted for compatibility and has no effect: every step is fused.
     ``differentiable=True`` needs autograd through the update, which a fused kernel cannot give, so it
@@ -127,8 +137,16 @@ class Adadelta(Optimizer):
         # Groups are flattened once all are known, so that a group that cannot be flattened raises before
         # any other group's params have moved into buffers.
         self._flatten_later = True
-        super().__init__(params, defaults)
+        try:
+            super().__init__(params, defaults)
+        except BaseException:
+            if self._in_backward is not None:
+                self._in_backward.remove()  # the groups hooked before the error must not be stepped
+            raise
         self._flatten_later = False
+        if not step_in_backward:
+            for index, group in enumerate(self.param_groups):
+                check_not_taken(group["params"], f"param group {index}")
         if flatten:
             kinds = [self._flattenable(group) for group in self.param_groups]
             for by_kind, _ in kinds:
@@ -210,7 +228,11 @@ class Adadelta(Optimizer):
                 self.param_groups.pop()  # the buffers raise before any param moves: undo the group alone
                 raise
         if self._in_backward is not None:
-            self._in_backward.register(group["params"])
+            try:
+                self._in_backward.register(group["params"])
+            except ValueError:
+                self.param_groups.pop()  # torch appended it; a refused group is not added
+                raise
 
     def _append_flat(self, group: dict[str, Any]) -> None:
         flats, others = self._flatten_group(group)
@@ -371,7 +393,13 @@ class Adadelta(Optimizer):
         """With ``flatten``, gradients are views of one buffer: always zeroed in place, never set to None, so
         the next backward accumulates into the buffer (params outside the buffers, the frozen ones, are
         treated as torch treats them). ``model.zero_grad()`` may still set them to None: see
-        ``adadelta_fused.flat`` for what that costs."""
+        ``adadelta_fused.flat`` for what that costs.
+
+        With ``step_in_backward``, it ends the iteration as ``step()`` does (so that a loop that skips a
+        step, ``backward(); opt.zero_grad(); continue``, goes on), but it cannot undo it: the gradients were
+        applied inside backward."""
+        if self._in_backward is not None:
+            self._in_backward.end_iteration()
         if not self.defaults["flatten"]:
             return super().zero_grad(set_to_none)
         for flats in self._flat_groups:
@@ -460,6 +488,7 @@ class Adadelta(Optimizer):
 
         if self._in_backward is not None:
             check_no_grad_scaler(self)
+            self._in_backward.check_no_gradient_after_hook(self.param_groups)
             self._in_backward.end_iteration()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import gc
 import io
 import pickle
+import socket
+import weakref
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.utils.checkpoint
 
 from adadelta_fused import Adadelta
@@ -274,13 +278,15 @@ def test_a_param_reached_twice_in_one_backward_raises(generator):
     del opt
 
 
-def test_a_param_in_two_optimizers_raises(generator):
+def test_a_gradient_taken_by_another_hook_raises(generator):
+    """A post-accumulate-grad hook registered before ours (torchtune's, say) that sets the grad to None."""
     model = Net(generator, torch.float32)
-    first = Adadelta(model.parameters(), step_in_backward=True)
-    second = Adadelta(model.parameters(), step_in_backward=True)
-    with pytest.raises(RuntimeError, match="another hook took it.*two optimizers"):
+    model.last.bias.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
+    opt = Adadelta(model.param_groups(), step_in_backward=True)
+    with pytest.raises(RuntimeError, match=r"param 3 of param group 1 has no gradient when its hook runs: "
+                                           "another post-accumulate-grad hook took it"):
         loss_of(model, 0).backward()
-    del first, second
+    del opt
 
 
 @pytest.mark.parametrize("unscale_first", [False, True])
@@ -294,3 +300,108 @@ def test_grad_scaler_step_raises(unscale_first, generator):
     with pytest.raises(RuntimeError, match="cannot work with a GradScaler.*found_inf"):
         scaler.step(opt)
     assert not hasattr(opt, "found_inf") and not hasattr(opt, "grad_scale")
+
+
+# ---- review of issue 14: ownership of the hooks, references, the end of an iteration, DDP ----
+
+def test_holds_no_reference_to_its_params(generator):
+    """A backward without step() leaves the iteration's params noted as stepped; model and optimizer dropped
+    then must still be freed (a strong reference would close a cycle through the tensor's hook dict, which
+    lives in C++ where the garbage collector cannot see it)."""
+    model = Net(generator, torch.float32)
+    opt = Adadelta(model.param_groups(), step_in_backward=True)
+    loss_of(model, 0).backward()
+    weight, optimizer = weakref.ref(model.last.weight), weakref.ref(opt)
+    del model, opt
+    gc.collect()
+    assert optimizer() is None
+    assert weight() is None
+
+
+def test_a_second_live_optimizer_on_the_same_params_raises(generator):
+    """The hooks of a live optimizer would keep stepping its params: a second one (in either mode) raises,
+    naming the param, until the first is dropped; then its hooks go with it and the new one steps alone."""
+    model = Net(generator, torch.float32)
+    twin = copy.deepcopy(model)
+    first = Adadelta(model.param_groups(), lr=5.0, step_in_backward=True)
+    for step_in_backward in (True, False):
+        with pytest.raises(ValueError, match=r"param 0 of (the new param group|param group 0) \(shape \(17, 11\)\) is stepped "
+                                             r"in backward by another live Adadelta.*drop it first"):
+            Adadelta(model.param_groups(), step_in_backward=step_in_backward)
+    del first
+    gc.collect()
+    ours = Adadelta(model.param_groups(), step_in_backward=True)
+    theirs = Adadelta(twin.param_groups())
+    assert all(len(p._post_accumulate_grad_hooks) == 1 for p in model.parameters() if p.requires_grad)
+    for step in range(2):
+        for m, opt in ((model, ours), (twin, theirs)):
+            loss_of(m, step).backward()
+            opt.step()
+            opt.zero_grad()
+    assert_same_training(model, ours, twin, theirs)
+
+
+def test_zero_grad_ends_the_iteration(generator):
+    """The skip-the-step pattern (backward; on a bad loss, zero_grad() and no step()) goes on without an
+    error; the skipped iteration's gradients were already applied in backward, as two steps would apply
+    them."""
+    model = Net(generator, torch.float32)
+    twin = copy.deepcopy(model)
+    ours = Adadelta(model.param_groups(), step_in_backward=True)
+    theirs = Adadelta(twin.param_groups())
+    for step in range(3):
+        loss_of(model, step).backward()
+        if step == 1:
+            ours.zero_grad()
+            continue
+        ours.step()
+        ours.zero_grad()
+    for step in range(3):
+        loss_of(twin, step).backward()
+        theirs.step()
+        theirs.zero_grad()
+    assert_same_training(model, ours, twin, theirs)
+
+
+def test_the_second_gradient_error_names_the_skip_pattern(generator):
+    model = Net(generator, torch.float32)
+    opt = Adadelta(model.parameters(), step_in_backward=True)
+    loss_of(model, 0).backward()
+    with pytest.raises(RuntimeError, match=r"optimizer.zero_grad\(\) to skip a step"):
+        loss_of(model, 1).backward()
+    del opt
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_raises_in_step_before_stepping_twice():
+    """DDP's reducer writes the averaged gradient into p.grad after backward, when the hook has already
+    stepped the param with its local gradient: step() refuses to step it a second time, and writes
+    nothing."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    twin = copy.deepcopy(model)
+    x = torch.randn(5, 3)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+        timeout=datetime.timedelta(seconds=30),
+    )
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        opt = Adadelta(model.parameters(), step_in_backward=True)
+        ddp(x).square().mean().backward()
+        assert model[0].weight.grad is not None  # the reducer's write, after the hook
+        with pytest.raises(RuntimeError, match=r"param 0 of param group 0 \(shape \(4, 3\)\) was stepped in "
+                                               r"backward.*gradient again.*DistributedDataParallel"):
+            opt.step()
+    finally:
+        dist.destroy_process_group()
+    theirs = Adadelta(twin.parameters())
+    twin(x).square().mean().backward()
+    theirs.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
