@@ -30,21 +30,24 @@ from .layout import is_dense
 ALIGN_BYTES = 16
 
 
-def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, expected: torch.Tensor,
-                 grad_views: list[torch.Tensor]) -> tuple[int, list[int], list[int]]:
+def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, grad_buffer: torch.Tensor,
+                 expected: torch.Tensor, grad_views: list[torch.Tensor]) -> tuple[int, list[int], list[int]]:
     """(the first param that left the buffer or -1, the params without a grad, those whose grad is not their
     view): one native pass when the extension is loaded (csrc/ops.cpp flat_view_status)."""
     ext = _extension.module()
     if ext is not None:
-        return ext.flat_view_status(params, buffer, expected)
-    storage = buffer.untyped_storage().data_ptr()
+        return ext.flat_view_status(params, buffer, grad_buffer, expected)
+
+    def views(t: torch.Tensor, storage: torch.Tensor, offset: int) -> bool:
+        return t.untyped_storage().data_ptr() == storage.untyped_storage().data_ptr() and t.storage_offset() == offset
+
     skipped, foreign = [], []
     for index, (p, (offset, _)) in enumerate(zip(params, expected.tolist())):
-        if p.untyped_storage().data_ptr() != storage or p.storage_offset() != offset:
+        if not views(p, buffer, offset):
             return index, skipped, foreign
         if p.grad is None:
             skipped.append(index)
-        elif p.grad is not grad_views[index]:
+        elif p.grad is not grad_views[index] or not views(p.grad, grad_buffer, offset):
             foreign.append(index)
     return -1, skipped, foreign
 
@@ -199,7 +202,7 @@ class FlatGroup:
         A grad that is not the param's view of the buffer (autograd made it after the grad was set to None,
         or DDP's bucket view) is copied into the param's slot, and the view becomes the param's grad again.
         """
-        moved, skipped, foreign = _view_status(self.params, self.param, self._expected, self._grad_views)
+        moved, skipped, foreign = _view_status(self.params, self.param, self.grad, self._expected, self._grad_views)
         if moved >= 0:
             raise RuntimeError(
                 f"flatten=True: param {moved} (shape {tuple(self.params[moved].shape)}) no longer views the "
@@ -217,9 +220,13 @@ class FlatGroup:
                 sources.append(grad.clone() if grad.untyped_storage().data_ptr() == buffer_storage else grad)
             with torch.no_grad():
                 for index, grad in zip(foreign, sources):
+                    p = self.params[index]
                     view = self._grad_views[index]
+                    if p.grad is view:  # `grad.data = x` re-pointed the optimizer's own view: make a new one
+                        view = self._grad_views[index] = _view(self.grad, p, self.offsets[index])
+                        self._expected[index, 1] = view._cdata
                     view.copy_(grad)
-                    self.params[index].grad = view
+                    p.grad = view
         return skipped
 
     def zero_grad(self) -> None:

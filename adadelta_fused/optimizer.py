@@ -359,7 +359,8 @@ class Adadelta(Optimizer):
                 flat, index = where
                 with torch.no_grad():
                     for key in ("step", "square_avg", "acc_delta"):
-                        target[key].zero_()
+                        if key not in saved:  # (a saved value may be this very view: opt.state_dict())
+                            target[key].zero_()
                 if flat.master is not None:
                     flat.stale_masters.add(index)
             with torch.no_grad():

@@ -69,19 +69,22 @@ bool check_state_steps(const py::list& steps) {
 }
 
 // The flat buffers' per-step check (adadelta_fused/flat.py). ``expected`` holds, per param, its storage
-// offset in ``buffer`` and the address of the TensorImpl of the grad view the optimizer gave it (kept alive
-// by the optimizer, so no other tensor can take that address). Returns the first param that no longer views
-// the buffer (-1: none), the params whose grad is None, and those whose grad is another tensor (new from
-// autograd, a DDP bucket view, sparse). Identity and offset compares only, about 10 ns a param: the same
-// loop in Python costs 0.35 us a param, and one through data_ptr() here 48 ns (its checks and COW test).
+// offset in ``buffer`` (and its grad's in ``grad_buffer``) and the address of the TensorImpl of the grad view
+// the optimizer gave it (kept alive by the optimizer, so no other tensor can take that address; its storage
+// is compared too, since ``grad.data = x`` keeps the TensorImpl). Returns the first param that no longer
+// views the buffer (-1: none), the params whose grad is None, and those whose grad is another tensor (new
+// from autograd, a DDP bucket view, sparse). Identity and offset compares only, about 15 ns a param: the
+// same loop in Python costs 0.35 us a param, and one through data_ptr() here 48 ns (its checks, COW test).
 std::tuple<int64_t, std::vector<int64_t>, std::vector<int64_t>> flat_view_status(const py::list& params,
                                                                                 const at::Tensor& buffer,
+                                                                                const at::Tensor& grad_buffer,
                                                                                 const at::Tensor& expected) {
   const int64_t n = static_cast<int64_t>(params.size());
   TORCH_CHECK(expected.scalar_type() == at::kLong && expected.is_cpu() && expected.is_contiguous() &&
                   expected.dim() == 2 && expected.size(0) == n && expected.size(1) == 2,
               "flat_view_status: expected must be a contiguous CPU int64 tensor of shape (", n, ", 2)");
   const c10::StorageImpl* storage = buffer.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl();
+  const c10::StorageImpl* grad_storage = grad_buffer.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl();
   const int64_t* want = expected.const_data_ptr<int64_t>();
   std::vector<int64_t> missing, foreign;
   int64_t index = 0;
@@ -95,8 +98,12 @@ std::tuple<int64_t, std::vector<int64_t>, std::vector<int64_t>> flat_view_status
     const at::Tensor& grad = p->grad();
     if (!grad.defined()) {
       missing.push_back(index);
-    } else if (reinterpret_cast<int64_t>(grad.unsafeGetTensorImpl()) != want[2 * index + 1]) {
-      foreign.push_back(index);
+    } else {
+      const c10::TensorImpl* g = grad.unsafeGetTensorImpl();
+      if (reinterpret_cast<int64_t>(g) != want[2 * index + 1] || !g->has_storage() ||
+          g->storage().unsafeGetStorageImpl() != grad_storage || g->storage_offset() != want[2 * index]) {
+        foreign.push_back(index);
+      }
     }
     ++index;
   }

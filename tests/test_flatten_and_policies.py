@@ -249,6 +249,46 @@ def test_flat_step_counters_stay_views_of_one_vector():
                 assert clone.state[p]["step"].data_ptr() == clone_flat.counters[index].data_ptr()
 
 
+@pytest.mark.parametrize("how", ["grad.data", "grad.set_"])
+def test_flatten_follows_a_grad_whose_storage_was_replaced(how):
+    """``p.grad.data = x`` keeps the grad's TensorImpl but not its storage: backward then accumulates into
+    ``x``, which the step must read (and the view must be the param's grad again afterwards)."""
+    results = []
+    for flatten in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+        opt = Adadelta(model.parameters(), flatten=flatten) if flatten else torch.optim.Adadelta(model.parameters())
+        for step in range(4):
+            opt.zero_grad(set_to_none=False)
+            if step == 1:
+                replacement = torch.zeros(3, 4)
+                if how == "grad.data":
+                    model[0].weight.grad.data = replacement
+                else:
+                    model[0].weight.grad.set_(replacement)
+            model(torch.randn(5, 4, generator=torch.Generator().manual_seed(step))).sum().backward()
+            opt.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+        if flatten:
+            assert_views_intact(model, opt)
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_loading_its_own_live_state_dict_changes_nothing(flatten):
+    """``state_dict()`` returns the live tensors; loading them back must not zero them first."""
+    model = Net()
+    opt = Adadelta(model.parameters(), flatten=flatten)
+    train(model, opt, batches(3))
+    before = copy.deepcopy(opt.state_dict())
+    opt.load_state_dict(opt.state_dict())
+    after = opt.state_dict()
+    for key, state in before["state"].items():
+        for name, value in state.items():
+            assert torch.equal(after["state"][key][name], value), f"{name} of param {key}"
+
+
 def test_flatten_checks_every_group_before_moving_any():
     """A group that cannot be flattened raises before an earlier group's params moved into a buffer."""
     good = torch.nn.Parameter(torch.randn(5, 3))
