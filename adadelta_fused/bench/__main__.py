@@ -3,9 +3,9 @@ against torch's own, and how close to this device's memory bandwidth?
 
 Defaults: the default device (CUDA if present, else CPU), fp32, 1 Mi and 32 Mi elements as one tensor and
 as 4096 tensors, then the host-overhead case (4096 params of 256 elements against one param of 1 Mi: host
-microseconds per param, ``host_overhead``); about a minute on a 2-core CPU. ``--full`` sweeps more sizes and
-tensor counts. ``--host-overhead-only`` times the host-overhead case alone. ``--traffic`` prints the byte and
-launch model and times nothing.
+microseconds per param, ``host_overhead``); about two minutes on a 2-core CPU, the case alone about one.
+``--full`` sweeps more sizes and tensor counts. ``--host-overhead-only`` times the host-overhead case alone.
+``--traffic`` prints the byte and launch model and times nothing.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time one Adadelta step (our backends and torch's) against this device's measured memory "
         "bandwidth; write a table, CSV, JSON and a PNG plot.",
         epilog="examples:\n"
-        "  python -m adadelta_fused.bench                    # the defaults: about a minute on 2 CPU cores\n"
+        "  python -m adadelta_fused.bench                    # the defaults: about two minutes on 2 CPU cores\n"
         "  python -m adadelta_fused.bench --sizes 32Mi --tensors 1 4096 --compile-all\n"
         "  python -m adadelta_fused.bench --full --no-compile\n"
         "  python -m adadelta_fused.bench --host-overhead-only --host-overhead 4096x256\n"
