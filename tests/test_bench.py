@@ -43,8 +43,9 @@ CPU = torch.device("cpu")
 
 # One thread: on a shared 2-core machine, two OpenMP threads wait on each other for whole scheduler
 # slices, and a tiny sweep would take minutes instead of seconds.
+# The host-overhead case has its own tests (test_bench_host_overhead.py); these time the sweep alone.
 TINY_SWEEP = ["--device", "cpu", "--sizes", "4Ki", "16Ki", "--tensors", "3", "--repeats", "3",
-              "--threads", "1", "--no-compile"]
+              "--threads", "1", "--no-compile", "--host-overhead", "off"]
 TINY_IMPLEMENTATIONS = ["cpp", "reference", "torch-forloop", "torch-foreach"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -148,7 +149,7 @@ def test_progress_bar_counts_every_case_and_probe_round_on_stderr_only(tiny_run)
 
 def test_png_is_skipped_with_a_message_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
-    stdout = run_cli(["--device", "cpu", "--sizes", "1Ki", "--tensors", "1", "--repeats", "1", "--threads", "1",
+    stdout = run_cli(["--device", "cpu", "--host-overhead", "off", "--sizes", "1Ki", "--tensors", "1", "--repeats", "1", "--threads", "1",
                       "--backends", "cpp", "--out", str(tmp_path)])
     assert "PNG skipped: matplotlib is not installed" in stdout
     assert not list(tmp_path.glob("*.png"))
@@ -156,7 +157,7 @@ def test_png_is_skipped_with_a_message_without_matplotlib(tmp_path, monkeypatch)
 
 
 def test_mixed_precision_rows_are_credited_with_the_bytes_they_move(tmp_path):
-    run_cli(["--device", "cpu", "--dtype", "bf16", "--state-dtype", "fp32", "--master-weights", "--sizes", "2Ki",
+    run_cli(["--device", "cpu", "--host-overhead", "off", "--dtype", "bf16", "--state-dtype", "fp32", "--master-weights", "--sizes", "2Ki",
              "--tensors", "2", "--repeats", "2", "--threads", "1", "--backends", "cpp", "torch-foreach",
              "--out", str(tmp_path)])
     with only_file(tmp_path, ".csv").open() as handle:
@@ -175,7 +176,7 @@ def test_cpu_low_precision_runs_time_torch_fused_adamw_by_default(dtype, listed)
 
 
 def test_torch_fused_adamw_runs_on_cpu_in_bf16_with_the_same_bytes(tmp_path):
-    run_cli(["--device", "cpu", "--dtype", "bf16", "--sizes", "2Ki", "--tensors", "2", "--repeats", "2",
+    run_cli(["--device", "cpu", "--host-overhead", "off", "--dtype", "bf16", "--sizes", "2Ki", "--tensors", "2", "--repeats", "2",
              "--threads", "1", "--backends", "cpp", "torch-fused-adamw", "--out", str(tmp_path)])
     with only_file(tmp_path, ".csv").open() as handle:
         rows = {row["implementation"]: row for row in csv.DictReader(handle)}
@@ -216,6 +217,9 @@ def test_traffic_runs_as_a_module_and_predicts_the_h100_step():
         (["--no-compile", "--compile-all"], "--compile-all"),
         (["--no-compile", "--backends", "torch-compile"], "--no-compile"),
         (["--device", "cpu", "--sizes", "2", "--tensors", "4"], "--sizes/--tensors"),
+        (["--host-overhead", "1x256"], "--host-overhead"),
+        (["--host-overhead", "4096"], "--host-overhead"),
+        (["--device", "cpu", "--host-overhead", "off", "--host-overhead-only"], "--host-overhead-only"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_flag(argv, flag, capsys):
@@ -462,7 +466,7 @@ def test_default_pytest_run_does_not_collect_the_benchmark_suite():
 
 
 def test_compiled_baseline_reports_its_compile_time_apart(tmp_path):
-    run_cli(["--device", "cpu", "--sizes", "1Ki", "--tensors", "1", "--repeats", "2", "--threads", "1",
+    run_cli(["--device", "cpu", "--host-overhead", "off", "--sizes", "1Ki", "--tensors", "1", "--repeats", "2", "--threads", "1",
              "--backends", "cpp", "torch-compile", "--out", str(tmp_path)])
     with only_file(tmp_path, ".csv").open() as handle:
         rows = {row["implementation"]: row for row in csv.DictReader(handle)}

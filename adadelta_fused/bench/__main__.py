@@ -2,7 +2,9 @@
 against torch's own, and how close to this device's memory bandwidth?
 
 Defaults: the default device (CUDA if present, else CPU), fp32, 1 Mi and 32 Mi elements as one tensor and
-as 4096 tensors; about a minute on a 2-core CPU. ``--full`` sweeps more sizes and tensor counts.
+as 4096 tensors, then the host-overhead case (4096 params of 256 elements against one param of 1 Mi: host
+microseconds per param, ``host_overhead``); about two minutes on a 2-core CPU, the case alone about one.
+``--full`` sweeps more sizes and tensor counts. ``--host-overhead-only`` times the host-overhead case alone.
 ``--traffic`` prints the byte and launch model and times nothing.
 """
 
@@ -20,7 +22,8 @@ from ..contract import LOW_PRECISION
 from . import implementations as impls
 from .cases import DEFAULT_SIZES, DEFAULT_TENSORS, FULL_SIZES, FULL_TENSORS, Gi, parse_count, sweep
 from .environment import default_device
-from .report import format_table, format_traffic, results_stem, write_csv, write_json, write_plot
+from .host_overhead import DEFAULT_HOST_CASE, HostCase, parse_host_case
+from .report import format_table, format_traffic, results_stem, write_csv, write_host_csv, write_json, write_plot
 from .sweep import SweepOptions, progress_items, run_sweep
 from .traffic import DTYPES_BY_NAME, StepConfig, all_configs
 
@@ -32,6 +35,15 @@ DEFAULT_TRAFFIC_NUMEL = 1 * Gi
 def _count(text: str) -> int:
     try:
         return parse_count(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _host_case(text: str) -> HostCase | None:
+    if text == "off":
+        return None
+    try:
+        return parse_host_case(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -62,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time one Adadelta step (our backends and torch's) against this device's measured memory "
         "bandwidth; write a table, CSV, JSON and a PNG plot.",
         epilog="examples:\n"
-        "  python -m adadelta_fused.bench                    # the defaults: about a minute on 2 CPU cores\n"
+        "  python -m adadelta_fused.bench                    # the defaults: about two minutes on 2 CPU cores\n"
         "  python -m adadelta_fused.bench --sizes 32Mi --tensors 1 4096 --compile-all\n"
         "  python -m adadelta_fused.bench --full --no-compile\n"
+        "  python -m adadelta_fused.bench --host-overhead-only --host-overhead 4096x256\n"
         "  python -m adadelta_fused.bench --dtype bf16 --state-dtype fp32 --master-weights\n"
         "  python -m adadelta_fused.bench --traffic --bandwidth 3.0e12 --numel 1Gi",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -94,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     compile_group.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     compile_group.add_argument("--compile-all", action="store_true",
                                help=f"compile cases of more than {impls.COMPILE_MAX_TENSORS} tensors too (minutes each)")
+    parser.add_argument("--host-overhead", type=_host_case, default=DEFAULT_HOST_CASE, metavar="PxN",
+                        help="the host-overhead case: P params of N elements against one param of P*N, reported as "
+                        "host us per param; 'off' skips it (default 4096x256)")
+    parser.add_argument("--host-overhead-only", action="store_true",
+                        help="time the host-overhead case alone, without the bandwidth sweep")
     parser.add_argument("--traffic", action="store_true",
                         help="print bytes per element and launches per step for each configuration; time nothing")
     parser.add_argument("--bandwidth", type=_bandwidth, metavar="B/S",
@@ -149,6 +167,18 @@ def _implementations(
     return (*ours, *torch_rows)
 
 
+def _host_implementations(args: argparse.Namespace, config: StepConfig, names: tuple[str, ...]) -> tuple[str, ...]:
+    """What the host-overhead case times: the names given, or else the sweep's, each of our backends with
+    flatten=True too, and fused AdamW, the same-bytes peer that issue 12 measures against on every device."""
+    if args.backends:
+        return names
+    ours = [name for name in names if name in impls.backends.BACKEND_NAMES]
+    # flatten=True keeps its state in the param dtype only (``implementations._ours_flat``).
+    flat = [f"{name}{impls.FLAT_SUFFIX}" for name in ours if f"{name}{impls.FLAT_SUFFIX}" in impls.FLAT_NAMES]
+    others = [name for name in names if name not in ours]
+    return tuple(dict.fromkeys([*ours, *(flat if config.is_torch_layout else []), *others, impls.TORCH_FUSED_ADAMW]))
+
+
 def _traffic(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.dtype:
         _config(parser, args)  # an unsupported combination is a flag error, not an empty table
@@ -184,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     config = _config(parser, args)
     sizes = args.sizes or (FULL_SIZES if args.full else DEFAULT_SIZES)[device.type]
     tensor_counts = args.tensors or (FULL_TENSORS if args.full else DEFAULT_TENSORS)
-    cases = sweep(tuple(sizes), tuple(tensor_counts))
-    if not cases:
+    if args.host_overhead_only and args.host_overhead is None:
+        parser.error("--host-overhead-only: the host-overhead case is off (--host-overhead off)")
+    cases = [] if args.host_overhead_only else sweep(tuple(sizes), tuple(tensor_counts))
+    if not cases and not args.host_overhead_only:
         parser.error("--sizes/--tensors: every size is smaller than every tensor count")
     names = _implementations(parser, args, device, config)
     options = SweepOptions(
@@ -197,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         repeats=args.repeats,
         warmup=args.warmup,
         compile_all=args.compile_all,
+        host_overhead=args.host_overhead,
+        host_implementations=_host_implementations(args, config, names) if args.host_overhead else (),
     )
 
     # The bar goes to stderr, so stdout holds only the results.
@@ -206,12 +240,17 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = results_stem(result, time.strftime("%Y%m%d-%H%M%S"))
-    written = [write_csv(result, args.out / f"{stem}.csv"), write_json(result, args.out / f"{stem}.json")]
-    plot, skipped_because = write_plot(result, args.out / f"{stem}.png")
+    written = [write_json(result, args.out / f"{stem}.json")]
+    plot, skipped_because = None, None
+    if result.rows:  # a --host-overhead-only run has no sweep to tabulate or plot
+        written.append(write_csv(result, args.out / f"{stem}.csv"))
+        plot, skipped_because = write_plot(result, args.out / f"{stem}.png")
+    if result.host_rows:
+        written.append(write_host_csv(result, args.out / f"{stem}-host-overhead.csv"))
     print()
     for path in written + ([plot] if plot else []):
         print(f"wrote {path}")
-    if plot is None:
+    if skipped_because:
         print(f"PNG skipped: {skipped_because}")
     return 0
 

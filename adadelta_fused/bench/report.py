@@ -1,5 +1,5 @@
-"""The sweep's outputs: the table on stdout, CSV and JSON results files, and the GB/s-vs-size plot.
-Also the ``--traffic`` table, which needs no run at all."""
+"""The sweep's outputs: the tables on stdout (the sweep's, then the host-overhead case's), CSV and JSON results
+files, and the GB/s-vs-size plot. Also the ``--traffic`` table, which needs no run at all."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from . import implementations as impls
 from .bandwidth import PROBE_REPEATS
 from .cases import format_count
+from .host_overhead import DEFINITION, HostRow
 from .sweep import Row, SweepResult
 from .traffic import (
     DTYPE_NAMES,
@@ -60,6 +61,24 @@ def _header(result: SweepResult) -> list[str]:
 
 
 def format_table(result: SweepResult) -> str:
+    lines = _header(result)
+    if result.rows or result.skipped:
+        lines += _sweep_table(result)
+    if result.options.host_overhead is not None:
+        lines += _host_table(result)
+    return "\n".join(lines)
+
+
+def _aligned(columns: list[str], body: list[list[str]], left_aligned: set[int]) -> list[str]:
+    widths = [max(len(c), *(len(r[i]) for r in body)) if body else len(c) for i, c in enumerate(columns)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left_aligned else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return [line(columns), line(["-" * w for w in widths])] + [line(r) for r in body]
+
+
+def _sweep_table(result: SweepResult) -> list[str]:
     baselines = [b for b in impls.BASELINES if any(b in row.speedups for row in result.rows)]
     columns = ["size", "tensors", "implementation", "median ms", "p10-p90 ms", "GB/s", "% bw"]
     columns += [f"vs {b.removeprefix('torch-')}" for b in baselines]
@@ -80,15 +99,31 @@ def format_table(result: SweepResult) -> str:
                 *(_speedup(row, b) for b in baselines),
             ]
         )
-    widths = [max(len(c), *(len(r[i]) for r in body)) if body else len(c) for i, c in enumerate(columns)]
-    left_aligned = {2}
+    return [""] + _aligned(columns, body, left_aligned={2}) + _footnotes(result, cache_bytes)
 
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left_aligned else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
-    lines = _header(result) + ["", line(columns), line(["-" * w for w in widths])] + [line(r) for r in body]
-    lines += _footnotes(result, cache_bytes)
-    return "\n".join(lines)
+def _host_table(result: SweepResult) -> list[str]:
+    host = result.options.host_overhead
+    many, one = host.many.label(), host.one.label()
+    columns = ["implementation", f"{many} ms", "p10-p90 ms", f"{one} ms", "p10-p90 ms", "host us/param"]
+    body = [
+        [
+            row.implementation,
+            _milliseconds(row.many.median),
+            f"{_milliseconds(row.many.p10)}-{_milliseconds(row.many.p90)}",
+            _milliseconds(row.one.median),
+            f"{_milliseconds(row.one.p10)}-{_milliseconds(row.one.p90)}",
+            f"{row.seconds_per_param * 1e6:.3f}",
+        ]
+        for row in result.host_rows
+    ]
+    sets = f", rotating {result.host_rows[0].rotation_sets} parameter sets" if result.host_rows else ""
+    lines = ["", f"host overhead: {host.label()} elements against one param of {format_count(host.one.numel)}{sets}"]
+    lines += _aligned(columns, body, left_aligned={0})
+    lines += [""] + [f"skipped {skip.implementation}: {skip.reason}" for skip in result.host_skipped]
+    lines.append(f"{DEFINITION} = ({many} - {one}) / {host.params - 1}; the two steps of each implementation took "
+                 "their samples in the same interleaved round")
+    return lines
 
 
 def _footnotes(result: SweepResult, cache_bytes: int) -> list[str]:
@@ -173,6 +208,51 @@ def write_csv(result: SweepResult, path: Path) -> Path:
     return path
 
 
+def _host_record(row: HostRow) -> dict[str, object]:
+    return {
+        "params": row.host_case.params,
+        "param_numel": row.host_case.param_numel,
+        "implementation": row.implementation,
+        "description": row.description,
+        "many_median_s": row.many.median,
+        "many_p10_s": row.many.p10,
+        "many_p90_s": row.many.p90,
+        "one_median_s": row.one.median,
+        "one_p10_s": row.one.p10,
+        "one_p90_s": row.one.p90,
+        "host_us_per_param": row.seconds_per_param * 1e6,
+        "samples": len(row.many.per_step_seconds),
+        "rotation_sets": row.rotation_sets,
+    }
+
+
+def write_host_csv(result: SweepResult, path: Path) -> Path:
+    records = [{**_host_record(row), **_context(result)} for row in result.host_rows]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]) if records else list(_context(result)))
+        writer.writeheader()
+        writer.writerows(records)
+    return path
+
+
+def _host_document(result: SweepResult) -> dict[str, object] | None:
+    host = result.options.host_overhead
+    if host is None:
+        return None
+    return {
+        "params": host.params,
+        "param_numel": host.param_numel,
+        "definition": DEFINITION,
+        "implementations": list(result.options.host_implementations),
+        "rows": [
+            {**_host_record(row), "many_per_step_s": list(row.many.per_step_seconds),
+             "one_per_step_s": list(row.one.per_step_seconds)}
+            for row in result.host_rows
+        ],
+        "skipped": [{"implementation": s.implementation, "reason": s.reason} for s in result.host_skipped],
+    }
+
+
 def write_json(result: SweepResult, path: Path) -> Path:
     options = result.options
     document = {
@@ -197,6 +277,7 @@ def write_json(result: SweepResult, path: Path) -> Path:
                  for row in result.rows],
         "skipped": [{"numel": s.case.numel, "tensors": s.case.tensors, "implementation": s.implementation,
                      "reason": s.reason} for s in result.skipped],
+        "host_overhead": _host_document(result),
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     return path

@@ -1,4 +1,5 @@
-"""The run: measure the device's bandwidth, then time every implementation on every case, and collect rows."""
+"""The run: measure the device's bandwidth, time every implementation on every case, then the host-overhead
+case's pair of steps, and collect rows."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from . import implementations as impls
 from .bandwidth import ProbeResult, best_per_probe, measure_bandwidth, reference_bandwidth
 from .cases import Case, make_param_sets, rotation_sets, set_bytes
 from .environment import available_memory_bytes, describe, last_level_cache_bytes
+from .host_overhead import HostCase, HostRow
 from .timing import Measurement, synchronize, time_interleaved
 from .traffic import StepConfig, step_traffic
 
@@ -30,6 +32,8 @@ class SweepOptions:
     repeats: int
     warmup: int
     compile_all: bool
+    host_overhead: HostCase | None = None  # None: no host-overhead case
+    host_implementations: tuple[str, ...] = ()
 
 
 @dataclass
@@ -74,6 +78,8 @@ class SweepResult:
     probe_rounds: int
     rows: list[Row]
     skipped: list[Skip]
+    host_rows: list[HostRow] = field(default_factory=list)
+    host_skipped: list[Skip] = field(default_factory=list)  # their case is the host-overhead case's many-param one
 
     @property
     def reference(self) -> ProbeResult:
@@ -84,8 +90,9 @@ class SweepResult:
 
 
 def progress_items(options: SweepOptions) -> int:
-    """What ``run_sweep`` counts on its progress bar: every case, and a probe round before each and at the end."""
-    return 2 * len(options.cases) + 1
+    """What ``run_sweep`` counts on its progress bar: every case, a probe round before each and at the end, and
+    the host-overhead case if any."""
+    return 2 * len(options.cases) + 1 + (options.host_overhead is not None)
 
 
 def run_sweep(options: SweepOptions, progress: tqdm) -> SweepResult:
@@ -104,7 +111,8 @@ def run_sweep(options: SweepOptions, progress: tqdm) -> SweepResult:
     cache_bytes = last_level_cache_bytes(device)
     for case in options.cases:
         probe()  # before the case's data exists, so the probe's buffers have the memory
-        sets_count = _fitting_sets(case, options.config, device, rotation_sets(case, options.config, cache_bytes))
+        wanted = rotation_sets(case, options.config, cache_bytes)
+        sets_count = _fitting_sets(set_bytes(case, options.config), device, wanted)
         if sets_count is None:
             for name in options.implementations:
                 skipped.append(Skip(case, name, "does not fit in free memory"))
@@ -143,15 +151,65 @@ def run_sweep(options: SweepOptions, progress: tqdm) -> SweepResult:
         del sets
         _release_memory(device)
         progress.update()
+    host_rows: list[HostRow] = []
+    host_skipped: list[Skip] = []
+    if options.host_overhead is not None:
+        progress.set_postfix_str(f"host overhead {options.host_overhead.label()}")
+        host_rows, host_skipped = _time_host_overhead(options, options.host_overhead, cache_bytes)
+        progress.update()
     probe()
     progress.close()
-    return SweepResult(options, metadata, best_per_probe(probe_rounds), len(probe_rounds), rows, skipped)
+    return SweepResult(
+        options, metadata, best_per_probe(probe_rounds), len(probe_rounds), rows, skipped, host_rows, host_skipped
+    )
 
 
-def _fitting_sets(case: Case, config: StepConfig, device: torch.device, wanted: int) -> int | None:
+def _time_host_overhead(
+    options: SweepOptions, host: HostCase, cache_bytes: int
+) -> tuple[list[HostRow], list[Skip]]:
+    """Each implementation's many-param and one-param steps, all of them interleaved in one round."""
+    device, config = options.device, options.config
+    skipped = []
+    names = []
+    for name in options.host_implementations:
+        many_reason, one_reason = (
+            impls.case_skip_reason(name, case, device, named=name in options.named, compile_all=options.compile_all)
+            for case in (host.many, host.one)
+        )
+        reason = many_reason or one_reason
+        if reason:
+            skipped.append(Skip(host.many, name, reason))
+        else:
+            names.append(name)
+    # Both steps rotate over as many sets as the many-param case wants (it is the capped one), so their data
+    # comes from the same level of memory; a set of each case is in memory at once.
+    wanted = rotation_sets(host.many, config, cache_bytes)
+    sets_count = _fitting_sets(set_bytes(host.many, config) + set_bytes(host.one, config), device, wanted)
+    if sets_count is None:
+        return [], skipped + [Skip(host.many, name, "does not fit in free memory") for name in names]
+    many_sets = make_param_sets(host.many, config, device, sets_count)
+    one_sets = make_param_sets(host.one, config, device, sets_count)
+    timed = []  # (implementation, its many-param rotation, its one-param rotation)
+    for name in names:
+        implementation = impls.implementation(name)
+        timed.append((implementation, implementation.build(many_sets, config), implementation.build(one_sets, config)))
+    measurements = time_interleaved(
+        [steps for _, many, one in timed for steps in (many, one)], device,
+        warmup_rounds=options.warmup, repeats=options.repeats,
+    )
+    rows = [
+        HostRow(host, implementation.name, implementation.description, many, one, sets_count)
+        for (implementation, _, _), many, one in zip(timed, measurements[0::2], measurements[1::2], strict=True)
+    ]
+    del timed, many_sets, one_sets
+    _release_memory(device)
+    return rows, skipped
+
+
+def _fitting_sets(bytes_per_set: int, device: torch.device, wanted: int) -> int | None:
     """The most sets, up to ``wanted`` and at least two, that fit in memory with one set of temporaries."""
     budget = _MEMORY_SHARE * available_memory_bytes(device)
-    fitting = int(budget // set_bytes(case, config)) - 1
+    fitting = int(budget // bytes_per_set) - 1
     return min(wanted, fitting) if fitting >= 2 else None
 
 
