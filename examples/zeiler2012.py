@@ -1,6 +1,6 @@
 """Test the ADADELTA paper's claims (Zeiler 2012, arXiv:1212.5701) with adadelta_fused, offline.
 
-    python examples/zeiler2012.py                  # the full run: ~4 minutes on a 2-core CPU, 8 with --check-torch
+    python examples/zeiler2012.py                  # the full run: ~4 minutes on a 2-core CPU, 6 with --check-torch
     python examples/zeiler2012.py --quick          # a smoke run of every table: under 30 s
     python examples/zeiler2012.py --check-torch    # also torch.optim.Adadelta in every rho x eps cell (below)
 
@@ -57,7 +57,7 @@ LEARNING_RATES = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 BASELINES = ("SGD", "Momentum", "Adagrad")
 NOISE_SCALES = (0.0, 1.0, 3.0, 10.0)  # noise std as a multiple of each gradient tensor's RMS
 
-FULL = dict(epochs=30, seeds=5)  # 14 updates per epoch; with --check-torch, 410 runs in about 7 minutes here
+FULL = dict(epochs=30, seeds=5)  # 14 updates per epoch; with --check-torch, 410 runs in about 6 minutes here
 QUICK = dict(epochs=2, seeds=1)
 CHECK_TOLERANCE_POINTS = 0.1  # percentage points of test error between our optimizer and torch's
 CONTROL_EPSILONS = (1e-2,)  # --check-torch's 1-ulp control: the row where float32 last bits change the outcome
