@@ -80,17 +80,29 @@ def test_zeiler2012_quick_writes_the_three_tables_the_plot_and_every_run(tmp_pat
 
     document = json.loads((out / "results.json").read_text())
     runs = document["runs"]
-    # rho x eps, 3 methods x 5 rates, 4 methods x 4 noise scales; torch's rho x eps, and from a start 1 ulp away
-    assert len(runs) == 12 + 15 + 16 + 12 + 12
-    assert all(len(run["test_error"]) == len(run["train_loss"]) == 2 for run in runs)  # --quick: 2 epochs
+    # rho x eps, 3 methods x 5 rates, 4 methods x 4 noise scales; --check-torch: torch's rho x eps, its eps = 1e-2
+    # row from a start 1 ulp away, and both optimizers' rho x eps in float64
+    assert len(runs) == 12 + 15 + 16 + 12 + 3 + 12 + 12
+    checks = [run for run in runs
+              if run["setting"]["method"] == "torch ADADELTA" or run["setting"]["dtype"] == "float64"]
+    assert len(checks) == 12 + 3 + 12 + 12
+    for run in runs:  # --quick: 2 epochs; --check-torch's runs are evaluated after the last one only
+        assert len(run["test_error"]) == len(run["train_loss"]) == (1 if run in checks else 2)
     assert all(0 <= run["final_test_error"] <= 100 for run in runs)
     assert document["metadata"]["settings"]["backend"] == "cpp"  # the fused kernel, not the pure-torch reference
 
     # --check-torch: the verdict in the report and the exit status agree, and the stdout is only the file list.
     check = document["metadata"]["torch_check"]
-    assert check["runs"] == 12 and 0 <= check["control_max_cell_difference"] <= 100
+    for comparison, rows in (("float64", 4), ("float32", 4), ("control", 1)):
+        assert check[comparison]["runs"] == 3 * rows and 0 <= check[comparison]["max_cell_difference"] <= 100
+    for table, rows in (("float64 (the check), percentage points:", 4), ("For information, not the check:", 4),
+                        ("Control, float32,", 1)):
+        cells = table_rows(report, table)
+        assert [len(row) for row in cells] == [3] * rows
+        assert all(re.fullmatch(r"\d+\.\d\d", cell) for row in cells for cell in row), cells
     verdict = re.search(r"^(PASS|FAIL): torch.optim.Adadelta", report, re.MULTILINE).group(1)
-    assert verdict == ("PASS" if check["max_cell_difference"] <= 0.1 else "FAIL")
+    assert verdict == ("PASS" if check["float64"]["max_cell_difference"] <= 0.1 else "FAIL")
+    assert check["passed"] == (verdict == "PASS")
     assert result.returncode == (0 if verdict == "PASS" else 1), result.stderr
     assert result.stdout.splitlines() == [f"wrote {out / name}" for name in ("report.md", "learning_curves.png",
                                                                                "results.json")]
