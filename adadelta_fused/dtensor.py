@@ -31,17 +31,13 @@ def is_dtensor(t) -> bool:
     return module is not None and isinstance(t, module.DTensor)
 
 
-def describe(t: torch.Tensor) -> str:
-    """What a checkpoint or step error says of a tensor's kind."""
-    return _describe(t)
-
-
 def any_dtensor(tensors: list[torch.Tensor]) -> bool:
     module = _dtensor_module()
     return module is not None and any(isinstance(t, module.DTensor) for t in tensors)
 
 
-def _describe(t: torch.Tensor) -> str:
+def describe(t: torch.Tensor) -> str:
+    """What a checkpoint or step error says of a tensor's kind."""
     if isinstance(t, _dtensor_module().DTensor):
         return f"a DTensor with placements {tuple(t.placements)} on {t.device_mesh}"
     return f"a plain {type(t).__name__}"
@@ -65,20 +61,20 @@ def to_local(params, grads, square_avgs, acc_deltas, master_params):
         if not isinstance(p, DTensor):
             for role, t in zip(_ROLES, others):
                 if isinstance(t, DTensor):
-                    raise ValueError(f"{where} is a plain tensor but its {role} is {_describe(t)}; "
+                    raise ValueError(f"{where} is a plain tensor but its {role} is {describe(t)}; "
                                      "give the param and its grad and state the same kind")
             continue
         if mesh is None:
             mesh, first = p.device_mesh, index
         elif p.device_mesh != mesh:
-            raise ValueError(f"{where} is {_describe(p)}, but param {first} of the same step is on {mesh}; "
+            raise ValueError(f"{where} is {describe(p)}, but param {first} of the same step is on {mesh}; "
                              "params on different meshes must be in separate param groups")
         if any(isinstance(placement, Partial) for placement in p.placements):
-            raise ValueError(f"{where} is {_describe(p)}: a Partial placement is a sum still pending, so its "
+            raise ValueError(f"{where} is {describe(p)}: a Partial placement is a sum still pending, so its "
                              "local tensor is not the param; redistribute it to Shard or Replicate first")
         for role, t in zip(_ROLES, others):
             if not isinstance(t, DTensor) or t.device_mesh != mesh or t.placements != p.placements:
-                raise ValueError(f"{where} is {_describe(p)}, but its {role} is {_describe(t)}; the fused step "
+                raise ValueError(f"{where} is {describe(p)}, but its {role} is {describe(t)}; the fused step "
                                  "needs them sharded alike (redistribute the grad to the param's placements)")
     return tuple(None if tensors is None else [_local(t) for t in tensors]
                  for tensors in (params, grads, square_avgs, acc_deltas, master_params))
