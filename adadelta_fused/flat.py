@@ -222,8 +222,11 @@ class FlatGroup:
                 for index, grad in zip(foreign, sources):
                     p = self.params[index]
                     view = self._grad_views[index]
-                    if p.grad is view:  # `grad.data = x` re-pointed the optimizer's own view: make a new one
-                        view = self._grad_views[index] = _view(self.grad, p, self.offsets[index])
+                    offset = self.offsets[index]
+                    if view.untyped_storage().data_ptr() != buffer_storage or view.storage_offset() != offset:
+                        # `grad.data = x` re-pointed the optimizer's own view (which may since have been
+                        # replaced as the param's grad, too): make a new one
+                        view = self._grad_views[index] = _view(self.grad, p, offset)
                         self._expected[index, 1] = view._cdata
                     view.copy_(grad)
                     p.grad = view

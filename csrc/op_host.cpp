@@ -119,7 +119,7 @@ void check_no_overlap(const std::vector<std::pair<const char*, at::TensorList>>&
       previous.push_back(entry.head);
       slot_of.push_back(uint32_t(slot));
       entry.head = int32_t(spans.size());
-      shared = shared || ++entry.count > 1;
+      if (++entry.count > 1) shared = true;  // (not `shared || ++count`: every count must advance)
       spans.push_back({name, i, bool(written[l]), begin, begin + extent * item});
     }
   }

@@ -100,7 +100,7 @@ def test_the_same_param_twice_is_refused_at_construction(generator):
 
 
 @pytest.mark.parametrize("case", ["same_param_twice", "grad_overlaps_param", "params_overlap",
-                                  "square_avg_is_acc_delta", "grad_is_param"])
+                                  "square_avg_is_acc_delta", "grad_is_param", "second_shared_storage"])
 def test_overlapping_tensors_are_refused(every_backend, case, generator):
     params, grads, square_avgs, acc_deltas, steps = group(generator, n=2)
     base = torch.randn(40, generator=generator)
@@ -116,6 +116,12 @@ def test_overlapping_tensors_are_refused(every_backend, case, generator):
     elif case == "square_avg_is_acc_delta":
         acc_deltas[1] = square_avgs[1]
         match = r"acc_deltas\[1\] and square_avgs\[1\] share memory"
+    elif case == "second_shared_storage":
+        # The grads share a storage harmlessly (read only); the overlap is in the next shared storage.
+        grads[0], grads[1] = base[:37], base[2:39]
+        other = torch.rand(40, generator=generator)
+        acc_deltas[0], acc_deltas[1] = other[:37], other[3:40]
+        match = r"acc_deltas\[1\] and acc_deltas\[0\] share memory"
     else:
         grads[0] = params[0]
         match = r"share memory"

@@ -249,23 +249,30 @@ def test_flat_step_counters_stay_views_of_one_vector():
                 assert clone.state[p]["step"].data_ptr() == clone_flat.counters[index].data_ptr()
 
 
+def replace_grad_storage(p: torch.Tensor, how: str) -> None:
+    if how == "grad.data":
+        p.grad.data = torch.zeros_like(p)
+    else:
+        p.grad.set_(torch.zeros_like(p))
+
+
+@pytest.mark.parametrize("set_to_none", [False, True], ids=["zeroed", "set-to-none"])
 @pytest.mark.parametrize("how", ["grad.data", "grad.set_"])
-def test_flatten_follows_a_grad_whose_storage_was_replaced(how):
+def test_flatten_follows_a_grad_whose_storage_was_replaced(how, set_to_none):
     """``p.grad.data = x`` keeps the grad's TensorImpl but not its storage: backward then accumulates into
-    ``x``, which the step must read (and the view must be the param's grad again afterwards)."""
+    ``x``, which the step must read (and a view of the buffer must be the param's grad again afterwards),
+    also when ``model.zero_grad()`` then drops that grad for a new one from autograd."""
     results = []
     for flatten in (False, True):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
         opt = Adadelta(model.parameters(), flatten=flatten) if flatten else torch.optim.Adadelta(model.parameters())
         for step in range(4):
-            opt.zero_grad(set_to_none=False)
-            if step == 1:
-                replacement = torch.zeros(3, 4)
-                if how == "grad.data":
-                    model[0].weight.grad.data = replacement
-                else:
-                    model[0].weight.grad.set_(replacement)
+            if step == 1 and set_to_none:
+                replace_grad_storage(model[0].weight, how)  # and model.zero_grad() drops that grad
+            model.zero_grad(set_to_none=set_to_none)
+            if step == 1 and not set_to_none:
+                replace_grad_storage(model[0].weight, how)
             model(torch.randn(5, 4, generator=torch.Generator().manual_seed(step))).sum().backward()
             opt.step()
         results.append([p.detach().clone() for p in model.parameters()])
