@@ -221,18 +221,15 @@ class Adadelta(Optimizer):
         group = self.param_groups[-1]
         for key in self._OPTIONS:
             group.pop(key, None)
-        if self.defaults["flatten"] and not self._flatten_later:
-            try:
+        try:
+            if self.defaults["flatten"] and not self._flatten_later:
                 self._append_flat(group)
-            except Exception:
-                self.param_groups.pop()  # the buffers raise before any param moves: undo the group alone
-                raise
-        if self._in_backward is not None:
-            try:
+            if self._in_backward is not None:
                 self._in_backward.register(group["params"])
-            except ValueError:
-                self.param_groups.pop()  # torch appended it; a refused group is not added
-                raise
+        except Exception:
+            # torch appended the group; both refuse before changing anything, so a refused group is not added
+            self.param_groups.pop()
+            raise
 
     def _append_flat(self, group: dict[str, Any]) -> None:
         flats, others = self._flatten_group(group)
@@ -441,7 +438,8 @@ class Adadelta(Optimizer):
         The name and the list arguments are what torch.compile looks for in an optimizer: it runs this
         method before tracing the step (as for torch's own optimizers), so that creating the state on the
         first step does not make a second graph. This loop runs over every param each step, so it does
-        only what it must (about 1 us a param).
+        only what it must (2.4 us a param measured at 4096 params, much of it ``self.state[p]``, whose
+        Tensor ``__hash__`` is Python code).
         """
         state_of = self.state
         state_dtype = self.defaults["state_dtype"]
