@@ -337,15 +337,19 @@ def scenario_full_state_dict_loads_into_torch(rank, workdir):
         assert_close_maps(ours, full_params(plain), "param", **FP32)
 
 
-def _ddp_scenario(rank, **ddp_options):
+def _assert_trains_like_torch(model) -> None:
+    """After 3 steps, the wrapped model's params are single-process torch.optim.Adadelta's."""
+    want, _ = reference(range(3))
+    got = {name.removeprefix("module."): p for name, p in full_params(model).items()}
+    assert_close_maps(got, full_params(want), "param", **FP32)
+
+
+def _ddp_scenario(rank, flatten=False, **ddp_options):
     from torch.nn.parallel import DistributedDataParallel
 
     model = DistributedDataParallel(make_model(), **ddp_options)
-    opt = Adadelta(model.parameters(), weight_decay=0.01)
-    train(model, opt, range(3), rank)
-    want, _ = reference(range(3))
-    assert_close_maps({n.removeprefix("module."): p for n, p in full_params(model).items()}, full_params(want),
-                      "param", **FP32)
+    train(model, Adadelta(model.parameters(), weight_decay=0.01, flatten=flatten), range(3), rank)
+    _assert_trains_like_torch(model)
 
 
 def scenario_ddp(rank, workdir):
@@ -358,14 +362,7 @@ def scenario_ddp_gradient_as_bucket_view(rank, workdir):
 
 def scenario_ddp_bucket_view_with_flatten(rank, workdir):
     """DDP makes each grad a view of its bucket; flatten copies it into its own buffer (one extra pass)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    model = DistributedDataParallel(make_model(), gradient_as_bucket_view=True)
-    opt = Adadelta(model.parameters(), weight_decay=0.01, flatten=True)
-    train(model, opt, range(3), rank)
-    want, _ = reference(range(3))
-    assert_close_maps({n.removeprefix("module."): p for n, p in full_params(model).items()}, full_params(want),
-                      "param", **FP32)
+    _ddp_scenario(rank, flatten=True, gradient_as_bucket_view=True)
 
 
 def scenario_zero_redundancy_optimizer(rank, workdir):
@@ -375,9 +372,7 @@ def scenario_zero_redundancy_optimizer(rank, workdir):
     model = DistributedDataParallel(make_model())
     opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=Adadelta, weight_decay=0.01)
     train(model, opt, range(3), rank)
-    want, _ = reference(range(3))
-    assert_close_maps({n.removeprefix("module."): p for n, p in full_params(model).items()}, full_params(want),
-                      "param", **FP32)
+    _assert_trains_like_torch(model)
 
 
 SCENARIOS = {name.removeprefix("scenario_"): function for name, function in globals().items()
