@@ -7,6 +7,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -42,17 +43,34 @@ void check_scalar_tensor(const char* name, const c10::optional<at::Tensor>& t, c
   TORCH_CHECK_VALUE(t->device() == device, name, " is on ", t->device(), " but the params are on ", device);
 }
 
+// An inline loop: IntArrayRef's == calls memcmp, 7 % of a 4096-param step's host time for 1-d sizes.
+bool same_ints(c10::IntArrayRef a, c10::IntArrayRef b) {
+  if (a.size() != b.size()) return false;
+  for (size_t d = 0; d < a.size(); ++d) {
+    if (a[d] != b[d]) return false;
+  }
+  return true;
+}
+
+bool same_shape(const at::Tensor& a, const at::Tensor& b) {
+  // Concrete sizes compare as plain integers; SymInt compares cost 4x as much (0.1 us a param of 5 tensors).
+  const c10::TensorImpl* x = a.unsafeGetTensorImpl();
+  const c10::TensorImpl* y = b.unsafeGetTensorImpl();
+  if (!x->has_symbolic_sizes_strides() && !y->has_symbolic_sizes_strides()) return same_ints(x->sizes(), y->sizes());
+  return a.sym_sizes() == b.sym_sizes();
+}
+
 void check_companion(const char* name, size_t i, const at::Tensor& t, const at::Tensor& param,
                      at::ScalarType dtype) {
-  TORCH_CHECK_VALUE(t.sym_sizes() == param.sym_sizes(), name, "[", i, "] has shape ", t.sym_sizes(), " but params[",
-                    i, "] has ", param.sym_sizes());
+  TORCH_CHECK_VALUE(same_shape(t, param), name, "[", i, "] has shape ", t.sym_sizes(), " but params[", i, "] has ",
+                    param.sym_sizes());
   TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, "[", i, "] has dtype ", t.scalar_type(), ", expected ", dtype);
   TORCH_CHECK_VALUE(t.device() == param.device(), name, "[", i, "] is on ", t.device(), " but params[", i,
                     "] is on ", param.device());
 }
 
 bool dense_like(const at::Tensor& t, const at::Tensor& layout) {
-  return t.is_non_overlapping_and_dense() && t.strides() == layout.strides();
+  return t.is_non_overlapping_and_dense() && same_ints(t.strides(), layout.strides());
 }
 
 // torch refuses an lr or weight_decay that overflows the param dtype it converts them to ("value cannot be
@@ -67,86 +85,91 @@ void check_fits_param_dtype(const char* name, double value, at::ScalarType dtype
               " without overflow (the type of the params)");
 }
 
-struct Span {
-  const char* name;
-  size_t index;
-  bool written;
-  uintptr_t begin;  // bytes within the storage
-  uintptr_t end;
-};
-
 // Two tensors of one call that share memory would race (the kernels read and write every element of
 // every tensor in parallel), so any overlap that involves a written tensor is refused. Only tensors that
 // share a storage are compared. Byte ranges decide, so two interleaved views (x[::2], x[1::2]) count as
-// overlapping too. Storages are visited in the order the arguments first name them, so every backend
-// reports the same pair. The storages are found through one open-addressing table with a linked list of
-// spans per storage: no allocation per tensor (a node-based map and a vector per storage cost about 1 us
-// a param at 4096 params, 5 tensors each, nearly half of the validator).
-void check_no_overlap(const std::vector<std::pair<const char*, at::TensorList>>& lists,
-                      const std::vector<bool>& written) {
-  size_t total = 0;
-  for (const auto& list : lists) total += list.second.size();
+// overlapping too. Storages are visited in the order the arguments first name them, and ties in a sweep
+// go to the earlier argument, so every backend reports the same pair. The storages are found through one
+// open-addressing table with a linked list of spans per storage: no allocation per tensor (a node-based
+// map and a vector per storage cost about 1 us a param at 4096 params, 5 tensors each). Tensors are added
+// row by row, as the validator reads them (each TensorImpl is a cache miss; one pass misses once), and
+// kept in argument order: list by list, each in index order.
+class OverlapCheck {
+ public:
+  OverlapCheck(size_t lists, size_t rows) : rows_(rows), spans_(lists * rows) {
+    size_t capacity = 16;
+    while (capacity < 2 * spans_.size()) capacity <<= 1;  // at most half full: short probe runs
+    table_.resize(capacity);
+  }
+
+  void add(size_t list, const char* name, size_t index, bool written, const at::Tensor& t) {
+    if (t.numel() == 0 || !t.has_storage()) return;
+    const uintptr_t item = uintptr_t(t.itemsize());
+    uintptr_t extent = 1;
+    for (int64_t d = 0; d < t.dim(); ++d) extent += uintptr_t(t.size(d) - 1) * uintptr_t(t.stride(d));
+    const uintptr_t begin = uintptr_t(t.storage_offset()) * item;
+    const void* storage = t.storage().unsafeGetStorageImpl();
+    const size_t mask = table_.size() - 1;
+    // Fibonacci hashing of the address; its low bits are alignment zeros.
+    size_t slot = size_t((uint64_t(uintptr_t(storage)) * 0x9E3779B97F4A7C15ull) >> 40) & mask;
+    while (table_[slot].storage != nullptr && table_[slot].storage != storage) slot = (slot + 1) & mask;
+    Slot& entry = table_[slot];
+    entry.storage = storage;
+    const int32_t position = int32_t(list * rows_ + index);
+    spans_[position] = {name, index, written, begin, begin + extent * item, entry.head, int32_t(slot)};
+    entry.head = position;
+    if (++entry.count > 1) shared_ = true;  // (not `shared_ || ++count`: every count must advance)
+  }
+
+  void check() {
+    if (!shared_) return;
+    std::vector<int32_t> group;
+    for (int32_t first = 0; first < int32_t(spans_.size()); ++first) {
+      if (spans_[first].slot < 0) continue;  // an empty tensor, or none added there
+      Slot& entry = table_[size_t(spans_[first].slot)];
+      if (entry.count < 2) continue;  // alone in its storage, or its storage already swept
+      entry.count = 0;
+      group.clear();
+      for (int32_t k = entry.head; k >= 0; k = spans_[k].previous) group.push_back(k);
+      // By start, then by argument position (a span's position in spans_).
+      std::sort(group.begin(), group.end(), [&](int32_t x, int32_t y) {
+        return spans_[x].begin != spans_[y].begin ? spans_[x].begin < spans_[y].begin : x < y;
+      });
+      // Sweep: the span reaching furthest so far is the one any later span could overlap first.
+      size_t reach = 0;
+      for (size_t k = 1; k < group.size(); ++k) {
+        const Span& a = spans_[group[reach]];
+        const Span& b = spans_[group[k]];
+        if (b.begin < a.end && (a.written || b.written)) {
+          TORCH_CHECK_VALUE(false, b.name, "[", b.index, "] and ", a.name, "[", a.index,
+                            "] share memory (the same tensor twice, or overlapping views); the step writes ",
+                            a.written ? a.name : b.name, " and would race. Pass tensors that do not overlap");
+        }
+        if (b.end > a.end) reach = k;
+      }
+    }
+  }
+
+ private:
+  struct Span {
+    const char* name = nullptr;
+    size_t index = 0;
+    bool written = false;
+    uintptr_t begin = 0;  // bytes within the storage
+    uintptr_t end = 0;
+    int32_t previous = -1;  // the storage's span added before this one (-1: none)
+    int32_t slot = -1;      // its storage's slot in table_ (-1: no span here)
+  };
   struct Slot {
     const void* storage = nullptr;
-    int32_t head = -1;  // the storage's last span; each span links to the one before it
+    int32_t head = -1;  // the storage's last span added
     int32_t count = 0;
   };
-  size_t capacity = 16;
-  while (capacity < 2 * total) capacity <<= 1;  // at most half full: short probe runs
-  std::vector<Slot> table(capacity);
-  std::vector<Span> spans;
-  std::vector<int32_t> previous;  // per span: the storage's span before it (-1: none)
-  std::vector<uint32_t> slot_of;  // per span: its storage's slot
-  spans.reserve(total);
-  previous.reserve(total);
-  slot_of.reserve(total);
-  bool shared = false;
-  for (size_t l = 0; l < lists.size(); ++l) {
-    const auto& [name, tensors] = lists[l];
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      const at::Tensor& t = tensors[i];
-      if (t.numel() == 0 || !t.has_storage()) continue;
-      const uintptr_t item = uintptr_t(t.itemsize());
-      uintptr_t extent = 1;
-      for (int64_t d = 0; d < t.dim(); ++d) extent += uintptr_t(t.size(d) - 1) * uintptr_t(t.stride(d));
-      const uintptr_t begin = uintptr_t(t.storage_offset()) * item;
-      const void* storage = t.storage().unsafeGetStorageImpl();
-      // Fibonacci hashing of the address; its low bits are alignment zeros.
-      size_t slot = size_t((uint64_t(uintptr_t(storage)) * 0x9E3779B97F4A7C15ull) >> 40) & (capacity - 1);
-      while (table[slot].storage != nullptr && table[slot].storage != storage) slot = (slot + 1) & (capacity - 1);
-      Slot& entry = table[slot];
-      entry.storage = storage;
-      previous.push_back(entry.head);
-      slot_of.push_back(uint32_t(slot));
-      entry.head = int32_t(spans.size());
-      if (++entry.count > 1) shared = true;  // (not `shared || ++count`: every count must advance)
-      spans.push_back({name, i, bool(written[l]), begin, begin + extent * item});
-    }
-  }
-  if (!shared) return;
-  std::vector<Span> group;
-  for (size_t first = 0; first < spans.size(); ++first) {
-    Slot& entry = table[slot_of[first]];
-    if (entry.count < 2) continue;  // alone in its storage, or its storage already swept
-    entry.count = 0;
-    group.clear();
-    for (int32_t k = entry.head; k >= 0; k = previous[k]) group.push_back(spans[k]);
-    std::reverse(group.begin(), group.end());  // argument order, for the stable sort's ties
-    std::stable_sort(group.begin(), group.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
-    // Sweep: the span reaching furthest so far is the one any later span could overlap first.
-    size_t reach = 0;
-    for (size_t k = 1; k < group.size(); ++k) {
-      const Span& a = group[reach];
-      const Span& b = group[k];
-      if (b.begin < a.end && (a.written || b.written)) {
-        TORCH_CHECK_VALUE(false, b.name, "[", b.index, "] and ", a.name, "[", a.index,
-                          "] share memory (the same tensor twice, or overlapping views); the step writes ",
-                          a.written ? a.name : b.name, " and would race. Pass tensors that do not overlap");
-      }
-      if (b.end > a.end) reach = k;
-    }
-  }
-}
+  size_t rows_;
+  std::vector<Span> spans_;  // at list * rows + index
+  std::vector<Slot> table_;
+  bool shared_ = false;
+};
 
 // The layout as Python spells it (torch.sparse_csr), so the message names what the user wrote.
 std::string layout_name(at::Layout layout) {
@@ -203,12 +226,14 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
                     " (expected 0 keep, 1 unscale or 2 zero)");
   if (n == 0) return;
 
-  const std::vector<std::pair<const char*, at::TensorList>> lists = {
-      {"params", a.params}, {"grads", a.grads}, {"square_avgs", a.square_avgs}, {"acc_deltas", a.acc_deltas},
-      {"master_params", a.master_params}};
-  for (const auto& [name, tensors] : lists) {
-    for (size_t i = 0; i < tensors.size(); ++i) check_layout(name, i, tensors[i]);
-  }
+  const std::array<const char*, 5> names = {"params", "grads", "square_avgs", "acc_deltas", "master_params"};
+  const std::array<at::TensorList, 5> lists = {a.params, a.grads, a.square_avgs, a.acc_deltas, a.master_params};
+  const size_t list_count = has_master ? 5 : 4;
+  // Written tensors: a stride-0 (expanded) or otherwise self-overlapping tensor cannot hold one result
+  // per element, and an inference tensor cannot be updated outside InferenceMode; both refused here,
+  // before the first write, instead of half-way through the step.
+  const std::array<bool, 5> written = {true, a.grad_mode != int64_t(GradMode::kKeep), true, true, true};
+  for (size_t l = 0; l < list_count; ++l) check_layout(names[l], 0, lists[l][0]);
   const at::Tensor& first = a.params[0];
   const at::ScalarType dtype = first.scalar_type();
   const at::ScalarType state_dtype = a.square_avgs[0].scalar_type();
@@ -224,7 +249,18 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
                     "stochastic_rounding applies to bf16 params without master_params, not both");
   if (!a.lr_tensor.has_value()) check_fits_param_dtype("learning rate", a.lr, dtype);
   check_fits_param_dtype("weight_decay value", a.weight_decay, dtype);
+  check_scalar_tensor("grad_scale", a.grad_scale, device);
+  check_scalar_tensor("found_inf", a.found_inf, device);
+  if (a.lr_tensor.has_value()) {
+    const c10::Device lr_device = a.lr_tensor->device();
+    TORCH_CHECK_VALUE(lr_device == device || lr_device.is_cpu(), "lr is on ", lr_device, " but the params are on ",
+                      device);
+  }
+  // One pass, row by row: every check of a tensor runs while its TensorImpl is in cache.
+  OverlapCheck overlap(list_count, n);
+  bool symbolic = false;
   for (size_t i = 0; i < n; ++i) {
+    for (size_t l = 0; l < list_count; ++l) check_layout(names[l], i, lists[l][i]);
     const at::Tensor& p = a.params[i];
     TORCH_CHECK_TYPE(p.scalar_type() == dtype, "params[", i, "] has dtype ", p.scalar_type(), " but params[0] has ",
                      dtype);
@@ -233,40 +269,27 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
     check_companion("square_avgs", i, a.square_avgs[i], p, state_dtype);
     check_companion("acc_deltas", i, a.acc_deltas[i], p, state_dtype);
     if (has_master) check_companion("master_params", i, a.master_params[i], p, at::kFloat);
-  }
-  check_scalar_tensor("grad_scale", a.grad_scale, device);
-  check_scalar_tensor("found_inf", a.found_inf, device);
-  if (a.lr_tensor.has_value()) {
-    const c10::Device lr_device = a.lr_tensor->device();
-    TORCH_CHECK_VALUE(lr_device == device || lr_device.is_cpu(), "lr is on ", lr_device, " but the params are on ",
-                      device);
-  }
-  // Traced with symbolic shapes (torch.compile's fake kernel), addresses and extents are not numbers yet;
-  // the real call checks them.
-  for (const auto& [name, tensors] : lists) {
-    for (const at::Tensor& t : tensors) {
-      if (t.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) return;
+    for (size_t l = 0; l < list_count; ++l) {
+      const at::Tensor& t = lists[l][i];
+      // Traced with symbolic shapes (torch.compile's fake kernel), addresses and extents are not numbers
+      // yet; the real call checks them.
+      if (t.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) {
+        symbolic = true;
+        continue;
+      }
+      if (written[l]) {
+        // (A contiguous tensor, the usual case, cannot overlap itself: one flag read, no call.)
+        TORCH_CHECK_VALUE(t.is_contiguous() || at::has_internal_overlap(t) != at::MemOverlap::Yes, names[l], "[",
+                          i, "] has elements that share memory (an expanded tensor with stride 0?) and the step "
+                          "writes it; pass a tensor with its own memory per element (e.g. .clone())");
+        TORCH_CHECK(!t.is_inference() || c10::InferenceMode::is_enabled(), names[l], "[", i,
+                    "] is an inference tensor; the step updates it in place, which torch allows only inside "
+                    "InferenceMode");
+      }
+      if (!symbolic) overlap.add(l, names[l], i, written[l], t);
     }
   }
-  // Written tensors: a stride-0 (expanded) or otherwise self-overlapping tensor cannot hold one result
-  // per element, and an inference tensor cannot be updated outside InferenceMode; both refused here,
-  // before the first write, instead of half-way through the step.
-  const bool grad_written = a.grad_mode != int64_t(GradMode::kKeep);
-  const std::vector<bool> written = {true, grad_written, true, true, true};
-  for (size_t l = 0; l < lists.size(); ++l) {
-    if (!written[l]) continue;
-    const auto& [name, tensors] = lists[l];
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      const at::Tensor& t = tensors[i];
-      TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, name, "[", i,
-                        "] has elements that share memory (an expanded tensor with stride 0?) and the step "
-                        "writes it; pass a tensor with its own memory per element (e.g. .clone())");
-      TORCH_CHECK(!t.is_inference() || c10::InferenceMode::is_enabled(), name, "[", i,
-                  "] is an inference tensor; the step updates it in place, which torch allows only inside "
-                  "InferenceMode");
-    }
-  }
-  check_no_overlap(lists, written);
+  if (!symbolic) overlap.check();
 }
 
 bool check_state_steps(at::TensorList steps) {
@@ -301,23 +324,22 @@ DenseGroup::DenseGroup(const OpArgs& a) : has_master_(!a.master_params.empty()) 
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = a.params[i];
     // A param that is itself not dense is staged contiguously; its companions then follow that layout.
-    const at::Tensor layout = p.is_non_overlapping_and_dense() ? p : p.contiguous();
-    std::array<at::Tensor, 5>& row = rows_.emplace_back();
+    const at::Tensor& layout = p.is_non_overlapping_and_dense() ? p : layouts_.emplace_back(p.contiguous());
+    Row& row = rows_.emplace_back();
     row[0] = add(p, layout, true);
     row[1] = add(a.grads[i], layout, grad_written);
     row[2] = add(a.square_avgs[i], layout, true);
     row[3] = add(a.acc_deltas[i], layout, true);
-    if (has_master_) row[4] = add(a.master_params[i], layout, true);
+    row[4] = has_master_ ? add(a.master_params[i], layout, true) : nullptr;
   }
 }
 
-at::Tensor DenseGroup::add(const at::Tensor& tensor, const at::Tensor& layout, bool written) {
-  if (tensor.numel() == 0 || dense_like(tensor, layout)) return tensor;
+const at::Tensor* DenseGroup::add(const at::Tensor& tensor, const at::Tensor& layout, bool written) {
+  if (&tensor == &layout || tensor.numel() == 0 || dense_like(tensor, layout)) return &tensor;
   at::Tensor dense = at::empty_strided(layout.sizes(), layout.strides(), tensor.options());
   dense.copy_(tensor);
   // A read-only copy is kept (undefined target) until finish(), after the launches that read it.
-  staged_.emplace_back(written ? tensor : at::Tensor(), dense);
-  return dense;
+  return &staged_.emplace_back(written ? tensor : at::Tensor(), std::move(dense)).second;
 }
 
 TensorListPointers DenseGroup::pointers() {
@@ -326,14 +348,14 @@ TensorListPointers DenseGroup::pointers() {
   master_.assign(has_master_ ? n : 0, nullptr);
   numel_.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    const auto& row = rows_[i];
-    numel_[i] = row[0].numel();
+    const Row& row = rows_[i];
+    numel_[i] = row[0]->numel();
     if (numel_[i] == 0) continue;  // null pointers, never dereferenced: empty tensors take no block
-    param_[i] = row[0].data_ptr();
-    grad_[i] = row[1].data_ptr();
-    square_avg_[i] = row[2].data_ptr();
-    acc_delta_[i] = row[3].data_ptr();
-    if (has_master_) master_[i] = static_cast<float*>(row[4].data_ptr());
+    param_[i] = row[0]->data_ptr();
+    grad_[i] = row[1]->data_ptr();
+    square_avg_[i] = row[2]->data_ptr();
+    acc_delta_[i] = row[3]->data_ptr();
+    if (has_master_) master_[i] = static_cast<float*>(row[4]->data_ptr());
   }
   return {param_.data(),      grad_.data(), square_avg_.data(), acc_delta_.data(),
           has_master_ ? master_.data() : nullptr, numel_.data(), int64_t(n)};
