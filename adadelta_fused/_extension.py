@@ -39,6 +39,17 @@ def steps_op():
     return torch.ops.adadelta_fused.advance_steps_.default if module() is not None else None
 
 
+def call_unboxed(name: str, *arguments) -> bool:
+    """Call an op through the extension's unboxed entry ``_C.<name>`` (csrc/python_calls.cpp: torch.ops
+    boxes each tensor of each list, 1.3 us a param for a step's four lists). Returns False, having done
+    nothing, where the op must go through torch.ops: under torch.compile, which traces torch.ops calls;
+    with a torch function mode active or a tensor subclass in the lists, since only torch.ops' Python path
+    runs their ``__torch_function__``; without the extension."""
+    if _MODULE is None or torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
+        return False
+    return getattr(_MODULE, name)(*arguments)
+
+
 def load_error() -> str | None:
     return _LOAD_ERROR
 

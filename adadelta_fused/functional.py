@@ -80,7 +80,9 @@ def _advance_steps(state_steps: list[torch.Tensor], found_inf: torch.Tensor | No
         if device.type == "cpu" and steps_op is not None:
             # A device found_inf is copied to the host with a blocking copy: the counters are read on the
             # host at once, before a non_blocking copy would have landed.
-            steps_op(steps, None if found_inf is None else found_inf.to("cpu"))
+            host_found_inf = None if found_inf is None else found_inf.to("cpu")
+            if not _extension.call_unboxed("advance_steps", steps, host_found_inf):
+                steps_op(steps, host_found_inf)
         elif found_inf is None:
             # A CPU scalar tensor as the operand keeps CPU steps on foreach's fast path (as torch does).
             one = torch.tensor(1.0, device=device) if device.type == "cpu" else 1
@@ -122,6 +124,20 @@ def _on_device(value: torch.Tensor | None, device: torch.device, copies: dict) -
     if key not in copies:
         copies[key] = value.to(device, non_blocking=True)
     return copies[key]
+
+
+def place_scalars(scalars: StepScalars, device: torch.device, copies: dict) -> StepScalars:
+    """The step's scalars for one call on ``device`` (``copies``: the tensors already copied this step)."""
+    placed = replace(
+        scalars,
+        lr=_on_device(scalars.lr, device, copies) if isinstance(scalars.lr, torch.Tensor) else scalars.lr,
+        grad_scale=_on_device(scalars.grad_scale, device, copies),
+        found_inf=_on_device(scalars.found_inf, device, copies),
+    )
+    if scalars.stochastic_rounding and device.index:
+        # Every call numbers its tensors from 0: the same key on two GPUs would draw the same noise.
+        placed = replace(placed, rounding_key=mix32(scalars.rounding_key ^ mix32(device.index)))
+    return placed
 
 
 def _grouped(lists, scalars: StepScalars) -> dict:
@@ -185,18 +201,9 @@ def plan(
             group_params, group_grads, group_sq, group_acc = (
                 (_as_real(tensors) for tensors in group[:4]) if dtype.is_complex else group[:4]
             )
-            group_scalars = replace(
-                scalars,
-                lr=_on_device(scalars.lr, device, copies) if isinstance(scalars.lr, torch.Tensor) else scalars.lr,
-                grad_scale=_on_device(scalars.grad_scale, device, copies),
-                found_inf=_on_device(scalars.found_inf, device, copies),
-            )
-            if scalars.stochastic_rounding and device.index:
-                # Every call numbers its tensors from 0: the same key on two GPUs would draw the same noise.
-                group_scalars = replace(group_scalars, rounding_key=mix32(scalars.rounding_key ^ mix32(device.index)))
             calls.append(BackendCall(
                 backends.resolve(backend, device), device, group_params, group_grads, group_sq, group_acc,
-                group[4] if master_params else None, group_scalars,
+                group[4] if master_params else None, place_scalars(scalars, device, copies),
             ))
     return StepPlan(calls, state_steps, step_counters, steps_on_cpu, scalars.found_inf, write_back)
 

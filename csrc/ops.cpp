@@ -6,6 +6,7 @@
 
 #include "multi_tensor.h"
 #include "op_host.h"
+#include "python_calls.h"
 
 #include <memory>
 #include <string>
@@ -123,7 +124,10 @@ std::tuple<std::vector<std::vector<at::Tensor>>, std::vector<std::pair<at::Tenso
   const adadelta_fused::DenseGroup group(op);
   std::vector<std::vector<at::Tensor>> rows;
   rows.reserve(group.rows().size());
-  for (const auto& row : group.rows()) rows.emplace_back(row.begin(), row.begin() + (master_params.empty() ? 4 : 5));
+  for (const auto& row : group.rows()) {
+    std::vector<at::Tensor>& tensors = rows.emplace_back();
+    for (size_t k = 0; k < (master_params.empty() ? 4 : 5); ++k) tensors.push_back(*row[k]);
+  }
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back;
   for (const auto& [target, dense] : group.staged()) {
     if (target.defined()) write_back.emplace_back(target, dense);
@@ -168,6 +172,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported_cpu_isas", &adadelta_fused::supported_cpu_isas);
   m.def("parallel_workers", &adadelta_fused::parallel_workers, "threads the CPU kernel's parallel loop runs on");
   m.def("plan_launches", &plan_launches, "the multi-tensor walk's launches for tensors of these sizes");
+  adadelta_fused::register_python_calls(m);
   m.attr("chunk_elements") = adadelta_fused::kChunkElements;
   m.attr("max_tensors_per_launch") = adadelta_fused::kMaxTensorsPerLaunch;
   m.attr("max_blocks_per_launch") = adadelta_fused::kMaxBlocksPerLaunch;

@@ -24,4 +24,6 @@ def unsupported_reason(device: torch.device) -> str | None:
 
 def step_(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars) -> None:
     """The op checks its arguments (csrc/op_host.cpp) before it touches memory."""
-    _extension.op()(*op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars))
+    arguments = op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars)
+    if not _extension.call_unboxed("step", *arguments):
+        _extension.op()(*arguments)

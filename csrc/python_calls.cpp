@@ -1,0 +1,130 @@
+// The per-step calls of the optimizer's eager path, from Python lists straight to the ops' unboxed
+// signatures. Calling torch.ops.adadelta_fused.adadelta_ from Python boxes every tensor of every list into
+// an IValue and back: 1.3 us a param for the step's four lists (4096 params of 16 elements, one thread),
+// more than the validator and the kernel together. Here each list item is borrowed (BorrowedTensors) and the
+// op is called through the dispatcher's typed handle, so the dispatcher still routes the call (CPU, CUDA,
+// a Python dispatch mode, the profiler). Python's __torch_function__ is what this skips: the callers use
+// these only when no torch function mode is active (adadelta_fused/backends/cpp.py).
+#include "python_calls.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+#include <vector>
+
+namespace adadelta_fused {
+namespace {
+
+namespace py = pybind11;
+
+// A list's tensors as a TensorList that borrows the Python objects' references. An owning copy would cost
+// two refcount changes per tensor, and a TensorImpl with a Python object also increments that object when it
+// gains a C++ owner, then takes the GIL to decrement it (c10::TensorImpl::incref_pyobject, decref_pyobject). The borrows are safe while the Python lists are alive and unchanged, which the callers' private
+// lists are for the whole call.
+class BorrowedTensors {
+ public:
+  BorrowedTensors() = default;
+  BorrowedTensors(const BorrowedTensors&) = delete;
+  BorrowedTensors& operator=(const BorrowedTensors&) = delete;
+  ~BorrowedTensors() {
+    for (at::Tensor& t : tensors_) c10::MaybeOwnedTraits<at::Tensor>::destroyBorrow(t);
+  }
+
+  // False when an item is not a plain tensor or Parameter: a subclass may override __torch_function__,
+  // which only torch.ops' Python path honours, so the caller takes that path instead.
+  bool borrow(const py::handle list) {
+    if (!PyList_Check(list.ptr())) return false;
+    const Py_ssize_t n = PyList_GET_SIZE(list.ptr());
+    tensors_.reserve(size_t(n));
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* item = PyList_GET_ITEM(list.ptr(), i);
+      if (!THPVariable_CheckExact(item)) return false;
+      tensors_.push_back(c10::MaybeOwnedTraits<at::Tensor>::createBorrow(THPVariable_Unpack(item)));
+    }
+    return true;
+  }
+
+  at::TensorList list() const { return tensors_; }
+
+ private:
+  std::vector<at::Tensor> tensors_;
+};
+
+using StepSignature = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList, double,
+                           const c10::optional<at::Tensor>&, double, double, double, bool,
+                           const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, int64_t, bool,
+                           int64_t);
+
+// Returns false, having done nothing, when a list holds anything but plain tensors (see borrow).
+bool step(const py::list& params, const py::list& grads, const py::list& square_avgs, const py::list& acc_deltas,
+          const py::list& master_params, double lr, const c10::optional<at::Tensor>& lr_tensor, double rho,
+          double eps, double weight_decay, bool maximize, const c10::optional<at::Tensor>& grad_scale,
+          const c10::optional<at::Tensor>& found_inf, int64_t grad_mode, bool stochastic_rounding,
+          int64_t rounding_key) {
+  // Looked up on the first call: the schema is declared by adadelta_fused/ops.py at import.
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("adadelta_fused::adadelta_", "").typed<StepSignature>();
+  BorrowedTensors p, g, sq, acc, master;
+  if (!p.borrow(params) || !g.borrow(grads) || !sq.borrow(square_avgs) || !acc.borrow(acc_deltas) ||
+      !master.borrow(master_params)) {
+    return false;
+  }
+  py::gil_scoped_release no_gil;  // as torch.ops releases it: a CUDA launch or a large CPU step may block
+  op.call(p.list(), g.list(), sq.list(), acc.list(), master.list(), lr, lr_tensor, rho, eps, weight_decay, maximize,
+          grad_scale, found_inf, grad_mode, stochastic_rounding, rounding_key);
+  return true;
+}
+
+bool advance_steps(const py::list& steps, const c10::optional<at::Tensor>& found_inf) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("adadelta_fused::advance_steps_", "")
+                             .typed<void(at::TensorList, const c10::optional<at::Tensor>&)>();
+  BorrowedTensors counters;
+  if (!counters.borrow(steps)) return false;
+  op.call(counters.list(), found_inf);
+  return true;
+}
+
+// The optimizer's per-step test of a cached group (adadelta_fused/step_cache.py), in one pass: the grads of
+// `params`, or None when the cache no longer describes the group. That is when a param has no grad (or a
+// sparse one, or one with torch's lazy negation bit: the planner's cases), when a param's dtype or device is
+// no longer `like`'s (model.to), or when a param's state dict no longer holds the cached tensors under
+// `keys` (`cached` holds len(keys) objects per param, None for an absent key). About 60 ns a param, against
+// 0.35 us for the same loop in Python.
+py::object cached_grads(const py::list& params, const py::list& states, const py::tuple& keys,
+                        const py::list& cached, const at::Tensor& like) {
+  const Py_ssize_t n = PyList_GET_SIZE(params.ptr());
+  const Py_ssize_t k = PyTuple_GET_SIZE(keys.ptr());
+  TORCH_CHECK_VALUE(PyList_GET_SIZE(states.ptr()) == n && PyList_GET_SIZE(cached.ptr()) == n * k,
+                    "cached_grads: states and cached must hold one dict and len(keys) objects per param");
+  const at::ScalarType dtype = like.scalar_type();
+  const c10::Device device = like.device();
+  py::list grads(n);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* item = PyList_GET_ITEM(params.ptr(), i);
+    if (!THPVariable_Check(item)) return py::none();
+    const at::Tensor& param = THPVariable_Unpack(item);
+    if (param.scalar_type() != dtype || param.device() != device) return py::none();
+    const at::Tensor& grad = param.grad();
+    if (!grad.defined() || grad.layout() != at::kStrided || grad.is_neg()) return py::none();
+    PyObject* state = PyList_GET_ITEM(states.ptr(), i);
+    if (!PyDict_Check(state)) return py::none();
+    for (Py_ssize_t j = 0; j < k; ++j) {
+      PyObject* held = PyDict_GetItem(state, PyTuple_GET_ITEM(keys.ptr(), j));  // borrowed; NULL: absent
+      PyObject* want = PyList_GET_ITEM(cached.ptr(), i * k + j);
+      if (held != (want == Py_None ? nullptr : want)) return py::none();
+    }
+    PyList_SET_ITEM(grads.ptr(), i, THPVariable_Wrap(grad));
+  }
+  return std::move(grads);
+}
+
+}  // namespace
+
+void register_python_calls(py::module_& m) {
+  m.def("step", &step, "adadelta_fused::adadelta_ on lists of plain tensors without torch.ops' boxing (false: not run)");
+  m.def("advance_steps", &advance_steps, "adadelta_fused::advance_steps_ likewise (false: not run)");
+  m.def("cached_grads", &cached_grads, "a cached group's grads, or None when the cache is stale");
+}
+
+}  // namespace adadelta_fused
