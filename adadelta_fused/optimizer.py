@@ -16,6 +16,7 @@ from .functional import plan, step_scalars
 from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken
 from .reference import rounding_key
 from .state_dict import check_loadable, loaded_step
+from .step_cache import GroupCache, StateMap
 
 _STATE_DTYPES = (None, torch.float32, torch.bfloat16)
 
@@ -116,6 +117,7 @@ class Adadelta(Optimizer):
         self._in_backward = StepInBackward(self) if step_in_backward else None
         self._flat_groups: list[list[FlatGroup]] = []  # per param group
         self._unflat_params: list[list[torch.Tensor]] = []  # per param group: params outside the buffers
+        self._step_caches: dict[int, GroupCache] = {}  # per param group index (step_cache.py)
         defaults = {
             "lr": lr,
             "rho": rho,
@@ -144,6 +146,7 @@ class Adadelta(Optimizer):
                 self._in_backward.remove()  # the groups hooked before the error must not be stepped
             raise
         self._flatten_later = False
+        self.state = StateMap(dict, self.state)
         if not step_in_backward:
             for index, group in enumerate(self.param_groups):
                 check_not_taken(group["params"], f"param group {index}")
@@ -218,6 +221,7 @@ class Adadelta(Optimizer):
                         f"({self.defaults[key]!r} here), one for all its groups; use another optimizer instead"
                     )
         super().add_param_group(param_group)
+        self._step_caches.clear()
         group = self.param_groups[-1]
         for key in self._OPTIONS:
             group.pop(key, None)
@@ -281,6 +285,11 @@ class Adadelta(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._flatten_later = False
+        # A loaded state dict arrives here as torch's new defaultdict, a copy as what was copied; either way
+        # nothing cached before describes it.
+        if not isinstance(self.state, StateMap):
+            self.state = StateMap(dict, self.state)
+        self._step_caches = {}
         for key in self._OPTIONS:
             self.defaults.setdefault(
                 key, {"backend": "auto", "flatten": False, "seed": 0, "step_in_backward": False}.get(key))
@@ -328,6 +337,7 @@ class Adadelta(Optimizer):
             if result is not None:
                 state_dict = result
         param_of = check_loadable(self.param_groups, state_dict)
+        self._step_caches.clear()
         pre_hooks, post_hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
         kept = dict(self.state) if self.defaults["flatten"] else {}
         self._optimizer_load_state_dict_pre_hooks = OrderedDict()
@@ -437,9 +447,9 @@ class Adadelta(Optimizer):
 
         The name and the list arguments are what torch.compile looks for in an optimizer: it runs this
         method before tracing the step (as for torch's own optimizers), so that creating the state on the
-        first step does not make a second graph. This loop runs over every param each step, so it does
-        only what it must (2.4 us a param measured at 4096 params, much of it ``self.state[p]``, whose
-        Tensor ``__hash__`` is Python code).
+        first step does not make a second graph. It costs 2.4 us a param (4096 params, much of it
+        ``self.state[p]``, whose Tensor ``__hash__`` is Python code), so an eager step runs it only when
+        the group's cache (step_cache.py) no longer holds.
         """
         state_of = self.state
         state_dtype = self.defaults["state_dtype"]
@@ -497,6 +507,8 @@ class Adadelta(Optimizer):
                 plans.append(group)
                 continue
             plans.extend(self._plan_group(index, group, grad_scale, found_inf))
+        for cache in self._step_caches.values():
+            cache.settle(self.state)  # this step's own new state (a new param's) changes no group's plan
         # Everything is planned and checked before the first write: a bad group never leaves a step half
         # applied. One backend call checks itself (the op validates first), so only several need this.
         fused = [p for p in plans if not isinstance(p, dict)]
@@ -531,6 +543,13 @@ class Adadelta(Optimizer):
 
         plans = []
         unflat = group
+        cacheable = not options["flatten"] and self._in_backward is None and not torch.compiler.is_compiling()
+        stream = (index << 16) + 0xFFFF
+        if cacheable and index in self._step_caches:
+            cached = self._step_caches[index].plans(
+                group, self.state, lambda call: with_rounding(call.master_params, stream))
+            if cached is not None:
+                return cached
         if options["flatten"]:
             for buffer, flat in enumerate(self._flat_groups[index]):
                 params, grads, square_avgs, acc_deltas, masters, steps, counters = flat.step_tensors()
@@ -543,9 +562,15 @@ class Adadelta(Optimizer):
             unflat = {**group, "params": self._unflat_params[index]}  # usually none: frozen params
         for params, grads, square_avgs, acc_deltas, steps, masters in self._gather(unflat):
             plans.append(plan(
-                params, grads, square_avgs, acc_deltas, steps, with_rounding(masters, (index << 16) + 0xFFFF),
-                masters or None, options["backend"],
+                params, grads, square_avgs, acc_deltas, steps, with_rounding(masters, stream), masters or None,
+                options["backend"],
             ))
+        if cacheable:
+            cache = GroupCache.build(group, self.state, plans)
+            if cache is None:
+                self._step_caches.pop(index, None)
+            else:
+                self._step_caches[index] = cache
         return plans
 
     def _torch_step(self, group: dict[str, Any]) -> None:

@@ -1,0 +1,154 @@
+"""The per-tensor step's cache: a param group's planned backend calls, kept from one step to the next.
+
+Planning a step of a group finds each param's grad and state (``Adadelta._init_group``: 2.4 us a param,
+mostly the Python hash of ``self.state[p]``) and groups the tensors by device and dtype (0.65 us a param),
+every step, for the same answer. The cache keeps the calls that planning made (each call's params and
+state tensors) and checks, each step, that they still describe the group:
+
+- the group is the same dict with the same params, and a param without a grad at build still has none
+  (a param that gains a grad rebuilds);
+- ``opt.state`` is the same mapping, not mutated since (``StateMap`` counts its writes: ``opt.state[p] = {}``,
+  ``del``, ``clear``, a loaded state dict);
+- per param, in one native pass (``_C.cached_grads``, about 60 ns a param): it has a dense grad without the
+  negation bit, its dtype and device are the cached ones (``model.to`` rebuilds, and the state follows the
+  param as torch's does), and its state dict holds the cached ``step``, ``square_avg``, ``acc_delta`` and
+  ``master_param`` (``opt.state[p]["step"] = t`` rebuilds).
+
+Anything else (a param that loses its grad, ``set_to_none`` included) falls back to planning, which
+builds a new cache. Only the common case is cached: eager steps of plain tensors (no DTensor, no complex
+params, whose steps go through views made each step), without ``step_in_backward``, whose hooks plan one
+param at a time.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import defaultdict
+from dataclasses import dataclass, replace
+
+import torch
+
+from . import _extension
+from .functional import BackendCall, StepPlan, place_scalars
+
+_STATE_KEYS = ("step", "square_avg", "acc_delta", "master_param")
+
+
+class StateMap(defaultdict):
+    """``Optimizer.state`` that counts its own writes, so a cache can tell it was changed. Reads are the
+    plain dict's; a param's own state dict is checked entry by entry instead (``_C.cached_grads``)."""
+
+    writes = 0
+
+    def _wrote(self) -> None:
+        self.writes += 1
+
+    def __setitem__(self, key, value):
+        self._wrote()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self._wrote()
+        super().__delitem__(key)
+
+    def __ior__(self, other):
+        self._wrote()
+        return super().__ior__(other)
+
+    def clear(self):
+        self._wrote()
+        super().clear()
+
+    def pop(self, *args):
+        self._wrote()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._wrote()
+        return super().popitem()
+
+    def setdefault(self, key, default=None):
+        self._wrote()
+        return super().setdefault(key, default)
+
+    def update(self, *args, **kwargs):
+        self._wrote()
+        super().update(*args, **kwargs)
+
+
+@dataclass
+class _CachedCall:
+    template: BackendCall  # grads and scalars are replaced each step
+    states: list[dict]  # each param's state dict
+    held: list  # per param, the objects its state dict held under _STATE_KEYS (None: absent)
+    like: torch.Tensor  # an empty tensor of the params' dtype and device
+
+
+@dataclass
+class GroupCache:
+    """One param group's planned calls, valid while ``plans`` finds them unchanged."""
+
+    group: dict
+    params: list[torch.Tensor]  # group["params"] at build
+    idle: list[torch.Tensor]  # params that had no grad at build
+    state: StateMap
+    writes: int
+    calls: list[_CachedCall]
+    state_steps: list[torch.Tensor]
+    steps_on_cpu: bool
+
+    @classmethod
+    def build(cls, group: dict, state, plans: list[StepPlan]) -> GroupCache | None:
+        """The cache of a group just planned into ``plans``, or None where it cannot be cached."""
+        params = list(group["params"])
+        if (
+            not isinstance(state, StateMap)
+            or any(plan.write_back for plan in plans)
+            or any(type(p) not in (torch.Tensor, torch.nn.Parameter) or p.is_complex() for p in params)
+        ):
+            return None  # complex params step through views made each step, DTensors through their shards
+        calls, steps, stepped = [], [], set()
+        for plan in plans:
+            for call in plan.calls:
+                states = [state.get(p) for p in call.params]
+                if any(s is None for s in states):
+                    return None
+                held = [s.get(key) for s in states for key in _STATE_KEYS]
+                like = torch.empty(0, dtype=call.params[0].dtype, device=call.params[0].device)
+                calls.append(_CachedCall(replace(call, grads=[]), states, held, like))
+                stepped.update(map(id, call.params))
+            steps += plan.state_steps or []
+        idle = [p for p in params if id(p) not in stepped]
+        steps_on_cpu = all(plan.steps_on_cpu for plan in plans)
+        return cls(group, params, idle, state, state.writes, calls, steps, steps_on_cpu)
+
+    def settle(self, state: StateMap) -> None:
+        """After a step's planning: the state writes it made (a new param's state, made by planning
+        another group) are not a user's change."""
+        if state is self.state:
+            self.writes = state.writes
+
+    def plans(self, group: dict, state, scalars_for) -> list[StepPlan] | None:
+        """This step's plan (one), or None when the cache no longer describes the group. ``scalars_for(call)``
+        gives a call's StepScalars (stochastic rounding differs between calls with and without masters)."""
+        params = group["params"]
+        if (
+            group is not self.group
+            or state is not self.state
+            or state.writes != self.writes
+            or len(params) != len(self.params)
+            or not all(map(operator.is_, params, self.params))
+            or any(p.grad is not None for p in self.idle)
+        ):
+            return None
+        calls, copies = [], {}
+        for cached in self.calls:
+            template = cached.template
+            grads = _extension.module().cached_grads(template.params, cached.states, _STATE_KEYS, cached.held,
+                                                     cached.like)
+            if grads is None:
+                return None
+            scalars = place_scalars(scalars_for(template), template.device, copies)
+            calls.append(replace(template, grads=grads, scalars=scalars))
+        found_inf = calls[0].scalars.found_inf if calls else None
+        return [StepPlan(calls, self.state_steps, None, self.steps_on_cpu, found_inf, [])]

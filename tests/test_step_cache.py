@@ -1,0 +1,233 @@
+"""The per-tensor step's cache (adadelta_fused/step_cache.py): used on every step where nothing changed,
+rebuilt after every change a training loop can make, and never changing a result.
+
+Each test runs three optimizers through the same loop and the same event: ours with its cache, ours
+planning every step from scratch (the cache cleared before each step: results must be bit for bit equal),
+and torch.optim.Adadelta (results within the suite's tolerance). Planning is counted through
+``_init_group``, which only an uncached step calls.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from collections import defaultdict
+
+import pytest
+import torch
+
+from adadelta_fused import Adadelta
+
+from conftest import TOLERANCE
+
+
+class Net(torch.nn.Module):
+    """An MLP plus two params that get a gradient only once they are used: ``extra`` (in the optimizer from
+    the start) and ``spare`` (outside it until an event adds it)."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(7, 13), torch.nn.Tanh(), torch.nn.Linear(13, 3))
+        self.extra = torch.nn.Parameter(torch.empty(3))
+        self.spare = torch.nn.Parameter(torch.empty(3))
+        self.use_extra = self.use_spare = False
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64))
+
+    def forward(self, x):
+        y = self.body(x)
+        y = y * self.extra if self.use_extra else y
+        return y * self.spare if self.use_spare else y
+
+    def optimized(self) -> list[torch.nn.Parameter]:
+        return [*self.body.parameters(), self.extra]
+
+
+def loss_backward(model, step: int) -> None:
+    x = torch.randn(16, 7, generator=torch.Generator().manual_seed(step), dtype=torch.float64)
+    dtype = model.body[0].weight.dtype
+    model(x.to(dtype)).square().mean().backward()
+
+
+@pytest.fixture
+def planning(monkeypatch):
+    """Counts each optimizer's calls of _init_group: planned[id(optimizer)]."""
+    planned: dict[int, int] = defaultdict(int)
+    original = Adadelta._init_group
+
+    def counting(self, *args):
+        planned[id(self)] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(Adadelta, "_init_group", counting)
+    return planned
+
+
+def _events():
+    """name -> (what the event does to one (model, optimizer) pair at step 3, the steps that must plan)."""
+
+    def gain_grad(model, opt):
+        model.use_extra = True
+
+    def lose_grad(model, opt):
+        model.body[2].bias.grad = None
+
+    def reset_state(model, opt):
+        opt.state[model.body[0].weight] = {}
+
+    def delete_state(model, opt):
+        del opt.state[model.body[2].weight]
+
+    def clear_state(model, opt):
+        opt.state.clear()
+
+    def new_state_mapping(model, opt):
+        opt.state = defaultdict(dict, opt.state)
+
+    def replace_step(model, opt):
+        opt.state[model.body[0].bias]["step"] = torch.tensor(0.0)
+
+    def replace_square_avg(model, opt):
+        p = model.body[0].bias
+        opt.state[p]["square_avg"] = torch.full_like(p, 0.5)
+
+    def append_param(model, opt):
+        opt.param_groups[0]["params"].append(model.spare)
+        model.use_spare = True
+
+    def add_group(model, opt):
+        model.use_spare = True
+        opt.add_param_group({"params": [model.spare], "lr": 0.3})
+
+    def change_lr(model, opt):
+        opt.param_groups[0]["lr"] = 0.25
+
+    return {
+        "gain_grad": (gain_grad, {0, 3}),
+        "lose_grad": (lose_grad, {0, 3, 4}),  # step 4: the grad is back
+        "reset_state": (reset_state, {0, 3}),
+        "delete_state": (delete_state, {0, 3}),
+        "clear_state": (clear_state, {0, 3}),
+        "new_state_mapping": (new_state_mapping, {0, 3, 4, 5}),  # a mapping the cache cannot watch
+        "replace_step": (replace_step, {0, 3}),
+        "replace_square_avg": (replace_square_avg, {0, 3}),
+        "append_param": (append_param, {0, 3}),
+        "add_group": (add_group, {0, 3}),
+        "change_lr": (change_lr, {0}),  # read from the group on every step, cached or not
+    }
+
+
+EVENTS = _events()
+
+
+def _assert_bitwise(ours: Adadelta, plain: Adadelta, model, plain_model, where: str) -> None:
+    for (name, p), q in zip(model.named_parameters(), plain_model.parameters()):
+        assert torch.equal(p, q), f"{where}: {name} differs from planning every step"
+        a, b = ours.state.get(p, {}), plain.state.get(q, {})
+        assert a.keys() == b.keys(), f"{where}: {name} state keys"
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{where}: {name} state[{key!r}]"
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_the_cache_follows_every_change_of_the_loop(event, planning, every_backend, generator):
+    change, planning_steps = EVENTS[event]
+    model = Net(generator)
+    plain_model, torch_model = copy.deepcopy(model), copy.deepcopy(model)
+    ours = Adadelta(model.optimized(), lr=0.9, backend=every_backend)
+    plain = Adadelta(plain_model.optimized(), lr=0.9, backend=every_backend)
+    theirs = torch.optim.Adadelta(torch_model.optimized(), lr=0.9)
+    for step in range(6):
+        if step == 3:
+            for m, opt in ((model, ours), (plain_model, plain), (torch_model, theirs)):
+                change(m, opt)
+        planned_before = planning[id(ours)]
+        for m, opt in ((model, ours), (plain_model, plain), (torch_model, theirs)):
+            opt.zero_grad()
+            loss_backward(m, step)
+            if event == "lose_grad" and step == 3:
+                change(m, opt)  # after backward: this step's grad is dropped
+        plain._step_caches.clear()
+        for opt in (ours, plain, theirs):
+            opt.step()
+        planned_now = planning[id(ours)] - planned_before
+        if step in planning_steps:
+            assert planned_now >= 1, f"step {step}: the cache was used after {event}"
+        else:
+            assert planned_now == 0, f"step {step}: planned again although nothing changed"
+        _assert_bitwise(ours, plain, model, plain_model, f"step {step}")
+        for (name, p), q in zip(model.named_parameters(), torch_model.parameters()):
+            torch.testing.assert_close(p, q, **TOLERANCE[p.dtype], msg=lambda m: f"step {step}: {name}: {m}")
+
+
+def test_a_mapping_that_is_not_ours_is_never_cached(planning, generator):
+    """``opt.state = defaultdict(dict)``: a mapping whose writes the cache cannot see; every step plans."""
+    model = Net(generator)
+    opt = Adadelta(model.parameters())
+    opt.state = defaultdict(dict)
+    for step in range(3):
+        opt.zero_grad()
+        loss_backward(model, step)
+        opt.step()
+    assert planning[id(opt)] == 3
+
+
+@pytest.mark.parametrize("event", ["load_state_dict", "deepcopy", "pickle", "to_bfloat16", "skipped_step"])
+def test_the_cache_follows_state_loads_copies_dtypes_and_skipped_steps(event, planning, generator):
+    model = Net(generator)
+    plain_model = copy.deepcopy(model)
+    ours = Adadelta(model.parameters(), lr=0.9)
+    plain = Adadelta(plain_model.parameters(), lr=0.9)
+    saved = {}
+    for step in range(6):
+        if step == 1:
+            saved = {id(ours): copy.deepcopy(ours.state_dict()), id(plain): copy.deepcopy(plain.state_dict())}
+        if step == 3 and event == "load_state_dict":
+            ours.load_state_dict(saved[id(ours)])
+            plain.load_state_dict(saved[id(plain)])
+        if step == 3 and event in ("deepcopy", "pickle"):
+            copier = copy.deepcopy if event == "deepcopy" else lambda x: pickle.loads(pickle.dumps(x))
+            model, ours = copier((model, ours))
+            plain_model, plain = copier((plain_model, plain))
+        if step == 3 and event == "to_bfloat16":
+            model.to(torch.bfloat16)
+            plain_model.to(torch.bfloat16)
+        planned_before = planning[id(ours)]
+        for m, opt in ((model, ours), (plain_model, plain)):
+            opt.zero_grad()
+            loss_backward(m, step)
+            if event == "skipped_step" and step == 3:
+                opt.grad_scale, opt.found_inf = torch.tensor(1.0), torch.tensor(1.0)
+            elif event == "skipped_step":
+                opt.grad_scale, opt.found_inf = torch.tensor(1.0), torch.tensor(0.0)
+        plain._step_caches.clear()
+        ours.step()
+        plain.step()
+        planned_now = planning[id(ours)] - planned_before
+        if step == 0 or (step == 3 and event != "skipped_step"):
+            assert planned_now >= 1, f"step {step}: the cache was used after {event}"
+        else:
+            assert planned_now == 0, f"step {step}: planned again although nothing changed"
+        _assert_bitwise(ours, plain, model, plain_model, f"step {step}")
+    expected_steps = 5.0 if event == "skipped_step" else (4.0 if event == "load_state_dict" else 6.0)
+    assert {float(s["step"]) for s in ours.state.values()} == {expected_steps}
+    if event == "to_bfloat16":
+        assert {s["square_avg"].dtype for s in ours.state.values()} == {torch.bfloat16}
+
+
+def test_cached_steps_read_this_steps_grads_in_place(planning, generator):
+    """A loop that zeroes grads in place (set_to_none=False) keeps the same grad tensors: the cached step
+    reads their new values, not a copy."""
+    model = Net(generator)
+    twin = copy.deepcopy(model)
+    ours = Adadelta(model.parameters())
+    theirs = torch.optim.Adadelta(twin.parameters())
+    for step in range(4):
+        for m, opt in ((model, ours), (twin, theirs)):
+            opt.zero_grad(set_to_none=False)
+            loss_backward(m, step)
+            opt.step()
+    assert planning[id(ours)] == 1
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, **TOLERANCE[torch.float32])
