@@ -88,3 +88,27 @@ def test_a_compiled_step_resolves_a_negation_bit_grad():
     torch.compile(Adadelta([ours], lr=0.5).step, backend="aot_eager")()
     torch.optim.Adadelta([theirs], lr=0.5).step()
     torch.testing.assert_close(ours, theirs, rtol=2e-5, atol=2e-6)
+
+
+def test_eager_steps_then_compiled_steps_make_no_more_graphs_than_torch():
+    """Eager steps leave each group's step cache (adadelta_fused/step_cache.py) behind; compiled steps after
+    them trace the uncached planning, with no more graphs than torch and the numbers of an all-eager run."""
+    def frames(make_optimizer):
+        torch._dynamo.reset()
+        model = mlp(0)
+        opt = make_optimizer(model.parameters())
+        train(model, opt, 2)
+        counter = CompileCounterWithBackend("aot_eager")
+        train(model, opt, 3, counter)
+        return counter.frame_count, model, opt
+
+    theirs, _, _ = frames(lambda p: torch.optim.Adadelta(p, lr=0.5))
+    ours, model, opt = frames(lambda p: Adadelta(p, lr=0.5))
+    assert opt._step_caches, "the eager steps built no cache"
+    assert ours <= theirs, f"ours compiles {ours} graphs, torch.optim.Adadelta {theirs}"
+    eager_model = mlp(0)
+    eager_opt = Adadelta(eager_model.parameters(), lr=0.5)
+    train(eager_model, eager_opt, 2)
+    train(eager_model, eager_opt, 3)  # the same batches as the compiled run's
+    for (name, p), q in zip(model.named_parameters(), eager_model.parameters()):
+        assert_bitwise_equal(p.detach(), q.detach(), f"compiled after eager vs eager: {name}")
