@@ -122,10 +122,12 @@ class GroupCache:
         steps_on_cpu = all(plan.steps_on_cpu for plan in plans)
         return cls(group, params, idle, state, state.writes, calls, steps, steps_on_cpu)
 
-    def settle(self, state: StateMap) -> None:
+    def settle(self, state: StateMap, before: int | None) -> None:
         """After a step's planning: the state writes it made (a new param's state, made by planning
-        another group) are not a user's change."""
-        if state is self.state:
+        another group) are not a user's change. ``before``: ``state.writes`` when the step began; a cache
+        that a user's write made stale before it, and that this step did not check (a compiled step, a
+        group taken out of ``param_groups`` for a while), stays stale."""
+        if state is self.state and before is not None and self.writes >= before:
             self.writes = state.writes
 
     def plans(self, group: dict, state, scalars_for) -> list[StepPlan] | None:
