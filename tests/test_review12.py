@@ -136,3 +136,24 @@ def test_an_accumulator_cast_in_place_is_followed_as_planning_follows_it():
         runs.append((opt, params))
     (ours, params), (plain, plain_params) = runs
     _assert_same(ours, plain, params, plain_params)
+
+
+def test_a_pickled_optimizer_names_no_class_of_ours_for_its_state():
+    # opt.state pickled as adadelta_fused.step_cache.StateMap: torch.save(opt) (or of opt.state) made by
+    # this version did not load with an adadelta_fused from before the cache, nor where the module moved.
+    import copy
+    import pickle
+    from collections import defaultdict
+
+    params = _params()
+    opt = Adadelta(params)
+    _give_grads(params)
+    opt.step()
+    assert b"step_cache" not in pickle.dumps(opt)
+    state = pickle.loads(pickle.dumps(opt.state))
+    assert type(state) is defaultdict and len(state) == 2
+    twin = copy.deepcopy(opt)
+    _give_grads(twin.param_groups[0]["params"])  # (a copied Parameter has no grad)
+    twin.step()  # the copy's state is a StateMap again, and cached
+    twin.step()
+    assert twin._step_caches and all(float(s["step"]) == 3.0 for s in twin.state.values())
