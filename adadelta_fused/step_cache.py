@@ -75,6 +75,11 @@ class StateMap(defaultdict):
         self._wrote()
         super().update(*args, **kwargs)
 
+    def __reduce__(self):
+        # Pickled (torch.save(opt), deepcopy) as torch's defaultdict: a pickle names no class of ours, so
+        # it loads where this module does not exist (a version before it); __setstate__ wraps it again.
+        return defaultdict, (self.default_factory,), None, None, iter(self.items())
+
 
 @dataclass
 class _CachedCall:
