@@ -501,14 +501,21 @@ class Adadelta(Optimizer):
             self._in_backward.end_iteration()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        # StateMap's count when the step begins, for the caches below (a compiled step neither reads nor
+        # settles them: Dynamo would guard on the count, which the step itself may change)
+        compiling = torch.compiler.is_compiling()
+        writes = None if compiling else getattr(self.state, "writes", None)
         plans = []
         for index, group in enumerate(self.param_groups):
             if group["differentiable"]:
                 plans.append(group)
                 continue
             plans.extend(self._plan_group(index, group, grad_scale, found_inf))
-        for cache in self._step_caches.values():
-            cache.settle(self.state)  # this step's own new state (a new param's) changes no group's plan
+        if not compiling:
+            for index in [index for index in self._step_caches if index >= len(self.param_groups)]:
+                del self._step_caches[index]  # a removed group's: it would keep its params and state alive
+            for cache in self._step_caches.values():
+                cache.settle(self.state, writes)  # this step's own new state (a new param's) changes no plan
         # Everything is planned and checked before the first write: a bad group never leaves a step half
         # applied. One backend call checks itself (the op validates first), so only several need this.
         fused = [p for p in plans if not isinstance(p, dict)]

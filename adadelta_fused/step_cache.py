@@ -75,6 +75,11 @@ class StateMap(defaultdict):
         self._wrote()
         super().update(*args, **kwargs)
 
+    def __reduce__(self):
+        # Pickled (torch.save(opt), deepcopy) as torch's defaultdict: a pickle names no class of ours, so
+        # it loads where this module does not exist (a version before it); __setstate__ wraps it again.
+        return defaultdict, (self.default_factory,), None, None, iter(self.items())
+
 
 @dataclass
 class _CachedCall:
@@ -122,10 +127,12 @@ class GroupCache:
         steps_on_cpu = all(plan.steps_on_cpu for plan in plans)
         return cls(group, params, idle, state, state.writes, calls, steps, steps_on_cpu)
 
-    def settle(self, state: StateMap) -> None:
+    def settle(self, state: StateMap, before: int | None) -> None:
         """After a step's planning: the state writes it made (a new param's state, made by planning
-        another group) are not a user's change."""
-        if state is self.state:
+        another group) are not a user's change. ``before``: ``state.writes`` when the step began; a cache
+        that a user's write made stale before it, and that this step did not check (a compiled step, a
+        group taken out of ``param_groups`` for a while), stays stale."""
+        if state is self.state and before is not None and self.writes >= before:
             self.writes = state.writes
 
     def plans(self, group: dict, state, scalars_for) -> list[StepPlan] | None:
