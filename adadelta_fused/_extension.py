@@ -39,13 +39,24 @@ def steps_op():
     return torch.ops.adadelta_fused.advance_steps_.default if module() is not None else None
 
 
+def _only_device_modes() -> bool:
+    """Whether every active torch function mode is a default-device context (``torch.set_default_device``,
+    ``with torch.device(...)``, common in LLM code): those change factory calls only, never this op."""
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._device import DeviceContext
+
+    return all(type(mode) is DeviceContext for mode in _get_current_function_mode_stack())
+
+
 def call_unboxed(name: str, *arguments) -> bool:
     """Call an op through the extension's unboxed entry ``_C.<name>`` (csrc/python_calls.cpp: torch.ops
     boxes each tensor of each list, 1.3 us a param for a step's four lists). Returns False, having done
     nothing, where the op must go through torch.ops: under torch.compile, which traces torch.ops calls;
-    with a torch function mode active or a tensor subclass in the lists, since only torch.ops' Python path
-    runs their ``__torch_function__``; without the extension."""
-    if _MODULE is None or torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
+    with a torch function mode active (other than a default device) or a tensor subclass in the lists,
+    since only torch.ops' Python path runs their ``__torch_function__``; without the extension."""
+    if _MODULE is None or torch.compiler.is_compiling():
+        return False
+    if torch._C._is_torch_function_mode_enabled() and not _only_device_modes():
         return False
     return getattr(_MODULE, name)(*arguments)
 

@@ -12,7 +12,8 @@ state tensors) and checks, each step, that they still describe the group:
 - per param, in one native pass (``_C.cached_grads``, about 60 ns a param): it has a dense grad without the
   negation bit, its dtype and device are the cached ones (``model.to`` rebuilds, and the state follows the
   param as torch's does), and its state dict holds the cached ``step``, ``square_avg``, ``acc_delta`` and
-  ``master_param`` (``opt.state[p]["step"] = t`` rebuilds).
+  ``master_param`` (``opt.state[p]["step"] = t`` rebuilds), each still of the dtype (and a CPU counter
+  still on the CPU) the plan was made for (a ``.data =`` cast rebuilds, as state-offload tools make).
 
 Anything else (a param that loses its grad, ``set_to_none`` included) falls back to planning, which
 builds a new cache. Only the common case is cached: eager steps of plain tensors (no DTensor, no complex
@@ -87,6 +88,7 @@ class _CachedCall:
     states: list[dict]  # each param's state dict
     held: list  # per param, the objects its state dict held under _STATE_KEYS (None: absent)
     like: torch.Tensor  # an empty tensor of the params' dtype and device
+    state_like: torch.Tensor  # the same, of the accumulators' dtype
 
 
 @dataclass
@@ -120,7 +122,8 @@ class GroupCache:
                     return None
                 held = [s.get(key) for s in states for key in _STATE_KEYS]
                 like = torch.empty(0, dtype=call.params[0].dtype, device=call.params[0].device)
-                calls.append(_CachedCall(replace(call, grads=[]), states, held, like))
+                state_like = torch.empty(0, dtype=call.square_avgs[0].dtype, device=call.params[0].device)
+                calls.append(_CachedCall(replace(call, grads=[]), states, held, like, state_like))
                 stepped.update(map(id, call.params))
             steps += plan.state_steps or []
         idle = [p for p in params if id(p) not in stepped]
@@ -152,7 +155,7 @@ class GroupCache:
         for cached in self.calls:
             template = cached.template
             grads = _extension.module().cached_grads(template.params, cached.states, _STATE_KEYS, cached.held,
-                                                     cached.like)
+                                                     cached.like, cached.state_like, self.steps_on_cpu)
             if grads is None:
                 return None
             scalars = place_scalars(scalars_for(template), template.device, copies)

@@ -85,18 +85,41 @@ bool advance_steps(const py::list& steps, const c10::optional<at::Tensor>& found
   return true;
 }
 
+// Whether a tensor held in a param's state is still what the cache was built with, as far as the plan
+// depends on it (a `.data =` assignment can change any of these in place, as state-offload tools do): the
+// step counter one fp32/fp64 element, on the CPU where the plan advances CPU counters; an accumulator
+// `state`'s dtype and device (planning casts a changed one back); a master copy fp32 on the device.
+bool still_fits(Py_ssize_t key, PyObject* held, const at::Tensor& state, bool steps_on_cpu) {
+  if (!THPVariable_Check(held)) return false;
+  const at::Tensor& t = THPVariable_Unpack(held);
+  if (t.layout() != at::kStrided) return false;
+  switch (key) {
+    case 0:
+      return t.numel() == 1 && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble) &&
+             (!steps_on_cpu || t.is_cpu());
+    case 1:
+    case 2:
+      return t.scalar_type() == state.scalar_type() && t.device() == state.device();
+    default:
+      return t.scalar_type() == at::kFloat && t.device() == state.device();
+  }
+}
+
 // The optimizer's per-step test of a cached group (adadelta_fused/step_cache.py), in one pass: the grads of
 // `params`, or None when the cache no longer describes the group. That is when a param has no grad (or a
 // sparse one, or one with torch's lazy negation bit: the planner's cases), when a param's dtype or device is
 // no longer `like`'s (model.to), or when a param's state dict no longer holds the cached tensors under
-// `keys` (`cached` holds len(keys) objects per param, None for an absent key). About 60 ns a param, against
-// 0.35 us for the same loop in Python.
+// `keys` ("step", "square_avg", "acc_delta", "master_param"; `cached` holds 4 objects per param, None for
+// an absent key) or one of them changed in place (still_fits; `state_like` has the accumulators' dtype).
+// About 60 ns a param, against 0.35 us for the same loop in Python.
 py::object cached_grads(const py::list& params, const py::list& states, const py::tuple& keys,
-                        const py::list& cached, const at::Tensor& like) {
+                        const py::list& cached, const at::Tensor& like, const at::Tensor& state_like,
+                        bool steps_on_cpu) {
   const Py_ssize_t n = PyList_GET_SIZE(params.ptr());
   const Py_ssize_t k = PyTuple_GET_SIZE(keys.ptr());
-  TORCH_CHECK_VALUE(PyList_GET_SIZE(states.ptr()) == n && PyList_GET_SIZE(cached.ptr()) == n * k,
-                    "cached_grads: states and cached must hold one dict and len(keys) objects per param");
+  TORCH_CHECK_VALUE(k == 4 && PyList_GET_SIZE(states.ptr()) == n && PyList_GET_SIZE(cached.ptr()) == n * k,
+                    "cached_grads: keys must name step, square_avg, acc_delta and master_param, and states and "
+                    "cached hold one dict and 4 objects per param");
   const at::ScalarType dtype = like.scalar_type();
   const c10::Device device = like.device();
   py::list grads(n);
@@ -113,6 +136,7 @@ py::object cached_grads(const py::list& params, const py::list& states, const py
       PyObject* held = PyDict_GetItem(state, PyTuple_GET_ITEM(keys.ptr(), j));  // borrowed; NULL: absent
       PyObject* want = PyList_GET_ITEM(cached.ptr(), i * k + j);
       if (held != (want == Py_None ? nullptr : want)) return py::none();
+      if (held != nullptr && !still_fits(j, held, state_like, steps_on_cpu)) return py::none();
     }
     PyList_SET_ITEM(grads.ptr(), i, THPVariable_Wrap(grad));
   }

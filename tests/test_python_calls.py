@@ -134,3 +134,17 @@ def test_an_optimizer_step_takes_the_unboxed_calls(unboxed_calls, generator):
         model(torch.randn(2, 4, generator=generator)).sum().backward()
         opt.step()
     assert unboxed_calls == ["step", "advance_steps"] * 2
+
+
+def test_a_default_device_context_keeps_the_unboxed_step(unboxed_calls, generator):
+    """``torch.set_default_device``/``with torch.device(...)`` is a torch function mode that changes factory
+    calls only: the step keeps its unboxed calls (and its results)."""
+    lists = _lists(generator)
+    twin = copy.deepcopy(lists)
+    with torch.device("cpu"):
+        adadelta_(*lists, backend="cpp")
+    assert unboxed_calls == ["step", "advance_steps"]
+    adadelta_(*twin, backend="cpp")
+    for ours, theirs in zip(lists, twin):
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b)

@@ -1,8 +1,5 @@
 """Review of issue #12 (host overhead): cases where the step cache (adadelta_fused/step_cache.py) made a
-step differ from planning every step (the cache cleared before each step: the oracle) or from torch.
-
-The xfail tests need a change of ``_C.cached_grads`` (csrc/python_calls.cpp); see each reason.
-"""
+step differ from planning every step (the cache cleared before each step: the oracle) or from torch."""
 
 from __future__ import annotations
 
@@ -100,10 +97,6 @@ def test_a_removed_group_s_cache_does_not_keep_its_state_alive():
     assert square_avg() is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cached steps skip check_state_steps: a step counter changed in place (.data =, set_, resize_) raises "
-    "in advance_steps after the params were written; fix: _C.cached_grads checks each held 'step' tensor "
-    "as check_state_steps does (strided, 1 element, float32/64, CPU-ness unchanged) and returns None"))
 def test_a_step_counter_changed_in_place_raises_before_anything_is_written():
     params = _params()
     opt = Adadelta(params)
@@ -118,10 +111,6 @@ def test_a_step_counter_changed_in_place_raises_before_anything_is_written():
         assert torch.equal(p, b), "the step was half applied: params written before the error"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cached steps do not re-check the accumulators' dtype: one cast in place (.data = t.double(), as "
-    "state-offload utilities do) raises TypeError where planning (_init_group) casts it back and torch "
-    "steps it; fix: _C.cached_grads compares each held square_avg/acc_delta's dtype with the dtype at build"))
 def test_an_accumulator_cast_in_place_is_followed_as_planning_follows_it():
     runs = []
     for oracle in (False, True):
