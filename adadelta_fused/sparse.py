@@ -75,6 +75,7 @@ class SparseCall:
     grad: torch.Tensor  # the param's gradient; its values are unscaled in place after a GradScaler step
     args: tuple
     state_step: torch.Tensor
+    scalars: StepScalars  # the step's (read by step_in_backward as it reads a BackendCall's)
 
     def check(self) -> None:
         check_sparse_args(*self.args, self.args[0].device.type)
@@ -163,7 +164,7 @@ def _plan_param(optimizer, index: int, group: dict[str, Any], p: torch.Tensor, s
         0.0 if lr_tensor is not None else float(lr), lr_tensor, group["rho"], group["eps"], group["maximize"],
         scalars.grad_scale, scalars.found_inf, int(state["step"]) + 1,
     )
-    return SparseCall(_executor(optimizer.defaults["backend"], p.device), grad, args, state["step"])
+    return SparseCall(_executor(optimizer.defaults["backend"], p.device), grad, args, state["step"], scalars)
 
 
 def rows_and_values(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -318,3 +318,39 @@ def test_deepcopy_keeps_row_records(generator):
     ours, twin, opt, twin_opt = run_side_by_side(generator, 10)
     copied = copy.deepcopy(opt)
     assert "row_step" in copied.state[copied.param_groups[0]["params"][0]]
+
+
+def test_step_in_backward_steps_sparse_gradients(generator):
+    embedding = torch.nn.Embedding(NUM_ROWS, WIDTH, sparse=True)
+    twin = copy.deepcopy(embedding)
+    opt, twin_opt = Adadelta(embedding.parameters(), step_in_backward=True), Adadelta(twin.parameters())
+    for _ in range(12):
+        index = torch.randint(0, NUM_ROWS, (9,), generator=generator)
+        embedding(index).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+        twin(index).square().sum().backward()
+        twin_opt.step()
+        twin_opt.zero_grad()
+    assert_bitwise_equal(embedding.weight.detach(), twin.weight.detach())
+
+
+def test_grad_scaler_end_to_end(generator):
+    """torch.amp.GradScaler on the CPU: its found_inf check reads the sparse values, the step unscales them."""
+    embedding = torch.nn.Embedding(NUM_ROWS, WIDTH, sparse=True)
+    twin = copy.deepcopy(embedding)
+    opt, twin_opt = Adadelta(embedding.parameters()), Adadelta(twin.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for step in range(10):
+        index = torch.randint(0, NUM_ROWS, (9,), generator=generator)
+        scale = float("inf") if step == 4 else 1.0  # one step overflows: skipped
+        opt.zero_grad()
+        scaler.scale(embedding(index).square().sum() * scale).backward()
+        scaler.step(opt)
+        scaler.update()
+        if step != 4:
+            twin_opt.zero_grad()
+            twin(index).square().sum().backward()
+            twin_opt.step()
+    assert int(opt.state[embedding.weight]["step"]) == 9
+    torch.testing.assert_close(embedding.weight.detach(), twin.weight.detach(), **TOLERANCE[torch.float32])
