@@ -67,17 +67,24 @@ ADF_HOST_DEVICE M decay_once(M x, M rho) {
   return stored_value<StateT>(x * rho);
 }
 
-// All missed steps of kLanes values of one accumulator (loaded from storage; stored as StateT by the
-// caller). The lanes are the innermost loop, so that a CPU tile of 32 elements runs the k multiplies as
-// independent vector chains (a mul's 4-cycle latency hidden by 8 AVX2 vectors); a CUDA thread runs 1 lane.
+// All missed steps of kLanes values of both accumulators (loaded from storage; stored as StateT by the
+// caller). The lanes are the innermost loop and both accumulators share it, so that a CPU tile of 32
+// elements runs the k multiplies as 8 independent AVX2 chains (a mul's 4-cycle latency hidden at 2 issues a
+// cycle); a CUDA thread runs 1 lane.
 template <typename StateT, int kLanes, typename M>
-ADF_HOST_DEVICE void decay_lanes(M (&x)[kLanes], const RowDecay<M>& d) {
+ADF_HOST_DEVICE void decay_lanes(M (&sq)[kLanes], M (&acc)[kLanes], const RowDecay<M>& d) {
   if (d.missed > kExactDecaySteps) {
-    for (int l = 0; l < kLanes; ++l) x[l] = x[l] * d.factor;
+    for (int l = 0; l < kLanes; ++l) {
+      sq[l] = sq[l] * d.factor;
+      acc[l] = acc[l] * d.factor;
+    }
     return;
   }
   for (int64_t j = 0; j < d.missed; ++j) {
-    for (int l = 0; l < kLanes; ++l) x[l] = decay_once<StateT>(x[l], d.rho);
+    for (int l = 0; l < kLanes; ++l) {
+      sq[l] = decay_once<StateT>(sq[l], d.rho);
+      acc[l] = decay_once<StateT>(acc[l], d.rho);
+    }
   }
 }
 
@@ -97,8 +104,7 @@ struct SparseRowTile {
       sq[l] = l < count ? to_math(square_avg[l]) : M(0);
       acc[l] = l < count ? to_math(acc_delta[l]) : M(0);
     }
-    decay_lanes<StateT>(sq, d);
-    decay_lanes<StateT>(acc, d);
+    decay_lanes<StateT>(sq, acc, d);
     for (int l = 0; l < count; ++l) {
       StateT sq_held;
       StateT acc_held;
