@@ -105,7 +105,10 @@ def extensions():
 
     with_cuda, why = cuda_decision(torch)
     print(f"adadelta_fused: CUDA kernel {'enabled' if with_cuda else 'disabled'}: {why}")
-    cpu_sources = ["csrc/ops.cpp", "csrc/op_host.cpp", "csrc/python_calls.cpp", "csrc/cpu/adadelta_cpu.cpp", "csrc/cpu/steps_cpu.cpp"]
+    cpu_sources = [
+        "csrc/ops.cpp", "csrc/op_host.cpp", "csrc/python_calls.cpp", "csrc/sparse_host.cpp",
+        "csrc/cpu/adadelta_cpu.cpp", "csrc/cpu/steps_cpu.cpp", "csrc/cpu/sparse_cpu.cpp",
+    ]
     # -fno-math-errno and -fno-trapping-math let GCC vectorize sqrt and if-convert selects around float
     # ops (without them the update loop stays scalar: 7.8 GB/s instead of memory speed); neither changes a
     # result. -ffp-contract=off: the math header writes every fma torch uses explicitly and no other, so

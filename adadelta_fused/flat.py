@@ -215,7 +215,10 @@ class FlatGroup:
             for index in foreign:
                 grad = self.params[index].grad
                 if grad.layout != torch.strided:
-                    raise RuntimeError("Adadelta does not support sparse gradients")
+                    raise RuntimeError(
+                        f"Adadelta does not support sparse gradients with flatten=True (param {index}): the flat "
+                        "buffers hold dense gradients; use flatten=False, whose step takes them row by row"
+                    )
                 # A grad viewing another slot of this buffer would be overwritten before it is read.
                 sources.append(grad.clone() if grad.untyped_storage().data_ptr() == buffer_storage else grad)
             with torch.no_grad():

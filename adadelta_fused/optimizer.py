@@ -10,6 +10,7 @@ import torch
 from torch.optim.adadelta import adadelta as torch_adadelta
 from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype, _use_grad_for_differentiable
 
+from . import sparse
 from .contract import LOW_PRECISION, check_hyperparameters
 from .flat import FlatGroup, check_flattenable
 from .functional import plan, step_scalars
@@ -323,6 +324,12 @@ class Adadelta(Optimizer):
                 for group in self.param_groups:
                     self._in_backward.register(group["params"])
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's, once every sparse-stepped row has caught up on its pending decays: the saved state is
+        dense Adadelta's, with torch's keys only (adadelta_fused.sparse)."""
+        sparse.settle_all(self)
+        return super().state_dict()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load, checked first, except that accumulators keep this optimizer's state dtype (torch
         casts them to the param dtype, which would round fp32 state of bf16 params), master copies stay
@@ -459,11 +466,14 @@ class Adadelta(Optimizer):
             if grad is None:
                 continue
             if grad.is_sparse:
-                raise RuntimeError("Adadelta does not support sparse gradients")
+                sparse.defer(self, group, p)  # stepped lazily by adadelta_fused.sparse (see _plan_group)
+                continue
             state = state_of[p]
             if not state:
                 state.update(self._init_state(p, group))
             else:
+                if "row_step" in state:
+                    sparse.settle(self, p, state)  # a dense step after sparse ones: every row catches up first
                 # Identity tests first: the full rule (_state_dtype_for) only runs when the param's dtype
                 # may have changed since the state was made (model.to(dtype)).
                 held = state["square_avg"].dtype
@@ -572,12 +582,16 @@ class Adadelta(Optimizer):
                 params, grads, square_avgs, acc_deltas, steps, with_rounding(masters, stream), masters or None,
                 options["backend"],
             ))
+        deferred = sparse.plan_deferred(self, index, unflat, scalars)
         if cacheable:
-            cache = GroupCache.build(group, self.state, plans)
+            # A group with sparse grads is planned every step: its sparse params are stepped row by row
+            # (adadelta_fused.sparse), which the cache does not describe.
+            cache = None if deferred else GroupCache.build(group, self.state, plans)
             if cache is None:
                 self._step_caches.pop(index, None)
             else:
                 self._step_caches[index] = cache
+        plans.extend(deferred)
         return plans
 
     def _torch_step(self, group: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ KERNEL_MODULE = "adadelta_fused.triton_kernel"
 # drivers". One lock around the flips and every read of the knob makes the first use from many threads
 # safe; later calls hit the cache without taking it.
 _LOCK = threading.RLock()
-_MODULES: dict[bool, object] = {}
+_MODULES: dict[tuple[str, bool], object] = {}
 
 
 @contextlib.contextmanager
@@ -42,19 +42,20 @@ def _interpret_knob(enabled: bool):
             os.environ["TRITON_INTERPRET"] = saved_env
 
 
-def kernels(interpret: bool):
-    """``adadelta_fused.triton_kernel`` with its functions jitted for the interpreter or for the compiler."""
-    module = _MODULES.get(interpret)
+def kernels(interpret: bool, name: str = KERNEL_MODULE):
+    """A kernel module (``adadelta_fused.triton_kernel`` unless named) with its functions jitted for the
+    interpreter or for the compiler."""
+    module = _MODULES.get((name, interpret))
     if module is not None:
         return module
     with _LOCK:
-        if interpret not in _MODULES:
-            spec = importlib.util.find_spec(KERNEL_MODULE)
+        if (name, interpret) not in _MODULES:
+            spec = importlib.util.find_spec(name)
             module = importlib.util.module_from_spec(spec)
             with _interpret_knob(interpret):
                 spec.loader.exec_module(module)
-            _MODULES[interpret] = module
-        return _MODULES[interpret]
+            _MODULES[(name, interpret)] = module
+        return _MODULES[(name, interpret)]
 
 
 def interpreting() -> bool:

@@ -140,6 +140,19 @@ def _hyperparameter(value, MATH: tl.constexpr):
 
 
 @triton.jit
+def _adadelta_values(g, p, sq, acc, neg_lr, rho, one_minus_rho, eps):
+    """The update of reference._update_one after weight decay, on values in math precision: (sq, acc, p).
+    Shared with the sparse kernel (sparse_triton_kernel.py), which loads and stores differently."""
+    sq = tl.fma(one_minus_rho * g, g, sq * rho)  # sq.mul_(rho).addcmul_(g, g, value=1 - rho)
+    std = _ieee_sqrt(sq + eps)  # _sqrt(sq.add(eps))
+    delta = _ieee_sqrt(acc + eps)  # _sqrt(acc.add(eps))
+    delta = _ieee_div(delta, std) * g  # delta.div_(std).mul_(g)
+    acc = tl.fma(one_minus_rho * delta, delta, acc * rho)  # acc.mul_(rho).addcmul_(delta, delta, 1 - rho)
+    p = tl.fma(neg_lr, delta, p)  # p.add_(delta, alpha=-lr)
+    return sq, acc, p
+
+
+@triton.jit
 def _update_elements(
     # buffers of one tensor, typed pointers
     param_ptr, grad_ptr, square_avg_ptr, acc_delta_ptr, master_ptr,
@@ -168,12 +181,7 @@ def _update_elements(
 
     sq = _to_math(tl.load(square_avg_ptr + offsets, mask=mask), MATH)
     acc = _to_math(tl.load(acc_delta_ptr + offsets, mask=mask), MATH)
-    sq = tl.fma(one_minus_rho * g, g, sq * rho)  # sq.mul_(rho).addcmul_(g, g, value=1 - rho)
-    std = _ieee_sqrt(sq + eps)  # _sqrt(sq.add(eps))
-    delta = _ieee_sqrt(acc + eps)  # _sqrt(acc.add(eps))
-    delta = _ieee_div(delta, std) * g  # delta.div_(std).mul_(g)
-    acc = tl.fma(one_minus_rho * delta, delta, acc * rho)  # acc.mul_(rho).addcmul_(delta, delta, 1 - rho)
-    p = tl.fma(neg_lr, delta, p)  # p.add_(delta, alpha=-lr)
+    sq, acc, p = _adadelta_values(g, p, sq, acc, neg_lr, rho, one_minus_rho, eps)
 
     tl.store(square_avg_ptr + offsets, _to_storage(sq, square_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(acc_delta_ptr + offsets, _to_storage(acc, acc_delta_ptr.dtype.element_ty), mask=mask)

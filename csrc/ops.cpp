@@ -7,6 +7,8 @@
 #include "multi_tensor.h"
 #include "op_host.h"
 #include "python_calls.h"
+#include "sparse_host.h"
+#include "sparse_rows.h"
 
 #include <memory>
 #include <string>
@@ -135,6 +137,18 @@ std::tuple<std::vector<std::vector<at::Tensor>>, std::vector<std::pair<at::Tenso
   return {std::move(rows), std::move(write_back), !group.staged().empty()};
 }
 
+// The sparse op's validator (sparse_host.h) for the Triton op and the fake kernel: its arguments in schema
+// order, then the device type of the kernel that will run.
+void check_sparse_args(const at::Tensor& param, const at::Tensor& square_avg, const at::Tensor& acc_delta,
+                       const at::Tensor& row_step, const at::Tensor& rows, const c10::optional<at::Tensor>& values,
+                       double lr, const c10::optional<at::Tensor>& lr_tensor, double rho, double eps, bool maximize,
+                       const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+                       int64_t step, const std::string& device_type) {
+  const adadelta_fused::SparseOpArgs op{param, square_avg, acc_delta, row_step, rows,      values,    lr,
+                                        lr_tensor, rho,   eps,        maximize, grad_scale, found_inf, step};
+  adadelta_fused::check_sparse_args(op, c10::Device(device_type).type());
+}
+
 // A sparse tensor routes the call to a sparse dispatch key; the validator names the argument and layout.
 void reject_layout(at::TensorList params, at::TensorList grads, at::TensorList square_avgs, at::TensorList acc_deltas,
                    at::TensorList master_params, double lr, const c10::optional<at::Tensor>& lr_tensor, double rho,
@@ -163,6 +177,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   });
   m.def("check_op_args", &check_op_args, "the op's validator (op_host.h), for backends written in Python");
+  m.def("check_sparse_args", &check_sparse_args, "the sparse op's validator (sparse_host.h)");
+  m.attr("exact_decay_steps") = adadelta_fused::kExactDecaySteps;
   m.def("check_state_steps", &check_state_steps,
         "the step counters' validator, run before the update: whether all of them are CPU tensors");
   m.def("flat_view_status", &flat_view_status, "flat buffers: moved params, missing and foreign grads");

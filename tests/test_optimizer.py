@@ -155,13 +155,20 @@ def test_params_as_bare_tensor_raise_like_torch():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sparse_gradient_raises_like_torch(backend):
+def test_sparse_gradient_is_stepped_where_torch_raises(backend):
+    """torch.optim.Adadelta refuses sparse gradients; this one steps them (tests/test_sparse.py: how exactly)."""
     for cls in (Adadelta, torch.optim.Adadelta):
         embedding = torch.nn.Embedding(10, 3, sparse=True)
         opt = cls(embedding.parameters(), **({"backend": backend} if cls is Adadelta else {}))
         embedding(torch.tensor([1, 2])).sum().backward()
-        with pytest.raises(RuntimeError, match="^Adadelta does not support sparse gradients$"):
+        before = embedding.weight.detach().clone()
+        if cls is torch.optim.Adadelta:
+            with pytest.raises(RuntimeError, match="^Adadelta does not support sparse gradients$"):
+                opt.step()
+        else:
             opt.step()
+            moved = (embedding.weight.detach() != before).any(dim=1)
+            assert moved.tolist() == [i in (1, 2) for i in range(10)]
 
 
 @pytest.mark.parametrize("lr", [float("nan"), float("inf")])
