@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from . import backends
-from .contract import StepScalars
+from .contract import STATE_DTYPES, StepScalars
 from .functional import _advance_steps
 from .sparse_ops import check_sparse_args
 from .sparse_reference import sparse_adadelta_reference_
@@ -196,9 +196,14 @@ def settle(optimizer, p: torch.Tensor, state: dict[str, Any]) -> None:
     if row_step is None:
         return
     rows = torch.arange(p.shape[0], dtype=torch.int64, device=p.device)
+    param = p.detach()
+    if state["square_avg"].dtype not in STATE_DTYPES.get(p.dtype, ()):
+        # model.to(dtype) since the records were made: a catch-up does not read the param, so a stand-in of the
+        # state's dtype keeps the pair a supported one (and the decays in the precision they were made in)
+        param = torch.empty_like(state["square_avg"])
     with torch.no_grad():
         _executor(optimizer.defaults["backend"], p.device)(
-            p.detach(), state["square_avg"], state["acc_delta"], row_step, rows, None, 0.0, None, rho, 0.0, False,
+            param, state["square_avg"], state["acc_delta"], row_step, rows, None, 0.0, None, rho, 0.0, False,
             None, None, int(state["step"]),
         )
 
