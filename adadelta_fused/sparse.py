@@ -130,6 +130,10 @@ def _check_supported(optimizer, index: int, group: dict[str, Any], p: torch.Tens
         raise _refuse(index, group, p, "stochastic_rounding=True is not supported for sparse-stepped bf16 params")
     if torch.is_complex(p):
         raise _refuse(index, group, p, f"complex params ({p.dtype}) are not supported with sparse gradients")
+    if not p.is_contiguous():
+        raise _refuse(index, group, p, (
+            "the param must be contiguous (the sparse step addresses rows by row * row width); make it "
+            "contiguous, e.g. nn.Parameter(weight.contiguous()), before building the optimizer"))
     if grad.layout != torch.sparse_coo or grad.sparse_dim() != 1:
         detail = f"sparse_dim={grad.sparse_dim()}" if grad.layout == torch.sparse_coo else f"layout {grad.layout}"
         raise _refuse(index, group, p, (
