@@ -7,11 +7,12 @@ take the dense update, in one pass; untouched rows are neither read nor written.
 Adadelta on the densified gradient: bit for bit for rows idle at most 64 steps, within rounding beyond.
 
 State: besides torch's ``step``, ``square_avg`` and ``acc_delta``, a sparse-stepped param keeps
-``row_step`` (int64, one per row: the step its accumulators are current at) and ``row_rho`` (the rho they
-decay with). ``state_dict()`` first brings every row up to date and drops both (``settle_all``), so what it
-saves is dense Adadelta's state, which ``torch.optim.Adadelta`` loads as well; a state without them (loaded,
-or after dense steps) means every row is current. A dense gradient after sparse ones, and a change of the
-group's rho, settle the param first, so both stay exact.
+``row_step`` (int64, one per row: the step its accumulators are current at), ``row_rho`` (the rho they
+decay with) and ``row_clock`` (the param's step as a host int, which the records count in: torch's fp32
+``step`` stops counting at 2**24). ``state_dict()`` first brings every row up to date and drops the three
+(``settle_all``), so what it saves is dense Adadelta's state, which ``torch.optim.Adadelta`` loads as well; a
+state without them (loaded, or after dense steps) means every row is current. A dense gradient after sparse
+ones, and a change of the group's rho, settle the param first, so both stay exact.
 
 Duplicate indices (an uncoalesced gradient) are summed as ``to_dense()`` sums them, bit for bit for fp32 and
 fp64 on the CPU; in bf16/fp16 within the last bit (``rows_and_values``).
@@ -37,13 +38,14 @@ from typing import Any
 import torch
 
 from . import backends
-from .contract import StepScalars
+from .contract import STATE_DTYPES, StepScalars
 from .functional import _advance_steps
 from .sparse_ops import check_sparse_args
 from .sparse_reference import sparse_adadelta_reference_
 
 ROW_STEP = "row_step"
 ROW_RHO = "row_rho"
+ROW_CLOCK = "row_clock"  # the step the row records count in: torch's fp32 "step" stops counting at 2**24
 
 
 def defer(optimizer, group: dict[str, Any], p: torch.Tensor) -> None:
@@ -76,6 +78,7 @@ class SparseCall:
     args: tuple
     state_step: torch.Tensor
     scalars: StepScalars  # the step's (read by step_in_backward as it reads a BackendCall's)
+    state: dict[str, Any]  # the param's: its row clock advances with the step
 
     def check(self) -> None:
         check_sparse_args(*self.args, self.args[0].device.type)
@@ -103,8 +106,14 @@ class SparsePlan:
                 # The dense step's "unscale" mode leaves grad / grad_scale in the grad, except on a skipped step.
                 scale = grad_scale if self.found_inf is None else torch.where(self.found_inf != 0, 1.0, grad_scale)
                 call.grad._values().div_(scale.to(call.grad.device))
+        # The row clocks are host ints (the op takes the step on the host): found_inf is read on the host, with
+        # one blocking copy from a device, the one _advance_steps made for the CPU step counters before.
+        if self.found_inf is not None and bool(self.found_inf.to("cpu") != 0):
+            return
         steps = [call.state_step for call in self.calls]
-        _advance_steps(steps, self.found_inf, on_cpu=all(step.is_cpu for step in steps))
+        _advance_steps(steps, None, on_cpu=all(step.is_cpu for step in steps))
+        for call in self.calls:
+            call.state[ROW_CLOCK] += 1
 
 
 def _refuse(index: int, group: dict[str, Any], p: torch.Tensor, what: str) -> RuntimeError:
@@ -130,6 +139,10 @@ def _check_supported(optimizer, index: int, group: dict[str, Any], p: torch.Tens
         raise _refuse(index, group, p, "stochastic_rounding=True is not supported for sparse-stepped bf16 params")
     if torch.is_complex(p):
         raise _refuse(index, group, p, f"complex params ({p.dtype}) are not supported with sparse gradients")
+    if not p.is_contiguous():
+        raise _refuse(index, group, p, (
+            "the param must be contiguous (the sparse step addresses rows by row * row width); make it "
+            "contiguous, e.g. nn.Parameter(weight.contiguous()), before building the optimizer"))
     if grad.layout != torch.sparse_coo or grad.sparse_dim() != 1:
         detail = f"sparse_dim={grad.sparse_dim()}" if grad.layout == torch.sparse_coo else f"layout {grad.layout}"
         raise _refuse(index, group, p, (
@@ -149,6 +162,8 @@ def _row_state(optimizer, group: dict[str, Any], p: torch.Tensor) -> dict[str, A
     if ROW_STEP not in state:
         state[ROW_STEP] = torch.full((p.shape[0],), int(state["step"]), dtype=torch.int64, device=p.device)
         state[ROW_RHO] = group["rho"]
+        state[ROW_CLOCK] = int(state["step"])
+    state.setdefault(ROW_CLOCK, int(state["step"]))  # (records copied from before the clock)
     return state
 
 
@@ -162,9 +177,9 @@ def _plan_param(optimizer, index: int, group: dict[str, Any], p: torch.Tensor, s
     args = (
         p.detach(), state["square_avg"], state["acc_delta"], state[ROW_STEP], rows, values,
         0.0 if lr_tensor is not None else float(lr), lr_tensor, group["rho"], group["eps"], group["maximize"],
-        scalars.grad_scale, scalars.found_inf, int(state["step"]) + 1,
+        scalars.grad_scale, scalars.found_inf, state[ROW_CLOCK] + 1,
     )
-    return SparseCall(_executor(optimizer.defaults["backend"], p.device), grad, args, state["step"], scalars)
+    return SparseCall(_executor(optimizer.defaults["backend"], p.device), grad, args, state["step"], scalars, state)
 
 
 def rows_and_values(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,13 +208,19 @@ def settle(optimizer, p: torch.Tensor, state: dict[str, Any]) -> None:
     """Bring every row of ``p`` up to ``state["step"]`` (its pending decays) and drop the row records."""
     row_step = state.pop(ROW_STEP, None)
     rho = state.pop(ROW_RHO, None)
+    clock = state.pop(ROW_CLOCK, None)
     if row_step is None:
         return
     rows = torch.arange(p.shape[0], dtype=torch.int64, device=p.device)
+    param = p.detach()
+    if state["square_avg"].dtype not in STATE_DTYPES.get(p.dtype, ()):
+        # model.to(dtype) since the records were made: a catch-up does not read the param, so a stand-in of the
+        # state's dtype keeps the pair a supported one (and the decays in the precision they were made in)
+        param = torch.empty_like(state["square_avg"])
     with torch.no_grad():
         _executor(optimizer.defaults["backend"], p.device)(
-            p.detach(), state["square_avg"], state["acc_delta"], row_step, rows, None, 0.0, None, rho, 0.0, False,
-            None, None, int(state["step"]),
+            param, state["square_avg"], state["acc_delta"], row_step, rows, None, 0.0, None, rho, 0.0, False,
+            None, None, int(state["step"]) if clock is None else clock,
         )
 
 
