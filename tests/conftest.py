@@ -201,3 +201,14 @@ def every_backend(request, monkeypatch) -> str:
         _clear_backend_registry()
         return
     yield name
+
+
+@pytest.fixture
+def interpreter_fma_rounds_once(monkeypatch):
+    """Triton's interpreter rounds tl.fma twice, the GPU once: test_triton's one-rounding stand-in, for the
+    tests that reach the interpreter through another module (the sparse ops)."""
+    try:
+        from test_triton import _fma_rounded_once, triton_interpreter
+    except pytest.skip.Exception:
+        return  # no triton: no interpreter to patch
+    monkeypatch.setattr(triton_interpreter.InterpreterBuilder, "create_fma", _fma_rounded_once)

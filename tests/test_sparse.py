@@ -19,18 +19,9 @@ from adadelta_fused.sparse_reference import EXACT_DECAY_STEPS
 
 from conftest import TOLERANCE, assert_bitwise_equal, every_backend  # noqa: F401
 
+pytestmark = pytest.mark.usefixtures("interpreter_fma_rounds_once")
+
 NUM_ROWS, WIDTH = 53, 7  # odd sizes: no row or tile boundary lines up by chance
-
-
-@pytest.fixture(autouse=True)
-def _interpreter_fma_rounds_once(monkeypatch):
-    """Triton's interpreter rounds tl.fma twice, the GPU once: test_triton's one-rounding stand-in, for every
-    test here that reaches the interpreter."""
-    try:
-        from test_triton import _fma_rounded_once, triton_interpreter
-    except pytest.skip.Exception:
-        return  # no triton: no interpreter to patch
-    monkeypatch.setattr(triton_interpreter.InterpreterBuilder, "create_fma", _fma_rounded_once)
 
 
 def random_table(generator, dtype=torch.float32, rows=NUM_ROWS, width=WIDTH) -> torch.Tensor:

@@ -18,19 +18,10 @@ from adadelta_fused.sparse_reference import EXACT_DECAY_STEPS, rho_power, sparse
 
 from conftest import assert_bitwise_equal, every_backend, requires_extension  # noqa: F401
 
+pytestmark = pytest.mark.usefixtures("interpreter_fma_rounds_once")
+
 DTYPE_PAIRS = [(param, state) for param, states in STATE_DTYPES.items() for state in states]
 POISON_STEP = -(2**40)  # a step record no listed row has: an unlisted row's is never read
-
-
-@pytest.fixture(autouse=True)
-def _interpreter_fma_rounds_once(monkeypatch):
-    """Triton's interpreter rounds tl.fma twice, the GPU once: test_triton's one-rounding stand-in, for every
-    test here that reaches the interpreter."""
-    try:
-        from test_triton import _fma_rounded_once, triton_interpreter
-    except pytest.skip.Exception:
-        return  # no triton: no interpreter to patch
-    monkeypatch.setattr(triton_interpreter.InterpreterBuilder, "create_fma", _fma_rounded_once)
 
 
 def _pair_id(pair) -> str:
