@@ -86,8 +86,9 @@ class Kernel:
 
 
 @functools.cache
-def _kernels(arch: str) -> dict[tuple[str, StepConfig], Kernel]:
-    """Every adadelta kernel of the built extension for one target, by (kernel, configuration)."""
+def built_functions(arch: str) -> list[tuple[str, str, dict[str, str]]]:
+    """Every function of the built extension's code for one target: (demangled name, SASS, resource usage
+    such as {"REG": "40", "STACK": "0", "LOCAL": "0"}). The sparse kernels' audit reads it too."""
     library = _extension_with_cuda().__file__
     cuobjdump = _find_tool("cuobjdump")
     if cuobjdump is None:
@@ -114,15 +115,23 @@ def _kernels(arch: str) -> dict[tuple[str, StepConfig], Kernel]:
         pytest.fail("c++filt (binutils) is needed to read the kernels' template arguments")
     demangled = subprocess.run(["c++filt"], input="\n".join(mangled_names), capture_output=True, text=True,
                                check=True).stdout.splitlines()
+    return [
+        (readable, sass_of[mangled], dict(re.findall(r"(\w+(?:\[\d+\])?):(\d+)", usage_of[mangled])))
+        for mangled, readable in zip(mangled_names, demangled)
+    ]
+
+
+@functools.cache
+def _kernels(arch: str) -> dict[tuple[str, StepConfig], Kernel]:
+    """Every adadelta kernel of the built extension for one target, by (kernel, configuration)."""
     kernels = {}
-    for mangled, readable in zip(mangled_names, demangled):
+    for readable, sass, usage in built_functions(arch):
         match = _KERNEL_NAME.search(readable)
         if match is None:
             continue
         kind, param, state, grad_mode, master = match.groups()
         config = StepConfig(_CXX_TYPES[param], _CXX_TYPES[state], master == "true", GradMode(int(grad_mode)))
-        usage = dict(re.findall(r"(\w+(?:\[\d+\])?):(\d+)", usage_of[mangled]))
-        kernels[(kind, config)] = Kernel(kind, config, sass_of[mangled], int(usage["REG"]), int(usage["STACK"]),
+        kernels[(kind, config)] = Kernel(kind, config, sass, int(usage["REG"]), int(usage["STACK"]),
                                          int(usage["LOCAL"]))
     return kernels
 

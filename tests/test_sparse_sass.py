@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import functools
 import re
-import shutil
-import subprocess
 from collections import Counter
 
 import pytest
 import torch
 
-from test_cuda_sass import ARCHS, REQUIRED_ARCHS, _CXX_TYPES, _extension_with_cuda, _find_tool
+from test_cuda_sass import ARCHS, _CXX_TYPES, built_functions
 
 from adadelta_fused.contract import STATE_DTYPES
 
@@ -29,37 +27,14 @@ MAX_REGISTERS = 128
 
 @functools.cache
 def _sparse_kernels(arch: str) -> dict:
-    library = _extension_with_cuda().__file__
-    cuobjdump = _find_tool("cuobjdump")
-    if cuobjdump is None:
-        pytest.fail("cuobjdump not found (it ships in the triton wheel, a test dependency)")
-    built = re.findall(r"\.(sm_\d+)\.cubin", subprocess.run([cuobjdump, "--list-elf", library], check=True,
-                                                             capture_output=True, text=True).stdout)
-    if arch not in built:
-        if arch in REQUIRED_ARCHS:
-            pytest.fail(f"the extension has no {arch} code (built: {built})")
-        pytest.skip(f"built without {arch} (TORCH_CUDA_ARCH_LIST)")
-
-    def run(*args: str) -> str:
-        return subprocess.run([cuobjdump, *args, "-arch", arch, library], check=True, capture_output=True,
-                              text=True).stdout
-
-    sass_of = {}
-    for block in re.split(r"\n\s*Function : ", run("-sass"))[1:]:
-        mangled, body = block.split("\n", 1)
-        sass_of[mangled.strip()] = body
-    usage_of = dict(re.findall(r"Function (\S+):\n\s*(REG:.*)", run("-res-usage")))
-    names = sorted(name for name in sass_of if "sparse_adadelta_kernel" in name)
-    assert shutil.which("c++filt"), "c++filt (binutils) is needed to read the kernels' template arguments"
-    readable = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True,
-                              check=True).stdout.splitlines()
     kernels = {}
-    for mangled, name in zip(names, readable):
-        match = _KERNEL_NAME.search(name)
-        assert match, name
+    for readable, sass, usage in built_functions(arch):
+        if "sparse_adadelta_kernel" not in readable:
+            continue
+        match = _KERNEL_NAME.search(readable)
+        assert match, readable
         param, state, update = match.groups()
-        usage = dict(re.findall(r"(\w+(?:\[\d+\])?):(\d+)", usage_of[mangled]))
-        kernels[(_CXX_TYPES[param], _CXX_TYPES[state], update == "true")] = (sass_of[mangled], usage)
+        kernels[(_CXX_TYPES[param], _CXX_TYPES[state], update == "true")] = (sass, usage)
     return kernels
 
 
