@@ -9,3 +9,11 @@
 // vectorizes the update once it is inlined into them.
 #define ADF_HOST_DEVICE inline __attribute__((always_inline))
 #endif
+
+// Before a loop over lanes whose pointers never alias (a run of one tensor's buffers): lets GCC vectorize it
+// without runtime alias checks. nvcc's device pass unrolls such loops instead and needs no hint.
+#if defined(__CUDA_ARCH__) || !defined(__GNUC__) || defined(__clang__)
+#define ADF_LANES_LOOP
+#else
+#define ADF_LANES_LOOP _Pragma("GCC ivdep")
+#endif

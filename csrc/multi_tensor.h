@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "host_device.h"
 
@@ -32,6 +33,13 @@ struct TensorListMeta {
 // (The multi-tensor kernel's other argument, StepArgs, adds 64 bytes: static_assert in adadelta_cuda.cu.)
 static_assert(sizeof(TensorListMeta) <= 32764, "must fit the CUDA kernel-argument limit");
 
+// The quantized op's launches add each tensor's two scale vectors (quantized_state.h): 29,696 bytes.
+struct QuantizedListMeta : TensorListMeta {
+  float* square_avg_scale[kMaxTensorsPerLaunch];
+  float* acc_delta_scale[kMaxTensorsPerLaunch];
+};
+static_assert(sizeof(QuantizedListMeta) <= 32764, "must fit the CUDA kernel-argument limit");
+
 struct ChunkRange {
   int slot;
   int64_t begin;  // first element of the chunk in its tensor (64-bit: tensors may exceed 2^31)
@@ -54,13 +62,16 @@ struct TensorListPointers {
   float* const* master;  // null pointer list without master weights
   const int64_t* numel;
   int64_t count;
+  float* const* square_avg_scale = nullptr;  // the quantized op's scales (null for the dense op)
+  float* const* acc_delta_scale = nullptr;
 };
 
 // Host side: fills `meta` and calls launch(meta, num_blocks) each time it is full, and once at the end.
 // A tensor whose chunks span two launches continues in slot 0 of the next one. Empty tensors take no
 // block. Everything is known on the host from sizes alone, so the CUDA path needs no sync.
-template <typename Launch>
-void pack_launches(const TensorListPointers& t, TensorListMeta& meta, Launch&& launch) {
+template <typename Meta, typename Launch>
+void pack_launches(const TensorListPointers& t, Meta& meta, Launch&& launch) {
+  constexpr bool kQuantized = std::is_same_v<Meta, QuantizedListMeta>;
   int slot = 0;
   int blocks = 0;
   for (int64_t i = 0; i < t.count; ++i) {
@@ -72,6 +83,10 @@ void pack_launches(const TensorListPointers& t, TensorListMeta& meta, Launch&& l
     meta.master[slot] = t.master != nullptr ? t.master[i] : nullptr;
     meta.numel[slot] = t.numel[i];
     meta.tensor_index[slot] = int32_t(i);
+    if constexpr (kQuantized) {
+      meta.square_avg_scale[slot] = t.square_avg_scale[i];
+      meta.acc_delta_scale[slot] = t.acc_delta_scale[i];
+    }
     const int64_t chunks = (t.numel[i] + kChunkElements - 1) / kChunkElements;
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       meta.block_slot[blocks] = uint16_t(slot);
@@ -89,6 +104,10 @@ void pack_launches(const TensorListPointers& t, TensorListMeta& meta, Launch&& l
           meta.master[0] = meta.master[slot];
           meta.numel[0] = meta.numel[slot];
           meta.tensor_index[0] = meta.tensor_index[slot];
+          if constexpr (kQuantized) {
+            meta.square_avg_scale[0] = meta.square_avg_scale[slot];
+            meta.acc_delta_scale[0] = meta.acc_delta_scale[slot];
+          }
           slot = 0;
         } else {
           slot = -1;  // the next tensor starts the new launch at slot 0

@@ -13,6 +13,8 @@
 #include <sstream>
 #include <string>
 
+#include "quantized_state.h"
+
 namespace adadelta_fused {
 namespace {
 
@@ -67,6 +69,20 @@ void check_companion(const char* name, size_t i, const at::Tensor& t, const at::
   TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, "[", i, "] has dtype ", t.scalar_type(), ", expected ", dtype);
   TORCH_CHECK_VALUE(t.device() == param.device(), name, "[", i, "] is on ", t.device(), " but params[", i,
                     "] is on ", param.device());
+}
+
+// A quantized accumulator's scales: fp32, one per kQuantBlock elements of the param, contiguous (the kernels
+// index them by block number).
+void check_scales(const char* name, size_t i, const at::Tensor& t, const at::Tensor& param) {
+  const c10::SymInt blocks = (param.sym_numel() + (kQuantBlock - 1)) / kQuantBlock;
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.sym_numel() == blocks, name, "[", i, "] has shape ", t.sym_sizes(),
+                    " but params[", i, "] has ", param.sym_numel(), " elements, which need [", blocks,
+                    "] scales (one per ", kQuantBlock, " elements)");
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, name, "[", i, "] has dtype ", t.scalar_type(),
+                   ", expected float32");
+  TORCH_CHECK_VALUE(t.device() == param.device(), name, "[", i, "] is on ", t.device(), " but params[", i,
+                    "] is on ", param.device());
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, "[", i, "] must be contiguous (the kernels index it by block)");
 }
 
 bool dense_like(const at::Tensor& t, const at::Tensor& layout) {
@@ -214,6 +230,10 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
   check_list_length("acc_deltas", a.acc_deltas, n);
   const bool has_master = !a.master_params.empty();
   if (has_master) check_list_length("master_params", a.master_params, n);
+  if (a.quantized) {
+    check_list_length("square_avg_scales", a.square_avg_scales, n);
+    check_list_length("acc_delta_scales", a.acc_delta_scales, n);
+  }
   TORCH_CHECK_VALUE(a.lr_tensor.has_value() || std::isfinite(a.lr), "Invalid learning rate: ", a.lr,
                     " (must be a finite number)");
   if (a.lr_tensor.has_value()) {
@@ -226,14 +246,21 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
                     " (expected 0 keep, 1 unscale or 2 zero)");
   if (n == 0) return;
 
-  const std::array<const char*, 5> names = {"params", "grads", "square_avgs", "acc_deltas", "master_params"};
-  const std::array<at::TensorList, 5> lists = {a.params, a.grads, a.square_avgs, a.acc_deltas, a.master_params};
-  const size_t list_count = has_master ? 5 : 4;
+  const std::array<const char*, 7> names = {"params",        "grads",     "square_avgs",      "acc_deltas",
+                                            "master_params", "square_avg_scales", "acc_delta_scales"};
+  const std::array<at::TensorList, 7> lists = {a.params,        a.grads,           a.square_avgs,     a.acc_deltas,
+                                               a.master_params, a.square_avg_scales, a.acc_delta_scales};
+  // The lists this call has, in argument order.
+  std::array<size_t, 7> present{};
+  size_t list_count = 0;
+  for (size_t l = 0; l < 7; ++l) {
+    if (l < 4 || (l == 4 && has_master) || (l > 4 && a.quantized)) present[list_count++] = l;
+  }
   // Written tensors: a stride-0 (expanded) or otherwise self-overlapping tensor cannot hold one result
   // per element, and an inference tensor cannot be updated outside InferenceMode; both refused here,
   // before the first write, instead of half-way through the step.
-  const std::array<bool, 5> written = {true, a.grad_mode != int64_t(GradMode::kKeep), true, true, true};
-  for (size_t l = 0; l < list_count; ++l) check_layout(names[l], 0, lists[l][0]);
+  const std::array<bool, 7> written = {true, a.grad_mode != int64_t(GradMode::kKeep), true, true, true, true, true};
+  for (size_t k = 0; k < list_count; ++k) check_layout(names[present[k]], 0, lists[present[k]][0]);
   const at::Tensor& first = a.params[0];
   const at::ScalarType dtype = first.scalar_type();
   const at::ScalarType state_dtype = a.square_avgs[0].scalar_type();
@@ -241,8 +268,15 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
   TORCH_CHECK_VALUE(device.type() == expected_device, "params[0] is on ", device, ", which this kernel cannot run on");
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
                    "params[0] has unsupported dtype ", dtype, "; expected float32, float64, bfloat16 or float16");
-  TORCH_CHECK_TYPE(state_dtype_supported(dtype, state_dtype), "square_avgs[0] has dtype ", state_dtype,
-                   ", unsupported with ", dtype, " params");
+  if (a.quantized) {
+    TORCH_CHECK_TYPE(state_dtype == at::kByte, "square_avgs[0] has dtype ", state_dtype,
+                     "; the quantized op takes uint8 codes");
+    TORCH_CHECK_TYPE(dtype != at::kDouble, "quantized (uint8) state is for float32, bfloat16 and float16 params, got ",
+                     dtype, " params (float64 params keep float64 state)");
+  } else {
+    TORCH_CHECK_TYPE(state_dtype_supported(dtype, state_dtype), "square_avgs[0] has dtype ", state_dtype,
+                     ", unsupported with ", dtype, " params");
+  }
   const bool low_precision = dtype == at::kBFloat16 || dtype == at::kHalf;
   TORCH_CHECK_TYPE(!has_master || low_precision, "master_params are for bf16/fp16 params, got ", dtype, " params");
   TORCH_CHECK_VALUE(!(a.stochastic_rounding && has_master),
@@ -260,7 +294,7 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
   OverlapCheck overlap(list_count, n);
   bool symbolic = false;
   for (size_t i = 0; i < n; ++i) {
-    for (size_t l = 0; l < list_count; ++l) check_layout(names[l], i, lists[l][i]);
+    for (size_t k = 0; k < list_count; ++k) check_layout(names[present[k]], i, lists[present[k]][i]);
     const at::Tensor& p = a.params[i];
     TORCH_CHECK_TYPE(p.scalar_type() == dtype, "params[", i, "] has dtype ", p.scalar_type(), " but params[0] has ",
                      dtype);
@@ -269,7 +303,12 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
     check_companion("square_avgs", i, a.square_avgs[i], p, state_dtype);
     check_companion("acc_deltas", i, a.acc_deltas[i], p, state_dtype);
     if (has_master) check_companion("master_params", i, a.master_params[i], p, at::kFloat);
-    for (size_t l = 0; l < list_count; ++l) {
+    if (a.quantized) {
+      check_scales("square_avg_scales", i, a.square_avg_scales[i], p);
+      check_scales("acc_delta_scales", i, a.acc_delta_scales[i], p);
+    }
+    for (size_t k = 0; k < list_count; ++k) {
+      const size_t l = present[k];
       const at::Tensor& t = lists[l][i];
       // Traced with symbolic shapes (torch.compile's fake kernel), addresses and extents are not numbers
       // yet; the real call checks them.
@@ -286,7 +325,7 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
                     "] is an inference tensor; the step updates it in place, which torch allows only inside "
                     "InferenceMode");
       }
-      if (!symbolic) overlap.add(l, names[l], i, written[l], t);
+      if (!symbolic) overlap.add(k, names[l], i, written[l], t);
     }
   }
   if (!symbolic) overlap.check();
@@ -308,7 +347,8 @@ bool check_state_steps(at::TensorList steps) {
 void bump_versions(const OpArgs& a) {
   // Every list the schema marks mutable, grads included in the "keep" mode: torch's generated
   // ADInplaceOrView kernels bump every (a!) argument of its own fused optimizers the same way.
-  for (at::TensorList list : {a.params, a.grads, a.square_avgs, a.acc_deltas, a.master_params}) {
+  for (at::TensorList list : {a.params, a.grads, a.square_avgs, a.acc_deltas, a.master_params, a.square_avg_scales,
+                              a.acc_delta_scales}) {
     for (const at::Tensor& t : list) t.unsafeGetTensorImpl()->bump_version();
   }
 }
@@ -317,7 +357,9 @@ bool zeroes_grads_when_skipped(const OpArgs& a) {
   return a.found_inf.has_value() && a.grad_mode == int64_t(GradMode::kZero);
 }
 
-DenseGroup::DenseGroup(const OpArgs& a) : has_master_(!a.master_params.empty()) {
+DenseGroup::DenseGroup(const OpArgs& a)
+    : square_avg_scales_(a.square_avg_scales), acc_delta_scales_(a.acc_delta_scales),
+      has_master_(!a.master_params.empty()) {
   const size_t n = a.params.size();
   rows_.reserve(n);
   const bool grad_written = a.grad_mode != int64_t(GradMode::kKeep);
@@ -346,6 +388,9 @@ TensorListPointers DenseGroup::pointers() {
   const size_t n = rows_.size();
   for (std::vector<void*>* list : {&param_, &grad_, &square_avg_, &acc_delta_}) list->assign(n, nullptr);
   master_.assign(has_master_ ? n : 0, nullptr);
+  const bool quantized = !square_avg_scales_.empty();
+  square_avg_scale_.assign(quantized ? n : 0, nullptr);
+  acc_delta_scale_.assign(quantized ? n : 0, nullptr);
   numel_.resize(n);
   for (size_t i = 0; i < n; ++i) {
     const Row& row = rows_[i];
@@ -356,9 +401,20 @@ TensorListPointers DenseGroup::pointers() {
     square_avg_[i] = row[2]->data_ptr();
     acc_delta_[i] = row[3]->data_ptr();
     if (has_master_) master_[i] = static_cast<float*>(row[4]->data_ptr());
+    if (quantized) {
+      square_avg_scale_[i] = square_avg_scales_[i].data_ptr<float>();
+      acc_delta_scale_[i] = acc_delta_scales_[i].data_ptr<float>();
+    }
   }
-  return {param_.data(),      grad_.data(), square_avg_.data(), acc_delta_.data(),
-          has_master_ ? master_.data() : nullptr, numel_.data(), int64_t(n)};
+  return {param_.data(),
+          grad_.data(),
+          square_avg_.data(),
+          acc_delta_.data(),
+          has_master_ ? master_.data() : nullptr,
+          numel_.data(),
+          int64_t(n),
+          quantized ? square_avg_scale_.data() : nullptr,
+          quantized ? acc_delta_scale_.data() : nullptr};
 }
 
 void DenseGroup::finish() {

@@ -35,11 +35,17 @@ struct OpArgs {
   int64_t grad_mode;
   bool stochastic_rounding;
   int64_t rounding_key;
+  // The quantized op's (adadelta_fused::quantized_adadelta_): square_avgs and acc_deltas then hold uint8 codes,
+  // and these one fp32 scale per block of each (quantized_state.h). Empty for the dense op.
+  bool quantized = false;
+  at::TensorList square_avg_scales = {};
+  at::TensorList acc_delta_scales = {};
 };
 
 // The op's one validator: raises a clear error naming the argument and its value before any memory is
 // touched. Every backend runs it (the Triton and reference backends and the fake kernel through
-// _C.check_op_args), so every backend fails with the same words.
+// _C.check_op_args), so every backend fails with the same words. The quantized op shares it (its
+// scales are checked here too).
 void check_op_args(const OpArgs& args, c10::DeviceType expected_device);
 
 // The step counters functional.adadelta_ advances after the update, checked before the update runs:
@@ -81,7 +87,8 @@ class DenseGroup {
   std::deque<std::pair<at::Tensor, at::Tensor>> staged_;
   std::deque<at::Tensor> layouts_;  // contiguous copies of params that are not dense themselves
   std::vector<void*> param_, grad_, square_avg_, acc_delta_;
-  std::vector<float*> master_;
+  std::vector<float*> master_, square_avg_scale_, acc_delta_scale_;
+  at::TensorList square_avg_scales_, acc_delta_scales_;  // (contiguous: the validator refuses others)
   std::vector<int64_t> numel_;
   bool has_master_;
 };

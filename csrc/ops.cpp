@@ -7,6 +7,7 @@
 #include "multi_tensor.h"
 #include "op_host.h"
 #include "python_calls.h"
+#include "quantized_state.h"
 #include "sparse_host.h"
 #include "sparse_rows.h"
 
@@ -55,6 +56,23 @@ void check_op_args(const std::vector<at::Tensor>& params, const std::vector<at::
                    int64_t grad_mode, bool stochastic_rounding, int64_t rounding_key, const std::string& device_type) {
   const OpArgs op{params, grads,      square_avgs, acc_deltas, master_params, lr,        lr_tensor,           rho,
                   eps,    weight_decay, maximize,  grad_scale, found_inf,     grad_mode, stochastic_rounding, rounding_key};
+  adadelta_fused::check_op_args(op, c10::Device(device_type).type());
+}
+
+// The quantized op's arguments (adadelta_fused/quantized_ops.py), checked by the same validator.
+void check_quantized_args(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                          const std::vector<at::Tensor>& square_avgs, const std::vector<at::Tensor>& acc_deltas,
+                          const std::vector<at::Tensor>& master_params,
+                          const std::vector<at::Tensor>& square_avg_scales,
+                          const std::vector<at::Tensor>& acc_delta_scales, double lr,
+                          const c10::optional<at::Tensor>& lr_tensor, double rho, double eps, double weight_decay,
+                          bool maximize, const c10::optional<at::Tensor>& grad_scale,
+                          const c10::optional<at::Tensor>& found_inf, int64_t grad_mode, bool stochastic_rounding,
+                          int64_t rounding_key, const std::string& device_type) {
+  const OpArgs op{params,    grads,     square_avgs,         acc_deltas,   master_params,     lr,
+                  lr_tensor, rho,       eps,                 weight_decay, maximize,          grad_scale,
+                  found_inf, grad_mode, stochastic_rounding, rounding_key, true,              square_avg_scales,
+                  acc_delta_scales};
   adadelta_fused::check_op_args(op, c10::Device(device_type).type());
 }
 
@@ -177,7 +195,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   });
   m.def("check_op_args", &check_op_args, "the op's validator (op_host.h), for backends written in Python");
+  m.def("check_quantized_args", &check_quantized_args, "the quantized op's validator (op_host.h)");
   m.def("check_sparse_args", &check_sparse_args, "the sparse op's validator (sparse_host.h)");
+  m.attr("quant_block") = adadelta_fused::kQuantBlock;
+  m.attr("min_block_exponent") = adadelta_fused::kMinBlockExponent;
   m.attr("exact_decay_steps") = adadelta_fused::kExactDecaySteps;
   m.def("check_state_steps", &check_state_steps,
         "the step counters' validator, run before the update: whether all of them are CPU tensors");

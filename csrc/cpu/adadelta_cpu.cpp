@@ -12,13 +12,12 @@
 #include "../adadelta_math.h"
 #include "../multi_tensor.h"
 #include "../op_host.h"
+#include "cpu_isa.h"
 #include "tile_convert.h"
 
 namespace adadelta_fused {
 namespace {
 
-// Each level includes the ones below it. avx2_f16c adds F16C's fp16 conversions, and avx512 keeps them.
-enum class CpuIsa : int { kBaseline = 0, kAvx2 = 1, kAvx2F16c = 2, kAvx512 = 3 };
 constexpr CpuIsa kAllIsas[] = {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx2F16c, CpuIsa::kAvx512};
 
 template <typename ParamT, typename StateT>
@@ -223,7 +222,7 @@ struct RunCpu {
     const StepScalars<math_t<ParamT>> scalars = resolve_scalars<math_t<ParamT>>(args);
     auto update = &update_chunk_baseline<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
 #if defined(__x86_64__)
-    const auto isa = CpuIsa(selected_isa().load());
+    const CpuIsa isa = current_cpu_isa();
     if (isa == CpuIsa::kAvx512) update = &update_chunk_avx512<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
     if (isa == CpuIsa::kAvx2) update = &update_chunk_avx2<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
     if (isa == CpuIsa::kAvx2F16c) {
@@ -291,7 +290,9 @@ void adadelta_cpu(at::TensorList params, at::TensorList grads, at::TensorList sq
 
 }  // namespace
 
-std::string cpu_isa() { return isa_name(CpuIsa(selected_isa().load())); }
+CpuIsa current_cpu_isa() { return CpuIsa(selected_isa().load()); }
+
+std::string cpu_isa() { return isa_name(current_cpu_isa()); }
 
 // For tests and benchmarks: run a lower ISA than the best one (never a higher one than the CPU has).
 void select_cpu_isa(const std::string& name) {

@@ -1,0 +1,12 @@
+// The SIMD level the CPU kernels run, chosen from the CPU at load time (cpu/adadelta_cpu.cpp), and lowered by
+// _C.select_cpu_isa for tests and benchmarks. Every CPU kernel reads the same choice.
+#pragma once
+
+namespace adadelta_fused {
+
+// Each level includes the ones below it. avx2_f16c adds F16C's fp16 conversions, and avx512 keeps them.
+enum class CpuIsa : int { kBaseline = 0, kAvx2 = 1, kAvx2F16c = 2, kAvx512 = 3 };
+
+CpuIsa current_cpu_isa();
+
+}  // namespace adadelta_fused

@@ -1,0 +1,171 @@
+// The CPU kernel of adadelta_fused::quantized_adadelta_: one pass over every element of the group, parallel over
+// the group's chunks (the dense kernel's walk, multi_tensor.h), each chunk stepped block by block through the
+// shared lanes (quantized_state.h): a block of 256 elements is decoded, updated and reduced into two L1 tiles,
+// then encoded, so the block's scale never costs a second pass over memory.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "../multi_tensor.h"
+#include "../op_host.h"
+#include "../quantized_state.h"
+#include "cpu_isa.h"
+
+namespace adadelta_fused {
+namespace {
+
+// Chunks start at multiples of kChunkElements in their tensor, so every chunk holds whole blocks (but the last).
+static_assert(kChunkElements % kQuantBlock == 0, "a chunk must hold whole quantization blocks");
+
+template <typename ParamT>
+struct QuantizedChunk {
+  ParamT* param;
+  ParamT* grad;
+  uint8_t* square_avg;
+  uint8_t* acc_delta;
+  float* master;
+  float* square_avg_scale;
+  float* acc_delta_scale;
+  int64_t begin;
+  int64_t end;
+  uint32_t tensor_key;
+};
+
+template <typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled>
+__attribute__((always_inline)) inline void update_blocks(const QuantizedChunk<ParamT>& c,
+                                                         const StepScalars<float>& scalars) {
+  using Lanes = QuantizedLanes<ParamT, kGradMode, kHasMaster, kScaled, kQuantBlock>;
+  const StepScalars<float> s = scalars;  // a local copy: stores through the buffers cannot alias it
+  // The block's new fp32 accumulators: 2 KiB of L1 between the update and the encoding.
+  alignas(64) float sq[kQuantBlock];
+  alignas(64) float acc[kQuantBlock];
+  for (int64_t first = c.begin; first < c.end; first += kQuantBlock) {
+    const int n = int(std::min<int64_t>(kQuantBlock, c.end - first));
+    const int64_t block = first / kQuantBlock;
+    const uint32_t sq_old = scale_exponent(c.square_avg_scale[block]);
+    const uint32_t acc_old = scale_exponent(c.acc_delta_scale[block]);
+    uint32_t sq_largest = 0;
+    uint32_t acc_largest = 0;
+    Lanes::update(c.param + first, c.grad + first, c.square_avg + first, c.acc_delta + first,
+                  kHasMaster ? c.master + first : nullptr, n, sq_old, acc_old, s, c.tensor_key, first, sq, acc,
+                  sq_largest, acc_largest);
+    const uint32_t sq_exp = block_exponent(sq_largest);
+    const uint32_t acc_exp = block_exponent(acc_largest);
+    Lanes::encode(c.square_avg + first, c.acc_delta + first, sq, acc, n, sq_exp, acc_exp);
+    c.square_avg_scale[block] = block_scale(sq_exp);
+    c.acc_delta_scale[block] = block_scale(acc_exp);
+  }
+}
+
+#if defined(__x86_64__)
+template <typename P, GradMode kMode, bool kMaster, bool kScaled>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,bmi2,f16c,prefer-vector-width=512"))) void
+update_blocks_avx512(const QuantizedChunk<P>& c, const StepScalars<float>& s) {
+  update_blocks<P, kMode, kMaster, kScaled>(c, s);
+}
+
+template <typename P, GradMode kMode, bool kMaster, bool kScaled>
+__attribute__((target("avx2,fma,bmi2"))) void update_blocks_avx2(const QuantizedChunk<P>& c,
+                                                                  const StepScalars<float>& s) {
+  update_blocks<P, kMode, kMaster, kScaled>(c, s);
+}
+#endif
+
+template <typename P, GradMode kMode, bool kMaster, bool kScaled>
+void update_blocks_baseline(const QuantizedChunk<P>& c, const StepScalars<float>& s) {
+  update_blocks<P, kMode, kMaster, kScaled>(c, s);
+}
+
+struct RunQuantizedCpu {
+  const TensorListPointers& tensors;
+  const StepArgs& args;
+
+  template <typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster>
+  void operator()() const {
+    if constexpr (std::is_same_v<ParamT, double>) {
+      TORCH_CHECK(false, "quantized state has no fp64 configuration");  // (the validator refused it already)
+    } else if (args.grad_scale_ptr != nullptr) {
+      run<ParamT, kGradMode, kHasMaster, true>();
+    } else {
+      run<ParamT, kGradMode, kHasMaster, false>();
+    }
+  }
+
+  template <typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled>
+  void run() const {
+    const StepScalars<float> scalars = resolve_scalars<float>(args);
+    auto update = &update_blocks_baseline<ParamT, kGradMode, kHasMaster, kScaled>;
+#if defined(__x86_64__)
+    const CpuIsa isa = current_cpu_isa();
+    if (isa == CpuIsa::kAvx512) update = &update_blocks_avx512<ParamT, kGradMode, kHasMaster, kScaled>;
+    if (isa == CpuIsa::kAvx2 || isa == CpuIsa::kAvx2F16c) {
+      update = &update_blocks_avx2<ParamT, kGradMode, kHasMaster, kScaled>;
+    }
+#endif
+    // As the dense kernel: pack the whole group, then run every chunk of every launch in one parallel region.
+    std::vector<QuantizedListMeta> launches;
+    std::vector<int64_t> first_block{0};
+    auto meta = std::make_unique<QuantizedListMeta>();
+    pack_launches(tensors, *meta, [&](const QuantizedListMeta& full, int blocks) {
+      launches.push_back(full);
+      first_block.push_back(first_block.back() + blocks);
+    });
+    at::parallel_for(0, first_block.back(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t block = begin; block < end; ++block) {
+        const auto launch = std::upper_bound(first_block.begin(), first_block.end(), block) - first_block.begin() - 1;
+        const QuantizedListMeta& m = launches[launch];
+        const ChunkRange r = chunk_of_block(m, int(block - first_block[launch]));
+        const QuantizedChunk<ParamT> chunk{static_cast<ParamT*>(m.param[r.slot]),
+                                           static_cast<ParamT*>(m.grad[r.slot]),
+                                           static_cast<uint8_t*>(m.square_avg[r.slot]),
+                                           static_cast<uint8_t*>(m.acc_delta[r.slot]),
+                                           m.master[r.slot],
+                                           m.square_avg_scale[r.slot],
+                                           m.acc_delta_scale[r.slot],
+                                           r.begin,
+                                           r.end,
+                                           rounding_tensor_key(scalars.rounding_key, m.tensor_index[r.slot])};
+        update(chunk, scalars);
+      }
+    });
+  }
+};
+
+void quantized_adadelta_cpu(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
+                            at::TensorList acc_deltas, at::TensorList master_params, at::TensorList square_avg_scales,
+                            at::TensorList acc_delta_scales, double lr, const c10::optional<at::Tensor>& lr_tensor,
+                            double rho, double eps, double weight_decay, bool maximize,
+                            const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+                            int64_t grad_mode, bool stochastic_rounding, int64_t rounding_key) {
+  const OpArgs op{params,    grads,        square_avgs, acc_deltas, master_params, lr,
+                  lr_tensor, rho,          eps,         weight_decay, maximize,    grad_scale,
+                  found_inf, grad_mode,    stochastic_rounding, rounding_key, true, square_avg_scales,
+                  acc_delta_scales};
+  check_op_args(op, c10::DeviceType::CPU);
+  if (params.empty()) return;
+  std::vector<at::Tensor> keep_alive;
+  const StepArgs args = make_step_args(op, params[0].device(), keep_alive);
+  if (step_skipped(args)) {
+    // GradScaler found inf/NaN: nothing changes, except that the "zero" mode still clears the grads.
+    if (zeroes_grads_when_skipped(op)) {
+      for (const at::Tensor& grad : grads) grad.zero_();
+    }
+  } else {
+    DenseGroup group(op);
+    const TensorListPointers tensors = group.pointers();
+    // The param dtype picks the configuration: fp32 stands for the state, which the lanes update in fp32.
+    dispatch_config(params[0].scalar_type(), at::kFloat, grad_mode, !master_params.empty(),
+                    RunQuantizedCpu{tensors, args});
+    group.finish();
+  }
+  bump_versions(op);
+}
+
+}  // namespace
+}  // namespace adadelta_fused
+
+TORCH_LIBRARY_IMPL(adadelta_fused, CPU, m) { m.impl("quantized_adadelta_", &adadelta_fused::quantized_adadelta_cpu); }
