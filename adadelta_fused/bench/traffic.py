@@ -24,6 +24,11 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf
 DTYPES_BY_NAME = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 MASTER_DTYPE = torch.float32
 
+# 8-bit state (adadelta_fused.quantized_reference): a uint8 code per element and an fp32 scale per block.
+QUANTIZED_STATE = torch.uint8
+QUANT_BLOCK = 256
+SCALE_BYTES = 4
+
 # The extension's multi-tensor walk (csrc/multi_tensor.h): a CUDA launch closes when it holds 2048 chunks
 # of 64 Ki elements, or when its 256th tensor is complete.
 CHUNK_ELEMENTS = 65536
@@ -51,7 +56,10 @@ class StepConfig:
             object.__setattr__(self, "state_dtype", self.param_dtype)
         if self.param_dtype not in STATE_DTYPES:
             raise ValueError(f"unsupported param dtype {self.param_dtype}")
-        if self.state_dtype not in STATE_DTYPES[self.param_dtype]:
+        if self.quantized:
+            if self.param_dtype == torch.float64:
+                raise ValueError("8-bit state is not supported with fp64 params (allowed: fp64)")
+        elif self.state_dtype not in STATE_DTYPES[self.param_dtype]:
             allowed = ", ".join(DTYPE_NAMES[d] for d in STATE_DTYPES[self.param_dtype])
             raise ValueError(
                 f"{DTYPE_NAMES[self.state_dtype]} state is not supported with "
@@ -61,12 +69,17 @@ class StepConfig:
             raise ValueError(f"master weights are for bf16/fp16 params, not {DTYPE_NAMES[self.param_dtype]}")
 
     @property
+    def quantized(self) -> bool:
+        return self.state_dtype == QUANTIZED_STATE
+
+    @property
     def is_torch_layout(self) -> bool:
         """True when torch.optim.Adadelta keeps the same buffers (state in the param dtype, no master)."""
         return self.state_dtype == self.param_dtype and not self.master_weights
 
     def label(self) -> str:
-        parts = [f"{DTYPE_NAMES[self.param_dtype]} params", f"{DTYPE_NAMES[self.state_dtype]} state"]
+        state = "8-bit" if self.quantized else DTYPE_NAMES[self.state_dtype]
+        parts = [f"{DTYPE_NAMES[self.param_dtype]} params", f"{state} state"]
         if self.master_weights:
             parts.append("fp32 master")
         parts.append(f"grad {self.grad_mode.name.lower()}")
@@ -75,14 +88,18 @@ class StepConfig:
 
 @dataclass(frozen=True)
 class Traffic:
-    """Bytes per element that a step reads and writes."""
+    """Bytes per element that a step reads and writes, and for 8-bit state the scale bytes per block."""
 
     read: int
     written: int
+    scale_read: int = 0  # per block of QUANT_BLOCK elements
+    scale_written: int = 0
 
     @property
-    def total(self) -> int:
-        return self.read + self.written
+    def total(self) -> float:
+        """Bytes per element, the scales' share included (16.0625 for fp32 params with 8-bit state)."""
+        scales = (self.scale_read + self.scale_written) / QUANT_BLOCK
+        return self.read + self.written + scales if scales else self.read + self.written
 
 
 def step_traffic(config: StepConfig) -> Traffic:
@@ -92,6 +109,8 @@ def step_traffic(config: StepConfig) -> Traffic:
     With master weights the fp32 master is the value read and updated, and the param only receives its
     rounded copy, so the param is written but never read. The ``unscale`` and ``zero`` gradient modes
     store into the gradient too. Stochastic rounding and the hyperparameters change no byte.
+    With 8-bit state each accumulator is a 1-byte code per element plus a 4-byte scale per block, each read
+    and written once.
     """
     param = config.param_dtype.itemsize
     state = config.state_dtype.itemsize
@@ -104,7 +123,18 @@ def step_traffic(config: StepConfig) -> Traffic:
         read += param
     if config.grad_mode != GradMode.KEEP:
         written += param
-    return Traffic(read, written)
+    scales = 2 * SCALE_BYTES if config.quantized else 0
+    return Traffic(read, written, scales, scales)
+
+
+def quantized_configs(param_dtypes: Iterable[torch.dtype] = LOW_PRECISION + (torch.float32,)) -> Iterator[StepConfig]:
+    """Every 8-bit-state configuration the kernels support, for the given param dtypes (fp64 has none)."""
+    for param_dtype in param_dtypes:
+        if param_dtype == torch.float64:
+            continue
+        for master in (False, True) if param_dtype in LOW_PRECISION else (False,):
+            for grad_mode in GradMode:
+                yield StepConfig(param_dtype, QUANTIZED_STATE, master, grad_mode)
 
 
 def all_configs(param_dtypes: Iterable[torch.dtype] = tuple(STATE_DTYPES)) -> Iterator[StepConfig]:
