@@ -1,6 +1,6 @@
 """Training quality with fp32, bf16 and 8-bit Adadelta state on two small tasks (issue 13).
 
-    python bench/quantized_training.py [--digits-steps 400] [--lm-steps 400] [--simulate] [--out bench/results]
+    python bench/quantized_training.py [--digits-steps 400] [--lm-steps 600] [--simulate] [--out bench/results]
 
 Trains, from seed 0 and on the CPU, (1) an MLP 64-128-10 (ReLU) on scikit-learn's digits, full batch, on a
 stratified 75/25 split, and (2) a character-level transformer language model (2 pre-norm layers, d_model 64,
@@ -32,11 +32,12 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -57,6 +58,7 @@ ACCURACY_TOLERANCE_PP = 1.0  # percentage points of held-out digits accuracy (is
 LM_MODULES = ("argparse", "textwrap", "difflib", "inspect", "typing")
 LM_CONTEXT, LM_BATCH, LM_VOCAB = 64, 32, 128  # bytes >= 128 become '?'
 LM_EVAL_BATCHES = 16
+EVAL_SEED = 10**9
 
 
 @dataclass
@@ -69,13 +71,14 @@ class Task:
     evaluate: Callable[[], dict[str, float]]
 
 
-def digits_task() -> Task:
+def digits_task(seed: int = SEED) -> Task:
+    """``seed`` draws the initial weights; the split is always the same."""
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, stratify=y, random_state=SEED)
     # Pixels are 0..16: dividing by 16 puts inputs in [0, 1] without fitting a scaler.
     x_train, x_test = (torch.tensor(a, dtype=torch.float32) / 16 for a in (x_train, x_test))
     y_train, y_test = (torch.tensor(a) for a in (y_train, y_test))
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
 
     def evaluate() -> dict[str, float]:
@@ -110,11 +113,12 @@ class CharTransformer(nn.Module):
         return self.head(self.norm(self.blocks(h, mask=self.mask, is_causal=True)))
 
 
-def lm_task() -> Task:
+def lm_task(seed: int = SEED) -> Task:
+    """``seed`` draws the initial weights; the text, split and batches are always the same."""
     data = torch.frombuffer(bytearray(lm_text()), dtype=torch.uint8).long()
     split = int(0.9 * len(data))
     train, heldout = data[:split], data[split:]
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = CharTransformer()
 
     def batch(source: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,12 +130,12 @@ def lm_task() -> Task:
         return F.cross_entropy(model(tokens).reshape(-1, LM_VOCAB), targets.reshape(-1))
 
     def batch_loss(step: int) -> torch.Tensor:
-        return loss_on(*batch(train, torch.Generator().manual_seed(SEED * 1_000_003 + step)))
+        return loss_on(*batch(train, torch.Generator().manual_seed(step)))
 
     def evaluate() -> dict[str, float]:
-        # Fixed batches (seeds apart from the training ones), so every configuration is scored on the same text.
+        # Fixed batches, drawn apart from the training ones (seeds 0..steps-1), score every run on the same text.
         with torch.no_grad():
-            return {split_name: sum(loss_on(*batch(source, torch.Generator().manual_seed(-1 - i))).item()
+            return {split_name: sum(loss_on(*batch(source, torch.Generator().manual_seed(EVAL_SEED + i))).item()
                                     for i in range(LM_EVAL_BATCHES)) / LM_EVAL_BATCHES
                     for split_name, source in (("train_loss", train), ("heldout_loss", heldout))}
 
@@ -160,7 +164,7 @@ def train(task: Task, optimizer: torch.optim.Optimizer, steps: int, label: str,
     """``steps`` steps of ``task``; ``after_step(step)`` runs after each ``optimizer.step()``."""
     losses = []
     start = time.perf_counter()
-    for step in tqdm(range(steps), desc=f"{task.name}: {label}", leave=False, mininterval=2):
+    for step in tqdm(range(steps), desc=f"{task.name}: {label}", leave=False, disable=None):
         loss = task.batch_loss(step)
         optimizer.zero_grad()
         loss.backward()
@@ -181,22 +185,22 @@ def uint8_optimizer_available() -> bool:
     return True
 
 
+HYPERPARAMETERS = dict(lr=LR, rho=RHO, eps=EPS)
+SIMULATED = "uint8 state (simulated)"
+CONFIGURATIONS: dict[str, Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]] = {
+    "torch fp32": lambda params: torch.optim.Adadelta(params, **HYPERPARAMETERS),
+    "fp32 state": lambda params: Adadelta(params, state_dtype=None, **HYPERPARAMETERS),
+    "bf16 state": lambda params: Adadelta(params, state_dtype=torch.bfloat16, **HYPERPARAMETERS),
+    "uint8 state": lambda params: Adadelta(params, state_dtype=torch.uint8, **HYPERPARAMETERS),
+    SIMULATED: lambda params: torch.optim.Adadelta(params, **HYPERPARAMETERS),  # + the round trip in train
+}
+
+
 def run_configuration(label: str, task_name: str, steps: int) -> dict:
     task = TASKS[task_name]()
-    params = task.model.parameters()
-    hyper = dict(lr=LR, rho=RHO, eps=EPS)
-    if label == "torch fp32":
-        optimizer = torch.optim.Adadelta(params, **hyper)
-    elif label == "fp32 state":
-        optimizer = Adadelta(params, state_dtype=None, **hyper)
-    elif label == "bf16 state":
-        optimizer = Adadelta(params, state_dtype=torch.bfloat16, **hyper)
-    elif label == "uint8 state":
-        optimizer = Adadelta(params, state_dtype=torch.uint8, **hyper)
-    else:  # "uint8 state (simulated)"
-        optimizer = torch.optim.Adadelta(params, **hyper)
-        return train(task, optimizer, steps, label, lambda _: round_trip_state(optimizer, e4m4_round_trip))
-    return train(task, optimizer, steps, label)
+    optimizer = CONFIGURATIONS[label](task.model.parameters())
+    after_step = (lambda _: round_trip_state(optimizer, e4m4_round_trip)) if label == SIMULATED else None
+    return train(task, optimizer, steps, label, after_step)
 
 
 def environment() -> dict[str, str]:
@@ -216,14 +220,13 @@ def compare(results: dict[str, dict[str, dict]], uint8_label: str) -> dict[str, 
             reference = results["fp32 state"][task_name]
             row[f"{task_name}_train_loss_rel_diff"] = r["train_loss"] / reference["train_loss"] - 1
             row[f"{task_name}_heldout_loss_rel_diff"] = r["heldout_loss"] / reference["heldout_loss"] - 1
-        if "digits" in by_task:
-            row["digits_accuracy_diff_pp"] = 100 * (by_task["digits"]["heldout_accuracy"]
-                                                    - results["fp32 state"]["digits"]["heldout_accuracy"])
+        row["digits_accuracy_diff_pp"] = 100 * (by_task["digits"]["heldout_accuracy"]
+                                                - results["fp32 state"]["digits"]["heldout_accuracy"])
         comparison[label] = row
     uint8 = comparison[uint8_label]
-    comparison[uint8_label]["meets_issue_13"] = (
-        all(abs(v) <= LOSS_TOLERANCE for k, v in uint8.items() if k.endswith("train_loss_rel_diff"))
-        and abs(uint8.get("digits_accuracy_diff_pp", 0.0)) <= ACCURACY_TOLERANCE_PP
+    uint8["meets_issue_13"] = (
+        all(abs(uint8[f"{task_name}_train_loss_rel_diff"]) <= LOSS_TOLERANCE for task_name in TASKS)
+        and abs(uint8["digits_accuracy_diff_pp"]) <= ACCURACY_TOLERANCE_PP
     )
     return comparison
 
@@ -248,6 +251,14 @@ def markdown(results: dict, comparison: dict, env: dict, steps: dict[str, int], 
             f"{100 * c['lm_train_loss_rel_diff']:+.2f} % | {lm['heldout_loss']:.4f} | "
             f"{100 * c['lm_heldout_loss_rel_diff']:+.2f} % | {d['seconds'] + lm['seconds']:.0f} |")
     verdict = "meets" if comparison[uint8_label]["meets_issue_13"] else "does NOT meet"
+    lines += ["", "torch fp32 against fp32 state is the noise floor: the two differ only in the last bit of some "
+                  "square roots (README, *Against torch.optim.Adadelta*), and training grows that into these "
+                  "differences."]
+    if uint8_label == SIMULATED:
+        lines += ["", f"{SIMULATED}: torch.optim.Adadelta with `square_avg` and `acc_delta` sent through the E4M4 "
+                      "round trip of `adadelta_fused.quantized_reference` after every step (the kernel's "
+                      "arithmetic: decode, fp32 update, encode), as `Adadelta(state_dtype=torch.uint8)` was not "
+                      "used for this run."]
     lines += ["", f"{uint8_label} {verdict} issue 13's bar (final train loss within {100 * LOSS_TOLERANCE:.0f} % "
                   f"of fp32 state on both tasks, held-out digits accuracy within {ACCURACY_TOLERANCE_PP:.0f} pp).",
               "", "![loss curves](quantized_training.png)", "",
@@ -257,11 +268,8 @@ def markdown(results: dict, comparison: dict, env: dict, steps: dict[str, int], 
 
 
 def plot(results: dict, path: Path, steps: dict[str, int]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure = Figure(figsize=(12, 4.5), layout="tight")
+    axes = figure.subplots(1, 2)
     for axis, task_name, title in zip(axes, ("digits", "lm"), ("digits MLP (full batch)", "char transformer LM")):
         for label, by_task in results.items():
             losses = torch.tensor(by_task[task_name]["losses"])
@@ -271,24 +279,24 @@ def plot(results: dict, path: Path, steps: dict[str, int]) -> None:
             axis.plot(range(window, len(losses) + 1), smooth.tolist(), label=label,
                       linestyle="--" if label == "torch fp32" else "-", linewidth=1.2)
         axis.set(title=f"{title}, {steps[task_name]} steps", xlabel="step",
-                 ylabel="train loss" + (" (20-step mean)" if task_name == "lm" else ""), yscale="log")
+                 ylabel="train loss" + (" (20-step mean)" if task_name == "lm" else ""),
+                 yscale="log" if task_name == "digits" else "linear")
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--digits-steps", type=int, default=400)
-    parser.add_argument("--lm-steps", type=int, default=400)
+    parser.add_argument("--lm-steps", type=int, default=600)
     parser.add_argument("--simulate", action="store_true",
                         help="simulate uint8 state even where Adadelta(state_dtype=torch.uint8) works")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     torch.use_deterministic_algorithms(True)
     steps = {"digits": args.digits_steps, "lm": args.lm_steps}
-    uint8_label = "uint8 state" if not args.simulate and uint8_optimizer_available() else "uint8 state (simulated)"
+    uint8_label = "uint8 state" if not args.simulate and uint8_optimizer_available() else SIMULATED
     if args.simulate:
         print("--simulate: uint8 state is torch.optim.Adadelta plus the E4M4 round trip after each step",
               file=sys.stderr)
@@ -301,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quantized_training.md").write_text(text)
     plot(results, args.out / "quantized_training.png", steps)
-    record = dict(environment=env, steps=steps, hyperparameters=dict(lr=LR, rho=RHO, eps=EPS, seed=SEED),
-                  uint8_path="real" if uint8_label == "uint8 state" else "simulated", results=results,
+    record = dict(environment=env, steps=steps, hyperparameters=dict(HYPERPARAMETERS, seed=SEED),
+                  uint8_path="simulated" if uint8_label == SIMULATED else "real", results=results,
                   comparison=comparison)
     (args.out / "quantized_training.json").write_text(json.dumps(record, indent=1) + "\n")
     return 0 if comparison[uint8_label]["meets_issue_13"] else 1

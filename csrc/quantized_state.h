@@ -30,15 +30,24 @@ constexpr uint32_t kCodeInf = 0xF0u;
 constexpr uint32_t kCodeNaN = 0xFFu;
 constexpr uint32_t kMaxFiniteCode = 0xEFu;
 
-// The biased fp32 exponent of v when it counts toward its block's scale (finite, sign bit clear), else 0.
-ADF_HOST_DEVICE uint32_t counted_exponent(float v) {
+// The fp32 bits of v when it counts toward its block's scale (finite, sign bit clear), else 0: a block's
+// largest exponent is the largest of these, shifted right by 23 once per block. A mask, not a select: GCC 12
+// vectorizes a max over masked values, but not over a select it folds into the max.
+ADF_HOST_DEVICE uint32_t counted_bits(float v) {
   const uint32_t u = bits_of(v);
-  return u < 0x7F800000u ? u >> 23 : 0u;
+  return u & (0u - uint32_t(u < 0x7F800000u));
 }
 
-// The block exponent F of a block whose largest counted exponent is `largest`.
+// A block is ordinary when every value in it is finite and non-negative, i.e. when the largest of its raw fp32
+// bits is below inf's: then that largest value is also the largest counted one, and no code needs the special
+// cases. The kernels reduce raw bits (one max per value) and take the special cases only in blocks that are not
+// ordinary (kSpecials below); both paths give the same codes.
+ADF_HOST_DEVICE bool ordinary_block(uint32_t largest_bits) { return largest_bits < 0x7F800000u; }
+
+// The block exponent F of a block whose largest counted_bits value is `largest`.
 ADF_HOST_DEVICE uint32_t block_exponent(uint32_t largest) {
-  return largest > kMinBlockExponent ? largest : kMinBlockExponent;
+  const uint32_t e = largest >> 23;
+  return e > kMinBlockExponent ? e : kMinBlockExponent;
 }
 
 // The stored scale 2^(F - 127), and F back from a stored scale (only its exponent bits count; a scale that
@@ -50,6 +59,10 @@ ADF_HOST_DEVICE uint32_t scale_exponent(float scale) {
   return e < kMinBlockExponent ? kMinBlockExponent : (e > 254u ? 254u : e);
 }
 
+// kSpecials = false: v is finite and non-negative (its block is ordinary). Compares are signed (fp32 bits of
+// such values, and codes 0..255, are non-negative int32): AVX2 has no unsigned vector compare, and GCC spends
+// two instructions on each unsigned one.
+template <bool kSpecials = true>
 ADF_HOST_DEVICE uint32_t encode_state(float v, uint32_t block_exp) {
   const uint32_t u = bits_of(v);
   // Codes with e >= 1: move the exponent so that the block's top binade lands on e = 14, then round the 19
@@ -57,62 +70,95 @@ ADF_HOST_DEVICE uint32_t encode_state(float v, uint32_t block_exp) {
   const uint32_t rebased = u - ((block_exp - 14u) << 23);
   uint32_t normal = (rebased + 0x3FFFFu + ((u >> 19) & 1u)) >> 19;
   normal = normal < kMaxFiniteCode ? normal : kMaxFiniteCode;
-  // Codes with e = 0 count units of 2^(F - 144): the 24-bit significand shifted right, rounded to nearest
-  // even (a result of 16 is the code 0x10, the smallest e = 1 value: the encoding is continuous there).
-  const uint32_t f = u >> 23;
-  const uint32_t significand = (u & 0x7FFFFFu) | (f != 0u ? 0x800000u : 0u);
-  int32_t shift = int32_t(block_exp) + 6 - int32_t(f != 0u ? f : 1u);
-  shift = shift < 1 ? 1 : (shift > 31 ? 31 : shift);  // (only values that take the other paths fall outside)
-  const uint32_t sub = (significand + (1u << (shift - 1)) - 1u + ((significand >> shift) & 1u)) >> shift;
-  uint32_t code = f + 14u > block_exp ? normal : sub;
-  code = u == 0x7F800000u ? kCodeInf : code;
-  code = u > 0x7F800000u ? kCodeNaN : code;  // NaN, and any value with the sign bit set
-  return u == 0x80000000u ? 0u : code;       // ... except -0
+  // Codes with e = 0 count units of 2^(F - 144): v / 2^(F - 144) is below 16 there, and adding 2^23 makes the
+  // FPU round it to an integer, to nearest even (a result of 16 is the code 0x10, the smallest e = 1 value: the
+  // encoding is continuous there). The scaling by a power of two is exact unless it falls below 2^-126, and such
+  // a value rounds to 0 either way. Three float operations instead of a variable shift's dozen integer ones: the
+  // CPU kernel is bound by its instruction count (quantized_reference.encode states the same rounding with
+  // integer shifts; tests/test_quantized.py checks they agree).
+  const float units = v * float_of((271u - block_exp) << 23) + 8388608.0f;  // 2^(144 - F), then 2^23
+  const uint32_t sub = bits_of(units) - 0x4B000000u;
+  const int32_t i = int32_t(u);  // (negative for values with the sign bit set)
+  const uint32_t code = i >= int32_t((block_exp - 13u) << 23) ? normal : sub;
+  if constexpr (!kSpecials) return code;
+  const uint32_t special = i == 0x7F800000 ? kCodeInf : (i == INT32_MIN ? 0u : kCodeNaN);  // inf; -0; NaN
+  return i >= 0x7F800000 || i < 0 ? special : code;  // (and negatives, stored as NaN)
 }
 
+// kSpecials = false: the code is below kCodeInf (no code of its block is).
+template <bool kSpecials = true>
 ADF_HOST_DEVICE float decode_state(uint32_t code, uint32_t block_exp) {
+  const int32_t c = int32_t(code);
   const float normal = float_of((code << 19) + ((block_exp - 14u) << 23));
-  const float subnormal = float(code) * float_of((block_exp - 17u) << 23);  // m * 2^(F - 144), exact
-  float v = code >= 0x10u ? normal : subnormal;
-  v = code == kCodeInf ? float_of(0x7F800000u) : v;
-  return code > kCodeInf ? float_of(0x7FC00000u) : v;
+  const float subnormal = float(c) * float_of((block_exp - 17u) << 23);  // m * 2^(F - 144), exact
+  const float v = c >= 0x10 ? normal : subnormal;
+  if constexpr (!kSpecials) return v;
+  const float special = float_of(c == int32_t(kCodeInf) ? 0x7F800000u : 0x7FC00000u);
+  return c >= int32_t(kCodeInf) ? special : v;
 }
 
-// Elements [0, count) of a run of kLanes consecutive elements of one block (count <= kLanes): decode both
-// accumulators, run the dense update (AdadeltaElement, with fp32 "storage": the new values stay unrounded),
-// and fold the new values' exponents into `sq_largest` / `acc_largest`, this run's share of the block's
-// reduction. The caller reduces over the block's runs (a CPU tile is one run of 256; a CUDA warp, 32 runs of
-// 8), then calls encode_lanes with the block exponents. Lanes past `count` are left alone.
+// One run of kLanes consecutive elements of one block (elements [0, count), count <= kLanes): the per-element
+// part of a step. A CPU tile is one run of 256; a CUDA warp, 32 runs of 8. The block's reductions between the
+// parts are the caller's: decode (both accumulators, from the old codes) -> update (the dense update,
+// AdadeltaElement with fp32 "storage", so the new values stay unrounded; folds the new values' raw bits into
+// the run's largest) -> [reduce over the block's runs; ordinary_block? block_exponent] -> encode.
 template <typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled, int kLanes>
 struct QuantizedLanes {
   using Element = AdadeltaElement<ParamT, float, kGradMode, kHasMaster, kScaled>;
 
-  ADF_HOST_DEVICE static void update(ParamT* param, ParamT* grad, const uint8_t* sq_codes, const uint8_t* acc_codes,
-                                     float* master, int count, uint32_t sq_exp, uint32_t acc_exp,
+  // The largest code of the run: a block whose largest is below kCodeInf decodes without special cases.
+  ADF_HOST_DEVICE static uint32_t largest_code(const uint8_t* codes, int count) {
+    uint32_t largest = 0;
+    ADF_LANES_LOOP
+    for (int l = 0; l < count; ++l) largest = codes[l] > largest ? codes[l] : largest;
+    return largest;
+  }
+
+  // Decoding has a loop of its own: a loop over bytes runs 32 lanes per AVX2 iteration, and with the update's
+  // fp32 math in the same loop that is 4 vectors of every variable, which spills (73 of the fused loop's 396
+  // instructions were stack moves). On a GPU the loops unroll into one.
+  template <bool kSpecials>
+  ADF_HOST_DEVICE static void decode(const uint8_t* codes, int count, uint32_t block_exp, float (&values)[kLanes]) {
+    ADF_LANES_LOOP
+    for (int l = 0; l < count; ++l) values[l] = decode_state<kSpecials>(codes[l], block_exp);
+  }
+
+  ADF_HOST_DEVICE static void update(ParamT* param, ParamT* grad, float* master, int count,
                                      const StepScalars<float>& s, uint32_t tensor_key, int64_t first,
                                      float (&sq)[kLanes], float (&acc)[kLanes], uint32_t& sq_largest,
                                      uint32_t& acc_largest) {
+    // Locals: GCC does not vectorize a reduction into a reference, which might alias the buffers.
+    uint32_t sq_max = sq_largest;
+    uint32_t acc_max = acc_largest;
     ADF_LANES_LOOP
     for (int l = 0; l < count; ++l) {
-      sq[l] = decode_state(sq_codes[l], sq_exp);
-      acc[l] = decode_state(acc_codes[l], acc_exp);
       float no_master = 0.0f;
       Element::update(param[l], grad[l], sq[l], acc[l], kHasMaster ? master[l] : no_master, s, tensor_key,
                       first + l);
-      const uint32_t a = counted_exponent(sq[l]);
-      const uint32_t b = counted_exponent(acc[l]);
-      sq_largest = a > sq_largest ? a : sq_largest;
-      acc_largest = b > acc_largest ? b : acc_largest;
+      const uint32_t a = bits_of(sq[l]);
+      const uint32_t b = bits_of(acc[l]);
+      sq_max = a > sq_max ? a : sq_max;
+      acc_max = b > acc_max ? b : acc_max;
     }
+    sq_largest = sq_max;
+    acc_largest = acc_max;
   }
 
-  ADF_HOST_DEVICE static void encode(uint8_t* sq_codes, uint8_t* acc_codes, const float (&sq)[kLanes],
-                                     const float (&acc)[kLanes], int count, uint32_t sq_exp, uint32_t acc_exp) {
+  // The run's largest counted_bits: a block that is not ordinary takes its exponent from these.
+  ADF_HOST_DEVICE static uint32_t largest_counted(const float (&values)[kLanes], int count) {
+    uint32_t largest = 0;
     ADF_LANES_LOOP
     for (int l = 0; l < count; ++l) {
-      sq_codes[l] = uint8_t(encode_state(sq[l], sq_exp));
-      acc_codes[l] = uint8_t(encode_state(acc[l], acc_exp));
+      const uint32_t b = counted_bits(values[l]);
+      largest = b > largest ? b : largest;
     }
+    return largest;
+  }
+
+  template <bool kSpecials>
+  ADF_HOST_DEVICE static void encode(const float (&values)[kLanes], int count, uint32_t block_exp, uint8_t* codes) {
+    ADF_LANES_LOOP
+    for (int l = 0; l < count; ++l) codes[l] = uint8_t(encode_state<kSpecials>(values[l], block_exp));
   }
 };
 

@@ -35,29 +35,51 @@ struct QuantizedChunk {
   uint32_t tensor_key;
 };
 
+// One accumulator's codes of a block -> its fp32 values, and back with the block's new scale.
+template <typename Lanes>
+__attribute__((always_inline)) inline void decode_block(const uint8_t* codes, const float* scale, int n,
+                                                        float (&values)[kQuantBlock]) {
+  const uint32_t exponent = scale_exponent(*scale);
+  if (Lanes::largest_code(codes, n) < kCodeInf) {
+    Lanes::template decode<false>(codes, n, exponent, values);
+  } else {
+    Lanes::template decode<true>(codes, n, exponent, values);
+  }
+}
+
+template <typename Lanes>
+__attribute__((always_inline)) inline void encode_block(const float (&values)[kQuantBlock], int n,
+                                                        uint32_t largest_bits, uint8_t* codes, float* scale) {
+  if (ordinary_block(largest_bits)) {
+    const uint32_t exponent = block_exponent(largest_bits);
+    Lanes::template encode<false>(values, n, exponent, codes);
+    *scale = block_scale(exponent);
+  } else {
+    const uint32_t exponent = block_exponent(Lanes::largest_counted(values, n));
+    Lanes::template encode<true>(values, n, exponent, codes);
+    *scale = block_scale(exponent);
+  }
+}
+
 template <typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled>
 __attribute__((always_inline)) inline void update_blocks(const QuantizedChunk<ParamT>& c,
                                                          const StepScalars<float>& scalars) {
   using Lanes = QuantizedLanes<ParamT, kGradMode, kHasMaster, kScaled, kQuantBlock>;
   const StepScalars<float> s = scalars;  // a local copy: stores through the buffers cannot alias it
-  // The block's new fp32 accumulators: 2 KiB of L1 between the update and the encoding.
+  // The block's fp32 accumulators, decoded, updated and encoded in place: 2 KiB of L1.
   alignas(64) float sq[kQuantBlock];
   alignas(64) float acc[kQuantBlock];
   for (int64_t first = c.begin; first < c.end; first += kQuantBlock) {
     const int n = int(std::min<int64_t>(kQuantBlock, c.end - first));
     const int64_t block = first / kQuantBlock;
-    const uint32_t sq_old = scale_exponent(c.square_avg_scale[block]);
-    const uint32_t acc_old = scale_exponent(c.acc_delta_scale[block]);
+    decode_block<Lanes>(c.square_avg + first, c.square_avg_scale + block, n, sq);
+    decode_block<Lanes>(c.acc_delta + first, c.acc_delta_scale + block, n, acc);
     uint32_t sq_largest = 0;
     uint32_t acc_largest = 0;
-    Lanes::update(c.param + first, c.grad + first, c.square_avg + first, c.acc_delta + first,
-                  kHasMaster ? c.master + first : nullptr, n, sq_old, acc_old, s, c.tensor_key, first, sq, acc,
-                  sq_largest, acc_largest);
-    const uint32_t sq_exp = block_exponent(sq_largest);
-    const uint32_t acc_exp = block_exponent(acc_largest);
-    Lanes::encode(c.square_avg + first, c.acc_delta + first, sq, acc, n, sq_exp, acc_exp);
-    c.square_avg_scale[block] = block_scale(sq_exp);
-    c.acc_delta_scale[block] = block_scale(acc_exp);
+    Lanes::update(c.param + first, c.grad + first, kHasMaster ? c.master + first : nullptr, n, s, c.tensor_key,
+                  first, sq, acc, sq_largest, acc_largest);
+    encode_block<Lanes>(sq, n, sq_largest, c.square_avg + first, c.square_avg_scale + block);
+    encode_block<Lanes>(acc, n, acc_largest, c.acc_delta + first, c.acc_delta_scale + block);
   }
 }
 
