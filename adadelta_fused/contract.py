@@ -124,3 +124,12 @@ def op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars:
         scalars.stochastic_rounding,
         scalars.rounding_key,
     )
+
+
+def quantized_op_arguments(params, grads, square_avgs, acc_deltas, master_params, square_avg_scales, acc_delta_scales,
+                           scalars: StepScalars) -> tuple:
+    """The positional arguments of the quantized ops (``adadelta_fused::quantized_adadelta_`` and its Triton twin
+    ``triton_quantized_adadelta_``), in their schema's order: ``op_arguments`` with the scale lists after
+    master_params."""
+    dense = op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars)
+    return (*dense[:5], square_avg_scales, acc_delta_scales, *dense[5:])

@@ -153,18 +153,22 @@ def _adadelta_values(g, p, sq, acc, neg_lr, rho, one_minus_rho, eps):
 
 
 @triton.jit
-def _update_elements(
+def _update_values(
     # buffers of one tensor, typed pointers
-    param_ptr, grad_ptr, square_avg_ptr, acc_delta_ptr, master_ptr,
+    param_ptr, grad_ptr, master_ptr,
     # which elements: mask for the update, zero_mask for GradMode.ZERO's store (it also covers a skipped step)
     offsets, mask, zero_mask,
+    # the accumulators in math precision, as the caller loaded them
+    sq, acc,
     # hyperparameters in math precision
     neg_lr, rho, one_minus_rho, eps, weight_decay, grad_scale, tensor_key,
     # constexpr flags
     MATH: tl.constexpr, GRAD_MODE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
     HAS_WEIGHT_DECAY: tl.constexpr, HAS_MASTER: tl.constexpr, STOCHASTIC: tl.constexpr,
 ):
-    """reference._update_one for the masked ``offsets`` of one tensor."""
+    """reference._update_one for the masked ``offsets`` of one tensor, except the accumulators' loads and
+    stores: reads and writes the gradient, param and master copy, and returns the new (sq, acc) unrounded.
+    Shared with the quantized kernel (quantized_triton_kernel.py), which decodes and encodes them."""
     g = _to_math(tl.load(grad_ptr + offsets, mask=mask), MATH)
     if HAS_GRAD_SCALE:
         g = _ieee_div(g, grad_scale)
@@ -179,12 +183,8 @@ def _update_elements(
     if HAS_WEIGHT_DECAY:
         g = tl.fma(weight_decay, p, g)  # g.add(p, alpha=weight_decay)
 
-    sq = _to_math(tl.load(square_avg_ptr + offsets, mask=mask), MATH)
-    acc = _to_math(tl.load(acc_delta_ptr + offsets, mask=mask), MATH)
     sq, acc, p = _adadelta_values(g, p, sq, acc, neg_lr, rho, one_minus_rho, eps)
 
-    tl.store(square_avg_ptr + offsets, _to_storage(sq, square_avg_ptr.dtype.element_ty), mask=mask)
-    tl.store(acc_delta_ptr + offsets, _to_storage(acc, acc_delta_ptr.dtype.element_ty), mask=mask)
     if HAS_MASTER:
         tl.store(master_ptr + offsets, p, mask=mask)
         tl.store(param_ptr + offsets, _to_storage(p, param_ptr.dtype.element_ty), mask=mask)
@@ -196,6 +196,54 @@ def _update_elements(
     if GRAD_MODE == 2:  # GradMode.ZERO: grad.zero_(), also when GradScaler skips the step
         zero = tl.full(g.shape, 0.0, MATH)
         tl.store(grad_ptr + offsets, _to_storage(zero, grad_ptr.dtype.element_ty), mask=zero_mask)
+    return sq, acc
+
+
+@triton.jit
+def _update_elements(
+    # buffers of one tensor, typed pointers
+    param_ptr, grad_ptr, square_avg_ptr, acc_delta_ptr, master_ptr,
+    # which elements: mask for the update, zero_mask for GradMode.ZERO's store (it also covers a skipped step)
+    offsets, mask, zero_mask,
+    # hyperparameters in math precision
+    neg_lr, rho, one_minus_rho, eps, weight_decay, grad_scale, tensor_key,
+    # constexpr flags
+    MATH: tl.constexpr, GRAD_MODE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
+    HAS_WEIGHT_DECAY: tl.constexpr, HAS_MASTER: tl.constexpr, STOCHASTIC: tl.constexpr,
+):
+    """reference._update_one for the masked ``offsets`` of one tensor, with accumulators in storage dtypes."""
+    sq = _to_math(tl.load(square_avg_ptr + offsets, mask=mask), MATH)
+    acc = _to_math(tl.load(acc_delta_ptr + offsets, mask=mask), MATH)
+    sq, acc = _update_values(
+        param_ptr, grad_ptr, master_ptr, offsets, mask, zero_mask, sq, acc,
+        neg_lr, rho, one_minus_rho, eps, weight_decay, grad_scale, tensor_key,
+        MATH, GRAD_MODE, MAXIMIZE, HAS_GRAD_SCALE, HAS_WEIGHT_DECAY, HAS_MASTER, STOCHASTIC,
+    )
+    tl.store(square_avg_ptr + offsets, _to_storage(sq, square_avg_ptr.dtype.element_ty), mask=mask)
+    tl.store(acc_delta_ptr + offsets, _to_storage(acc, acc_delta_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _step_scalars(
+    lr_ptr, grad_scale_ptr, lr, rho, one_minus_rho, eps, weight_decay, rounding_key, tensor_index,
+    MATH: tl.constexpr, STOCHASTIC: tl.constexpr,
+):
+    """A program's step scalars in math precision: (neg_lr, rho, one_minus_rho, eps, weight_decay, grad_scale,
+    tensor_key). Shared with the quantized kernel."""
+    if lr_ptr is not None:
+        neg_lr = -(tl.load(lr_ptr).to(MATH))  # a device lr, read without a host sync
+    else:
+        neg_lr = -_hyperparameter(lr, MATH)
+    grad_scale = 1.0
+    if grad_scale_ptr is not None:
+        grad_scale = tl.load(grad_scale_ptr).to(MATH)
+    tensor_key = 0
+    if STOCHASTIC:
+        tensor_key = _tensor_key(rounding_key, tensor_index)
+    return (
+        neg_lr, _hyperparameter(rho, MATH), _hyperparameter(one_minus_rho, MATH), _hyperparameter(eps, MATH),
+        _hyperparameter(weight_decay, MATH), grad_scale, tensor_key,
+    )
 
 
 @triton.jit
@@ -213,20 +261,9 @@ def _step_block(
     ``body_end`` (a multiple of 16 elements) bounds the vectorized pass: a mask that is uniform over each
     thread's vector is what lets the compiler emit ld.global.v4 / st.global.v4 at all.
     """
-    if lr_ptr is not None:
-        neg_lr = -(tl.load(lr_ptr).to(MATH))  # a device lr, read without a host sync
-    else:
-        neg_lr = -_hyperparameter(lr, MATH)
-    rho = _hyperparameter(rho, MATH)
-    one_minus_rho = _hyperparameter(one_minus_rho, MATH)
-    eps = _hyperparameter(eps, MATH)
-    weight_decay = _hyperparameter(weight_decay, MATH)
-    grad_scale = 1.0
-    if grad_scale_ptr is not None:
-        grad_scale = tl.load(grad_scale_ptr).to(MATH)
-    tensor_key = 0
-    if STOCHASTIC:
-        tensor_key = _tensor_key(rounding_key, tensor_index)
+    neg_lr, rho, one_minus_rho, eps, weight_decay, grad_scale, tensor_key = _step_scalars(
+        lr_ptr, grad_scale_ptr, lr, rho, one_minus_rho, eps, weight_decay, rounding_key, tensor_index, MATH, STOCHASTIC,
+    )
     body_limit = body_end
     tail_limit = numel
     if found_inf_ptr is not None:

@@ -12,10 +12,10 @@ from functools import cache
 import torch
 
 from .._requirements import TRITON_FLOOR, too_old
-from ..contract import StepScalars, op_arguments
+from ..contract import StepScalars, op_arguments, quantized_op_arguments
 
 NAME = "triton"
-__all__ = ["NAME", "unavailable_reason", "unsupported_reason", "step_"]
+__all__ = ["NAME", "unavailable_reason", "unsupported_reason", "step_", "quantized_step_"]
 
 
 @cache
@@ -66,3 +66,18 @@ def _op():
 
 def step_(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars) -> None:
     _op()(*op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars))
+
+
+@cache
+def _quantized_op():
+    from .. import quantized_triton  # noqa: F401  (registers the op with torch.library on first use)
+
+    return torch.ops.adadelta_fused.triton_quantized_adadelta_.default
+
+
+def quantized_step_(params, grads, square_avgs, acc_deltas, master_params, square_avg_scales, acc_delta_scales,
+                    scalars: StepScalars) -> None:
+    """One step over 8-bit state (``square_avgs``/``acc_deltas``: uint8 codes; adadelta_fused.quantized_reference)."""
+    _quantized_op()(*quantized_op_arguments(
+        params, grads, square_avgs, acc_deltas, master_params, square_avg_scales, acc_delta_scales, scalars
+    ))
