@@ -1,32 +1,34 @@
 """The normative specification of 8-bit Adadelta state and of one step over it, in pure torch.
 
 Format (``csrc/quantized_state.h`` implements the same bits)
-    Each accumulator (``square_avg``, ``acc_delta``) of a param is stored as
+    Each accumulator ``x`` (``square_avg``, ``acc_delta``) of a param is stored through its root ``r = sqrt(x)``
+    (the RMS), linearly, as
 
     ``codes``   uint8, the param's shape and layout: one code per element;
     ``scales``  fp32 ``[ceil(numel / BLOCK)]``: one scale per block of ``BLOCK`` (256) consecutive elements
                 in the order the kernels walk the param (memory order for a dense param, else logical order:
                 ``reference.walk_positions``); the last block may be shorter.
 
-    A block's scale is ``2^(F - 127)``, where ``F`` is the largest biased fp32 exponent among the block's finite,
-    non-negative values, or ``MIN_BLOCK_EXPONENT`` (32) if that is larger. A code is an unsigned 8-bit float
-    relative to the scale, 4 exponent bits ``e`` and 4 mantissa bits ``m``::
+    Every operation below is one IEEE-rounded fp32 operation (``sqrt``, ``*``, ``/``; no fused multiply-add)::
 
-        e = 1..14   value = 2^(e + F - 141) * (1 + m / 16)       e = 14: the block's top binade
-        e = 0       value = 2^(F - 144) * m                       subnormal codes, down to 2^-17 of the top
-        0xF0        +inf          0xF1..0xFF  NaN (0xFF is written)
+        r     = sqrt(x)                                  correctly rounded
+        s     = max(largest finite r of the block, MIN_SCALE)        the scale (MIN_SCALE = 2^-64)
+        code  = round_half_even(r * (254 / s))           for finite r: 0..254 (254 / s once per block)
+        code  = 255                                       for a NaN or infinite r (x NaN, negative or inf)
+        x'    = (code * (s / 254)) ** 2                  decoding (s / 254 once per block); 255 -> NaN
 
-    Encoding rounds to nearest even (relative error at most 2^-5 in the 14 normal binades) and saturates at
-    0xEF (a top value that rounds up to 2^(F - 126) is stored as 1.9375 * 2^(F - 127)). Accumulators are never
-    negative; a negative value (only a hand-made state has one) is stored as NaN, which the step then spreads
-    as torch spreads the square root of a negative number. -0 is stored as 0. Only exponent bits of a stored
-    scale are read (clamped to [32, 254]). Why this map (and not a dynamic-tree or linear absmax map):
-    ``bench/results/quantized_state_codes.md``.
+    A code keeps the root to within half a step of ``s / 254``: the largest values of a block to 0.2 %, smaller
+    ones less precisely, and roots below ``s / 508`` round to 0 (a mean square below ``x_max / 258064``; Adadelta
+    adds eps before every square root it takes, so these matter least). An infinite accumulator (a gradient
+    whose square overflows) is stored as NaN, which the next step spreads into the param, where torch's fp32
+    state would keep an infinite ``square_avg`` and freeze the param. Why this map and not five others (a
+    block-float code with a power-of-two scale, which stalls a decay ``x <- rho x`` once ``1 - rho`` is below its
+    precision; a dynamic-tree map; linear absmax on ``x``, which diverged): ``bench/results/quantized_state_codes.md``.
 
 Step (``adadelta_fused::quantized_adadelta_``), per param, in one pass over each block: decode both accumulators
 to fp32, run the dense update of ``reference._update_one`` in fp32 with the decoded values as its (fp32)
-state, then encode the new, unrounded fp32 accumulators against the new block exponents (the reduction of a
-block's exponents happens in registers or cache, never in a second pass over memory). The param, master copy
+state, then encode the new, unrounded fp32 accumulators against the blocks' new scales (the reduction of a
+block's roots happens in registers or cache, never in a second pass over memory). The param, master copy
 and gradient are written exactly as the dense step writes them; everything else (lr, grad_scale, found_inf,
 grad_mode, maximize, weight decay, stochastic rounding) is the dense contract's. Params are fp32, bf16 or fp16
 (fp64 params keep fp64 state: ``Adadelta._state_dtype_for``).
@@ -42,10 +44,9 @@ from .contract import GradMode, StepScalars
 from .reference import _update_one, walk_positions
 
 BLOCK = 256
-MIN_BLOCK_EXPONENT = 32
-CODE_INF = 0xF0
-CODE_NAN = 0xFF
-MAX_FINITE_CODE = 0xEF
+LEVELS = 254  # codes 0..254 are roots; 255 is NaN
+CODE_NAN = 255
+MIN_SCALE = 2.0**-64
 
 
 def num_blocks(numel: int) -> int:
@@ -53,54 +54,34 @@ def num_blocks(numel: int) -> int:
     return math.ceil(numel / BLOCK)
 
 
-def _bits(x: torch.Tensor) -> torch.Tensor:
-    """fp32 bits as non-negative int64."""
-    return x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+def _f32(value: float) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float32)
 
 
-def _float(bits: torch.Tensor) -> torch.Tensor:
-    """int64 holding uint32 bits -> fp32."""
-    return torch.where(bits >= 2**31, bits - 2**32, bits).to(torch.int32).view(torch.float32)
+def block_scales(roots: torch.Tensor) -> torch.Tensor:
+    """The scale of each block of a flat vector of roots (walk order): its largest finite root, at least MIN_SCALE."""
+    padded = torch.zeros(num_blocks(roots.numel()) * BLOCK, dtype=torch.float32, device=roots.device)
+    padded[: roots.numel()] = torch.where(torch.isfinite(roots), roots, 0.0)
+    return padded.view(-1, BLOCK).amax(dim=1).clamp_min(MIN_SCALE)
 
 
-def counted_exponent(x: torch.Tensor) -> torch.Tensor:
-    """The biased exponent of each fp32 value that counts toward its block's scale (finite, sign clear), else 0."""
-    u = _bits(x)
-    return torch.where(u < 0x7F800000, u >> 23, 0)
+def encode(roots: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """fp32 roots -> codes (uint8), each against its block's scale (same shape as ``roots``)."""
+    factor = _f32(LEVELS).to(scales.device) / scales  # one fp32 division per block
+    code = torch.round(roots * factor)  # torch.round: half to even
+    return torch.where(torch.isfinite(roots), code, CODE_NAN).to(torch.uint8)
 
 
-def scale_exponent(scales: torch.Tensor) -> torch.Tensor:
-    """F of each stored scale: its exponent bits, clamped to [MIN_BLOCK_EXPONENT, 254]."""
-    return ((_bits(scales) >> 23) & 0xFF).clamp(MIN_BLOCK_EXPONENT, 254)
+def decode(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """codes -> fp32 accumulator values, each against its block's scale (same shape as ``codes``)."""
+    step = scales / _f32(LEVELS).to(scales.device)
+    root = codes.to(torch.float32) * step
+    return torch.where(codes == CODE_NAN, math.nan, root * root)
 
 
-def block_scale(exponent: torch.Tensor) -> torch.Tensor:
-    return _float(exponent << 23)
-
-
-def encode(x: torch.Tensor, block_exp: torch.Tensor) -> torch.Tensor:
-    """fp32 values -> codes (int64), each against its block's exponent (same shape)."""
-    u = _bits(x)
-    rebased = u - ((block_exp - 14) << 23)
-    normal = ((rebased + 0x3FFFF + ((u >> 19) & 1)) >> 19).clamp_max(MAX_FINITE_CODE)
-    f = u >> 23
-    significand = (u & 0x7FFFFF) | torch.where(f != 0, 0x800000, 0)
-    shift = (block_exp + 6 - f.clamp_min(1)).clamp(1, 31)
-    sub = (significand + (1 << (shift - 1)) - 1 + ((significand >> shift) & 1)) >> shift
-    code = torch.where(f + 14 > block_exp, normal, sub)
-    code = torch.where(u == 0x7F800000, CODE_INF, code)
-    code = torch.where(u > 0x7F800000, CODE_NAN, code)
-    return torch.where(u == 0x80000000, 0, code)
-
-
-def decode(code: torch.Tensor, block_exp: torch.Tensor) -> torch.Tensor:
-    """codes (any integer dtype) -> fp32 values, each against its block's exponent (same shape)."""
-    code = code.to(torch.int64)
-    normal = _float((code << 19) + ((block_exp - 14) << 23))
-    subnormal = code.to(torch.float32) * _float((block_exp - 17) << 23)
-    value = torch.where(code >= 0x10, normal, subnormal)
-    value = torch.where(code == CODE_INF, math.inf, value)
-    return torch.where(code > CODE_INF, _float(torch.full_like(code, 0x7FC00000)), value)
+def _sqrt(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded fp32 square root (reference._sqrt says why not torch's own)."""
+    return x.double().sqrt().float()
 
 
 def _walk(x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
@@ -120,19 +101,16 @@ def _per_element(block_values: torch.Tensor, numel: int) -> torch.Tensor:
 
 def quantize(x: torch.Tensor, param: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 values of one accumulator of ``param`` -> (codes like param, uint8; scales, fp32)."""
-    flat = _walk(x.to(torch.float32), param)
-    numel = flat.numel()
-    padded = torch.zeros(num_blocks(numel) * BLOCK, dtype=torch.int64, device=flat.device)
-    padded[:numel] = counted_exponent(flat)
-    exponent = padded.view(-1, BLOCK).amax(dim=1).clamp_min(MIN_BLOCK_EXPONENT)
-    codes = encode(flat, _per_element(exponent, numel)).to(torch.uint8)
-    return _unwalk(codes, param), block_scale(exponent)
+    roots = _sqrt(_walk(x.to(torch.float32), param))
+    scales = block_scales(roots)
+    codes = encode(roots, _per_element(scales, roots.numel()))
+    return _unwalk(codes, param), scales
 
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """(codes, scales) of one accumulator of ``param`` -> its fp32 values, param's shape."""
     flat = _walk(codes, param)
-    return _unwalk(decode(flat, _per_element(scale_exponent(scales), flat.numel())), param)
+    return _unwalk(decode(flat, _per_element(scales.to(torch.float32), flat.numel())), param)
 
 
 def quantized_adadelta_reference_(

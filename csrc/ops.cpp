@@ -198,7 +198,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("check_quantized_args", &check_quantized_args, "the quantized op's validator (op_host.h)");
   m.def("check_sparse_args", &check_sparse_args, "the sparse op's validator (sparse_host.h)");
   m.attr("quant_block") = adadelta_fused::kQuantBlock;
-  m.attr("min_block_exponent") = adadelta_fused::kMinBlockExponent;
+  m.attr("code_levels") = adadelta_fused::kCodeLevels;
+  m.attr("min_scale_bits") = adadelta_fused::kMinScaleBits;
   m.attr("exact_decay_steps") = adadelta_fused::kExactDecaySteps;
   m.def("check_state_steps", &check_state_steps,
         "the step counters' validator, run before the update: whether all of them are CPU tensors");

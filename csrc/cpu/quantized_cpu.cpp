@@ -35,29 +35,29 @@ struct QuantizedChunk {
   uint32_t tensor_key;
 };
 
-// One accumulator's codes of a block -> its fp32 values, and back with the block's new scale.
+// One accumulator's codes of a block -> its fp32 values; and its new roots -> codes and the block's new scale.
 template <typename Lanes>
 __attribute__((always_inline)) inline void decode_block(const uint8_t* codes, const float* scale, int n,
                                                         float (&values)[kQuantBlock]) {
-  const uint32_t exponent = scale_exponent(*scale);
-  if (Lanes::largest_code(codes, n) < kCodeInf) {
-    Lanes::template decode<false>(codes, n, exponent, values);
+  const float step = decode_step(*scale);
+  if (Lanes::largest_code(codes, n) < kCodeNaN) {
+    Lanes::template decode<false>(codes, n, step, values);
   } else {
-    Lanes::template decode<true>(codes, n, exponent, values);
+    Lanes::template decode<true>(codes, n, step, values);
   }
 }
 
 template <typename Lanes>
-__attribute__((always_inline)) inline void encode_block(const float (&values)[kQuantBlock], int n,
+__attribute__((always_inline)) inline void encode_block(const float (&roots)[kQuantBlock], int n,
                                                         uint32_t largest_bits, uint8_t* codes, float* scale) {
   if (ordinary_block(largest_bits)) {
-    const uint32_t exponent = block_exponent(largest_bits);
-    Lanes::template encode<false>(values, n, exponent, codes);
-    *scale = block_scale(exponent);
+    const float new_scale = block_scale(largest_bits);
+    Lanes::template encode<false>(roots, n, encode_factor(new_scale), codes);
+    *scale = new_scale;
   } else {
-    const uint32_t exponent = block_exponent(Lanes::largest_counted(values, n));
-    Lanes::template encode<true>(values, n, exponent, codes);
-    *scale = block_scale(exponent);
+    const float new_scale = block_scale(Lanes::largest_counted(roots, n));
+    Lanes::template encode<true>(roots, n, encode_factor(new_scale), codes);
+    *scale = new_scale;
   }
 }
 
@@ -66,7 +66,7 @@ __attribute__((always_inline)) inline void update_blocks(const QuantizedChunk<Pa
                                                          const StepScalars<float>& scalars) {
   using Lanes = QuantizedLanes<ParamT, kGradMode, kHasMaster, kScaled, kQuantBlock>;
   const StepScalars<float> s = scalars;  // a local copy: stores through the buffers cannot alias it
-  // The block's fp32 accumulators, decoded, updated and encoded in place: 2 KiB of L1.
+  // The block's fp32 accumulators (then their roots), decoded, updated and encoded in place: 2 KiB of L1.
   alignas(64) float sq[kQuantBlock];
   alignas(64) float acc[kQuantBlock];
   for (int64_t first = c.begin; first < c.end; first += kQuantBlock) {
