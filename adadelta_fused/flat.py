@@ -26,6 +26,8 @@ import torch
 
 from . import _extension, dtensor
 from .layout import is_dense
+from .quantized_reference import BLOCK as QUANT_BLOCK
+from .quantized_reference import MIN_SCALE, num_blocks
 
 ALIGN_BYTES = 16
 
@@ -79,8 +81,10 @@ def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False) ->
         storages[storage] = index
 
 
-def _padded(numel: int, element_size: int) -> int:
-    per_line = ALIGN_BYTES // element_size
+def _padded(numel: int, element_size: int, quantized: bool = False) -> int:
+    """A param's slot: whole 16-byte lines, and with 8-bit state whole 256-element blocks, so that each param's
+    blocks are its own (its state views are then what a per-param step keeps, bit for bit)."""
+    per_line = QUANT_BLOCK if quantized else ALIGN_BYTES // element_size
     return -(-numel // per_line) * per_line
 
 
@@ -100,6 +104,9 @@ class FlatGroup:
     square_avg: torch.Tensor
     acc_delta: torch.Tensor
     master: torch.Tensor | None
+    # 8-bit state: the scales of square_avg and acc_delta (one per 256 elements of the buffers), else None.
+    square_avg_scale: torch.Tensor | None = None
+    acc_delta_scale: torch.Tensor | None = None
     # Each param's step counter, one element a param: ``state["step"]`` is a 0-d view of it (``steps``), so
     # a step advances every counter with one op, not one per param.
     counters: torch.Tensor | None = None
@@ -119,10 +126,11 @@ class FlatGroup:
         """``shared_ok``: the params are a copy of an optimizer's own flat params (deepcopy, torch.save keep
         them views of one storage), not a user's tied tensors."""
         check_flattenable(params, shared_ok=shared_ok)
+        quantized = state_dtype == torch.uint8
         offsets, total = [], 0
         for p in params:
             offsets.append(total)
-            total += _padded(p.numel(), p.element_size())
+            total += _padded(p.numel(), p.element_size(), quantized)
         first = params[0]
         flat_param = torch.zeros(total, dtype=first.dtype, device=first.device)
         flat_grad = torch.zeros_like(flat_param)
@@ -147,6 +155,9 @@ class FlatGroup:
             acc_delta=torch.zeros(total, dtype=state_dtype, device=first.device),
             master=flat_master,
         )
+        if quantized:
+            group.square_avg_scale = torch.full((total // QUANT_BLOCK,), MIN_SCALE, device=first.device)
+            group.acc_delta_scale = torch.full((total // QUANT_BLOCK,), MIN_SCALE, device=first.device)
         group._grad_views = [p.grad for p in params]
         group._expected = torch.tensor([(p.storage_offset(), p.grad._cdata) for p in params], dtype=torch.int64)
         if flat_master is not None:
@@ -157,6 +168,10 @@ class FlatGroup:
         views = {"square_avg": _view(self.square_avg, p, offset), "acc_delta": _view(self.acc_delta, p, offset)}
         if self.master is not None:
             views["master_param"] = _view(self.master, p, offset)
+        if self.square_avg_scale is not None:
+            blocks = slice(offset // QUANT_BLOCK, offset // QUANT_BLOCK + num_blocks(p.numel()))
+            views["square_avg_scale"] = self.square_avg_scale[blocks]
+            views["acc_delta_scale"] = self.acc_delta_scale[blocks]
         return views
 
     def refresh_masters(self) -> None:
@@ -168,7 +183,8 @@ class FlatGroup:
         self.stale_masters.clear()
 
     def step_tensors(self) -> tuple:
-        """The tensors one step runs over: (params, grads, square_avgs, acc_deltas, masters, steps, counters).
+        """The tensors one step runs over: (params, grads, square_avgs, acc_deltas, masters, steps, counters,
+        scales), where scales is None, or with 8-bit state (square_avg_scales, acc_delta_scales).
 
         Normally the whole buffers, one tensor each, and ``counters`` to advance (``steps`` is None). A
         param whose grad is None is left out, as torch leaves it: the lists then hold the ranges of the
@@ -194,7 +210,13 @@ class FlatGroup:
             steps = [step for index, step in enumerate(self.steps) if index not in skipped_set]
             counters = None
         masters = tensors[4] if self.master is not None else None
-        return (*tensors[:4], masters, steps, counters)
+        scales = None
+        if self.square_avg_scale is not None:
+            # Range bounds are slot bounds, whole blocks: each range's blocks are a slice of the scales.
+            spans = [(0, self.param.numel())] if not skipped else ranges
+            scales = tuple([buffer[begin // QUANT_BLOCK: end // QUANT_BLOCK] for begin, end in spans]
+                           for buffer in (self.square_avg_scale, self.acc_delta_scale))
+        return (*tensors[:4], masters, steps, counters, scales)
 
     def _gather_grads(self) -> list[int]:
         """Bring every param's grad into the flat gradient buffer; returns the indices of params without one.

@@ -10,7 +10,7 @@ import torch
 from torch.optim.adadelta import adadelta as torch_adadelta
 from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype, _use_grad_for_differentiable
 
-from . import sparse
+from . import quantized, sparse
 from .contract import LOW_PRECISION, check_hyperparameters
 from .flat import FlatGroup, check_flattenable
 from .functional import plan, step_scalars
@@ -19,7 +19,7 @@ from .reference import rounding_key
 from .state_dict import check_loadable, loaded_step
 from .step_cache import GroupCache, StateMap
 
-_STATE_DTYPES = (None, torch.float32, torch.bfloat16)
+_STATE_DTYPES = (None, torch.float32, torch.bfloat16, torch.uint8)
 
 
 class Adadelta(Optimizer):
@@ -34,8 +34,9 @@ class Adadelta(Optimizer):
             into the buffer at the next step, and a param still without a grad is skipped, as torch skips
             it. See ``adadelta_fused.flat`` for what breaks it (DTensor params cannot be flattened).
         zero_grad_in_step: the step zeroes the gradients in its own pass (no separate ``zero_grad``).
-        state_dtype: dtype of ``square_avg`` and ``acc_delta``: None (the param's, as torch), ``torch.float32``
-            or ``torch.bfloat16``. Kept through ``state_dict`` round trips.
+        state_dtype: dtype of ``square_avg`` and ``acc_delta``: None (the param's, as torch), ``torch.float32``,
+            ``torch.bfloat16``, or ``torch.uint8``: 8-bit state, 2.03 bytes a param (see ``adadelta_fused.quantized``).
+            fp64 and complex params keep their own dtype. Kept through ``state_dict`` round trips.
         master_weights: for bf16/fp16 params, keep an fp32 copy in state (``master_param``), update it in
             fp32 and write the param as its rounded copy.
         stochastic_rounding: write bf16 params (without master weights) with unbiased stochastic rounding,
@@ -104,7 +105,8 @@ class Adadelta(Optimizer):
     ) -> None:
         check_hyperparameters(lr, rho, eps, weight_decay)
         if state_dtype not in _STATE_DTYPES:
-            raise ValueError(f"Invalid state_dtype: {state_dtype} (expected None, torch.float32 or torch.bfloat16)")
+            raise ValueError(
+                f"Invalid state_dtype: {state_dtype} (expected None, torch.float32, torch.bfloat16 or torch.uint8)")
         fused_options = (
             flatten or zero_grad_in_step or state_dtype or master_weights or stochastic_rounding or step_in_backward
         )
@@ -175,11 +177,13 @@ class Adadelta(Optimizer):
 
     def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
         dtype = self._state_dtype_for(p)
-        state = {
-            "step": self._new_step(p, group["capturable"]),
-            "square_avg": torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format),
-            "acc_delta": torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format),
-        }
+        state = {"step": self._new_step(p, group["capturable"])}
+        if dtype == quantized.QUANTIZED:
+            quantized.check_supported(p)
+            state.update(quantized.new_state(p))
+        else:
+            state["square_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+            state["acc_delta"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         if self._wants_master(p):
             state["master_param"] = p.detach().to(torch.float32, memory_format=torch.preserve_format, copy=True)
         return state
@@ -189,8 +193,14 @@ class Adadelta(Optimizer):
         (its in-place ops cast); a master copy stays only while the param is bf16/fp16."""
         dtype = self._state_dtype_for(p)
         with torch.no_grad():
-            for key in ("square_avg", "acc_delta"):
-                state[key] = state[key].to(dtype)
+            held_quantized = quantized.is_quantized(state)
+            if held_quantized and dtype != quantized.QUANTIZED:
+                quantized.to_floating(state, dtype)  # model.double(): 8-bit state becomes fp64 state
+            elif not held_quantized and dtype == quantized.QUANTIZED:
+                quantized.to_quantized(p, state)
+            elif not held_quantized:
+                for key in ("square_avg", "acc_delta"):
+                    state[key] = state[key].to(dtype)
             master = state.pop("master_param", None)
             if master is not None and not self._wants_master(p):
                 p.copy_(master)  # the fp32 copy is the more precise value of the param
@@ -361,6 +371,8 @@ class Adadelta(Optimizer):
         }
         for saved_id, p in param_of.items():
             saved = state_dict["state"].get(saved_id) or {}
+            # 8-bit state loads into floating state and the other way round, converted.
+            saved = quantized.convert_saved(saved, p, self._state_dtype_for(p) == quantized.QUANTIZED)
             where = located.get(p)
             if where is None:
                 if not saved:
@@ -435,18 +447,20 @@ class Adadelta(Optimizer):
         return "unscale" if grad_scale is not None else "keep"
 
     def _gather(self, group):
-        """Per-param lists for one group, split into params with and without an fp32 master copy."""
+        """Per-param lists for one group, split into params with and without an fp32 master copy, and with
+        and without 8-bit state (each set is one kind of op call)."""
         params, grads, square_avgs, acc_deltas, steps, masters = [], [], [], [], [], []
         self._init_group(group, params, grads, square_avgs, acc_deltas, steps, masters)
-        mastered = [index for index, master in enumerate(masters) if master is not None]
-        if not mastered:
-            return [(params, grads, square_avgs, acc_deltas, steps, [])] if params else []
-        if len(mastered) == len(params):
-            return [(params, grads, square_avgs, acc_deltas, steps, masters)]
+        kinds = [(master is not None, sq.dtype is quantized.QUANTIZED) for master, sq in zip(masters, square_avgs)]
+        if not params:
+            return []
+        if all(kind == kinds[0] for kind in kinds):
+            return [(params, grads, square_avgs, acc_deltas, steps, masters if kinds[0][0] else [])]
         sets = []
-        for chosen in ([i for i, master in enumerate(masters) if master is None], mastered):
+        for kind in dict.fromkeys(sorted(kinds)):
+            chosen = [i for i, k in enumerate(kinds) if k == kind]
             lists = [[tensors[i] for i in chosen] for tensors in (params, grads, square_avgs, acc_deltas, steps)]
-            sets.append((*lists, [masters[i] for i in chosen] if chosen is mastered else []))
+            sets.append((*lists, [masters[i] for i in chosen] if kind[0] else []))
         return sets
 
     def _init_group(self, group, params, grads, square_avgs, acc_deltas, steps, masters) -> None:
@@ -569,15 +583,30 @@ class Adadelta(Optimizer):
                 return cached
         if options["flatten"]:
             for buffer, flat in enumerate(self._flat_groups[index]):
-                params, grads, square_avgs, acc_deltas, masters, steps, counters = flat.step_tensors()
+                params, grads, square_avgs, acc_deltas, masters, steps, counters, scales = flat.step_tensors()
                 if flat.stale_masters:
                     flat.refresh_masters()
+                buffer_scalars = with_rounding(masters, (index << 16) + buffer + 1)
+                if scales is not None:
+                    plans.append(quantized.plan(
+                        params, grads, square_avgs, acc_deltas, steps, buffer_scalars, masters, *scales,
+                        options["backend"], counters,
+                    ))
+                    continue
                 plans.append(plan(
-                    params, grads, square_avgs, acc_deltas, steps,
-                    with_rounding(masters, (index << 16) + buffer + 1), masters, options["backend"], counters,
+                    params, grads, square_avgs, acc_deltas, steps, buffer_scalars, masters, options["backend"],
+                    counters,
                 ))
             unflat = {**group, "params": self._unflat_params[index]}  # usually none: frozen params
         for params, grads, square_avgs, acc_deltas, steps, masters in self._gather(unflat):
+            if square_avgs[0].dtype is quantized.QUANTIZED:
+                states = [self.state[p] for p in params]
+                plans.append(quantized.plan(
+                    params, grads, square_avgs, acc_deltas, steps, with_rounding(masters, stream), masters or None,
+                    [state["square_avg_scale"] for state in states], [state["acc_delta_scale"] for state in states],
+                    options["backend"],
+                ))
+                continue
             plans.append(plan(
                 params, grads, square_avgs, acc_deltas, steps, with_rounding(masters, stream), masters or None,
                 options["backend"],
@@ -586,7 +615,9 @@ class Adadelta(Optimizer):
         if cacheable:
             # A group with sparse grads is planned every step: its sparse params are stepped row by row
             # (adadelta_fused.sparse), which the cache does not describe.
-            cache = None if deferred else GroupCache.build(group, self.state, plans)
+            # 8-bit state is planned every step too: the cache's native check knows the dense op's state only.
+            eight_bit = any(isinstance(call, quantized.QuantizedCall) for p in plans for call in p.calls)
+            cache = None if deferred or eight_bit else GroupCache.build(group, self.state, plans)
             if cache is None:
                 self._step_caches.pop(index, None)
             else:

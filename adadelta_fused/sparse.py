@@ -129,6 +129,10 @@ def _check_supported(optimizer, index: int, group: dict[str, Any], p: torch.Tens
             "exactly; use weight_decay=0 for this param's group (or a dense gradient)"))
     if group["capturable"]:
         raise _refuse(index, group, p, "capturable=True is not supported (the step number is read on the host)")
+    if optimizer._state_dtype_for(p) == torch.uint8:
+        raise _refuse(index, group, p, (
+            "state_dtype=torch.uint8 is not supported with sparse gradients (a row's 8-bit blocks would be "
+            "re-encoded with rows it does not touch); use state_dtype=None, torch.float32 or torch.bfloat16"))
     if options["zero_grad_in_step"]:
         raise _refuse(index, group, p, (
             "zero_grad_in_step=True cannot zero a sparse gradient in place; use zero_grad_in_step=False and "

@@ -59,12 +59,31 @@ def check_loadable(param_groups: list[dict[str, Any]], state_dict: dict[str, Any
                     "saved by one FSDP2 rank holds only its shards: load it with torch.distributed.checkpoint "
                     "(dcp.load and set_optimizer_state_dict), which reshards it for the model at hand"
                 )
+        _check_eight_bit(where, saved, param)
         step = saved["step"]
         if isinstance(step, torch.Tensor) and step.numel() != 1:
             raise ValueError(f"{where}: 'step' has {step.numel()} elements, expected 1")
         if not isinstance(step, (torch.Tensor, int, float)):
             raise ValueError(f"{where}: 'step' is a {type(step).__name__}, expected a number or a tensor")
     return param_of
+
+
+def _check_eight_bit(where: str, saved: dict[str, Any], param: torch.Tensor) -> None:
+    """8-bit accumulators (adadelta_fused.quantized) come as uint8 codes with their scales, or not at all."""
+    for key, scale_key in (("square_avg", "square_avg_scale"), ("acc_delta", "acc_delta_scale")):
+        codes, scales = saved[key], saved.get(scale_key)
+        coded = isinstance(codes, torch.Tensor) and codes.dtype == torch.uint8
+        if coded != (scale_key in saved):
+            raise ValueError(
+                f"{where}: {key!r} is {'uint8 codes without' if coded else 'not uint8 codes but has'} {scale_key!r}; "
+                "8-bit state needs both (a state dict from Adadelta(state_dtype=torch.uint8))"
+            )
+        blocks = -(-param.numel() // 256)
+        if coded and (not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32
+                      or tuple(scales.shape) != (blocks,)):
+            described = f"{scales.dtype} of shape {tuple(scales.shape)}" if isinstance(scales, torch.Tensor) else (
+                type(scales).__name__)
+            raise ValueError(f"{where}: {scale_key!r} is {described}, expected float32 of shape ({blocks},)")
 
 
 def loaded_step(value, current: torch.Tensor, capturable: bool, device: torch.device) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
-from ..contract import StepScalars, op_arguments
+from ..contract import StepScalars, op_arguments, quantized_op_arguments
 
 NAME = "cpp"
 
@@ -27,3 +27,12 @@ def step_(params, grads, square_avgs, acc_deltas, master_params, scalars: StepSc
     arguments = op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars)
     if not _extension.call_unboxed("step", *arguments):
         _extension.op()(*arguments)
+
+
+def quantized_step_(params, grads, square_avgs, acc_deltas, master_params, square_avg_scales, acc_delta_scales,
+                    scalars: StepScalars) -> None:
+    """One step over 8-bit state (adadelta_fused.quantized_reference); the op checks its arguments first."""
+    from ..quantized_ops import op
+
+    op()(*quantized_op_arguments(params, grads, square_avgs, acc_deltas, master_params, square_avg_scales,
+                                 acc_delta_scales, scalars))

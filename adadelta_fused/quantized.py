@@ -1,0 +1,179 @@
+"""8-bit state in ``Adadelta(..., state_dtype=torch.uint8)``: the state's tensors, its conversions, and the steps.
+
+The format and the step are ``adadelta_fused.quantized_reference``'s; the op is ``adadelta_fused::quantized_adadelta_``
+(``adadelta_fused.quantized_ops``). A param with 8-bit state keeps torch's keys, with uint8 codes in them, and one
+fp32 scale vector per accumulator:
+
+    ``step``                 as torch's
+    ``square_avg``           uint8 codes, the param's shape and layout
+    ``acc_delta``            uint8 codes
+    ``square_avg_scale``     fp32 ``[ceil(numel / 256)]``
+    ``acc_delta_scale``      fp32 ``[ceil(numel / 256)]``
+
+2 + 8 / 256 = 2.03 bytes of state per param instead of 8 (fp32 state). fp32, bf16 and fp16 params take 8-bit
+state; fp64 and complex params keep their own dtype, as with ``state_dtype=torch.bfloat16``.
+
+``state_dict()`` saves the codes and scales, and ``load_state_dict`` loads them back bit for bit. Loading a
+state dict with fp32 (or any floating) accumulators into an optimizer with 8-bit state quantizes them, and
+loading 8-bit state into one with floating state dequantizes it, automatically. ``torch.optim.Adadelta`` knows
+nothing of codes: give it ``dequantize_state_dict(opt.state_dict())``.
+
+Not supported with 8-bit state (each raises, naming it): DTensor params (FSDP2: the blocks would have to
+follow the shards), sparse gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import backends, dtensor
+from .contract import StepScalars
+from .functional import StepPlan, _check_lengths, place_scalars
+from .quantized_reference import BLOCK, MIN_SCALE, dequantize, num_blocks, quantize
+
+QUANTIZED = torch.uint8
+ACCUMULATORS = ("square_avg", "acc_delta")
+SCALE_KEYS = {"square_avg": "square_avg_scale", "acc_delta": "acc_delta_scale"}
+
+
+def is_quantized(state: dict[str, Any]) -> bool:
+    return "square_avg_scale" in state
+
+
+def new_state(p: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Zero accumulators (all codes 0) with the scales a step writes for an all-zero block."""
+    state = {}
+    for key in ACCUMULATORS:
+        state[key] = torch.zeros_like(p, dtype=QUANTIZED, memory_format=torch.preserve_format)
+        state[SCALE_KEYS[key]] = torch.full((num_blocks(p.numel()),), MIN_SCALE, dtype=torch.float32, device=p.device)
+    return state
+
+
+def to_floating(state: dict[str, Any], dtype: torch.dtype) -> None:
+    """Replace 8-bit accumulators by their values in ``dtype`` (in place in ``state``). The codes share the
+    param's layout, which fixes the blocks (quantized_reference.walk_positions)."""
+    for key in ACCUMULATORS:
+        codes = state[key]
+        state[key] = _like(dequantize(codes, state.pop(SCALE_KEYS[key]), codes).to(dtype), codes)
+
+
+def to_quantized(p: torch.Tensor, state: dict[str, Any]) -> None:
+    """Replace floating accumulators (param's shape) by 8-bit ones (in place in ``state``)."""
+    for key in ACCUMULATORS:
+        codes, scales = quantize(state[key].detach().to(torch.float32), p)
+        state[key] = _like(codes, torch.empty_like(p, dtype=QUANTIZED, memory_format=torch.preserve_format))
+        state[SCALE_KEYS[key]] = scales
+
+
+def _like(values: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
+    """``values`` in a new tensor with ``layout``'s shape, strides and device."""
+    out = torch.empty_strided(layout.shape, layout.stride(), dtype=values.dtype, device=layout.device)
+    out.copy_(values)
+    return out
+
+
+def convert_saved(saved: dict[str, Any], p: torch.Tensor, quantized: bool) -> dict[str, Any]:
+    """A saved param state in the representation of the optimizer loading it: 8-bit state is quantized or
+    dequantized as needed, anything else is left as saved."""
+    if not saved or is_quantized(saved) == quantized or not all(
+            isinstance(saved.get(key), torch.Tensor) for key in ACCUMULATORS):
+        return saved
+    converted = dict(saved)
+    state = {key: saved[key].to(p.device) for key in ACCUMULATORS}
+    if quantized:
+        if not all(saved[key].is_floating_point() for key in ACCUMULATORS):
+            return saved  # (not accumulators this optimizer made: the load's own checks name them)
+        state = {key: value.view(p.shape) if value.shape != p.shape else value for key, value in state.items()}
+        to_quantized(p, state)
+    else:
+        for key in ACCUMULATORS:
+            state[SCALE_KEYS[key]] = saved[SCALE_KEYS[key]].to(p.device)
+        to_floating(state, torch.float32)
+        for key in SCALE_KEYS.values():
+            converted.pop(key, None)
+    converted.update(state)
+    return converted
+
+
+def dequantize_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``state_dict`` with every 8-bit accumulator replaced by its fp32 values and the scales
+    dropped: what ``torch.optim.Adadelta.load_state_dict`` (or an optimizer with floating state) loads. Each
+    param's codes carry its shape and layout, which fix the blocks."""
+    out = copy.copy(state_dict)
+    out["state"] = {}
+    for key, saved in state_dict["state"].items():
+        if is_quantized(saved):
+            saved = dict(saved)
+            for name in ACCUMULATORS:
+                codes = saved[name]
+                saved[name] = _like(dequantize(codes, saved.pop(SCALE_KEYS[name]), codes), codes).to(torch.float32)
+        out["state"][key] = saved
+    return out
+
+
+def check_supported(p: torch.Tensor) -> None:
+    if dtensor.any_dtensor([p]):
+        raise RuntimeError(
+            "state_dtype=torch.uint8 does not support DTensor params (FSDP2): its 256-element blocks would have to "
+            "follow the shards; use state_dtype=torch.bfloat16 or None with FSDP2"
+        )
+
+
+@dataclass
+class QuantizedCall:
+    """One backend call of the quantized op: one (device, dtype) group with its scales (``BackendCall``'s
+    interface, so that ``StepPlan`` runs it)."""
+
+    module: object
+    device: torch.device
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    square_avgs: list[torch.Tensor]
+    acc_deltas: list[torch.Tensor]
+    master_params: list[torch.Tensor] | None
+    square_avg_scales: list[torch.Tensor]
+    acc_delta_scales: list[torch.Tensor]
+    scalars: StepScalars
+
+    def _arguments(self) -> tuple:
+        return (self.params, self.grads, self.square_avgs, self.acc_deltas, self.master_params,
+                self.square_avg_scales, self.acc_delta_scales, self.scalars)
+
+    def check(self) -> None:
+        from .contract import quantized_op_arguments
+        from .quantized_ops import check_quantized_args
+
+        check_quantized_args(*quantized_op_arguments(*self._arguments()), self.device.type)
+
+    def run(self) -> None:
+        self.module.quantized_step_(*self._arguments())
+
+
+def plan(params, grads, square_avgs, acc_deltas, state_steps, scalars: StepScalars, master_params,
+         square_avg_scales, acc_delta_scales, backend: str | None, step_counters=None) -> StepPlan:
+    """``functional.plan`` for 8-bit state: group by (device, dtype), place the scalars; nothing is written."""
+    _check_lengths(params, grads, square_avgs, acc_deltas, master_params)
+    for p in params:
+        check_supported(p)
+    groups: dict[tuple, list[int]] = {}
+    for index, p in enumerate(params):
+        groups.setdefault((p.device, p.dtype), []).append(index)
+    calls, copies = [], {}
+    for (device, _), indices in groups.items():
+        pick = lambda tensors: [tensors[i] for i in indices]  # noqa: E731
+        calls.append(QuantizedCall(
+            backends.resolve(backend, device), device, pick(params), pick(grads), pick(square_avgs),
+            pick(acc_deltas), pick(master_params) if master_params else None, pick(square_avg_scales),
+            pick(acc_delta_scales), place_scalars(scalars, device, copies),
+        ))
+    steps_on_cpu = bool(state_steps) and all(step.is_cpu for step in state_steps)
+    return StepPlan(calls, state_steps, step_counters, steps_on_cpu, scalars.found_inf, [])
+
+
+def scale_views(flat_scales: torch.Tensor, offset: int, numel: int) -> torch.Tensor:
+    """A flat buffer's scales of the param at element ``offset`` (a multiple of BLOCK in 8-bit flat buffers)."""
+    return flat_scales[offset // BLOCK: offset // BLOCK + num_blocks(numel)]

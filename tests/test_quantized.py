@@ -1,0 +1,241 @@
+"""8-bit state: the format (quantized_reference), the CPU kernel bit for bit against it at every SIMD level, and
+the validator. The optimizer's use of it is tests/test_quantized_optimizer.py; Triton's, test_quantized_triton.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from adadelta_fused import _extension
+from adadelta_fused import quantized_reference as Q
+from adadelta_fused.contract import GradMode, StepScalars, quantized_op_arguments
+from adadelta_fused.quantized_ops import check_quantized_args
+
+from conftest import FEATURES, assert_bitwise_equal, requires_extension, scalars_for
+
+SIZES = (1, 255, 257, 4097, 2**20 + 3)
+
+
+def accumulators(n: int, generator, scale: float) -> torch.Tensor:
+    """Non-negative values over ~12 decades, as the mean squares of real gradients spread within a tensor."""
+    exponents = torch.rand(n, generator=generator, dtype=torch.float64) * 12 - 12
+    return (scale * 10.0**exponents).float()
+
+
+def quantized_group(numels, dtype, generator, *, master=False):
+    params = [torch.randn(n, generator=generator).to(dtype) for n in numels]
+    grads = [(torch.randn(n, generator=generator) * 0.1).to(dtype) for n in numels]
+    sq, sq_scales, acc, acc_scales = [], [], [], []
+    for p in params:
+        codes, scales = Q.quantize(accumulators(p.numel(), generator, 1e-2), p)
+        sq.append(codes), sq_scales.append(scales)
+        codes, scales = Q.quantize(accumulators(p.numel(), generator, 1e-4), p)
+        acc.append(codes), acc_scales.append(scales)
+    masters = [p.float() + torch.randn(p.shape, generator=generator) * 1e-3 for p in params] if master else None
+    return [params, grads, sq, acc, masters, sq_scales, acc_scales]
+
+
+def clone(group):
+    return [None if tensors is None else [t.clone() for t in tensors] for tensors in group]
+
+
+def run_both(group, scalars: StepScalars, *, poison_params: bool = False):
+    """(the C++ kernel's result, the reference's) for one step over copies of ``group``."""
+    expected, actual = clone(group), clone(group)
+    if poison_params:  # with master weights the param is written, never read: an unwritten element shows up
+        for p in actual[0]:
+            p.fill_(math.nan)
+    Q.quantized_adadelta_reference_(*expected[:5], expected[5], expected[6], scalars)
+    torch.ops.adadelta_fused.quantized_adadelta_(*quantized_op_arguments(*actual[:5], actual[5], actual[6], scalars))
+    return actual, expected
+
+
+def assert_same(actual, expected):
+    names = ("params", "grads", "square_avgs", "acc_deltas", "master_params", "square_avg_scales", "acc_delta_scales")
+    for name, got_list, want_list in zip(names, actual, expected):
+        for i, (got, want) in enumerate(zip(got_list or (), want_list or ())):
+            if got.dtype == torch.uint8:
+                assert torch.equal(got, want), f"{name}[{i}]: {(got != want).sum()} codes differ"
+            else:
+                assert_bitwise_equal(got, want, f"{name}[{i}]")
+
+
+@requires_extension
+def test_constants_match_the_kernels():
+    ext = _extension.module()
+    assert ext.quant_block == Q.BLOCK
+    assert ext.code_levels == Q.LEVELS
+    assert ext.min_scale_bits == torch.tensor(Q.MIN_SCALE, dtype=torch.float32).view(torch.int32).item()
+
+
+def test_round_trip_error_is_half_a_step_of_the_root(generator):
+    """Each root comes back within half a code step (s / 254 / 2), up to the rounding of the decode's two
+    multiplies; and the largest of a block within 0.2 % (the top codes' resolution)."""
+    p = torch.empty(4097)
+    x = accumulators(4097, generator, 1.0)
+    codes, scales = Q.quantize(x, p)
+    back = Q.dequantize(codes, scales, p)
+    step = Q._per_element(scales / Q.LEVELS, 4097)
+    error = (back.double().sqrt() - x.double().sqrt()).abs()
+    assert bool((error <= step.double() * (0.5 + 1e-5)).all())
+    top = Q._per_element(scales, 4097).double()
+    assert bool(((back.double().sqrt() - top).abs() <= top * 2e-3)[x.double().sqrt() >= top].all())
+
+
+def test_a_tiny_value_gives_a_finite_step():
+    """A mean square far below its block's largest decodes to 0 (code 0), and Adadelta's step from it is finite:
+    eps keeps the square roots away from 0."""
+    p = torch.tensor([1.0, -1.0])
+    sq_codes, sq_scales = Q.quantize(torch.tensor([1e-30, 1e4]), p)
+    acc_codes, acc_scales = Q.quantize(torch.tensor([1e-30, 1e2]), p)
+    assert sq_codes[0] == 0 and acc_codes[0] == 0
+    group = [[p.clone()], [torch.tensor([1e-3, 5.0])], [sq_codes], [acc_codes], None, [sq_scales], [acc_scales]]
+    Q.quantized_adadelta_reference_(*group[:5], group[5], group[6], StepScalars(lr=1.0, rho=0.9, eps=1e-6,
+                                                                                   weight_decay=0.0))
+    assert bool(torch.isfinite(group[0][0]).all())
+    assert abs(group[0][0][0].item() - 1.0) < 1e-2  # sqrt(eps) / sqrt(0.1 * g^2 + eps) * g, not a huge step
+
+
+def test_every_code_decodes_and_encodes_back():
+    """Codes 0..254 are fixed points of decode then encode against the same scale; 255 is NaN."""
+    for scale in (Q.MIN_SCALE, 1e-3, 1.0, 3.0e18):
+        scales = torch.full((256,), scale, dtype=torch.float32)
+        codes = torch.arange(256, dtype=torch.uint8)
+        values = Q.decode(codes, scales)
+        assert bool(values[255].isnan())
+        roots = Q._sqrt(values)
+        assert torch.equal(Q.encode(roots, scales)[:255], codes[:255])
+
+
+@requires_extension
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_cpu_kernel_matches_reference(n, dtype, generator, cpu_isa):
+    group = quantized_group((n,), dtype, generator)
+    assert_same(*run_both(group, scalars_for("default")))
+
+
+@requires_extension
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+@pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True),
+                                          (torch.float16, True)], ids=str)
+def test_cpu_kernel_features_match_reference(feature, dtype, master, generator, cpu_isa):
+    group = quantized_group((0, 1, 300, 1023), dtype, generator, master=master)
+    assert_same(*run_both(group, scalars_for(feature), poison_params=master))
+
+
+@requires_extension
+def test_cpu_kernel_skips_on_found_inf(generator):
+    group = quantized_group((1023, 5), torch.float32, generator)
+    before = clone(group)
+    scalars = scalars_for("default", found_inf=torch.tensor(1.0), grad_scale=torch.tensor(8.0),
+                          grad_mode=GradMode.UNSCALE)
+    actual, expected = run_both(group, scalars)
+    assert_same(actual, expected)
+    assert_same(actual, before)
+
+
+@requires_extension
+def test_cpu_kernel_stochastic_rounding(generator, cpu_isa):
+    group = quantized_group((1023, 4097), torch.bfloat16, generator)
+    assert_same(*run_both(group, scalars_for("default", stochastic_rounding=True, rounding_key=0xBEEF)))
+
+
+@requires_extension
+def test_cpu_kernel_non_finite_values(generator, cpu_isa):
+    """NaN and inf gradients, NaN codes, a negative and an infinite accumulator, an all-zero block: the kernel
+    spreads them exactly as the reference does, and the other elements of their blocks are unharmed."""
+    group = quantized_group((1000,), torch.float32, generator)
+    grads = group[1][0]
+    grads[3], grads[300], grads[301] = math.nan, math.inf, -math.inf
+    group[2][0][10] = Q.CODE_NAN
+    group[3][0][700] = Q.CODE_NAN
+    group[2][0][512:768] = 0
+    group[5][0][2] = Q.MIN_SCALE
+    sq = Q.dequantize(group[2][0], group[5][0], group[0][0])
+    sq[900], sq[901] = -1.0, math.inf
+    group[2][0], group[5][0] = Q.quantize(sq, group[0][0])
+    actual, expected = run_both(group, scalars_for("default"))
+    assert_same(actual, expected)
+    assert int(torch.isnan(actual[0][0]).sum()) >= 3
+
+
+@requires_extension
+def test_cpu_kernel_layouts(generator):
+    """Blocks follow the walk: a channels_last param's memory order, a strided view's logical order."""
+    p = torch.randn(3, 5, 9, 11, generator=generator).to(memory_format=torch.channels_last)
+    codes = lambda: torch.empty_like(p, dtype=torch.uint8)  # noqa: E731
+    base = torch.randn(40, 30, generator=generator)
+    for param in (p, base[:, ::3]):
+        x = accumulators(param.numel(), generator, 1e-2).view(param.shape)
+        sq, sq_scales = Q.quantize(x, param)
+        acc, acc_scales = Q.quantize(x / 100, param)
+        layout = codes() if param is p else torch.empty(param.shape, dtype=torch.uint8)
+        sq, acc = layout.copy_(sq), layout.clone().copy_(acc)
+        group = [[param.clone()], [torch.randn(param.shape, generator=generator) * 0.1], [sq], [acc], None,
+                 [sq_scales], [acc_scales]]
+        if param is not p:
+            group[0] = [base.clone()[:, ::3]]
+        assert_same(*run_both(group, scalars_for("weight_decay")))
+
+
+@requires_extension
+def test_opcheck(generator):
+    group = quantized_group((1023, 15), torch.float32, generator)
+    op = torch.ops.adadelta_fused.quantized_adadelta_.default
+    for scalars in (scalars_for("default"), scalars_for("grad_scale_unscale"), scalars_for("grad_zero")):
+        torch.library.opcheck(op, quantized_op_arguments(*clone(group)[:5], *clone(group)[5:], scalars))
+    group = quantized_group((1023,), torch.bfloat16, generator, master=True)
+    torch.library.opcheck(op, quantized_op_arguments(*clone(group)[:5], *clone(group)[5:], scalars_for("default")))
+
+
+def _bad(case, group):
+    params, grads, sq, acc, masters, sq_scales, acc_scales = group
+    if case == "short_scales":
+        sq_scales = [sq_scales[0][:-1]]
+    elif case == "fp64_scales":
+        acc_scales = [acc_scales[0].double()]
+    elif case == "float_codes":
+        sq = [sq[0].float()]
+    elif case == "fp64_params":
+        params, grads = [params[0].double()], [grads[0].double()]
+    elif case == "shared_scales":
+        acc_scales = sq_scales
+    elif case == "missing_scales":
+        acc_scales = []
+    return [params, grads, sq, acc, masters, sq_scales, acc_scales]
+
+
+BAD = {
+    "short_scales": (ValueError, r"square_avg_scales\[0\] has shape \[3\] but params\[0\] has 1023 elements, which need \[4\]"),
+    "fp64_scales": (TypeError, r"acc_delta_scales\[0\] has dtype Double, expected float32"),
+    "float_codes": (TypeError, r"square_avgs\[0\] has dtype Float; the quantized op takes uint8 codes"),
+    "fp64_params": (TypeError, r"quantized \(uint8\) state is for float32, bfloat16 and float16 params, got Double"),
+    "shared_scales": (ValueError, r"acc_delta_scales\[0\] and square_avg_scales\[0\] share memory"),
+    "missing_scales": (ValueError, r"acc_delta_scales has 0 tensors but params has 1"),
+}
+
+
+@requires_extension
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_named(case, generator):
+    group = _bad(case, quantized_group((1023,), torch.float32, generator))
+    before = clone(group)
+    error, message = BAD[case]
+    args = quantized_op_arguments(*group[:5], group[5], group[6], scalars_for("default"))
+    with pytest.raises(error, match=message):
+        torch.ops.adadelta_fused.quantized_adadelta_(*args)
+    with pytest.raises(error, match=message):
+        check_quantized_args(*args, "cpu")
+    assert_same(group, before)
+
+
+@requires_extension
+def test_dense_op_refuses_codes(generator):
+    group = quantized_group((17,), torch.float32, generator)
+    with pytest.raises(TypeError, match=r"square_avgs\[0\] has dtype Byte, unsupported with Float params"):
+        torch.ops.adadelta_fused.adadelta_(group[0], group[1], group[2], group[3], [], 1.0, None, 0.9, 1e-6, 0.0,
+                                           False, None, None, 0, False, 0)
