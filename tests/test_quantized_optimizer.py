@@ -1,0 +1,216 @@
+"""``Adadelta(state_dtype=torch.uint8)``: 8-bit state in the optimizer, side by side with the reference backend,
+with the per-param step (flatten), and with torch.optim.Adadelta's fp32 state, through training-loop events:
+GradScaler skips, zeroing in the step, master weights, checkpoints both ways, copies, dtype changes."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+
+from adadelta_fused import Adadelta
+from adadelta_fused import quantized
+from adadelta_fused.quantized_reference import BLOCK, dequantize
+
+from conftest import assert_bitwise_equal, backends_under_test
+
+
+def model(dtype=torch.float32, seed=0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    # 37 * 300 = 11100 weights: 43 full blocks and a tail; biases of 300 and 5 are one short block each
+    net = torch.nn.Sequential(torch.nn.Linear(37, 300), torch.nn.Tanh(), torch.nn.Linear(300, 5))
+    return net.to(dtype)
+
+
+def train(net, opt, steps, seed=1, scaler_skip_at=(), zero_in_step=False, no_step_at=()):
+    generator = torch.Generator().manual_seed(seed)
+    dtype = next(net.parameters()).dtype
+    for step in range(steps):
+        x = torch.randn(64, 37, generator=generator).to(dtype)
+        if not zero_in_step:
+            opt.zero_grad()
+        net(x).float().square().mean().backward()
+        if step in scaler_skip_at:
+            opt.grad_scale, opt.found_inf = torch.tensor(1.0), torch.tensor(1.0)
+        if step not in no_step_at:
+            opt.step()
+        opt.__dict__.pop("grad_scale", None), opt.__dict__.pop("found_inf", None)
+
+
+def assert_same_training(a, b):
+    for x, y in zip(a.parameters(), b.parameters()):
+        assert_bitwise_equal(x.detach(), y.detach())
+
+
+def assert_same_state(opt_a, net_a, opt_b, net_b):
+    for p, q in zip(net_a.parameters(), net_b.parameters()):
+        sa, sb = opt_a.state[p], opt_b.state[q]
+        assert sorted(sa) == sorted(sb)
+        for key in sa:
+            if sa[key].dtype == torch.uint8:
+                assert torch.equal(sa[key], sb[key]), key
+            else:
+                assert_bitwise_equal(sa[key], sb[key], key)
+
+
+@pytest.mark.parametrize("backend", backends_under_test())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_backend_matches_reference(backend, dtype):
+    nets = [model(dtype), model(dtype)]
+    opts = [Adadelta(nets[0].parameters(), state_dtype=torch.uint8, backend=backend, weight_decay=0.01),
+            Adadelta(nets[1].parameters(), state_dtype=torch.uint8, backend="reference", weight_decay=0.01)]
+    for net, opt in zip(nets, opts):
+        train(net, opt, 4)
+    assert_same_training(*nets)
+    assert_same_state(opts[0], nets[0], opts[1], nets[1])
+
+
+def test_state_keys_dtypes_and_size():
+    net = model()
+    opt = Adadelta(net.parameters(), state_dtype=torch.uint8)
+    train(net, opt, 1)
+    weight = net[0].weight
+    state = opt.state[weight]
+    assert sorted(state) == ["acc_delta", "acc_delta_scale", "square_avg", "square_avg_scale", "step"]
+    assert state["square_avg"].dtype == torch.uint8 and state["square_avg"].shape == weight.shape
+    assert state["square_avg_scale"].shape == (-(-weight.numel() // BLOCK),)
+    params = sum(p.numel() for p in net.parameters())
+    state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for k, t in s.items() if k != "step")
+    assert state_bytes / params <= 2.1  # the issue's budget: 2 bytes of codes plus 8 bytes of scales per block
+
+
+def test_close_to_fp32_state():
+    """8-bit state trains like fp32 state: the params after 20 steps differ by a small fraction of the distance
+    they moved."""
+    start, ours, fp32 = model(), model(), model()
+    train(ours, Adadelta(ours.parameters(), state_dtype=torch.uint8), 20)
+    train(fp32, torch.optim.Adadelta(fp32.parameters()), 20)
+    for p0, p, q in zip(start.parameters(), ours.parameters(), fp32.parameters()):
+        moved = (q - p0).norm()
+        assert (p - q).norm() <= 0.05 * moved
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_flatten_is_the_per_param_step(dtype):
+    """Flat buffers pad each param to whole blocks, so their blocks (and scales) are the per-param step's."""
+    nets = [model(dtype), model(dtype)]
+    opts = [Adadelta(nets[0].parameters(), state_dtype=torch.uint8, flatten=True),
+            Adadelta(nets[1].parameters(), state_dtype=torch.uint8)]
+    for net, opt in zip(nets, opts):
+        train(net, opt, 3)
+    assert_same_training(*nets)
+    assert_same_state(opts[0], nets[0], opts[1], nets[1])
+    nets[0][2].bias.grad = None  # a param left out: the flat step runs over ranges of the buffers
+    nets[1][2].bias.grad = None
+    x = torch.randn(8, 37).to(dtype)
+    for net, opt in zip(nets, opts):
+        net(x).float().sum().backward()
+        net[2].bias.grad = None
+        opt.step()
+    assert_same_training(*nets)
+    assert_same_state(opts[0], nets[0], opts[1], nets[1])
+
+
+def test_grad_scaler_skip_loses_nothing():
+    nets = [model(), model()]
+    opts = [Adadelta(net.parameters(), state_dtype=torch.uint8) for net in nets]
+    train(nets[0], opts[0], 4, scaler_skip_at=(1, 2))
+    train(nets[1], opts[1], 4, no_step_at=(1, 2))
+    assert_same_training(*nets)
+    assert_same_state(opts[0], nets[0], opts[1], nets[1])
+
+
+def test_zero_grad_in_step_and_master_weights():
+    nets = [model(torch.bfloat16), model(torch.bfloat16)]
+    opts = [Adadelta(nets[0].parameters(), state_dtype=torch.uint8, master_weights=True, zero_grad_in_step=True),
+            Adadelta(nets[1].parameters(), state_dtype=torch.uint8, master_weights=True, backend="reference")]
+    train(nets[0], opts[0], 3, zero_in_step=True)
+    train(nets[1], opts[1], 3)
+    assert_same_training(*nets)
+    assert all(p.grad is not None and not p.grad.any() for p in nets[0].parameters())
+    assert opts[0].state[nets[0][0].weight]["master_param"].dtype == torch.float32
+
+
+def test_state_dict_round_trip_is_bit_for_bit():
+    nets = [model(), model()]
+    opt = Adadelta(nets[0].parameters(), state_dtype=torch.uint8)
+    train(nets[0], opt, 3)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    nets[1].load_state_dict(nets[0].state_dict())
+    loaded = Adadelta(nets[1].parameters(), state_dtype=torch.uint8)
+    loaded.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())))
+    assert_same_state(opt, nets[0], loaded, nets[1])
+    train(nets[0], opt, 2, seed=5)
+    train(nets[1], loaded, 2, seed=5)
+    assert_same_training(*nets)
+
+
+def test_state_dict_converts_both_ways():
+    """8-bit -> fp32 (ours, and torch through dequantize_state_dict) gives the decoded values; fp32 -> 8-bit
+    quantizes them, and training goes on from there as if the optimizer had quantized them itself."""
+    net = model()
+    opt = Adadelta(net.parameters(), state_dtype=torch.uint8)
+    train(net, opt, 3)
+    saved = opt.state_dict()
+    weight = net[0].weight
+    codes = opt.state[weight]["square_avg"]
+    decoded = dequantize(codes, opt.state[weight]["square_avg_scale"], codes)
+    for target in (Adadelta(net.parameters()), torch.optim.Adadelta(net.parameters())):
+        state_dict = saved if isinstance(target, Adadelta) else quantized.dequantize_state_dict(saved)
+        target.load_state_dict(state_dict)
+        assert sorted(target.state[weight]) == ["acc_delta", "square_avg", "step"]
+        assert_bitwise_equal(target.state[weight]["square_avg"], decoded)
+    fp32 = Adadelta(net.parameters())
+    fp32.load_state_dict(saved)
+    back = Adadelta(net.parameters(), state_dtype=torch.uint8)
+    back.load_state_dict(fp32.state_dict())
+    assert quantized.is_quantized(back.state[weight])
+    assert_bitwise_equal(dequantize(back.state[weight]["square_avg"], back.state[weight]["square_avg_scale"],
+                                    weight), decoded.view_as(weight), "requantized")
+    with pytest.raises(ValueError, match="'square_avg' is uint8 codes without 'square_avg_scale'"):
+        broken = copy.deepcopy(saved)
+        next(iter(broken["state"].values())).pop("square_avg_scale")
+        Adadelta(net.parameters(), state_dtype=torch.uint8).load_state_dict(broken)
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_deepcopy_and_pickle(flatten):
+    net = model()
+    opt = Adadelta(net.parameters(), state_dtype=torch.uint8, flatten=flatten)
+    train(net, opt, 2)
+    for copied in (copy.deepcopy((net, opt)), pickle.loads(pickle.dumps((net, opt)))):
+        train(copied[0], copied[1], 2, seed=9)
+    train(net, opt, 2, seed=9)
+    assert_same_training(net, copied[0])
+    assert_same_state(opt, net, copied[1], copied[0])
+
+
+def test_model_double_gets_fp64_state():
+    net = model()
+    opt = Adadelta(net.parameters(), state_dtype=torch.uint8)
+    train(net, opt, 2)
+    codes = opt.state[net[0].weight]["square_avg"]
+    decoded = dequantize(codes, opt.state[net[0].weight]["square_avg_scale"], codes)
+    net.double()
+    train(net, opt, 1)
+    state = opt.state[net[0].weight]
+    assert state["square_avg"].dtype == torch.float64 and "square_avg_scale" not in state
+    assert decoded.abs().sum() > 0
+
+
+def test_sparse_gradients_are_refused():
+    embedding = torch.nn.Embedding(10, 3, sparse=True)
+    opt = Adadelta(embedding.parameters(), state_dtype=torch.uint8)
+    embedding(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="state_dtype=torch.uint8 is not supported with sparse gradients"):
+        opt.step()
+
+
+def test_invalid_state_dtype_is_named():
+    with pytest.raises(ValueError, match=r"Invalid state_dtype: torch.int8 \(expected None, torch.float32, "
+                                         r"torch.bfloat16 or torch.uint8\)"):
+        Adadelta(model().parameters(), state_dtype=torch.int8)
