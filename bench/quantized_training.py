@@ -11,10 +11,13 @@ defaults):
     torch fp32      torch.optim.Adadelta, the baseline
     fp32 state      adadelta_fused.Adadelta(state_dtype=None)
     bf16 state      adadelta_fused.Adadelta(state_dtype=torch.bfloat16)
-    uint8 state     adadelta_fused.Adadelta(state_dtype=torch.uint8), or, where the optimizer does not take
-                    uint8 yet (or with --simulate), torch.optim.Adadelta whose square_avg and acc_delta go
-                    through the E4M4 round trip of ``adadelta_fused.quantized_reference`` after every step:
-                    the kernel decodes, updates in fp32 and encodes, so this is the same arithmetic.
+    uint8 state     adadelta_fused.Adadelta(state_dtype=torch.uint8): real 8-bit state (codes and block
+                    scales) stepped by the compiled kernel. With --simulate (or where the optimizer does not
+                    take uint8), torch.optim.Adadelta instead, whose square_avg and acc_delta go through the
+                    round trip of ``adadelta_fused.quantized_reference`` (the linear-root format: codes of
+                    sqrt(x) against a per-block fp32 absmax-of-roots scale) after every step: the kernel
+                    decodes, updates in fp32 and encodes, so this is nearly the same arithmetic (torch's
+                    update rounds a few square roots differently from the package's).
 
 The claim checked (issue 13): with uint8 state the final loss of each task is within 5 % of fp32 state's and
 the held-out digits accuracy within 1 percentage point. Writes ``quantized_training.json``, ``.md`` and
@@ -155,7 +158,8 @@ def round_trip_state(optimizer: torch.optim.Optimizer,
                 state[key].copy_(round_trip(state[key], p))
 
 
-def e4m4_round_trip(x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+def reference_round_trip(x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """One accumulator through ``adadelta_fused.quantized_reference``'s 8-bit format (linear in the root)."""
     return dequantize(*quantize(x, param), param)
 
 
@@ -180,7 +184,7 @@ def uint8_optimizer_available() -> bool:
         Adadelta([nn.Parameter(torch.zeros(1))], state_dtype=torch.uint8)
     except ValueError as error:
         print(f"Adadelta(state_dtype=torch.uint8) is not available ({error}); simulating uint8 state with "
-              "torch.optim.Adadelta and the E4M4 round trip after each step", file=sys.stderr)
+              "torch.optim.Adadelta and the quantized_reference round trip after each step", file=sys.stderr)
         return False
     return True
 
@@ -199,7 +203,7 @@ CONFIGURATIONS: dict[str, Callable[[Iterable[nn.Parameter]], torch.optim.Optimiz
 def run_configuration(label: str, task_name: str, steps: int) -> dict:
     task = TASKS[task_name]()
     optimizer = CONFIGURATIONS[label](task.model.parameters())
-    after_step = (lambda _: round_trip_state(optimizer, e4m4_round_trip)) if label == SIMULATED else None
+    after_step = (lambda _: round_trip_state(optimizer, reference_round_trip)) if label == SIMULATED else None
     return train(task, optimizer, steps, label, after_step)
 
 
@@ -254,9 +258,14 @@ def markdown(results: dict, comparison: dict, env: dict, steps: dict[str, int], 
     lines += ["", "torch fp32 against fp32 state is the noise floor: the two differ only in the last bit of some "
                   "square roots (README, *Against torch.optim.Adadelta*), and training grows that into these "
                   "differences."]
+    if uint8_label != SIMULATED:
+        lines += ["", "uint8 state: `adadelta_fused.Adadelta(state_dtype=torch.uint8)`, real 8-bit state (one code per "
+                      "element and one fp32 scale per block of 256, for each accumulator) stepped by the compiled "
+                      "CPU kernel in the linear-root format of `adadelta_fused.quantized_reference` (the map "
+                      "`bench/results/quantized_state_codes.md` chose)."]
     if uint8_label == SIMULATED:
-        lines += ["", f"{SIMULATED}: torch.optim.Adadelta with `square_avg` and `acc_delta` sent through the E4M4 "
-                      "round trip of `adadelta_fused.quantized_reference` after every step (the kernel's "
+        lines += ["", f"{SIMULATED}: torch.optim.Adadelta with `square_avg` and `acc_delta` sent through the "
+                      "linear-root round trip of `adadelta_fused.quantized_reference` after every step (the kernel's "
                       "arithmetic: decode, fp32 update, encode), as `Adadelta(state_dtype=torch.uint8)` was not "
                       "used for this run."]
     lines += ["", f"{uint8_label} {verdict} issue 13's bar (final train loss within {100 * LOSS_TOLERANCE:.0f} % "
@@ -298,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = {"digits": args.digits_steps, "lm": args.lm_steps}
     uint8_label = "uint8 state" if not args.simulate and uint8_optimizer_available() else SIMULATED
     if args.simulate:
-        print("--simulate: uint8 state is torch.optim.Adadelta plus the E4M4 round trip after each step",
+        print("--simulate: uint8 state is torch.optim.Adadelta plus the quantized_reference round trip after each step",
               file=sys.stderr)
     labels = ("torch fp32", "fp32 state", "bf16 state", uint8_label)
     results = {label: {name: run_configuration(label, name, steps[name]) for name in TASKS} for label in labels}
