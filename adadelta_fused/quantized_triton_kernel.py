@@ -3,10 +3,12 @@
 Mirrors ``adadelta_fused.quantized_reference.quantized_adadelta_reference_`` and csrc/quantized_state.h, in one
 pass: a program takes whole 256-element blocks of one tensor, decodes both accumulators against the blocks' old
 scales, runs the dense kernel's per-element update (``triton_kernel._update_values``: the same lines, so the
-same bits), reduces each block's largest counted exponent in registers, and encodes against it. Codes and
-scales are integer operations and exact multiplies by powers of two, as in the reference, so every executor
-gets the same bits. Loaded through ``triton_interpreter.kernels(interpret, KERNEL_MODULE)``, once per mode, like
-sparse_triton_kernel, with the dense helpers taken from the triton_kernel module of the same mode.
+same bits), takes the new values' roots, reduces each block's largest finite root in registers, and encodes
+against it. Every float operation of the format is one IEEE-rounded fp32 operation, as in the reference: sqrt_rn
+and div_rn, and multiplies whose results no add consumes, so that Triton's default fp fusion (LLVM contracting an
+fmul into the fadd that uses it) has nothing to fuse (tests/test_quantized_triton_ptx.py counts the fma). Loaded
+through ``triton_interpreter.kernels(interpret, KERNEL_MODULE)``, once per mode, like sparse_triton_kernel, with
+the dense helpers taken from the triton_kernel module of the same mode.
 """
 
 import triton
@@ -17,19 +19,17 @@ from . import quantized_reference, triton_interpreter
 _dense = triton_interpreter.kernels(bool(triton.knobs.runtime.interpret))
 _step_scalars = _dense._step_scalars
 _update_values = _dense._update_values
+_ieee_sqrt = _dense._ieee_sqrt
+_ieee_div = _dense._ieee_div
 
 # The format's constants (quantized_reference, csrc/quantized_state.h).
 QUANT_BLOCK = tl.constexpr(quantized_reference.BLOCK)
-MIN_BLOCK_EXPONENT = tl.constexpr(quantized_reference.MIN_BLOCK_EXPONENT)
-CODE_INF = tl.constexpr(quantized_reference.CODE_INF)
+LEVELS = tl.constexpr(float(quantized_reference.LEVELS))
 CODE_NAN = tl.constexpr(quantized_reference.CODE_NAN)
-MAX_FINITE_CODE = tl.constexpr(quantized_reference.MAX_FINITE_CODE)
-# The largest finite fp32 exponent: a stored scale of inf or NaN reads as 2^127 (quantized_reference.scale_exponent).
-_MAX_SCALE_EXPONENT = tl.constexpr(254)
-# fp32 bit patterns: +inf, the canonical NaN the reference decodes to, -0.
+# fp32 bit patterns: MIN_SCALE (2^-64), +inf, the canonical NaN the reference decodes code 255 to.
+_MIN_SCALE_BITS = tl.constexpr(0x1F800000)
 _FP32_INF = tl.constexpr(0x7F800000)
 _FP32_NAN = tl.constexpr(0x7FC00000)
-_FP32_NEGATIVE_ZERO = tl.constexpr(0x80000000)
 # Threads of a warp: a tile row is the elements one warp-wide access covers, VECTOR a thread.
 _WARP = tl.constexpr(32)
 
@@ -37,57 +37,50 @@ _WARP = tl.constexpr(32)
 # ---- jit helpers ----
 
 @triton.jit
-def _scale_exponent(scale):
-    """quantized_reference.scale_exponent: F of each stored scale, its exponent bits clamped to [32, 254]."""
-    exponent = (scale.to(tl.uint32, bitcast=True) >> 23) & 0xFF
-    return tl.minimum(tl.maximum(exponent, MIN_BLOCK_EXPONENT), _MAX_SCALE_EXPONENT)
+def _decode(code, step):
+    """quantized_reference.decode: uint8 codes -> fp32 values, against their blocks' steps (scale / 254)."""
+    root = code.to(tl.float32) * step
+    bits = tl.where(code == CODE_NAN, _FP32_NAN, (root * root).to(tl.uint32, bitcast=True))
+    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _decode(code, block_exp):
-    """quantized_reference.decode: codes -> fp32 values against their blocks' exponents (uint32)."""
-    code = code.to(tl.uint32)
-    normal = (code << 19) + ((block_exp - 14) << 23)
-    subnormal = code.to(tl.float32) * ((block_exp - 17) << 23).to(tl.float32, bitcast=True)  # m * 2^(F - 144)
-    bits = tl.where(code >= 0x10, normal, subnormal.to(tl.uint32, bitcast=True))
-    bits = tl.where(code == CODE_INF, _FP32_INF, bits)
-    return tl.where(code > CODE_INF, _FP32_NAN, bits).to(tl.float32, bitcast=True)
+def _round_half_even(product):
+    """An fp32 product in [0, 2^23) (or -0) to the nearest integer, ties to even, as uint32: torch.round. The
+    product is truncated and compared, never added to: 2^23 added and subtracted would round it in three float
+    operations (csrc/quantized_state.h), but Triton compiles with fp fusion on, and LLVM would contract that
+    add with the multiply into one fma, which rounds r * (254 / s) only once and moves some ties."""
+    whole = product.to(tl.uint32)  # truncates
+    half = whole.to(tl.float32) + 0.5  # exact: whole < 2^23
+    up = (product > half) | ((product == half) & ((whole & 1) == 1))
+    return whole + up.to(tl.uint32)
 
 
 @triton.jit
-def _encode(value, block_exp):
-    """quantized_reference.encode: fp32 values -> uint8 codes against their blocks' exponents (uint32)."""
-    u = value.to(tl.uint32, bitcast=True)
-    # e >= 1: move the block's top binade to e = 14 and round the 19 dropped mantissa bits to nearest even.
-    rebased = u - ((block_exp - 14) << 23)
-    normal = tl.minimum((rebased + 0x3FFFF + ((u >> 19) & 1)) >> 19, MAX_FINITE_CODE)
-    # e = 0: units of 2^(F - 144), the 24-bit significand shifted right and rounded to nearest even. The shift
-    # is signed, as csrc/quantized_state.h computes it (only lanes that take another path leave [1, 31]).
-    f = u >> 23
-    significand = (u & 0x7FFFFF) | tl.where(f != 0, 0x800000, 0).to(tl.uint32)
-    shift = block_exp.to(tl.int32) + 6 - tl.maximum(f, 1).to(tl.int32)
-    shift = tl.minimum(tl.maximum(shift, 1), 31).to(tl.uint32)
-    half = (tl.full(shift.shape, 1, tl.uint32) << (shift - 1)) - 1
-    sub = (significand + half + ((significand >> shift) & 1)) >> shift
-    code = tl.where(f + 14 > block_exp, normal, sub)
-    code = tl.where(u == _FP32_INF, CODE_INF, code)
-    code = tl.where(u > _FP32_INF, CODE_NAN, code)  # NaN, and any value with the sign bit set ...
-    return tl.where(u == _FP32_NEGATIVE_ZERO, 0, code).to(tl.uint8)  # ... except -0
+def _encode(root, factor):
+    """quantized_reference.encode: fp32 roots -> uint8 codes against their blocks' factors (254 / scale)."""
+    finite = (root.to(tl.uint32, bitcast=True) & 0x7FFFFFFF) < _FP32_INF
+    # A non-finite root becomes 0 before the multiply: its code is 255 anyway, and a NaN or inf converted to an
+    # integer is undefined (numpy warns in the interpreter).
+    code = _round_half_even(tl.where(finite, root, 0.0) * factor)
+    return tl.where(finite, code, CODE_NAN).to(tl.uint8)
 
 
 @triton.jit
-def _block_exponent(value, mask):
-    """F of each block of a [SPLIT, BLOCKS, ROW] tile: the largest counted exponent (finite, sign clear) of its
-    masked values, at least MIN_BLOCK_EXPONENT. quantized_reference.counted_exponent, then the block max."""
-    u = value.to(tl.uint32, bitcast=True)
-    # Masked-off lanes (past numel) hold whatever a masked load left there: they must not count.
-    counted = tl.where(mask & (u < _FP32_INF), u >> 23, 0)
+def _block_scale(root, mask):
+    """The scale of each block of a [SPLIT, BLOCKS, ROW] tile: its largest finite masked root, at least
+    MIN_SCALE. quantized_reference.block_scales, on raw bits as csrc/quantized_state.h (counted_bits)."""
+    u = root.to(tl.uint32, bitcast=True)
+    # Masked-off lanes (past numel) hold whatever a masked load left there: they must not count. A finite
+    # non-negative root's bits order as its value; NaN, inf and -0 (bits at or above inf's) count as 0.
+    counted = tl.where(mask & (u < _FP32_INF), u, 0)
     # The standard library's max combine: the interpreter recognizes it and reduces in one numpy call, where a
     # combine of our own runs once per element in Python (4096 calls a program). Compiled, each block lies in
-    # one warp (the kernel's tile shape), so the reduction is redux.sync / shuffles, with no shared memory.
-    # Over the thread-local SPLIT axis first: then one cross-lane reduction a block, not SPLIT of them.
+    # one warp (the kernel's tile shape), so the reduction over uint32 is one redux.sync (sm_80+) with no
+    # shared memory; an fp32 max would take 5 shuffles. Over the thread-local SPLIT axis first: then one
+    # cross-lane reduction a block, not SPLIT of them.
     largest = tl.reduce(tl.reduce(counted, 0, tl.standard._elementwise_max), 1, tl.standard._elementwise_max)
-    return tl.maximum(largest, MIN_BLOCK_EXPONENT)
+    return tl.maximum(largest, _MIN_SCALE_BITS).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -103,24 +96,29 @@ def _step_tile(
     GRAD_MODE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
     HAS_WEIGHT_DECAY: tl.constexpr, HAS_MASTER: tl.constexpr, STOCHASTIC: tl.constexpr,
 ):
-    """quantized_adadelta_reference_ for whole blocks of one tensor: decode, update, reduce, encode."""
+    """quantized_adadelta_reference_ for whole blocks of one tensor: decode, update, roots, reduce, encode."""
     mask = offsets < limit
     block_mask = blocks * QUANT_BLOCK < limit
-    sq_old = _scale_exponent(tl.load(square_avg_scale_ptr + blocks, mask=block_mask))[None, :, None]
-    acc_old = _scale_exponent(tl.load(acc_delta_scale_ptr + blocks, mask=block_mask))[None, :, None]
-    sq = _decode(tl.load(square_avg_ptr + offsets, mask=mask), sq_old)
-    acc = _decode(tl.load(acc_delta_ptr + offsets, mask=mask), acc_old)
+    # One division a block and accumulator, then a multiply an element (the reference's order).
+    sq_step = _ieee_div(tl.load(square_avg_scale_ptr + blocks, mask=block_mask), LEVELS)[None, :, None]
+    acc_step = _ieee_div(tl.load(acc_delta_scale_ptr + blocks, mask=block_mask), LEVELS)[None, :, None]
+    sq = _decode(tl.load(square_avg_ptr + offsets, mask=mask), sq_step)
+    acc = _decode(tl.load(acc_delta_ptr + offsets, mask=mask), acc_step)
     sq, acc = _update_values(
         param_ptr, grad_ptr, master_ptr, offsets, mask, offsets < zero_limit, sq, acc,
         neg_lr, rho, one_minus_rho, eps, weight_decay, grad_scale, tensor_key,
         tl.float32, GRAD_MODE, MAXIMIZE, HAS_GRAD_SCALE, HAS_WEIGHT_DECAY, HAS_MASTER, STOCHASTIC,
     )
-    sq_exp = _block_exponent(sq, mask)
-    acc_exp = _block_exponent(acc, mask)
-    tl.store(square_avg_ptr + offsets, _encode(sq, sq_exp[None, :, None]), mask=mask)
-    tl.store(acc_delta_ptr + offsets, _encode(acc, acc_exp[None, :, None]), mask=mask)
-    tl.store(square_avg_scale_ptr + blocks, (sq_exp << 23).to(tl.float32, bitcast=True), mask=block_mask)
-    tl.store(acc_delta_scale_ptr + blocks, (acc_exp << 23).to(tl.float32, bitcast=True), mask=block_mask)
+    sq_root = _ieee_sqrt(sq)
+    acc_root = _ieee_sqrt(acc)
+    sq_scale = _block_scale(sq_root, mask)
+    acc_scale = _block_scale(acc_root, mask)
+    sq_factor = _ieee_div(tl.full(sq_scale.shape, LEVELS, tl.float32), sq_scale)[None, :, None]
+    acc_factor = _ieee_div(tl.full(acc_scale.shape, LEVELS, tl.float32), acc_scale)[None, :, None]
+    tl.store(square_avg_ptr + offsets, _encode(sq_root, sq_factor), mask=mask)
+    tl.store(acc_delta_ptr + offsets, _encode(acc_root, acc_factor), mask=mask)
+    tl.store(square_avg_scale_ptr + blocks, sq_scale, mask=block_mask)
+    tl.store(acc_delta_scale_ptr + blocks, acc_scale, mask=block_mask)
 
 
 # ---- kernel ----

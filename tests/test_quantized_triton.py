@@ -12,7 +12,7 @@ triton = pytest.importorskip("triton", reason="the Triton backend needs triton")
 from adadelta_fused import quantized_reference, quantized_triton, triton_launch  # noqa: E402
 from adadelta_fused.backends import triton as triton_backend  # noqa: E402
 from adadelta_fused.contract import GradMode, quantized_op_arguments  # noqa: E402
-from adadelta_fused.quantized_reference import CODE_INF, CODE_NAN, num_blocks, quantize  # noqa: E402
+from adadelta_fused.quantized_reference import BLOCK, CODE_NAN, MIN_SCALE, num_blocks, quantize  # noqa: E402
 from adadelta_fused.reference import rounding_key  # noqa: E402
 
 from conftest import FEATURES, assert_bitwise_equal, scalars_for  # noqa: E402
@@ -22,6 +22,7 @@ from test_triton import INTERPRETER_OPCHECKS, interpreter, quiet_mutation_analys
 pytestmark = [
     pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
     pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),  # a scale of -2^100, decoded
 ]
 
 PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,15 +33,17 @@ POISON = 12345.0  # a value no step writes: memory the kernel must not touch kee
 
 
 def random_state(shape, generator) -> torch.Tensor:
-    """fp32 accumulator values over ~50 binades, as training makes them, so that blocks hold normal and
-    subnormal codes and zeros; every fourth 256-element stretch lies wholly below 2^-95, so its scale is
-    the format's floor (MIN_BLOCK_EXPONENT)."""
+    """fp32 accumulator values over 40 binades within each block, as training makes them, so that a block
+    holds codes from 254 down to 0 (roots below 1/508 of the largest) and exact zeros. Of every four
+    256-element stretches, the third lies between 2^-150 and 2^-130 (fp32 subnormals; roots below MIN_SCALE,
+    so its scale is the floor) and the fourth is all zeros (fresh state: the floor again, every code 0)."""
     numel = torch.Size(shape).numel()
     exponent = torch.rand(numel, generator=generator) * 40 - 30
-    tiny = (torch.arange(numel) // quantized_reference.BLOCK) % 4 == 3
-    exponent = torch.where(tiny, exponent - 80, exponent)
+    stretch = (torch.arange(numel) // BLOCK) % 4
+    exponent = torch.where(stretch == 2, exponent / 2 - 135, exponent)
     values = torch.exp2(exponent) * (1 + torch.rand(numel, generator=generator))
     values[torch.rand(numel, generator=generator) < 0.02] = 0.0
+    values[stretch == 3] = 0.0
     return values.view(shape)
 
 
@@ -236,18 +239,50 @@ def test_found_inf_changes_nothing_but_zeroes_grads_in_zero_mode(interpreter, gr
 
 
 def test_nonfinite_values_propagate_like_reference(interpreter, generator):
-    """NaN and inf gradients and params, NaN and inf codes, and scales that no step writes (0, inf, NaN,
-    negative: only their exponent bits count, clamped to [32, 254])."""
+    """NaN and inf gradients and params; NaN codes (255), alone and as a whole block, whose new roots are NaN
+    and count toward no scale; and scales that no step writes (0, inf, NaN, negative, subnormal), which decoding
+    multiplies in as they are."""
     group = random_group([(1023,), (600,)], torch.float32, generator)
     group[1][0][:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0])
     group[0][0][4:6] = torch.tensor([float("inf"), -0.0])
     group[0][1][599] = float("nan")  # in the tail
-    group[2][0][900:904] = torch.tensor([CODE_NAN, CODE_INF, 0xF3, CODE_INF + 1], dtype=torch.uint8)
-    group[3][1][10:12] = torch.tensor([CODE_INF, CODE_NAN], dtype=torch.uint8)
+    group[2][0][900:904] = CODE_NAN
+    group[2][0][256:512] = CODE_NAN  # a block of NaN: its new scale is the floor
+    group[3][1][10:12] = torch.tensor([CODE_NAN, 7], dtype=torch.uint8)
     group[5][0][:4] = torch.tensor([0.0, float("inf"), float("nan"), -2.0**100])
     group[6][1][2] = 2.0**-140  # a subnormal scale
     for feature in ("default", "weight_decay", "maximize"):
         assert_groups_equal(*run_both(group, scalars_for(feature)))
+    actual, _ = run_both(group, scalars_for("default"))
+    assert (actual[2][0][256:512] == CODE_NAN).all() and actual[5][0][1] == MIN_SCALE
+
+
+def test_ties_round_to_even(interpreter):
+    """With rho = 1 and zero gradients the step keeps both accumulators' decoded values, so the codes are
+    re-encoded against the blocks' new scales. A block whose largest code is 4 (scale 254, step 1) gets the
+    scale 4 and the factor 254 / 4 = 63.5, exact: odd codes land on ties (63.5, 190.5), which go to the even
+    neighbour (64, 190); with 8 the factor is 31.75 and code 2 is the tie 63.5. A product rounded to fp32 only
+    after an fma-like fusion would still tie here; the PTX test shows no such fusion."""
+    codes = torch.tensor([4, 1, 3, 0, 2] + [0] * (BLOCK - 5) + [8, 2, 6, 1], dtype=torch.uint8)
+    param = torch.randn(codes.numel())
+    group = ([param], [torch.zeros_like(param)], [codes.clone()], [codes.clone()], None,
+             [torch.full((2,), 254.0)], [torch.full((2,), 254.0)])
+    actual, expected = run_both(group, scalars_for("default", rho=1.0))
+    assert_groups_equal(actual, expected)
+    assert actual[2][0][:5].tolist() == [254, 64, 190, 0, 127]
+    assert actual[2][0][BLOCK:].tolist() == [254, 64, 190, 32]
+    assert actual[5][0].tolist() == [4.0, 8.0]
+
+
+def test_random_state_spans_the_format(generator):
+    """The states the tests step hold every kind of block: codes from 0 to 254 in ordinary blocks, and blocks
+    at the scale floor, subnormal-valued or all zero."""
+    param = torch.zeros(4 * BLOCK)
+    codes, scales = quantize(random_state(param.shape, generator), param)
+    ordinary = codes[:2 * BLOCK]
+    assert ordinary.min() == 0 and ordinary.max() == 254 and len(ordinary.unique()) > 50
+    assert (scales[2:] == MIN_SCALE).all() and codes[2 * BLOCK:3 * BLOCK].max() > 0
+    assert (codes[3 * BLOCK:] == 0).all()
 
 
 # ---- the op for torch.library ----

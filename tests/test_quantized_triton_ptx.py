@@ -4,7 +4,8 @@ Every global access of the PTX is attributed to the buffer it touches, by tracin
 the kernel parameter it is computed from. Per element: exactly the bytes bench.traffic.step_traffic models
 (1-byte codes read and written for each accumulator; param, grad and master as the dense kernel), in vectors of
 the dense kernel's width. Per 256-element block: each accumulator's 4-byte scale read once and written once.
-Also IEEE arithmetic and no local memory.
+Also IEEE arithmetic (per element four sqrt.rn and the update's div.rn; the scales' divisions per block), no
+product that LLVM or ptxas could fuse into an add, and no local memory.
 """
 
 from __future__ import annotations
@@ -235,14 +236,37 @@ def test_no_local_memory_and_ieee_arithmetic(name, target):
     assert "shfl" not in ptx
 
 
+@pytest.mark.parametrize("name", ["fp32_keep", "fp32_unscale"])
 @pytest.mark.parametrize("target", TARGETS)
-def test_rounding_steps_per_element(target):
-    """Three fma (both addcmul's and the param update), two IEEE roots and two IEEE divisions (the update's and
-    grad_scale's) per element, as the dense kernel; decoding multiplies by a power of two, which is exact."""
-    result = compiled("fp32_unscale", target)
+def test_rounding_steps(name, target):
+    """Per element: three fma (both addcmul's and the param update), as the dense kernel, so no multiply of the
+    format was contracted into one; four IEEE roots (the update's two, the new accumulators' two); the update's
+    IEEE division and grad_scale's when there is one. Per block a thread holds (its warp's): four IEEE divisions,
+    each accumulator's s / 254 and 254 / s. Each encoding rounds by truncation (cvt.rzi) and compares."""
+    result = compiled(name, target)
     per_thread = result.launch.arguments["BLOCK"] // result.threads
-    counts = {op: len(re.findall(rf"\b{op}\.rn\.f32\b", result.ptx)) / per_thread for op in ("fma", "sqrt", "div")}
-    assert counts == {"fma": 3, "sqrt": 2, "div": 2}
+    blocks_per_warp = result.launch.arguments["BLOCK"] // QUANT_BLOCK // result.launch.arguments["num_warps"]
+    counts = {op: len(re.findall(rf"\b{op}\.rn\.f32\b", result.ptx)) for op in ("fma", "sqrt", "div")}
+    divisions = per_thread * (1 + ("grad_scale" in AUDITED[name][1])) + 4 * blocks_per_warp
+    assert counts == {"fma": 3 * per_thread, "sqrt": 4 * per_thread, "div": divisions}
+    assert len(re.findall(r"\bcvt\.rzi\.u32\.f32\b", result.ptx)) == 2 * per_thread
+
+
+@pytest.mark.parametrize("name, target", CASES)
+def test_no_multiply_feeds_an_add(name, target):
+    """ptxas (--fmad=true, Triton's default fp fusion) may fuse a mul.f32 into the add.f32 or sub.f32 that takes
+    its result, which would round once where the reference rounds twice. No float add here takes a product: the
+    decoded square reaches `acc + eps` through the NaN select, and the encoding's product is only truncated and
+    compared."""
+    producer: dict[str, str] = {}
+    for opcode, text in _INSTRUCTION.findall(compiled(name, target).ptx):
+        operands = _operands(text)
+        if opcode.startswith(("add.f32", "sub.f32")):
+            sources = [producer.get(r) for operand in operands[1:] for r in _REGISTER.findall(operand)]
+            assert "mul.f32" not in sources, (opcode, text)
+        if operands and not opcode.startswith(("st.", "bar.", "bra", "ret")):
+            for register in _REGISTER.findall(operands[0]):
+                producer[register] = opcode
 
 
 @pytest.mark.parametrize("target", TARGETS)
