@@ -43,7 +43,46 @@ struct QuantizedBuffers {
   float* acc_delta_scale;
 };
 
-// A lane's 8 codes as one 8-byte word (LDG.E.64 / STG.E.64); a union keeps the bytes in registers.
+// The vector path's stores, in PTX. As plain C++ stores, NVVM merges them with the scalar path's stores to
+// the same addresses (both paths end the same iteration) and splits them to match: the fp32 run took an
+// STG.E.128 and four STG.E, the bf16 param under a master copy four STG.E (tests/test_quantized_sass.py).
+__device__ __forceinline__ void store_words(void* dst, uint4 w) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(w.x), "r"(w.y), "r"(w.z), "r"(w.w)
+               : "memory");
+}
+__device__ __forceinline__ void store_words(void* dst, uint2 w) {
+  asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(dst), "r"(w.x), "r"(w.y) : "memory");
+}
+
+__device__ __forceinline__ uint32_t raw_bits(float v) { return bits_of(v); }
+__device__ __forceinline__ uint32_t raw_bits(bfloat16_bits v) { return uint16_t(v); }
+__device__ __forceinline__ uint32_t raw_bits(float16_bits v) { return uint16_t(v); }
+__device__ __forceinline__ uint32_t raw_bits(uint8_t v) { return v; }
+
+// A lane's run of 8 values as 16-byte words (fp32: two; bf16/fp16: one) or, for codes, one 8-byte word.
+template <typename T>
+__device__ __forceinline__ void store_run(T* dst, const T (&src)[kRun]) {
+  constexpr int kPerWord = 4 / int(sizeof(T));
+  constexpr int kWords = kRun / kPerWord;
+  uint32_t words[kWords];
+#pragma unroll
+  for (int w = 0; w < kWords; ++w) {
+    words[w] = 0;
+#pragma unroll
+    for (int k = 0; k < kPerWord; ++k) words[w] |= raw_bits(src[w * kPerWord + k]) << (32 / kPerWord * k);
+  }
+  if constexpr (kWords == 2) {
+    store_words(dst, make_uint2(words[0], words[1]));
+  } else {
+#pragma unroll
+    for (int q = 0; q < kWords / 4; ++q) {
+      store_words(reinterpret_cast<uint4*>(dst) + q,
+                  make_uint4(words[4 * q], words[4 * q + 1], words[4 * q + 2], words[4 * q + 3]));
+    }
+  }
+}
+
+// A lane's 8 codes as one 8-byte load (LDG.E.64); a union keeps the bytes in registers.
 union CodeWord {
   uint2 word;
   uint8_t codes[kRun];
@@ -54,13 +93,6 @@ __device__ __forceinline__ void load_codes(const uint8_t* src, uint8_t (&dst)[kR
   w.word = *reinterpret_cast<const uint2*>(src);
 #pragma unroll
   for (int k = 0; k < kRun; ++k) dst[k] = w.codes[k];
-}
-
-__device__ __forceinline__ void store_codes(uint8_t* dst, const uint8_t (&src)[kRun]) {
-  CodeWord w;
-#pragma unroll
-  for (int k = 0; k < kRun; ++k) w.codes[k] = src[k];
-  *reinterpret_cast<uint2*>(dst) = w.word;
 }
 
 // The scalar path's accesses: elements [0, count) of the run, count <= kRun. The lanes always run all kRun
@@ -159,11 +191,11 @@ struct WarpStep {
       encode(sq, sq_largest, sq_codes, b.square_avg_scale + block);
       encode(acc, acc_largest, acc_codes, b.acc_delta_scale + block);
       if (vector) {
-        store_vector(b.param + i, param);
-        if constexpr (kGradMode != GradMode::kKeep) store_vector(b.grad + i, grad);
-        if constexpr (kHasMaster) store_vector(b.master + i, master);
-        store_codes(b.square_avg + i, sq_codes);
-        store_codes(b.acc_delta + i, acc_codes);
+        store_run(b.param + i, param);
+        if constexpr (kGradMode != GradMode::kKeep) store_run(b.grad + i, grad);
+        if constexpr (kHasMaster) store_run(b.master + i, master);
+        store_run(b.square_avg + i, sq_codes);
+        store_run(b.acc_delta + i, acc_codes);
       } else {
         store_masked(b.param + i, count, param);
         if constexpr (kGradMode != GradMode::kKeep) store_masked(b.grad + i, count, grad);
@@ -180,7 +212,7 @@ struct WarpStep {
 // A step that GradScaler skips writes nothing, except that the "zero" mode still clears the grads (or the next
 // backward would add to the inf/NaN it found): here, in the same launch, since the kernel knows its mode.
 template <typename ParamT, GradMode kGradMode, bool kHasMaster>
-__global__ void __launch_bounds__(kThreadsPerBlock)
+__global__ void __launch_bounds__(kThreadsPerBlock, 1)
     quantized_adadelta_kernel(const __grid_constant__ QuantizedListMeta meta, const StepArgs args) {
   const ChunkRange r = chunk_of_block(meta, int(blockIdx.x));
   ParamT* grad = static_cast<ParamT*>(meta.grad[r.slot]);
