@@ -28,10 +28,10 @@ static_assert(kRun == 8, "a lane's codes are moved as one 8-byte word");
 // Chunks start at multiples of kChunkElements in their tensor, so every chunk holds whole blocks (but the last).
 static_assert(kChunkElements % kQuantBlock == 0, "a chunk must hold whole quantization blocks");
 // 512 threads = 16 warps, each stepping 16 of a 64 Ki chunk's 256 blocks. One resident block per SM is the
-// bound: a lane holds 8 elements of every buffer and the unscale and master configurations take 93 to 116
-// registers (sm_80/sm_90); a cap of 64 (two blocks) spills up to 120 bytes on sm_90. One block keeps 512 x 48 to 80 bytes
-// (fp32: 2 x 16-byte param, 2 x grad, 2 x 8-byte codes) = 24 KB or more in flight per SM, above the ~14 KB an
-// H100 SM needs (csrc/cuda/README.md). Unmeasured: no GPU was available.
+// bound: a lane holds 8 elements of every buffer, and the configurations take 93 to 116 registers on sm_80 and
+// sm_90; a cap of 64 (two blocks) spills up to 120 bytes on sm_90. One block keeps 512 x 48 to 80 bytes (fp32:
+// 2 x 16-byte param, 2 x grad, 2 x 8-byte codes) = 24 KB or more in flight per SM, above the ~14 KB an H100 SM
+// needs (csrc/cuda/README.md). Unmeasured: no GPU was available.
 constexpr int kThreadsPerBlock = 512;
 constexpr int kWarpsPerBlock = kThreadsPerBlock / kWarpSize;
 static_assert(sizeof(QuantizedListMeta) + sizeof(StepArgs) <= 32764, "the CUDA kernel-argument limit (CUDA >= 12.1)");
