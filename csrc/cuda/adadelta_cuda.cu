@@ -16,6 +16,7 @@
 #include "../adadelta_math.h"
 #include "../multi_tensor.h"
 #include "../op_host.h"
+#include "step_stream.cuh"
 #include "vector_access.cuh"
 
 namespace adadelta_fused {
@@ -233,14 +234,7 @@ void adadelta_cuda(at::TensorList params, at::TensorList grads, at::TensorList s
   if (params.empty()) return;
   const c10::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  // A CPU lr is read on the host when the step is queued: a captured graph would replay that one value
-  // forever and ignore every scheduler update.
-  TORCH_CHECK_VALUE(capture == cudaStreamCaptureStatusNone || !lr_tensor.has_value() || !lr_tensor->is_cpu(),
-                    "lr is a CPU tensor, but the step is being captured in a CUDA graph, which would freeze its "
-                    "value; keep lr on ", device, " (torch.tensor(lr, device='", device, "'))");
+  const cudaStream_t stream = step_stream(op, device);
   std::vector<at::Tensor> keep_alive;  // the fp64 device copy of a tensor lr, read by the kernels
   const StepArgs args = make_step_args(op, device, keep_alive);
   DenseGroup group(op);
