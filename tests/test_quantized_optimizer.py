@@ -214,3 +214,15 @@ def test_invalid_state_dtype_is_named():
     with pytest.raises(ValueError, match=r"Invalid state_dtype: torch.int8 \(expected None, torch.float32, "
                                          r"torch.bfloat16 or torch.uint8\)"):
         Adadelta(model().parameters(), state_dtype=torch.int8)
+
+
+@pytest.mark.usefixtures("interpreter_fma_rounds_once")
+def test_every_backend_steps_like_the_reference(every_backend):
+    """The optimizer's 8-bit step through each backend (Triton in its interpreter) is the reference's."""
+    nets = [model(torch.bfloat16), model(torch.bfloat16)]
+    opts = [Adadelta(nets[0].parameters(), state_dtype=torch.uint8, backend=every_backend, master_weights=True),
+            Adadelta(nets[1].parameters(), state_dtype=torch.uint8, backend="reference", master_weights=True)]
+    for net, opt in zip(nets, opts):
+        train(net, opt, 2)
+    assert_same_training(*nets)
+    assert_same_state(opts[0], nets[0], opts[1], nets[1])
