@@ -387,6 +387,9 @@ class Adadelta(Optimizer):
                     for key in ("step", "square_avg", "acc_delta"):
                         if key not in saved:  # (a saved value may be this very view: opt.state_dict())
                             target[key].zero_()
+                    for key in quantized.SCALE_KEYS.values():
+                        if key in target and key not in saved:
+                            target[key].fill_(quantized.MIN_SCALE)  # what a fresh optimizer holds
                 if flat.master is not None:
                     flat.stale_masters.add(index)
             with torch.no_grad():
@@ -494,6 +497,9 @@ class Adadelta(Optimizer):
                 if held is not p.dtype and (held is not state_dtype or p.dtype is torch.float64):
                     if held != self._state_dtype_for(p):
                         self._follow_param_dtype(p, state)
+                if state["square_avg"].dtype is quantized.QUANTIZED and not quantized.laid_out_like(
+                        state["square_avg"], p):
+                    quantized.relayout(p, state)  # model.to(memory_format=...) since the codes were made
             master = state.get("master_param")
             if master_weights and (master is None) == (p.dtype is torch.bfloat16 or p.dtype is torch.float16):
                 # A master copy is missing (a checkpoint without one, model.to(bf16)) or no longer wanted.

@@ -33,6 +33,7 @@ import torch
 from . import backends, dtensor
 from .contract import StepScalars
 from .functional import StepPlan, _check_lengths, place_scalars
+from .layout import is_dense
 from .quantized_reference import BLOCK, MIN_SCALE, dequantize, num_blocks, quantize
 
 QUANTIZED = torch.uint8
@@ -69,6 +70,43 @@ def to_quantized(p: torch.Tensor, state: dict[str, Any]) -> None:
         state[SCALE_KEYS[key]] = scales
 
 
+def walk_layout(p: torch.Tensor) -> torch.Tensor:
+    """The tensor whose memory order the kernels walk for ``p``: ``p`` when it is dense, else its contiguous
+    copy (op_host.cpp DenseGroup). A param's codes must have this layout's strides: the blocks are runs of it."""
+    return p if is_dense(p) else p.contiguous()
+
+
+def _walk_strides(p: torch.Tensor) -> tuple[int, ...]:
+    """``walk_layout(p).stride()``, without the copy."""
+    if is_dense(p):
+        return p.stride()
+    strides, step = [], 1
+    for size in reversed(p.shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def laid_out_like(codes: torch.Tensor, p: torch.Tensor) -> bool:
+    """Whether ``codes`` have the strides of ``p``'s walk (dims of size 1 aside: their stride moves nothing)."""
+    return codes.shape == p.shape and all(
+        a == b for size, a, b in zip(p.shape, codes.stride(), _walk_strides(p)) if size > 1)
+
+
+def relayout(p: torch.Tensor, state: dict[str, Any]) -> None:
+    """Re-encode 8-bit accumulators whose codes are not laid out as ``p`` is walked (``model.to(memory_format=
+    torch.channels_last)`` after some steps, a checkpoint saved from another layout): their blocks were runs of
+    the old layout, so each is decoded in that layout and encoded in the new one."""
+    layout = walk_layout(p)
+    for key in ACCUMULATORS:
+        codes = state[key]
+        if laid_out_like(codes, p):
+            continue
+        values = dequantize(codes, state[SCALE_KEYS[key]], codes)
+        new_codes, state[SCALE_KEYS[key]] = quantize(values, layout)
+        state[key] = _like(new_codes, torch.empty_like(layout, dtype=QUANTIZED))
+
+
 def _like(values: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
     """``values`` in a new tensor with ``layout``'s shape, strides and device."""
     out = torch.empty_strided(layout.shape, layout.stride(), dtype=values.dtype, device=layout.device)
@@ -78,9 +116,16 @@ def _like(values: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
 
 def convert_saved(saved: dict[str, Any], p: torch.Tensor, quantized: bool) -> dict[str, Any]:
     """A saved param state in the representation of the optimizer loading it: 8-bit state is quantized or
-    dequantized as needed, anything else is left as saved."""
-    if not saved or is_quantized(saved) == quantized or not all(
-            isinstance(saved.get(key), torch.Tensor) for key in ACCUMULATORS):
+    dequantized as needed, or re-encoded in ``p``'s layout; anything else is left as saved."""
+    if not saved or not all(isinstance(saved.get(key), torch.Tensor) for key in ACCUMULATORS):
+        return saved
+    if is_quantized(saved) and quantized:
+        if all(laid_out_like(saved[key], p) for key in ACCUMULATORS):
+            return saved
+        converted = {**saved, **{key: saved[key].to(p.device) for key in (*ACCUMULATORS, *SCALE_KEYS.values())}}
+        relayout(p, converted)
+        return converted
+    if is_quantized(saved) == quantized:
         return saved
     converted = dict(saved)
     state = {key: saved[key].to(p.device) for key in ACCUMULATORS}
