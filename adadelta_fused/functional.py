@@ -161,6 +161,13 @@ def _check_lengths(params, grads, square_avgs, acc_deltas, master_params) -> Non
     raise ValueError("params, grads, square_avgs, acc_deltas and master_params must have equal lengths")
 
 
+def check_steps(state_steps: list[torch.Tensor] | None) -> bool:
+    """Check the step counters before anything is written; returns whether all are CPU tensors."""
+    if not state_steps or torch.compiler.is_compiling():
+        return False  # (under torch.compile the ops' fake kernels check the same, without a graph break)
+    return bool(_extension.check_state_steps(state_steps))
+
+
 def plan(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -181,10 +188,7 @@ def plan(
     if dtensor.any_dtensor(params):
         params, grads, square_avgs, acc_deltas, master_params = dtensor.to_local(
             params, grads, square_avgs, acc_deltas, master_params)
-    steps_on_cpu = False
-    if state_steps and not torch.compiler.is_compiling():
-        # (Under torch.compile the ops' fake kernels check the same, without a graph break.)
-        steps_on_cpu = bool(_extension.check_state_steps(state_steps))
+    steps_on_cpu = check_steps(state_steps)
     write_back = []
     # Under torch.compile every grad goes through resolve_neg: a traced is_neg() would break the graph, and
     # resolve_neg of a grad without the bit is the grad itself, so it costs nothing there.

@@ -32,9 +32,9 @@ import torch
 
 from . import backends, dtensor
 from .contract import StepScalars
-from .functional import StepPlan, _check_lengths, place_scalars
+from .functional import StepPlan, _check_lengths, check_steps, place_scalars
 from .layout import is_dense
-from .quantized_reference import BLOCK, MIN_SCALE, dequantize, num_blocks, quantize
+from .quantized_reference import MIN_SCALE, dequantize, num_blocks, quantize
 
 QUANTIZED = torch.uint8
 ACCUMULATORS = ("square_avg", "acc_delta")
@@ -132,7 +132,6 @@ def convert_saved(saved: dict[str, Any], p: torch.Tensor, quantized: bool) -> di
     if quantized:
         if not all(saved[key].is_floating_point() for key in ACCUMULATORS):
             return saved  # (not accumulators this optimizer made: the load's own checks name them)
-        state = {key: value.view(p.shape) if value.shape != p.shape else value for key, value in state.items()}
         to_quantized(p, state)
     else:
         for key in ACCUMULATORS:
@@ -215,10 +214,4 @@ def plan(params, grads, square_avgs, acc_deltas, state_steps, scalars: StepScala
             pick(acc_deltas), pick(master_params) if master_params else None, pick(square_avg_scales),
             pick(acc_delta_scales), place_scalars(scalars, device, copies),
         ))
-    steps_on_cpu = bool(state_steps) and all(step.is_cpu for step in state_steps)
-    return StepPlan(calls, state_steps, step_counters, steps_on_cpu, scalars.found_inf, [])
-
-
-def scale_views(flat_scales: torch.Tensor, offset: int, numel: int) -> torch.Tensor:
-    """A flat buffer's scales of the param at element ``offset`` (a multiple of BLOCK in 8-bit flat buffers)."""
-    return flat_scales[offset // BLOCK: offset // BLOCK + num_blocks(numel)]
+    return StepPlan(calls, state_steps, step_counters, check_steps(state_steps), scalars.found_inf, [])

@@ -40,8 +40,8 @@ import math
 
 import torch
 
-from .contract import GradMode, StepScalars
-from .reference import _update_one, walk_positions
+from .contract import StepScalars
+from .reference import _update_one, step_skipped, walk_positions
 
 BLOCK = 256
 LEVELS = 254  # codes 0..254 are roots; 255 is NaN
@@ -124,10 +124,7 @@ def quantized_adadelta_reference_(
     scalars: StepScalars,
 ) -> None:
     """One step in place over a validated group (``square_avgs``/``acc_deltas``: codes): the contract above."""
-    if scalars.found_inf is not None and bool(scalars.found_inf.item() != 0):
-        if scalars.grad_mode == GradMode.ZERO:
-            for grad in grads:
-                grad.zero_()
+    if step_skipped(grads, scalars):
         return
     for index, param in enumerate(params):
         sq = dequantize(square_avgs[index], square_avg_scales[index], param)

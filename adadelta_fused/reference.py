@@ -145,6 +145,16 @@ def _resolve_lr(lr: float | torch.Tensor, dtype: torch.dtype, device: torch.devi
     return lr
 
 
+def step_skipped(grads: list[torch.Tensor], scalars: StepScalars) -> bool:
+    """Whether found_inf skips the step; a skipped step still zeroes the gradients in the "zero" mode."""
+    if scalars.found_inf is None or not bool(scalars.found_inf.item() != 0):
+        return False
+    if scalars.grad_mode == GradMode.ZERO:
+        for grad in grads:
+            grad.zero_()
+    return True
+
+
 def adadelta_step_reference_(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -154,10 +164,7 @@ def adadelta_step_reference_(
     scalars: StepScalars,
 ) -> None:
     """Apply one Adadelta step in place to a validated group of tensors (the contract above)."""
-    if scalars.found_inf is not None and bool(scalars.found_inf.item() != 0):
-        if scalars.grad_mode == GradMode.ZERO:
-            for grad in grads:
-                grad.zero_()
+    if step_skipped(grads, scalars):
         return
     for index, (param, grad, square_avg, acc_delta) in enumerate(
         zip(params, grads, square_avgs, acc_deltas, strict=True)
