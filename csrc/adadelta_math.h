@@ -114,6 +114,16 @@ struct AdadeltaElement {
   ADF_HOST_DEVICE static void update(ParamT& param, ParamT& grad, StateT& square_avg, StateT& acc_delta,
                                      float& master, const StepScalars<M>& s, uint32_t tensor_key,
                                      int64_t index) {
+    update_hoisted(param, grad, square_avg, acc_delta, master, s, rounding_noise_high(tensor_key, index),
+                   uint32_t(uint64_t(index)));
+  }
+
+  // update() with the noise's first hash round (rounding_noise_high: the tensor key and the index's high
+  // word) computed by the caller. The CPU kernel computes it once per chunk, which never straddles a
+  // multiple of 2^32 elements: one hash round per element instead of two.
+  ADF_HOST_DEVICE static void update_hoisted(ParamT& param, ParamT& grad, StateT& square_avg, StateT& acc_delta,
+                                             float& master, const StepScalars<M>& s, uint32_t noise_high,
+                                             uint32_t index_low) {
     M g = to_math(grad);
     if constexpr (kScaled) g = g / s.grad_scale;
     if constexpr (kGradMode == GradMode::kUnscale) store(grad, g);
@@ -142,7 +152,7 @@ struct AdadeltaElement {
       master = p;
       store(param, p);
     } else if constexpr (is_bf16_v<ParamT>) {
-      const uint32_t stochastic = bf16_round_stochastic(p, rounding_noise(tensor_key, index));
+      const uint32_t stochastic = bf16_round_stochastic(p, rounding_noise_low(noise_high, index_low));
       const uint32_t nearest = bf16_round_nearest(p);
       param = bfloat16_bits((stochastic & s.stochastic_mask) | (nearest & ~s.stochastic_mask));
     } else {

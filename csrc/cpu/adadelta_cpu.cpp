@@ -44,16 +44,18 @@ __attribute__((always_inline)) inline void update_chunk(const Chunk<ParamT, Stat
   StateT* __restrict__ square_avg = c.square_avg;
   StateT* __restrict__ acc_delta = c.acc_delta;
   float* __restrict__ master = c.master;
+  // A chunk starts at a multiple of 64 Ki elements and never straddles a multiple of 2^32.
+  const uint32_t noise_high = rounding_noise_high(c.tensor_key, c.begin);
   // Two vectors per iteration give the divider and square-root unit independent work to overlap
   // (fp32 in cache, one Zen 4 core: 1.71 -> 1.84 G elements/s).
 #pragma GCC ivdep
 #pragma GCC unroll 2
   for (int64_t i = c.begin; i < c.end; ++i) {
     if constexpr (kHasMaster) {
-      Element::update(param[i], grad[i], square_avg[i], acc_delta[i], master[i], s, c.tensor_key, i);
+      Element::update_hoisted(param[i], grad[i], square_avg[i], acc_delta[i], master[i], s, noise_high, uint32_t(i));
     } else {
       float unused = 0.0f;
-      Element::update(param[i], grad[i], square_avg[i], acc_delta[i], unused, s, c.tensor_key, i);
+      Element::update_hoisted(param[i], grad[i], square_avg[i], acc_delta[i], unused, s, noise_high, uint32_t(i));
     }
   }
 }
@@ -90,10 +92,8 @@ __attribute__((always_inline)) inline void narrow_tile(const float* tile, T* buf
 // The staged update of a configuration with 16-bit buffers: widen a tile of each to fp32, run the fp32
 // element loop on the tiles (the same AdadeltaElement, with fp32 storage), narrow the results back. Bits are
 // those of the fused loop: 16-bit values widen exactly, fp32 is the math type, and each store rounds once.
-// Why: in the fused loop GCC vectorizes the conversions poorly and a bf16 param hashes its stochastic-
-// rounding noise per element even when rounding to nearest (the select is branch-free). One AVX2 core, in
-// cache, ns per element: fp32 0.59; bf16 fused 2.02, staged 1.20 (widen 0.065 and narrow 0.14 per buffer);
-// fp16 fused ~4.2, staged with F16C 1.22.
+// Why: GCC vectorizes the portable fp16 conversion poorly in the fused loop. One AVX2 Zen 4 core, in cache,
+// ns per element: fp16 fused ~4.2, staged with F16C 1.22 (widen 0.065 and narrow 0.14 per buffer).
 template <TileConversion kConversion, typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster,
           bool kScaled>
 __attribute__((always_inline)) inline void update_chunk_staged(const Chunk<ParamT, StateT>& c,
@@ -130,15 +130,28 @@ __attribute__((always_inline)) inline void update_chunk_staged(const Chunk<Param
   }
 }
 
-// The update for a vector ISA: staged when every buffer is 16-bit or one is fp16, else the fused loop. A
-// bf16 step that also streams fp32 buffers (fp32 state or master) stays fused: though staged is faster in
-// cache, at 32 Mi elements on 2 threads the fused loop took 0.83-0.96x the fp32 step's time with a master
-// copy where staged took 1.12-1.24x (three interleaved runs each), and 1.04x with fp32 state where staged
-// took 1.12x (1.29x with stochastic rounding).
+// The update for a vector ISA: staged when a buffer is fp16 (GCC vectorizes the portable fp16 conversion
+// poorly: fused 1.66 ns per element at AVX-512, staged 0.87), else the fused loop. A bf16 param rounding to
+// nearest gets a copy of the scalars whose stochastic mask is the constant 0, so the noise hash it would
+// select away is dead code, not per-element work. Stochastic rounding with bf16 state stays staged on AVX2,
+// whose fused loop pays two hash rounds' multiplies per element in 8 lanes. One core, in cache, ns per
+// element (this project's Xeon, AVX-512): fp32 0.60-0.66; bf16 fused 0.61-0.67 (staged 0.94-1.09), with
+// fp32 state 0.63-0.67 (0.85-0.90 with the hash); stochastic fused 0.88-1.08 (staged 1.13-1.22); AVX2:
+// bf16 fused 0.97-1.04 (staged 1.23), stochastic fused 1.84-1.90 (staged 1.48).
 template <TileConversion kConversion, typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
 __attribute__((always_inline)) inline void update_chunk_vector(const Chunk<P, S>& c, const StepScalars<math_t<P>>& s) {
-  if constexpr (kHasFp16<P, S> || (is_16_bit_v<P> && is_16_bit_v<S> && !kMaster)) {
+  if constexpr (kHasFp16<P, S>) {
     update_chunk_staged<kConversion, P, S, kMode, kMaster, kScaled>(c, s);
+  } else if constexpr (is_bf16_v<P> && !kMaster) {
+    if (s.stochastic_mask == 0) {
+      StepScalars<float> nearest = s;
+      nearest.stochastic_mask = 0;
+      update_chunk<P, S, kMode, kMaster, kScaled>(c, nearest);
+    } else if constexpr (is_16_bit_v<S> && kConversion != TileConversion::kAvx512) {
+      update_chunk_staged<kConversion, P, S, kMode, kMaster, kScaled>(c, s);
+    } else {
+      update_chunk<P, S, kMode, kMaster, kScaled>(c, s);
+    }
   } else {
     update_chunk<P, S, kMode, kMaster, kScaled>(c, s);
   }
@@ -146,11 +159,11 @@ __attribute__((always_inline)) inline void update_chunk_vector(const Chunk<P, S>
 
 #if defined(__x86_64__)
 // AVX-512: 16 fp32 lanes; GCC prefers 256-bit vectors unless told, and this loop is not frequency-bound.
-// Its fp16 conversions are F16C's (8 lanes): they are not what limits a staged step.
+// Its fp16 tiles convert 16 values per instruction (F16C's 8: fp16 1.26 -> 0.87 ns per element in cache).
 template <typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,bmi2,f16c,prefer-vector-width=512"))) void
 update_chunk_avx512(const Chunk<P, S>& c, const StepScalars<math_t<P>>& s) {
-  update_chunk_vector<TileConversion::kF16c, P, S, kMode, kMaster, kScaled>(c, s);
+  update_chunk_vector<TileConversion::kAvx512, P, S, kMode, kMaster, kScaled>(c, s);
 }
 
 // Instantiated for fp16 configurations only: elsewhere avx2_f16c runs the avx2 code, which is the same.

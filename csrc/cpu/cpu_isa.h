@@ -4,7 +4,7 @@
 
 namespace adadelta_fused {
 
-// Each level includes the ones below it. avx2_f16c adds F16C's fp16 conversions, and avx512 keeps them.
+// Each level includes the ones below it. avx2_f16c adds F16C's fp16 conversions; avx512 converts 16 at a time.
 enum class CpuIsa : int { kBaseline = 0, kAvx2 = 1, kAvx2F16c = 2, kAvx512 = 3 };
 
 CpuIsa current_cpu_isa();
