@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from adadelta_fused import adadelta_
+from adadelta_fused import _extension, adadelta_
 from adadelta_fused.bench.bandwidth import best_per_probe, measure_bandwidth, reference_bandwidth
 from adadelta_fused.bench.cases import Case, format_count, make_param_sets, parse_count, rotation_sets
 from adadelta_fused.bench.environment import describe, last_level_cache_bytes
@@ -73,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--numel", type=parse_count, default=32 * 2**20, help="elements per step (default 32Mi)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--isa", choices=["baseline", "avx2", "avx2_f16c", "avx512"],
+                        help="run the CPU kernel at this SIMD level (default: the best this CPU has)")
     args = parser.parse_args(argv)
+    if args.isa is not None:
+        if _extension.module() is None:
+            parser.error(f"--isa needs the compiled extension: {_extension.load_error()}")
+        _extension.module().select_cpu_isa(args.isa)
     device = torch.device("cpu")
     case = Case(args.numel, 1)
     cache_bytes = last_level_cache_bytes(device)
