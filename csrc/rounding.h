@@ -25,8 +25,8 @@ ADF_HOST_DEVICE uint32_t rounding_tensor_key(uint32_t step_key, int64_t tensor_i
 }
 
 // The noise's two hash rounds, the first keyed by the index's high word and the second by its low word.
-// They are separate so that the CPU kernel can run the first once per tile
-// (cpu/tile_convert.h): per element, one round instead of two.
+// They are separate so that the CPU kernel can run the first once per chunk or tile
+// (AdadeltaElement::update_hoisted, cpu/tile_convert.h): per element, one round instead of two.
 ADF_HOST_DEVICE uint32_t rounding_noise_high(uint32_t tensor_key, int64_t index) {
   return mix32(tensor_key ^ uint32_t(uint64_t(index) >> 32));
 }

@@ -1,7 +1,8 @@
 """The CPU kernel's 16-bit conversions at every rounding edge, at every SIMD level (issue 17).
 
-The vector levels stage 16-bit buffers through fp32 tiles and convert them in loops of their own, with F16C
-where the CPU has it; the baseline level runs the portable conversions of csrc/dtypes.h inside the update.
+The vector levels run bf16 conversions inside the update (AVX2 stages a stochastically rounded all-bf16
+step), and stage fp16 buffers through fp32 tiles converted in loops of their own, with F16C or AVX-512F where
+the CPU has it; the baseline level runs the portable conversions of csrc/dtypes.h inside the update.
 Every level must give the same bits in every buffer, NaN payloads included, and match the reference.
 """
 
@@ -144,10 +145,12 @@ def test_every_16_bit_pattern_gives_the_baseline_bits(cpu_isa, pair, feature, ge
     _assert_nans_canonical(actual, scalars)
 
 
+@pytest.mark.parametrize("feature", ["weight_decay", "grad_scale_unscale", "grad_zero"])
 @pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
 @pytest.mark.parametrize("state_dtype", [BF16, F32])
-def test_bf16_rounding_modes_give_the_baseline_bits(cpu_isa, state_dtype, stochastic, generator):
-    """Stochastic rounding keys its noise by element index: long tensors, odd sizes, non-finite values."""
+def test_bf16_rounding_modes_give_the_baseline_bits(cpu_isa, state_dtype, stochastic, feature, generator):
+    """Stochastic rounding keys its noise by element index: long tensors, odd sizes, non-finite values; with
+    each grad mode and with a grad_scale (the kernel's scaled instantiation), as both fused and staged."""
     numels = (3 * 65536 + 1029, 4097, 15)
     group = (
         [_edge_values(BF16, n, generator) for n in numels],
@@ -156,7 +159,7 @@ def test_bf16_rounding_modes_give_the_baseline_bits(cpu_isa, state_dtype, stocha
         [_edge_values(state_dtype, n, generator, positive=True) for n in numels],
         None,
     )
-    scalars = scalars_for("weight_decay", stochastic_rounding=stochastic, rounding_key=0x9E3779B9)
+    scalars = scalars_for(feature, stochastic_rounding=stochastic, rounding_key=0x9E3779B9)
     actual, expected = run_with_reference(cpp.step_, group, scalars)  # at cpu_isa
     assert_groups_equal(actual, expected)
     _assert_same_bits(actual, _step_at("baseline", group, scalars))

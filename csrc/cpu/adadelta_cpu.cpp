@@ -44,7 +44,9 @@ __attribute__((always_inline)) inline void update_chunk(const Chunk<ParamT, Stat
   StateT* __restrict__ square_avg = c.square_avg;
   StateT* __restrict__ acc_delta = c.acc_delta;
   float* __restrict__ master = c.master;
-  // A chunk starts at a multiple of 64 Ki elements and never straddles a multiple of 2^32.
+  // c.begin is the first element's index in its tensor (a chunk: a multiple of 64 Ki, so the chunk never
+  // straddles a multiple of 2^32, see kTileElements) or, for a staged tile, 0 with fp32 params, whose update
+  // has no noise.
   const uint32_t noise_high = rounding_noise_high(c.tensor_key, c.begin);
   // Two vectors per iteration give the divider and square-root unit independent work to overlap
   // (fp32 in cache, one Zen 4 core: 1.71 -> 1.84 G elements/s).
@@ -72,6 +74,8 @@ constexpr bool kHasFp16 = std::is_same_v<P, float16_bits> || std::is_same_v<S, f
 // elements), so it never straddles a multiple of 2^32 elements (narrow_stochastic hoists the high word).
 constexpr int kTileElements = 256;
 static_assert(kChunkElements % kTileElements == 0, "a chunk must hold whole tiles");
+static_assert((int64_t(1) << 32) % kChunkElements == 0,
+              "update_chunk hoists the noise's high word: a chunk must not straddle a multiple of 2^32");
 
 // The fp32 view of buffer[first, first + n): the buffer itself when it holds fp32, else the tile, widened.
 template <TileConversion kConversion, typename T>
@@ -92,8 +96,9 @@ __attribute__((always_inline)) inline void narrow_tile(const float* tile, T* buf
 // The staged update of a configuration with 16-bit buffers: widen a tile of each to fp32, run the fp32
 // element loop on the tiles (the same AdadeltaElement, with fp32 storage), narrow the results back. Bits are
 // those of the fused loop: 16-bit values widen exactly, fp32 is the math type, and each store rounds once.
-// Why: GCC vectorizes the portable fp16 conversion poorly in the fused loop. One AVX2 Zen 4 core, in cache,
-// ns per element: fp16 fused ~4.2, staged with F16C 1.22 (widen 0.065 and narrow 0.14 per buffer).
+// Why: GCC vectorizes the portable fp16 conversion poorly in the fused loop, and on AVX2 a stochastically
+// rounded bf16 param's noise hash. One AVX2 Zen 4 core, in cache, ns per element: fp16 fused ~4.2, staged
+// with F16C 1.22 (widen 0.065 and narrow 0.14 per buffer).
 template <TileConversion kConversion, typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster,
           bool kScaled>
 __attribute__((always_inline)) inline void update_chunk_staged(const Chunk<ParamT, StateT>& c,
@@ -134,7 +139,7 @@ __attribute__((always_inline)) inline void update_chunk_staged(const Chunk<Param
 // poorly: fused 1.66 ns per element at AVX-512, staged 0.87), else the fused loop. A bf16 param rounding to
 // nearest gets a copy of the scalars whose stochastic mask is the constant 0, so the noise hash it would
 // select away is dead code, not per-element work. Stochastic rounding with bf16 state stays staged on AVX2,
-// whose fused loop pays two hash rounds' multiplies per element in 8 lanes. One core, in cache, ns per
+// whose fused loop pays its hash round's two 32-bit multiplies per element in 8 lanes. One core, in cache, ns per
 // element (this project's Xeon, AVX-512): fp32 0.60-0.66; bf16 fused 0.61-0.67 (staged 0.94-1.09), with
 // fp32 state 0.63-0.67 (0.85-0.90 with the hash); stochastic fused 0.88-1.08 (staged 1.13-1.22); AVX2:
 // bf16 fused 0.97-1.04 (staged 1.23), stochastic fused 1.84-1.90 (staged 1.48).

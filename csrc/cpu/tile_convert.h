@@ -1,10 +1,11 @@
 // Tiles of 16-bit storage widened to fp32 and narrowed back, for the CPU kernel's staged update
-// (adadelta_cpu.cpp): portably, or with F16C's vcvtph2ps/vcvtps2ph. CPU-only: nvcc never includes it.
+// (adadelta_cpu.cpp): portably, or with vcvtph2ps/vcvtps2ph (F16C's 8 lanes, AVX-512F's 16). CPU-only: nvcc
+// never includes it.
 //
 // Each function gives exactly the bits of dtypes.h's to_math/store, element for element. The one place
-// the F16C instruction differs is a NaN: vcvtps2ph keeps the payload (quieted), while the portable store
-// writes sign | 0x7E00, so NaN lanes are patched. Checked against the portable store on all 2^32 fp32
-// inputs (a standalone run while writing this); tests/test_cpu_rounding_edges.py checks ties, overflow,
+// the instruction differs is a NaN: vcvtps2ph keeps the payload (quieted), while the portable store
+// writes sign | 0x7E00, so NaN lanes are patched. Both widths checked against the portable store on all 2^32
+// fp32 inputs (standalone runs while writing them); tests/test_cpu_rounding_edges.py checks ties, overflow,
 // subnormals, ±0, inf and NaN at every ISA level. Widening needs no patch: vcvtph2ps quiets the 1022
 // signalling NaNs where the portable load keeps them signalling, but every loaded value passes an
 // arithmetic operation (which quiets it) before any store, and every 16-bit store canonicalizes a NaN.
@@ -22,8 +23,9 @@
 
 namespace adadelta_fused {
 
-// How a tile's 16-bit values convert: kF16c uses the F16C instructions for fp16 (bf16 widens with a
-// shift and narrows with four integer operations, which GCC vectorizes well on its own).
+// How a tile's 16-bit values convert: kF16c uses the F16C instructions for fp16, kAvx512 their 16-lane
+// AVX-512F forms (bf16 widens with a shift and narrows with four integer operations, which GCC vectorizes
+// well on its own).
 enum class TileConversion { kPortable, kF16c, kAvx512 };
 
 #define ADF_TILE_INLINE __attribute__((always_inline)) inline
