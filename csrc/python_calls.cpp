@@ -133,7 +133,10 @@ py::object cached_grads(const py::list& params, const py::list& states, const py
     PyObject* state = PyList_GET_ITEM(states.ptr(), i);
     if (!PyDict_Check(state)) return py::none();
     for (Py_ssize_t j = 0; j < k; ++j) {
-      PyObject* held = PyDict_GetItem(state, PyTuple_GET_ITEM(keys.ptr(), j));  // borrowed; NULL: absent
+      // Borrowed; NULL: absent. PyDict_GetItem would also save and restore the error state around every
+      // lookup (about a tenth of this function's instructions, 4 lookups a param).
+      PyObject* held = PyDict_GetItemWithError(state, PyTuple_GET_ITEM(keys.ptr(), j));
+      if (held == nullptr && PyErr_Occurred()) throw py::error_already_set();
       PyObject* want = PyList_GET_ITEM(cached.ptr(), i * k + j);
       if (held != (want == Py_None ? nullptr : want)) return py::none();
       if (held != nullptr && !still_fits(j, held, state_like, steps_on_cpu)) return py::none();
@@ -143,9 +146,21 @@ py::object cached_grads(const py::list& params, const py::list& states, const py
   return std::move(grads);
 }
 
+// Whether two lists hold the same objects in the same order: the step cache's test that a group's params
+// are the ones it was built for, without a Python loop (15 ns a param).
+bool same_objects(const py::list& a, const py::list& b) {
+  const Py_ssize_t n = PyList_GET_SIZE(a.ptr());
+  if (PyList_GET_SIZE(b.ptr()) != n) return false;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (PyList_GET_ITEM(a.ptr(), i) != PyList_GET_ITEM(b.ptr(), i)) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 void register_python_calls(py::module_& m) {
+  m.def("same_objects", &same_objects, "whether two lists hold the same objects in the same order");
   m.def("step", &step, "adadelta_fused::adadelta_ on lists of plain tensors without torch.ops' boxing (false: not run)");
   m.def("advance_steps", &advance_steps, "adadelta_fused::advance_steps_ likewise (false: not run)");
   m.def("cached_grads", &cached_grads, "a cached group's grads, or None when the cache is stale");

@@ -96,6 +96,10 @@ def _events():
         opt.param_groups[0]["params"].append(model.spare)
         model.use_spare = True
 
+    def reorder_params(model, opt):
+        params = opt.param_groups[0]["params"]
+        params[0], params[1] = params[1], params[0]
+
     def add_group(model, opt):
         model.use_spare = True
         opt.add_param_group({"params": [model.spare], "lr": 0.3})
@@ -113,6 +117,7 @@ def _events():
         "replace_step": (replace_step, {0, 3}),
         "replace_square_avg": (replace_square_avg, {0, 3}),
         "append_param": (append_param, {0, 3}),
+        "reorder_params": (reorder_params, {0, 3}),  # the same params, another order: other lists
         "add_group": (add_group, {0, 3}),
         "change_lr": (change_lr, {0}),  # read from the group on every step, cached or not
     }
