@@ -117,7 +117,8 @@ class GroupCache:
         """The cache of a group just planned into ``plans``, or None where it cannot be cached."""
         params = list(group["params"])
         if (
-            not isinstance(state, StateMap)
+            _extension.module() is None  # the per-step check is native (cached_grads, same_objects)
+            or not isinstance(state, StateMap)
             or any(plan.write_back for plan in plans)
             or any(type(p) not in (torch.Tensor, torch.nn.Parameter) or p.is_complex() for p in params)
         ):

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import copy
 import pickle
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,3 +239,40 @@ def test_cached_steps_read_this_steps_grads_in_place(planning, generator):
     assert planning[id(ours)] == 1
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, **TOLERANCE[torch.float32])
+
+
+_WITHOUT_EXTENSION = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "adadelta_fused._C":
+            raise ImportError("blocked by the test")
+sys.meta_path.insert(0, Block())
+import torch, adadelta_fused
+from adadelta_fused import _extension
+assert _extension.module() is None
+torch.manual_seed(0)
+weights = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(4))]
+frozen = torch.nn.Parameter(torch.randn(2))
+twins = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+ours = adadelta_fused.Adadelta([{"params": weights}, {"params": [frozen]}], lr=0.5)
+torch_opt = torch.optim.Adadelta([{"params": twins}, {"params": [torch.nn.Parameter(frozen.detach().clone())]}], lr=0.5)
+for step in range(4):
+    for w, t in zip(weights, twins):
+        w.grad = torch.randn_like(w)
+        t.grad = w.grad.clone()
+    ours.step()
+    torch_opt.step()
+for w, t in zip(weights, twins):
+    torch.testing.assert_close(w, t, rtol=1e-6, atol=1e-7)
+print("ok")
+"""
+
+
+def test_steps_run_and_match_torch_without_the_extension():
+    """A missing extension never breaks a step: the step cache's per-step check is native, so without it
+    every step plans afresh (on the reference backend), a group of frozen params included."""
+    completed = subprocess.run([sys.executable, "-c", _WITHOUT_EXTENSION], capture_output=True, text=True,
+                               timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip().endswith("ok")
