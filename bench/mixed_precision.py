@@ -73,13 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--numel", type=parse_count, default=32 * 2**20, help="elements per step (default 32Mi)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--isa", choices=["baseline", "avx2", "avx2_f16c", "avx512"],
-                        help="run the CPU kernel at this SIMD level (default: the best this CPU has)")
+    parser.add_argument("--isa", help="run the CPU kernel at this SIMD level, one of the extension's "
+                                          "supported_cpu_isas() (default: the best this CPU has)")
     args = parser.parse_args(argv)
     if args.isa is not None:
         if _extension.module() is None:
             parser.error(f"--isa needs the compiled extension: {_extension.load_error()}")
-        _extension.module().select_cpu_isa(args.isa)
+        try:
+            _extension.module().select_cpu_isa(args.isa)
+        except ValueError as error:  # the extension's own names and its check against this CPU
+            parser.error(str(error))
     device = torch.device("cpu")
     case = Case(args.numel, 1)
     cache_bytes = last_level_cache_bytes(device)

@@ -133,8 +133,8 @@ py::object cached_grads(const py::list& params, const py::list& states, const py
     PyObject* state = PyList_GET_ITEM(states.ptr(), i);
     if (!PyDict_Check(state)) return py::none();
     for (Py_ssize_t j = 0; j < k; ++j) {
-      // Borrowed; NULL without an error set: absent. PyDict_GetItem would also save and restore the error state around every
-      // lookup (about a tenth of this function's instructions, 4 lookups a param).
+      // Borrowed; NULL without an error set: absent. PyDict_GetItem would also save and restore the error
+      // state around every lookup (about a tenth of this function's instructions, 4 lookups a param).
       PyObject* held = PyDict_GetItemWithError(state, PyTuple_GET_ITEM(keys.ptr(), j));
       if (held == nullptr && PyErr_Occurred()) throw py::error_already_set();
       PyObject* want = PyList_GET_ITEM(cached.ptr(), i * k + j);
