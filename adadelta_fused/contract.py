@@ -22,6 +22,8 @@ class GradMode(enum.IntEnum):
 
     @classmethod
     def parse(cls, value: "str | int | GradMode") -> "GradMode":
+        if type(value) is cls:
+            return value
         if isinstance(value, str):
             try:
                 return cls[value.upper()]
@@ -65,6 +67,8 @@ class StepScalars:
 def check_lr(lr) -> float | torch.Tensor:
     """lr as the op takes it: a 1-element floating tensor, or a float. Anything Python can read as one real
     number is a float lr (int, numpy scalars, 0-d arrays), as torch.optim accepts them."""
+    if type(lr) is float and math.isfinite(lr):
+        return lr  # the common case, first: every step of every group comes here
     if isinstance(lr, torch.Tensor):
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")

@@ -39,6 +39,12 @@ class BackendCall:
         self.module.step_(self.params, self.grads, self.square_avgs, self.acc_deltas, self.master_params,
                           self.scalars)
 
+    def with_step(self, grads: list[torch.Tensor], scalars: StepScalars) -> BackendCall:
+        """This call with another step's grads and scalars (a cached plan's; ``dataclasses.replace`` takes
+        1.1 us here, the constructor 0.2)."""
+        return BackendCall(self.module, self.device, self.params, grads, self.square_avgs, self.acc_deltas,
+                           self.master_params, scalars)
+
 
 @dataclass
 class StepPlan:
@@ -127,14 +133,16 @@ def _on_device(value: torch.Tensor | None, device: torch.device, copies: dict) -
 
 
 def place_scalars(scalars: StepScalars, device: torch.device, copies: dict) -> StepScalars:
-    """The step's scalars for one call on ``device`` (``copies``: the tensors already copied this step)."""
-    placed = replace(
-        scalars,
-        lr=_on_device(scalars.lr, device, copies) if isinstance(scalars.lr, torch.Tensor) else scalars.lr,
-        grad_scale=_on_device(scalars.grad_scale, device, copies),
-        found_inf=_on_device(scalars.found_inf, device, copies),
-    )
-    if scalars.stochastic_rounding and device.index:
+    """The step's scalars for one call on ``device`` (``copies``: the tensors already copied this step):
+    ``scalars`` itself where nothing moves, as on every CPU step (a copy costs 2.4 us here)."""
+    lr = _on_device(scalars.lr, device, copies) if isinstance(scalars.lr, torch.Tensor) else scalars.lr
+    grad_scale = _on_device(scalars.grad_scale, device, copies)
+    found_inf = _on_device(scalars.found_inf, device, copies)
+    keyed = scalars.stochastic_rounding and device.index
+    if lr is scalars.lr and grad_scale is scalars.grad_scale and found_inf is scalars.found_inf and not keyed:
+        return scalars
+    placed = replace(scalars, lr=lr, grad_scale=grad_scale, found_inf=found_inf)
+    if keyed:
         # Every call numbers its tensors from 0: the same key on two GPUs would draw the same noise.
         placed = replace(placed, rounding_key=mix32(scalars.rounding_key ^ mix32(device.index)))
     return placed
@@ -210,6 +218,14 @@ def plan(
                 group[4] if master_params else None, place_scalars(scalars, device, copies),
             ))
     return StepPlan(calls, state_steps, step_counters, steps_on_cpu, scalars.found_inf, write_back)
+
+
+def replan(template: StepPlan, scalars: StepScalars, step_counters: torch.Tensor | None) -> StepPlan:
+    """``template``, a plan of the same tensors without write-backs, for another step's scalars and counters.
+    A flat buffer's plan is the same every step but for these, and ``plan`` takes 10 us a step here."""
+    copies: dict = {}
+    calls = [call.with_step(call.grads, place_scalars(scalars, call.device, copies)) for call in template.calls]
+    return StepPlan(calls, template.state_steps, step_counters, template.steps_on_cpu, scalars.found_inf, [])
 
 
 def adadelta_(

@@ -10,10 +10,10 @@ import torch
 from torch.optim.adadelta import adadelta as torch_adadelta
 from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype, _use_grad_for_differentiable
 
-from . import quantized, sparse
-from .contract import LOW_PRECISION, check_hyperparameters
+from . import backends, quantized, sparse
+from .contract import LOW_PRECISION, GradMode, check_hyperparameters
 from .flat import FlatGroup, check_flattenable
-from .functional import plan, step_scalars
+from .functional import plan, replan, step_scalars
 from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken
 from .reference import rounding_key
 from .state_dict import check_loadable, loaded_step
@@ -444,10 +444,10 @@ class Adadelta(Optimizer):
                 else:
                     p.grad.detach_().requires_grad_(False).zero_()
 
-    def _grad_mode(self, grad_scale) -> str:
+    def _grad_mode(self, grad_scale) -> GradMode:
         if self.defaults["zero_grad_in_step"]:
-            return "zero"
-        return "unscale" if grad_scale is not None else "keep"
+            return GradMode.ZERO
+        return GradMode.UNSCALE if grad_scale is not None else GradMode.KEEP
 
     def _gather(self, group):
         """Per-param lists for one group, split into params with and without an fp32 master copy, and with
@@ -580,11 +580,14 @@ class Adadelta(Optimizer):
 
         plans = []
         unflat = group
-        cacheable = not options["flatten"] and self._in_backward is None and not torch.compiler.is_compiling()
+        compiling = torch.compiler.is_compiling()
+        cacheable = not options["flatten"] and self._in_backward is None and not compiling
+        # What kept plans were made for: ADADELTA_FUSED_BACKEND, read each step, takes effect in the next eager step.
+        backend = backends.requested_backend(options["backend"])
         stream = (index << 16) + 0xFFFF
         if cacheable and index in self._step_caches:
             cached = self._step_caches[index].plans(
-                group, self.state, lambda call: with_rounding(call.master_params, stream))
+                group, self.state, backend, lambda call: with_rounding(call.master_params, stream))
             if cached is not None:
                 return cached
         if options["flatten"]:
@@ -599,10 +602,19 @@ class Adadelta(Optimizer):
                         options["backend"], counters,
                     ))
                     continue
+                if counters is not None and not compiling and flat.planned is not None and flat.planned[0] == backend:
+                    plans.append(replan(flat.planned[1], buffer_scalars, counters))
+                    continue
                 plans.append(plan(
                     params, grads, square_avgs, acc_deltas, steps, buffer_scalars, masters, options["backend"],
                     counters,
                 ))
+                # Kept where its calls hold the whole buffers themselves (not where params without grads made
+                # the lists ranges of them, new each step), and never while compiling, as with the per-tensor
+                # cache (a plan kept while Dynamo traces would hold its traced tensors).
+                if counters is not None and not compiling and all(
+                        g is flat.grad for call in plans[-1].calls for g in call.grads):
+                    flat.planned = (backend, plans[-1])
             unflat = {**group, "params": self._unflat_params[index]}  # usually none: frozen params
         for params, grads, square_avgs, acc_deltas, steps, masters in self._gather(unflat):
             if square_avgs[0].dtype is quantized.QUANTIZED:
@@ -623,7 +635,7 @@ class Adadelta(Optimizer):
             # (adadelta_fused.sparse), which the cache does not describe.
             # 8-bit state is planned every step too: the cache's native check knows the dense op's state only.
             eight_bit = any(isinstance(call, quantized.QuantizedCall) for p in plans for call in p.calls)
-            cache = None if deferred or eight_bit else GroupCache.build(group, self.state, plans)
+            cache = None if deferred or eight_bit else GroupCache.build(group, self.state, plans, backend)
             if cache is None:
                 self._step_caches.pop(index, None)
             else:

@@ -6,7 +6,8 @@ every step, for the same answer. The cache keeps the calls that planning made (e
 state tensors) and checks, each step, that they still describe the group:
 
 - the group is the same dict with the same params, and a param without a grad at build still has none
-  (a param that gains a grad rebuilds);
+  (a param that gains a grad rebuilds); the requested backend (``ADADELTA_FUSED_BACKEND`` included) is the
+  one the calls were planned for;
 - ``opt.state`` is the same mapping, not mutated since (``StateMap`` counts its writes: ``opt.state[p] = {}``,
   ``del``, ``clear``, a loaded state dict);
 - per param, in one native pass (``_C.cached_grads``, about 60 ns a param): it has a dense grad without the
@@ -111,10 +112,12 @@ class GroupCache:
     calls: list[_CachedCall]
     state_steps: list[torch.Tensor]
     steps_on_cpu: bool
+    backend: str  # backends.requested_backend at build
 
     @classmethod
-    def build(cls, group: dict, state, plans: list[StepPlan]) -> GroupCache | None:
-        """The cache of a group just planned into ``plans``, or None where it cannot be cached."""
+    def build(cls, group: dict, state, plans: list[StepPlan], backend: str) -> GroupCache | None:
+        """The cache of a group just planned into ``plans`` for the requested ``backend``, or None where it
+        cannot be cached."""
         params = list(group["params"])
         if (
             _extension.module() is None  # the per-step check is native (cached_grads, same_objects)
@@ -137,7 +140,7 @@ class GroupCache:
             steps += plan.state_steps or []
         idle = [p for p in params if id(p) not in stepped]
         steps_on_cpu = all(plan.steps_on_cpu for plan in plans)
-        return cls(group, params, idle, state, state.writes, calls, steps, steps_on_cpu)
+        return cls(group, params, idle, state, state.writes, calls, steps, steps_on_cpu, backend)
 
     def settle(self, state: StateMap, before: int | None) -> None:
         """After a step's planning: the state writes it made (a new param's state, made by planning
@@ -147,12 +150,14 @@ class GroupCache:
         if state is self.state and before is not None and self.writes >= before:
             self.writes = state.writes
 
-    def plans(self, group: dict, state, scalars_for) -> list[StepPlan] | None:
-        """This step's plan (one), or None when the cache no longer describes the group. ``scalars_for(call)``
-        gives a call's StepScalars (stochastic rounding differs between calls with and without masters)."""
+    def plans(self, group: dict, state, backend: str, scalars_for) -> list[StepPlan] | None:
+        """This step's plan (one), or None when the cache no longer describes the group or ``backend`` (the
+        requested one) changed. ``scalars_for(call)`` gives a call's StepScalars (stochastic rounding differs
+        between calls with and without masters)."""
         params = group["params"]
         if (
-            group is not self.group
+            backend != self.backend
+            or group is not self.group
             or state is not self.state
             or state.writes != self.writes
             or len(params) != len(self.params)
@@ -168,6 +173,6 @@ class GroupCache:
             if grads is None:
                 return None
             scalars = place_scalars(scalars_for(template), template.device, copies)
-            calls.append(replace(template, grads=grads, scalars=scalars))
+            calls.append(template.with_step(grads, scalars))
         found_inf = calls[0].scalars.found_inf if calls else None
         return [StepPlan(calls, self.state_steps, None, self.steps_on_cpu, found_inf, [])]

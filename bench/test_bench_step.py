@@ -3,7 +3,9 @@
 Kept out of the default test run (pyproject's ``testpaths = ["tests"]``). Each benchmark times one optimizer
 step on the default device, rotating over parameter sets larger than the last-level cache as the CLI does,
 and stores in ``extra_info`` the useful GB/s (byte model) and the percent of the triad/copy bandwidth
-measured in the same session. Compare runs with ``--benchmark-autosave`` and ``pytest-benchmark compare``.
+measured in the same session. ``test_one_param_step_host_time`` times ``optimizer.step()`` of one param of 16
+elements instead: the host time every step pays (Python, checks, launches), next to torch's Adadelta and fused
+Adam. Compare runs with ``--benchmark-autosave`` and ``pytest-benchmark compare``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import itertools
 import pytest
 import torch
 
+from adadelta_fused import Adadelta
 from adadelta_fused.bench import implementations as impls
 from adadelta_fused.bench.bandwidth import measure_bandwidth, reference_bandwidth
 from adadelta_fused.bench.cases import Case, Mi, format_count, make_param_sets, rotation_sets
@@ -62,3 +65,22 @@ def test_step(benchmark, name, case, bandwidth, machine):
         gbps = step_bytes / benchmark.stats.stats.median / 1e9
         benchmark.extra_info.update(gbps=gbps, percent_of_bandwidth=100 * gbps / bandwidth.gbps)
 
+
+
+# The host time a step pays whatever its size: one param of 16 elements, whose bytes take nothing.
+STEP_OPTIMIZERS = {
+    "adadelta_fused": lambda params: Adadelta(params),
+    "adadelta_fused-flatten": lambda params: Adadelta(params, flatten=True),
+    "torch-adadelta-foreach": lambda params: torch.optim.Adadelta(params, foreach=True),
+    "torch-adam-fused": lambda params: torch.optim.Adam(params, fused=True),
+}
+
+
+@pytest.mark.parametrize("name", list(STEP_OPTIMIZERS))
+def test_one_param_step_host_time(benchmark, name, machine):
+    param = torch.nn.Parameter(torch.randn(16, device=DEVICE))
+    param.grad = torch.randn(16, device=DEVICE)
+    optimizer = STEP_OPTIMIZERS[name]([param])
+    benchmark.extra_info.update(machine)
+    benchmark.extra_info.update(numel=16, tensors=1)
+    benchmark.pedantic(optimizer.step, rounds=200, iterations=50, warmup_rounds=20)

@@ -69,6 +69,29 @@ def test_flatten_gives_the_same_trajectory_over_50_steps(backend):
     assert len(opt_flat._flat_groups[0]) == 1, "one buffer for the whole fp32 group"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flat_steps_follow_hyperparameters_changed_between_steps(backend):
+    """A flat buffer's plan is kept from one step to the next (only its scalars change): every change a
+    scheduler or a user makes to a group between steps still reaches the kernel, as it reaches torch's."""
+    flat, plain, reference = Net(), Net(), Net()
+    opt_flat = Adadelta(flat.parameters(), lr=0.5, backend=backend, flatten=True)
+    opt_plain = Adadelta(plain.parameters(), lr=0.5, backend=backend)
+    opt_torch = torch.optim.Adadelta(reference.parameters(), lr=0.5)
+    changes = [{}, {"lr": 0.25}, {"weight_decay": 0.1}, {"maximize": True}, {"rho": 0.5, "eps": 1e-3},
+               {"lr": torch.tensor(0.125)}, {"maximize": False, "lr": 2.0}]
+    for step, (image, change) in enumerate(zip(batches(len(changes)), changes)):
+        for model, opt in ((flat, opt_flat), (plain, opt_plain), (reference, opt_torch)):
+            opt.param_groups[0].update(change)
+            opt.zero_grad()
+            model(image).square().mean().backward()
+            opt.step()
+        for a, b, t in zip(flat.parameters(), plain.parameters(), reference.parameters()):
+            assert_bitwise_equal(a.detach(), b.detach(), f"step {step} ({change})")
+            torch.testing.assert_close(a, t, **TOLERANCE[torch.float32],
+                                       msg=lambda m: f"step {step} ({change}): {m}")
+    assert_views_intact(flat, opt_flat)
+
+
 def test_flattened_params_stay_views_through_save_and_load():
     model = Net()
     opt = Adadelta(model.parameters(), flatten=True, lr=0.3)

@@ -265,6 +265,30 @@ def test_auto_uses_the_fused_cpu_kernel(monkeypatch):
     assert _used_backend(monkeypatch) == [expected]
 
 
+@pytest.mark.parametrize("flatten", [False, True])
+def test_environment_variable_changed_between_steps_takes_effect_in_the_next_step(monkeypatch, flatten):
+    """Steps reuse their plans (the per-tensor cache, a flat buffer's plan): a plan made for one requested
+    backend is not reused once the environment asks for another, and is again when it asks back."""
+    if "cpp" not in BACKENDS:
+        pytest.skip("needs the compiled extension")
+    used = []
+    for name in ("cpp", "reference"):
+        module, _ = registry._load(name)
+        monkeypatch.setattr(module, "step_", lambda *a, _n=name, _f=module.step_: (used.append(_n), _f(*a)))
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    model = torch.nn.Linear(4, 3)
+    opt = Adadelta(model.parameters(), flatten=flatten)
+    for env in (None, None, "reference", "reference", "cpp", None):
+        if env is None:
+            monkeypatch.delenv(registry.ENV_VAR, raising=False)
+        else:
+            monkeypatch.setenv(registry.ENV_VAR, env)
+        opt.zero_grad()
+        model(torch.randn(2, 4)).square().sum().backward()
+        opt.step()
+    assert used == ["cpp", "cpp", "reference", "reference", "cpp", "cpp"]  # one (device, dtype) group: a call a step
+
+
 def test_missing_backend_raises_with_reason(monkeypatch):
     monkeypatch.setitem(registry._MODULES, "cpp", "adadelta_fused.backends.does_not_exist")
     registry._load.cache_clear()
