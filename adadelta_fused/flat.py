@@ -119,7 +119,7 @@ class FlatGroup:
     # is something else), and per param (its storage offset, its grad view's TensorImpl address).
     _grad_views: list[torch.Tensor] = field(default_factory=list)
     _expected: torch.Tensor | None = None
-    # (backend option, the StepPlan of the whole buffers), made by the optimizer's first step of them: the
+    # (requested backend, the StepPlan of the whole buffers), made by the optimizer's first step of them: the
     # buffers stay the same objects for the group's life, so later steps only swap the scalars (replan).
     planned: tuple | None = field(default=None, repr=False, compare=False)
 
