@@ -602,19 +602,19 @@ class Adadelta(Optimizer):
                         options["backend"], counters,
                     ))
                     continue
-                if counters is not None and not compiling and flat.planned is not None and flat.planned[0] == backend:
+                # A plan of the whole buffers is kept (not of the ranges that params without grads make, new
+                # each step), and never while compiling, as with the per-tensor cache (a plan kept while Dynamo
+                # traces would hold its traced tensors).
+                keepable = counters is not None and not compiling
+                if keepable and flat.planned is not None and flat.planned[0] == backend:
                     plans.append(replan(flat.planned[1], buffer_scalars, counters))
                     continue
                 plans.append(plan(
                     params, grads, square_avgs, acc_deltas, steps, buffer_scalars, masters, options["backend"],
                     counters,
                 ))
-                # Kept where its calls hold the whole buffers themselves (not where params without grads made
-                # the lists ranges of them, new each step), and never while compiling, as with the per-tensor
-                # cache (a plan kept while Dynamo traces would hold its traced tensors).
-                if counters is not None and not compiling and all(
-                        g is flat.grad for call in plans[-1].calls for g in call.grads):
-                    flat.planned = (backend, plans[-1])
+                if keepable and all(g is flat.grad for call in plans[-1].calls for g in call.grads):
+                    flat.planned = (backend, plans[-1])  # its calls hold the buffers themselves
             unflat = {**group, "params": self._unflat_params[index]}  # usually none: frozen params
         for params, grads, square_avgs, acc_deltas, steps, masters in self._gather(unflat):
             if square_avgs[0].dtype is quantized.QUANTIZED:

@@ -66,7 +66,6 @@ def test_step(benchmark, name, case, bandwidth, machine):
         benchmark.extra_info.update(gbps=gbps, percent_of_bandwidth=100 * gbps / bandwidth.gbps)
 
 
-
 # The host time a step pays whatever its size: one param of 16 elements, whose bytes take nothing.
 STEP_OPTIMIZERS = {
     "adadelta_fused": lambda params: Adadelta(params),

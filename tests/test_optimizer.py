@@ -229,13 +229,19 @@ def test_available_backends_reports_every_backend():
         assert report["cpp"] == "available"
 
 
-def _used_backend(monkeypatch, backend_arg=None, env=None):
+def _record_backend_calls(monkeypatch) -> list[str]:
+    """The names of the backends whose step_ runs from now on, one entry a call."""
     used = []
     for name in registry.BACKEND_NAMES:
         module, _ = registry._load(name)
         if module is not None:
             original = module.step_
             monkeypatch.setattr(module, "step_", lambda *a, _n=name, _f=original: (used.append(_n), _f(*a)))
+    return used
+
+
+def _used_backend(monkeypatch, backend_arg=None, env=None):
+    used = _record_backend_calls(monkeypatch)
     if env is None:
         monkeypatch.delenv(registry.ENV_VAR, raising=False)
     else:
@@ -271,11 +277,7 @@ def test_environment_variable_changed_between_steps_takes_effect_in_the_next_ste
     backend is not reused once the environment asks for another, and is again when it asks back."""
     if "cpp" not in BACKENDS:
         pytest.skip("needs the compiled extension")
-    used = []
-    for name in ("cpp", "reference"):
-        module, _ = registry._load(name)
-        monkeypatch.setattr(module, "step_", lambda *a, _n=name, _f=module.step_: (used.append(_n), _f(*a)))
-    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    used = _record_backend_calls(monkeypatch)
     model = torch.nn.Linear(4, 3)
     opt = Adadelta(model.parameters(), flatten=flatten)
     for env in (None, None, "reference", "reference", "cpp", None):
