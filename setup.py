@@ -108,7 +108,7 @@ def extensions():
     cpu_sources = [
         "csrc/ops.cpp", "csrc/op_host.cpp", "csrc/python_calls.cpp", "csrc/sparse_host.cpp",
         "csrc/cpu/adadelta_cpu.cpp", "csrc/cpu/steps_cpu.cpp", "csrc/cpu/sparse_cpu.cpp",
-        "csrc/cpu/quantized_cpu.cpp",
+        "csrc/cpu/quantized_cpu.cpp", "csrc/cpu/float_lanes.cpp",
     ]
     # -fno-math-errno and -fno-trapping-math let GCC vectorize sqrt and if-convert selects around float
     # ops (without them the update loop stays scalar: 7.8 GB/s instead of memory speed); neither changes a

@@ -63,7 +63,7 @@ struct StepArgs {
 // The scalars in math precision, cast exactly as torch casts its Python-float arguments. The update has
 // no data-independent branches: GCC 12 cannot vectorize a select on a loop-invariant bool, so optional
 // steps are exact no-ops (x / 1, x * 1) or selects keyed on a comparison or an integer mask. The one
-// exception is the division by grad_scale, a template flag (AdadeltaElement's kScaled).
+// exception is the division by grad_scale, a template flag (adadelta_values' kScaled).
 template <typename M>
 struct StepScalars {
   M neg_lr;         // param.add_(delta, alpha=-lr)
@@ -100,13 +100,40 @@ ADF_HOST_DEVICE StepScalars<M> resolve_scalars(const StepArgs& a) {
   return s;
 }
 
+// The update's arithmetic on values in math precision: what a step makes of one element's grad, param and
+// accumulators. V is M itself, or a vector of M lanes (the AVX-512 CPU kernel's cpu/float_lanes.h) whose
+// operations round exactly as M's do, so both run these lines and give the same bits.
+template <typename V>
+struct UpdatedValues {
+  V grad;        // the gradient divided by grad_scale (what GradMode::kUnscale writes back)
+  V param;
+  V square_avg;
+  V acc_delta;
+};
+
+// kScaled: divide the gradient by grad_scale (s.grad_scale is 1 without one, so dividing is exact either
+// way). On a CPU the update's divisions and square roots share one divider (with GCC's loop, two divisions and
+// two roots per element: ~1.5 G elements/s per Zen 4 core), so the CPU kernel instantiates both and skips the
+// division when no grad_scale is given; a GPU's arithmetic is far ahead of its bandwidth, and it always divides.
+template <bool kScaled, typename V, typename M>
+ADF_HOST_DEVICE UpdatedValues<V> adadelta_values(V g, V p, V sq, V acc, const StepScalars<M>& s) {
+  if constexpr (kScaled) g = g / V(s.grad_scale);
+  const V unscaled = g;
+  g = g * V(s.grad_sign);                                            // grad = -grad (maximize)
+  const V decayed = fused_multiply_add(V(s.weight_decay), p, g);     // grad.add(param, alpha=weight_decay)
+  g = s.decays != M(0) ? V(decayed) : V(g);  // prvalues: between two lvalues GCC selects an address (spills)
+  sq = fused_multiply_add(V(s.one_minus_rho) * g, g, sq * V(s.rho));  // square_avg.mul_(rho).addcmul_(g, g, 1 - rho)
+  const V std_dev = square_root(sq + V(s.eps));                      // square_avg.add(eps).sqrt_()
+  V delta = square_root(acc + V(s.eps));                             // acc_delta.add(eps).sqrt_()
+  delta = delta / std_dev * g;                                       // delta.div_(std).mul_(grad)
+  acc = fused_multiply_add(V(s.one_minus_rho) * delta, delta, acc * V(s.rho));  // acc_delta.mul_(rho).addcmul_(...)
+  p = fused_multiply_add(V(s.neg_lr), delta, p);                     // param.add_(delta, alpha=-lr)
+  return {unscaled, p, sq, acc};
+}
+
 // One element of one tensor. ParamT is the param and grad storage type, StateT the accumulators';
 // `master` is read and written only when kHasMaster. `index` (the element's position in its tensor)
 // and `tensor_key` (rounding_tensor_key) feed the stochastic-rounding noise of bf16 params.
-// kScaled: divide the gradient by grad_scale (s.grad_scale is 1 without one, so dividing is exact
-// either way). On a CPU the update is bound by its divider (two divisions and two square roots per
-// element: ~1.5 G elements/s per Zen 4 core), so the CPU kernel instantiates both and skips the division
-// when no grad_scale is given; a GPU's arithmetic is far ahead of its bandwidth, and it always divides.
 template <typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster, bool kScaled = true>
 struct AdadeltaElement {
   using M = math_t<ParamT>;
@@ -124,39 +151,26 @@ struct AdadeltaElement {
   ADF_HOST_DEVICE static void update_hoisted(ParamT& param, ParamT& grad, StateT& square_avg, StateT& acc_delta,
                                              float& master, const StepScalars<M>& s, uint32_t noise_high,
                                              uint32_t index_low) {
-    M g = to_math(grad);
-    if constexpr (kScaled) g = g / s.grad_scale;
-    if constexpr (kGradMode == GradMode::kUnscale) store(grad, g);
-    g = g * s.grad_sign;                                     // grad = -grad (maximize)
     M p;
     if constexpr (kHasMaster) {
       p = master;
     } else {
       p = to_math(param);
     }
-    const M decayed = fused_multiply_add(s.weight_decay, p, g);  // grad.add(param, alpha=weight_decay)
-    g = s.decays != M(0) ? decayed : g;
-
-    M sq = to_math(square_avg);
-    M acc = to_math(acc_delta);
-    sq = fused_multiply_add(s.one_minus_rho * g, g, sq * s.rho);  // square_avg.mul_(rho).addcmul_(g, g, 1 - rho)
-    const M std_dev = square_root(sq + s.eps);                     // square_avg.add(eps).sqrt_()
-    M delta = square_root(acc + s.eps);                            // acc_delta.add(eps).sqrt_()
-    delta = delta / std_dev * g;                                   // delta.div_(std).mul_(grad)
-    acc = fused_multiply_add(s.one_minus_rho * delta, delta, acc * s.rho);  // acc_delta.mul_(rho).addcmul_(...)
-    p = fused_multiply_add(s.neg_lr, delta, p);                    // param.add_(delta, alpha=-lr)
-
-    store(square_avg, sq);
-    store(acc_delta, acc);
+    const UpdatedValues<M> u =
+        adadelta_values<kScaled>(to_math(grad), p, to_math(square_avg), to_math(acc_delta), s);
+    if constexpr (kGradMode == GradMode::kUnscale) store(grad, u.grad);
+    store(square_avg, u.square_avg);
+    store(acc_delta, u.acc_delta);
     if constexpr (kHasMaster) {
-      master = p;
-      store(param, p);
+      master = u.param;
+      store(param, u.param);
     } else if constexpr (is_bf16_v<ParamT>) {
-      const uint32_t stochastic = bf16_round_stochastic(p, rounding_noise_low(noise_high, index_low));
-      const uint32_t nearest = bf16_round_nearest(p);
+      const uint32_t stochastic = bf16_round_stochastic(u.param, rounding_noise_low(noise_high, index_low));
+      const uint32_t nearest = bf16_round_nearest(u.param);
       param = bfloat16_bits((stochastic & s.stochastic_mask) | (nearest & ~s.stochastic_mask));
     } else {
-      store(param, p);
+      store(param, u.param);
     }
     if constexpr (kGradMode == GradMode::kZero) store(grad, M(0));
   }

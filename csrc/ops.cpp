@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/float_lanes.h"
 #include "multi_tensor.h"
 #include "op_host.h"
 #include "python_calls.h"
@@ -209,6 +210,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("select_cpu_isa", &adadelta_fused::select_cpu_isa, "run a lower SIMD level (tests, benchmarks)");
   m.def("supported_cpu_isas", &adadelta_fused::supported_cpu_isas);
   m.def("parallel_workers", &adadelta_fused::parallel_workers, "threads the CPU kernel's parallel loop runs on");
+  m.def("float_lanes_supported", &adadelta_fused::float_lanes_supported, "whether the CPU has the AVX-512 lanes");
+  m.def("float_lanes_are_exact", &adadelta_fused::float_lanes_are_exact,
+        "whether the AVX-512 lanes' square root passed its check on this CPU (so the AVX-512 level runs them)");
+  m.def("set_float_lanes", &adadelta_fused::set_float_lanes,
+        "False: run GCC's loops at the AVX-512 level even where the lanes are exact (tests, benchmarks)");
+  m.def("float_lanes_root_mismatches", &adadelta_fused::float_lanes_root_mismatches,
+        "how many of `count` fp32 bit patterns from `first` the lanes' square root gets wrong (tests)");
   m.def("plan_launches", &plan_launches, "the multi-tensor walk's launches for tensors of these sizes");
   adadelta_fused::register_python_calls(m);
   m.attr("chunk_elements") = adadelta_fused::kChunkElements;

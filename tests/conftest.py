@@ -100,22 +100,33 @@ def backends_under_test() -> list[str]:
     return ["reference"] + (["cpp"] if cpp_ready else [])
 
 
-def cpu_isas() -> list[str]:
+def cpu_isas() -> list:
+    """Every SIMD level this CPU supports; where the AVX-512 level runs the float lanes (csrc/cpu/float_lanes.h),
+    that level once more without them, so GCC's AVX-512 loops, which other CPUs run, are tested here too."""
     ext = _extension.module()
-    return ext.supported_cpu_isas() if ext is not None else []
+    if ext is None:
+        return []
+    levels = [pytest.param((isa, True), id=isa) for isa in ext.supported_cpu_isas()]
+    if "avx512" in ext.supported_cpu_isas() and ext.float_lanes_are_exact():
+        levels.append(pytest.param(("avx512", False), id="avx512-without-lanes"))
+    return levels
 
 
-@pytest.fixture(params=cpu_isas() or ["none"])
+@pytest.fixture(params=cpu_isas() or [pytest.param(("none", True), id="none")])
 def cpu_isa(request):
-    """Runs a test once per SIMD level this CPU supports, restoring the best one afterwards."""
+    """Runs a test once per SIMD level this CPU supports (the level's name is the value), restoring the best one
+    afterwards."""
     ext = _extension.module()
     if ext is None:
         assert not REQUIRE_EXTENSION, _extension.load_error()
         pytest.skip(f"compiled extension unavailable: {_extension.load_error()}")
+    isa, lanes = request.param
     best = ext.supported_cpu_isas()[-1]
-    ext.select_cpu_isa(request.param)
-    yield request.param
+    ext.select_cpu_isa(isa)
+    ext.set_float_lanes(lanes)
+    yield isa
     ext.select_cpu_isa(best)
+    ext.set_float_lanes(True)
 
 
 _SAME_WIDTH_INT = {8: torch.int64, 4: torch.int32, 2: torch.int16}

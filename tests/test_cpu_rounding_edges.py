@@ -2,7 +2,9 @@
 
 The vector levels run bf16 conversions inside the update (AVX2 stages a stochastically rounded all-bf16
 step), and stage fp16 buffers through fp32 tiles converted in loops of their own, with F16C or AVX-512F where
-the CPU has it; the baseline level runs the portable conversions of csrc/dtypes.h inside the update.
+the CPU has it; the baseline level runs the portable conversions of csrc/dtypes.h inside the update. Where the
+AVX-512 level runs the float lanes (csrc/cpu/float_lanes.h), configurations without bf16 state convert inside
+the lanes' loop instead (conftest's "avx512-without-lanes" level still runs the tiles).
 Every level must give the same bits in every buffer, NaN payloads included, and match the reference.
 """
 

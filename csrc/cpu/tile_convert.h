@@ -81,17 +81,21 @@ __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) inline void widen_avx5
   widen_f16c(src + i, dst + i, n - i);
 }
 
+// Also the fp16 store of float_lanes.h.
+__attribute__((always_inline, target("avx512f,avx512bw,avx512vl,f16c"))) inline __m256i fp16_round_nearest_avx512(
+    __m512 v) {
+  const __m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+  const __mmask16 is_nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  const __m256i patched = _mm256_or_si256(_mm256_and_si256(h, _mm256_set1_epi16(int16_t(0x8000))),
+                                          _mm256_set1_epi16(0x7E00));
+  return _mm256_mask_blend_epi16(is_nan, h, patched);
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) inline void narrow_avx512(
     const float* __restrict__ src, float16_bits* __restrict__ dst, int n) {
-  const __m256i sign = _mm256_set1_epi16(int16_t(0x8000));
-  const __m256i canonical_nan = _mm256_set1_epi16(0x7E00);
   int i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m512 v = _mm512_loadu_ps(src + i);
-    const __m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
-    const __mmask16 is_nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    const __m256i patched = _mm256_or_si256(_mm256_and_si256(h, sign), canonical_nan);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_mask_blend_epi16(is_nan, h, patched));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), fp16_round_nearest_avx512(_mm512_loadu_ps(src + i)));
   }
   narrow_f16c(src + i, dst + i, n - i);
 }

@@ -120,7 +120,7 @@ __device__ __forceinline__ void store_masked(T* dst, int count, const T (&src)[k
 
 template <typename ParamT, GradMode kGradMode, bool kHasMaster>
 struct WarpStep {
-  // kScaled: a GPU's arithmetic is far ahead of its bandwidth, and it always divides (AdadeltaElement).
+  // kScaled: a GPU's arithmetic is far ahead of its bandwidth, and it always divides (adadelta_values).
   using Lanes = QuantizedLanes<ParamT, kGradMode, kHasMaster, true, kRun>;
 
   // One accumulator's new roots -> codes, and the block's new scale (stored by lane 0). The branch is

@@ -1,0 +1,93 @@
+// The checks behind float_lanes.h's square root: that its bits are vsqrtps's on the CPU that runs it.
+#include "float_lanes.h"
+
+#include <c10/util/Exception.h>
+
+#include <atomic>
+
+namespace adadelta_fused {
+namespace {
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))) int64_t count_root_mismatches(uint32_t first,
+                                                                                                  int64_t count) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t mismatches = 0;
+  int64_t done = 0;
+  for (; done + kFloatLanes <= count; done += kFloatLanes) {
+    const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_set1_epi32(int32_t(first + uint32_t(done))), lane));
+    const __m512i got = _mm512_castps_si512(square_root(FloatLanes(x)).v);
+    const __m512i want = _mm512_castps_si512(_mm512_sqrt_ps(x));
+    mismatches += __builtin_popcount(_mm512_cmpneq_epi32_mask(got, want));
+  }
+  if (done < count) {  // the last partial vector: its extra lanes are counted out
+    const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_set1_epi32(int32_t(first + uint32_t(done))), lane));
+    const __mmask16 kept = __mmask16((1u << (count - done)) - 1u);
+    const __m512i got = _mm512_castps_si512(square_root(FloatLanes(x)).v);
+    mismatches += __builtin_popcount(_mm512_mask_cmpneq_epi32_mask(kept, got, _mm512_castps_si512(_mm512_sqrt_ps(x))));
+  }
+  return mismatches;
+}
+#endif
+
+bool supported() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+// Whether square_root is exact on this CPU. The lanes scale exactly with x -> 4x as long as rsqrt14 does, and a
+// table-driven rsqrt14 reads only the significand and the exponent's parity, which [1, 4) covers whole; the two
+// binade pairs at the range's ends check that nothing leaves the normal range there, and 4096 inputs in each
+// binade pair between check the scaling itself. 3 * 2^24 + 90 * 4096 inputs, about 11 ms.
+bool square_root_checks_out() {
+  if (!supported()) return false;
+  constexpr int64_t kTwoBinades = int64_t(2) << 23;  // [2^k, 2^(k+2)): both exponent parities
+  if (float_lanes_root_mismatches(0x3F800000u, kTwoBinades) != 0 ||                   // [1, 4)
+      float_lanes_root_mismatches(kFastRootLowest, kTwoBinades) != 0 ||               // [2^-80, 2^-78)
+      float_lanes_root_mismatches(kFastRootEnd - uint32_t(kTwoBinades), kTwoBinades) != 0) {  // [2^98, 2^100)
+    return false;
+  }
+  constexpr uint32_t kSampleStride = uint32_t(kTwoBinades / 4096);
+  for (uint32_t pair = kFastRootLowest; pair < kFastRootEnd; pair += uint32_t(kTwoBinades)) {
+    for (uint32_t bits = pair; bits < pair + uint32_t(kTwoBinades); bits += kSampleStride * 16) {
+      if (float_lanes_root_mismatches(bits, 16) != 0) return false;
+    }
+  }
+  return true;
+}
+
+std::atomic<bool>& lanes_enabled() {
+  static std::atomic<bool> enabled{true};
+  return enabled;
+}
+
+}  // namespace
+
+bool float_lanes_supported() { return supported(); }
+
+bool float_lanes_are_exact() {
+  static const bool exact = square_root_checks_out();
+  return exact;
+}
+
+bool float_lanes_run() { return lanes_enabled().load() && float_lanes_are_exact(); }
+
+void set_float_lanes(bool enabled) { lanes_enabled().store(enabled); }
+
+int64_t float_lanes_root_mismatches(uint32_t first, int64_t count) {
+  TORCH_CHECK(supported(), "float lanes need AVX-512 (avx512f, bw, vl, dq) with F16C and FMA, which this CPU lacks");
+  TORCH_CHECK_VALUE(count >= 0 && count <= (int64_t(1) << 32), "count must be in [0, 2^32], got ", count);
+#if defined(__x86_64__)
+  return count_root_mismatches(first, count);
+#else
+  return count;
+#endif
+}
+
+}  // namespace adadelta_fused

@@ -1,0 +1,137 @@
+// Sixteen fp32 lanes for the AVX-512 CPU kernels: the operations adadelta_values (adadelta_math.h) uses, each
+// rounding exactly as the one fp32 operation it stands for, and loads and stores of every storage type.
+//
+// Why not GCC's vectorization of the scalar update: its square roots and divisions all queue on the one divider
+// (on this project's Xeon, vsqrtps zmm issues once per 12 cycles and vdivps zmm once per 10), two roots and one
+// division per element in the dense step (two divisions with a grad_scale), four roots in the 8-bit step. square_root below runs
+// a root on the two FMA ports instead; each kernel says what it gains (adadelta_cpu.cpp, quantized_cpu.cpp).
+#pragma once
+
+#include <cstdint>
+
+namespace adadelta_fused {
+
+constexpr int kFloatLanes = 16;
+
+// The square root's fast range, [2^-80, 2^100) (fp32 bits): every accumulator plus a usable eps lies in it, and
+// no intermediate below comes near an overflow or a subnormal (a residual x - s^2 is a multiple of ulp(s)^2, at
+// about 2^-103 or more from 2^-80 up; below, subnormal residuals cost microcode assists: 2^24 inputs from 2^-100
+// took 58 ms against 3.4).
+constexpr uint32_t kFastRootLowest = 0x17800000u;
+constexpr uint32_t kFastRootEnd = 0x71800000u;
+
+// Whether square_root gives vsqrtps's bits on this CPU (float_lanes.cpp says over which inputs: 11 ms, once per
+// process); where it does not, the kernels keep GCC's loops.
+bool float_lanes_are_exact();
+
+// Whether the kernels run the lanes: where they are exact, unless a test or benchmark turned them off with
+// set_float_lanes(false) to run GCC's loops at the AVX-512 level.
+bool float_lanes_run();
+void set_float_lanes(bool enabled);
+
+// For tests: how many of the `count` fp32 bit patterns from `first` (wrapping at 2^32) get other bits from
+// square_root than from vsqrtps. Runs only on a CPU with AVX-512 (float_lanes_supported).
+int64_t float_lanes_root_mismatches(uint32_t first, int64_t count);
+bool float_lanes_supported();
+
+}  // namespace adadelta_fused
+
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+
+#include "../dtypes.h"
+#include "tile_convert.h"
+
+// Not always_inline: adadelta_values, a template with no target ISA, calls these, and GCC refuses to force an
+// AVX-512 function into it. The kernel's AVX-512 function is `flatten`, which inlines them once
+// adadelta_values is inlined there.
+#define ADF_LANES_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))) inline
+
+namespace adadelta_fused {
+
+struct FloatLanes {
+  __m512 v;
+  ADF_LANES_INLINE FloatLanes(__m512 lanes) : v(lanes) {}
+  ADF_LANES_INLINE explicit FloatLanes(float value) : v(_mm512_set1_ps(value)) {}
+};
+
+ADF_LANES_INLINE FloatLanes operator+(FloatLanes a, FloatLanes b) { return _mm512_add_ps(a.v, b.v); }
+ADF_LANES_INLINE FloatLanes operator*(FloatLanes a, FloatLanes b) { return _mm512_mul_ps(a.v, b.v); }
+ADF_LANES_INLINE FloatLanes operator/(FloatLanes a, FloatLanes b) { return _mm512_div_ps(a.v, b.v); }
+ADF_LANES_INLINE FloatLanes fused_multiply_add(FloatLanes a, FloatLanes b, FloatLanes c) {
+  return _mm512_fmadd_ps(a.v, b.v, c.v);
+}
+
+// sqrt(x), rounded as vsqrtps rounds it. When every lane is in the fast range: rsqrt14's estimate y0 of
+// 1/sqrt(x) (relative error below 2^-14), one Newton step y1 = y0 + y0 (1 - x y0^2) / 2 (error ~2^-23),
+// s = x y1, and one correction s + (x - s^2) y1 / 2: nine instructions, eight of them on the FMA ports. Other
+// vectors (a lane that is 0, subnormal, huge, negative, inf or NaN) take vsqrtps.
+//
+// That the correction rounds to the IEEE root is checked, not derived: its error bound (about 2^-20 of an ulp)
+// does not exclude the inputs whose root lies within 2^-27 ulp of a rounding midpoint. Checked on all 2^32
+// inputs (tests/test_float_lanes.py), and on the CPU it runs on when a kernel first asks (float_lanes_are_exact),
+// since rsqrt14's table is the CPU's. An earlier standalone test of a variant whose correction used 0.5 y0 for
+// 0.5 y1 rounded 0.085 % of all floats wrong.
+ADF_LANES_INLINE FloatLanes square_root(FloatLanes x) {
+  const __m512i offset = _mm512_sub_epi32(_mm512_castps_si512(x.v), _mm512_set1_epi32(int32_t(kFastRootLowest)));
+  const __mmask16 fast = _mm512_cmp_epu32_mask(offset, _mm512_set1_epi32(int32_t(kFastRootEnd - kFastRootLowest)),
+                                               _MM_CMPINT_LT);
+  if (__builtin_expect(fast != 0xFFFF, 0)) return _mm512_sqrt_ps(x.v);
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 half = _mm512_set1_ps(0.5f);
+  const __m512 y0 = _mm512_rsqrt14_ps(x.v);
+  const __m512 error = _mm512_fnmadd_ps(_mm512_mul_ps(x.v, y0), y0, one);  // 1 - x y0^2
+  const __m512 y1 = _mm512_fmadd_ps(_mm512_mul_ps(half, y0), error, y0);
+  const __m512 root = _mm512_mul_ps(x.v, y1);
+  const __m512 residual = _mm512_fnmadd_ps(root, root, x.v);  // x - root^2
+  return _mm512_fmadd_ps(residual, _mm512_mul_ps(half, y1), root);
+}
+
+// vsqrtps itself: for a kernel with more square roots than the FMA ports can take besides its other work, to
+// give some to the divider.
+ADF_LANES_INLINE FloatLanes divider_square_root(FloatLanes x) { return _mm512_sqrt_ps(x.v); }
+
+ADF_LANES_INLINE FloatLanes load_lanes(const float* src) { return _mm512_loadu_ps(src); }
+
+ADF_LANES_INLINE FloatLanes load_lanes(const bfloat16_bits* src) {
+  const __m512i words = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(words, 16));
+}
+
+// vcvtph2ps widens exactly; it quiets a signalling NaN, which the portable load keeps, but every loaded value
+// passes an arithmetic operation before any store (as in tile_convert.h).
+ADF_LANES_INLINE FloatLanes load_lanes(const float16_bits* src) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+}
+
+ADF_LANES_INLINE void store_lanes(float* dst, FloatLanes value) { _mm512_storeu_ps(dst, value.v); }
+
+// bf16_round_nearest (dtypes.h) in 16 lanes: round to nearest even, and torch's canonical NaN.
+ADF_LANES_INLINE void store_lanes(bfloat16_bits* dst, FloatLanes value) {
+  const __m512i u = _mm512_castps_si512(value.v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd), 16);
+  const __mmask16 is_nan = _mm512_cmp_ps_mask(value.v, value.v, _CMP_UNORD_Q);
+  const __m512i bits = _mm512_mask_blend_epi32(is_nan, rounded, _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(bits));
+}
+
+ADF_LANES_INLINE void store_lanes(float16_bits* dst, FloatLanes value) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), fp16_round_nearest_avx512(value.v));
+}
+
+// Each lane's largest raw fp32 bits so far, and the largest of all lanes: the 8-bit state's block scale
+// (quantized_state.h folds a run's roots one element at a time).
+struct LargestBits {
+  __m512i v;
+  ADF_LANES_INLINE LargestBits() : v(_mm512_setzero_si512()) {}
+  ADF_LANES_INLINE void fold(FloatLanes x) { v = _mm512_max_epu32(v, _mm512_castps_si512(x.v)); }
+  ADF_LANES_INLINE uint32_t largest() const { return _mm512_reduce_max_epu32(v); }
+};
+
+}  // namespace adadelta_fused
+
+#undef ADF_LANES_INLINE
+
+#endif

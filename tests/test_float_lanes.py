@@ -1,0 +1,48 @@
+"""The AVX-512 float lanes' square root (csrc/cpu/float_lanes.h): vsqrtps's bits on every fp32 input.
+
+The CPU kernels' lanes take square roots through rsqrt14, one Newton step and one correction on the FMA ports.
+That this rounds as the IEEE square root does is checked, not derived, so the check here is exhaustive: all
+2^32 bit patterns (the fast range [2^-80, 2^100) and everything that falls back to vsqrtps). The kernels run a
+smaller check on the CPU they find (float_lanes_are_exact) and keep GCC's loops where it fails; the kernel tests
+(test_cpu_kernel.py, test_cpu_rounding_edges.py, test_quantized.py) run both at the AVX-512 level
+("avx512" and "avx512-without-lanes" in conftest's cpu_isa) bit for bit against the reference.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from adadelta_fused import _extension
+
+from conftest import requires_extension
+
+pytestmark = requires_extension
+
+
+@pytest.fixture
+def ext():
+    module = _extension.module()
+    if not module.float_lanes_supported():
+        pytest.skip("this CPU lacks AVX-512 (avx512f, bw, vl, dq) with F16C and FMA: the float lanes never run")
+    return module
+
+
+def test_the_kernels_run_the_lanes_exactly_where_every_root_is_exact(ext):
+    """The kernels' own check (a few binades) passes exactly where all 2^32 inputs give vsqrtps's bits: the
+    lanes run only where they are exact, and are not given up where they are."""
+    mismatches = ext.float_lanes_root_mismatches(0, 2**32)
+    assert ext.float_lanes_are_exact() == (mismatches == 0)
+
+
+@pytest.mark.parametrize("first,count", [(0x7F7FFFF0, 33), (0xFFFFFFF8, 9), (0x3F800000, 1)])
+def test_partial_vectors_and_vectors_mixing_fast_and_fallback_lanes(ext, first, count):
+    """Vectors whose lanes straddle the largest float, inf, NaN and the wrap to +0 and subnormals, and a last
+    vector of 1 lane: the count covers exactly the asked bit patterns."""
+    if ext.float_lanes_are_exact():
+        assert ext.float_lanes_root_mismatches(first, count) == 0
+
+
+@pytest.mark.parametrize("count", [-1, 2**32 + 1])
+def test_count_out_of_range_is_refused(ext, count):
+    with pytest.raises(ValueError, match=f"count must be in \\[0, 2\\^32\\], got {count}"):
+        ext.float_lanes_root_mismatches(0, count)
