@@ -71,8 +71,9 @@ ADF_LANES_INLINE FloatLanes fused_multiply_add(FloatLanes a, FloatLanes b, Float
 // That the correction rounds to the IEEE root is checked, not derived: its error bound (about 2^-20 of an ulp)
 // does not exclude the inputs whose root lies within 2^-27 ulp of a rounding midpoint. Checked on all 2^32
 // inputs (tests/test_float_lanes.py), and on the CPU it runs on when a kernel first asks (float_lanes_are_exact),
-// since rsqrt14's table is the CPU's. An earlier standalone test of a variant whose correction used 0.5 y0 for
-// 0.5 y1 rounded 0.085 % of all floats wrong.
+// since rsqrt14's table is the CPU's. (An earlier session's standalone "Newton step and Markstein's correction"
+// rounded 0.085 % of floats wrong; its code was not kept, so which detail differed is not known. A model that
+// corrects with 0.5 y0 instead of 0.5 y1 also fails.)
 ADF_LANES_INLINE FloatLanes square_root(FloatLanes x) {
   const __m512i offset = _mm512_sub_epi32(_mm512_castps_si512(x.v), _mm512_set1_epi32(int32_t(kFastRootLowest)));
   const __mmask16 fast = _mm512_cmp_epu32_mask(offset, _mm512_set1_epi32(int32_t(kFastRootEnd - kFastRootLowest)),
