@@ -185,15 +185,10 @@ __attribute__((always_inline)) inline void update_chunk_lanes(const Chunk<P, S>&
   float* __restrict__ master = c.master;
   int64_t i = c.begin;
   for (; i + kFloatLanes <= c.end; i += kFloatLanes) {
-    const FloatLanes p = kMaster ? load_lanes(master + i) : load_lanes(param + i);
-    const UpdatedValues<FloatLanes> u = adadelta_values<kScaled>(load_lanes(grad + i), p, load_lanes(square_avg + i),
-                                                                 load_lanes(acc_delta + i), s);
-    if constexpr (kMode == GradMode::kUnscale) store_lanes(grad + i, u.grad);
+    const UpdatedValues<FloatLanes> u = update_lanes<kScaled, kMode, kMaster>(
+        param + i, grad + i, kMaster ? master + i : nullptr, load_lanes(square_avg + i), load_lanes(acc_delta + i), s);
     store_lanes(square_avg + i, u.square_avg);
     store_lanes(acc_delta + i, u.acc_delta);
-    if constexpr (kMaster) store_lanes(master + i, u.param);
-    store_lanes(param + i, u.param);
-    if constexpr (kMode == GradMode::kZero) store_lanes(grad + i, FloatLanes(0.0f));
   }
   // tail.begin is no multiple of a chunk, as update_chunk's noise assumes, but s rounds to nearest: no noise.
   Chunk<P, S> tail = c;

@@ -40,6 +40,7 @@ bool float_lanes_supported();
 
 #include <immintrin.h>
 
+#include "../adadelta_math.h"
 #include "../dtypes.h"
 #include "tile_convert.h"
 
@@ -120,6 +121,21 @@ ADF_LANES_INLINE void store_lanes(bfloat16_bits* dst, FloatLanes value) {
 
 ADF_LANES_INLINE void store_lanes(float16_bits* dst, FloatLanes value) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), fp16_round_nearest_avx512(value.v));
+}
+
+// The dense update of the 16 elements at param, grad (and master): loads them, runs adadelta_values on them
+// and the given accumulators, and stores what AdadeltaElement stores in the grad, master and param; the new
+// accumulators are the caller's to store (the 8-bit kernel encodes their roots).
+template <bool kScaled, GradMode kGradMode, bool kHasMaster, typename ParamT>
+ADF_LANES_INLINE UpdatedValues<FloatLanes> update_lanes(ParamT* param, ParamT* grad, float* master, FloatLanes sq,
+                                                        FloatLanes acc, const StepScalars<float>& s) {
+  const FloatLanes p = kHasMaster ? load_lanes(master) : load_lanes(param);
+  const UpdatedValues<FloatLanes> u = adadelta_values<kScaled>(load_lanes(grad), p, sq, acc, s);
+  if constexpr (kGradMode == GradMode::kUnscale) store_lanes(grad, u.grad);
+  if constexpr (kHasMaster) store_lanes(master, u.param);
+  store_lanes(param, u.param);
+  if constexpr (kGradMode == GradMode::kZero) store_lanes(grad, FloatLanes(0.0f));
+  return u;
 }
 
 // Each lane's largest raw fp32 bits so far, and the largest of all lanes: the 8-bit state's block scale

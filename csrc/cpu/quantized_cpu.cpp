@@ -78,13 +78,8 @@ __attribute__((always_inline)) inline void update_block_lanes(ParamT* __restrict
   LargestBits sq_max;
   LargestBits acc_max;
   for (int l = 0; l < n; l += kFloatLanes) {
-    const FloatLanes p = kHasMaster ? load_lanes(master + l) : load_lanes(param + l);
-    const UpdatedValues<FloatLanes> u =
-        adadelta_values<kScaled>(load_lanes(grad + l), p, load_lanes(sq + l), load_lanes(acc + l), s);
-    if constexpr (kGradMode == GradMode::kUnscale) store_lanes(grad + l, u.grad);
-    if constexpr (kHasMaster) store_lanes(master + l, u.param);
-    store_lanes(param + l, u.param);
-    if constexpr (kGradMode == GradMode::kZero) store_lanes(grad + l, FloatLanes(0.0f));
+    const UpdatedValues<FloatLanes> u = update_lanes<kScaled, kGradMode, kHasMaster>(
+        param + l, grad + l, kHasMaster ? master + l : nullptr, load_lanes(sq + l), load_lanes(acc + l), s);
     const FloatLanes sq_root = divider_square_root(u.square_avg);
     const FloatLanes acc_root = divider_square_root(u.acc_delta);
     store_lanes(sq + l, sq_root);
@@ -217,7 +212,7 @@ struct RunQuantizedCpu {
     const CpuIsa isa = current_cpu_isa();
     if (isa == CpuIsa::kAvx512) {
       update = float_lanes_run() ? &update_blocks_avx512_lanes<ParamT, kGradMode, kHasMaster, kScaled>
-                                       : &update_blocks_avx512<ParamT, kGradMode, kHasMaster, kScaled>;
+                                 : &update_blocks_avx512<ParamT, kGradMode, kHasMaster, kScaled>;
     }
     if (isa == CpuIsa::kAvx2 || isa == CpuIsa::kAvx2F16c) {
       update = &update_blocks_avx2<ParamT, kGradMode, kHasMaster, kScaled>;
