@@ -124,6 +124,55 @@ def test_broken_views_are_detected():
         opt.step()
 
 
+def test_the_view_check_over_thousands_of_params_finds_every_change_and_steps_like_torch(monkeypatch):
+    """5000 params, which the native check splits across threads: grads set to None, replaced, or re-pointed
+    (``grad.data = x``) anywhere among them are found exactly as the Python check finds them, the step equals
+    torch's side by side, and the first of several params that left the buffer is the one named."""
+    from adadelta_fused import _extension, flat as flat_module
+
+    n, lr = 5000, 0.5
+    params = [torch.nn.Parameter(torch.randn(3)) for _ in range(n)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = Adadelta(params, flatten=True, lr=lr)
+    torch_opt = torch.optim.Adadelta(twins, lr=lr)
+    flat = opt._flat_groups[0][0]
+    missing, replaced, repointed = {7, 2047, 2048, 4999}, {0, 1024, 3000}, {2049, 4096}
+
+    def status(native):
+        if not native:
+            monkeypatch.setattr(_extension, "module", lambda: None)
+        try:
+            return flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views)
+        finally:
+            monkeypatch.undo()
+
+    for step in range(3):
+        for index, (p, t) in enumerate(zip(params, twins)):
+            grad = torch.randn(3)
+            t.grad = None if index in missing else grad
+            if index in missing:
+                p.grad = None
+            elif index in replaced:
+                p.grad = grad.clone()
+            elif index in repointed:
+                p.grad.data = grad.clone()
+            else:
+                p.grad.copy_(grad)
+        expected = (-1, sorted(missing), sorted(replaced | repointed))
+        assert tuple(status(native=False)) == expected
+        if _extension.module() is not None:
+            assert tuple(status(native=True)) == expected
+        opt.step()
+        torch_opt.step()
+        for index, (p, t) in enumerate(zip(params, twins)):
+            torch.testing.assert_close(p, t, **TOLERANCE[torch.float32], msg=lambda m: f"step {step}, param {index}: {m}")
+        assert all(params[i].grad is flat._grad_views[i] for i in replaced | repointed), "the views are back"
+    for index in (4500, 3100):
+        params[index].data = params[index].data.clone()
+    with pytest.raises(RuntimeError, match=r"param 3100 \(shape \(3,\)\) no longer views the optimizer's flat buffer"):
+        opt.step()
+
+
 class Branchy(torch.nn.Module):
     """A side branch used every other step and a layer never used: their grads stay None under
     ``model.zero_grad()``, so torch skips them (weight decay would move them if they were stepped)."""
