@@ -103,9 +103,10 @@ bool check_state_steps(const py::list& steps) {
 // a step finds them evicted (on the CPU its kernel streams the buffers through every cache), those misses
 // are the whole cost, so the loop is built to overlap them: one pass per link of that pointer chain, whose
 // loads do not wait on each other, and the passes below the Python objects split across threads (they touch
-// no Python object). 4096 params, this project's Xeon, 2 threads: one loop through TensorImpl::grad() took 63
-// us warm and 260 us with the objects evicted; this takes 33 and about 185. Software prefetch 16 params
-// ahead in every pass measured the same (182-213 us evicted), so there is none.
+// no Python object). 4096 params, this project's Xeon, 2 threads: the one loop through TensorImpl::grad() this
+// replaced took 74-82 us warm and 191-196 us with the objects evicted; this takes 32 and 181 (evicted, the
+// misses still dominate: about 8 lines a param). Software prefetch 16 params ahead in every pass measured the
+// same (182-213 us evicted), so there is none.
 constexpr int64_t kFlatCheckGrain = 1024;  // params per thread: below 2048 one thread does it all
 
 std::tuple<int64_t, std::vector<int64_t>, std::vector<int64_t>> flat_view_status(const py::list& params,
