@@ -94,21 +94,43 @@ bool check_state_steps(const py::list& steps) {
 // The flat buffers' per-step check (adadelta_fused/flat.py). ``expected`` holds, per param, its storage
 // offset in ``buffer`` (and its grad's in ``grad_buffer``) and the address of the TensorImpl of the grad view
 // the optimizer gave it (kept alive by the optimizer, so no other tensor can take that address; its storage
-// is compared too, since ``grad.data = x`` keeps the TensorImpl). Returns the first param that no longer
-// views the buffer (-1: none), the params whose grad is None, and those whose grad is another tensor (new
-// from autograd, a DDP bucket view, sparse).
-//
-// Identity and offset compares only, but over four objects per param that torch allocated one by one: the
-// Python object, the param's TensorImpl, its AutogradMeta, the grad's TensorImpl (about 8 cache lines). Where
-// a step finds them evicted (on the CPU its kernel streams the buffers through every cache), those misses
-// are the whole cost, so the loop is built to overlap them: one pass per link of that pointer chain, whose
-// loads do not wait on each other, and the passes below the Python objects split across threads (they touch
-// no Python object). 4096 params, this project's Xeon, 2 threads: the one loop through TensorImpl::grad() this
-// replaced took 74-82 us warm and 191-196 us with the objects evicted; this takes 32 and 181 (evicted, the
-// misses still dominate: about 8 lines a param). Software prefetch 16 params ahead in every pass measured the
-// same (182-213 us evicted), so there is none.
-constexpr int64_t kFlatCheckGrain = 1024;  // params per thread: below 2048 one thread does it all
+// is compared too, since ``grad.data = x`` keeps the TensorImpl).
+enum class ViewStatus : uint8_t { kViews, kMoved, kMissing, kForeign };
 
+struct FlatViews {
+  const c10::StorageImpl* storage;
+  const c10::StorageImpl* grad_storage;
+  const int64_t* expected;
+
+  bool views(const c10::TensorImpl* t, const c10::StorageImpl* s, int64_t index) const {
+    return t->has_storage() && t->storage().unsafeGetStorageImpl() == s && t->storage_offset() == expected[2 * index];
+  }
+
+  ViewStatus of(const c10::TensorImpl* param, int64_t index) const {
+    if (!views(param, storage, index)) return ViewStatus::kMoved;
+    // What TensorImpl::grad() returns, without its virtual call: AutogradMeta's grad_ (as in
+    // torch::autograd::impl::get_autograd_meta, AutogradMeta is the only AutogradMetaInterface torch makes).
+    const auto* meta = static_cast<const torch::autograd::AutogradMeta*>(param->autograd_meta());
+    if (meta == nullptr || !meta->grad_.defined()) return ViewStatus::kMissing;
+    const c10::TensorImpl* grad = meta->grad_.unsafeGetTensorImpl();
+    if (reinterpret_cast<int64_t>(grad) != expected[2 * index + 1] || !views(grad, grad_storage, index)) {
+      return ViewStatus::kForeign;
+    }
+    return ViewStatus::kViews;
+  }
+};
+
+// Identity and offset compares only, over four objects per param that torch allocated one by one (the Python
+// object, the param's TensorImpl and AutogradMeta, the grad's TensorImpl): where a step finds them evicted,
+// their cache misses are the cost. With CPU buffers and more than one thread, the params are split across
+// the threads, whose misses then overlap: 4096 params, this project's Xeon, flatten=True's host cost per
+// param in the benchmark 0.101 -> 0.073-0.074 us (bench/results/flat-view-check-20261203/). Otherwise one
+// pass on the caller's thread: a GPU step is host-bound, and a parallel region every step would compete with
+// the host threads that feed the GPU (and torchrun's default is one thread a process).
+constexpr int64_t kFlatCheckGrain = 1024;  // at::parallel_for splits a longer list, at most one share a thread
+
+// Returns the first param that no longer views the buffer (-1: none), and before it the params whose grad
+// is None and those whose grad is another tensor (new from autograd, a DDP bucket view, sparse).
 std::tuple<int64_t, std::vector<int64_t>, std::vector<int64_t>> flat_view_status(const py::list& params,
                                                                                 const at::Tensor& buffer,
                                                                                 const at::Tensor& grad_buffer,
@@ -117,53 +139,46 @@ std::tuple<int64_t, std::vector<int64_t>, std::vector<int64_t>> flat_view_status
   TORCH_CHECK(expected.scalar_type() == at::kLong && expected.is_cpu() && expected.is_contiguous() &&
                   expected.dim() == 2 && expected.size(0) == n && expected.size(1) == 2,
               "flat_view_status: expected must be a contiguous CPU int64 tensor of shape (", n, ", 2)");
-  const c10::StorageImpl* storage = buffer.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl();
-  const c10::StorageImpl* grad_storage = grad_buffer.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl();
-  const int64_t* want = expected.const_data_ptr<int64_t>();
-  const auto views = [&](const c10::TensorImpl* t, const c10::StorageImpl* s, int64_t index) {
-    return t->has_storage() && t->storage().unsafeGetStorageImpl() == s && t->storage_offset() == want[2 * index];
-  };
-  // Python objects -> TensorImpls, holding the GIL (THPVariable_Check may call into Python for a subclass).
-  PyObject* const* items = reinterpret_cast<PyListObject*>(params.ptr())->ob_item;
-  std::vector<const c10::TensorImpl*> impls(n);
-  for (int64_t index = 0; index < n; ++index) {
-    TORCH_CHECK_TYPE(THPVariable_Check(items[index]), "flat_view_status: params[", index, "] is not a tensor");
-    impls[index] = THPVariable_Unpack(items[index]).unsafeGetTensorImpl();
-  }
-  enum Status : uint8_t { kViews, kMoved, kMissing, kForeign };
-  std::vector<uint8_t> status(n, kViews);
-  std::vector<const torch::autograd::AutogradMeta*> metas(n);
-  std::vector<const c10::TensorImpl*> grads(n);
-  at::parallel_for(0, n, kFlatCheckGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t index = begin; index < end; ++index) {
-      if (!views(impls[index], storage, index)) {
-        status[index] = kMoved;
-        continue;
-      }
-      // AutogradMeta is the only AutogradMetaInterface torch makes; none: the param has no grad.
-      metas[index] = static_cast<const torch::autograd::AutogradMeta*>(impls[index]->autograd_meta());
-    }
-    // What TensorImpl::grad() reads (AutogradMeta's grad_), without its two calls.
-    for (int64_t index = begin; index < end; ++index) {
-      const torch::autograd::AutogradMeta* meta = metas[index];
-      if (meta != nullptr && meta->grad_.defined()) grads[index] = meta->grad_.unsafeGetTensorImpl();
-    }
-    for (int64_t index = begin; index < end; ++index) {
-      const c10::TensorImpl* grad = grads[index];
-      if (status[index] == kMoved) continue;
-      if (grad == nullptr) {
-        status[index] = kMissing;
-      } else if (reinterpret_cast<int64_t>(grad) != want[2 * index + 1] || !views(grad, grad_storage, index)) {
-        status[index] = kForeign;
-      }
-    }
-  });
+  const FlatViews flat{buffer.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl(),
+                       grad_buffer.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl(),
+                       expected.const_data_ptr<int64_t>()};
   std::vector<int64_t> missing, foreign;
-  for (int64_t index = 0; index < n; ++index) {
-    if (status[index] == kMoved) return {index, {}, {}};
-    if (status[index] == kMissing) missing.push_back(index);
-    if (status[index] == kForeign) foreign.push_back(index);
+  const auto tally = [&](ViewStatus status, int64_t index) {
+    if (status == ViewStatus::kMissing) missing.push_back(index);
+    if (status == ViewStatus::kForeign) foreign.push_back(index);
+    return status == ViewStatus::kMoved;
+  };
+  const auto not_a_tensor = [](int64_t index) {
+    TORCH_CHECK_TYPE(false, "flat_view_status: params[", index, "] is not a tensor");
+  };
+  if (!buffer.is_cpu() || at::get_num_threads() == 1 || n <= kFlatCheckGrain) {
+    int64_t index = 0;
+    for (const py::handle item : params) {
+      if (!THPVariable_Check(item.ptr())) not_a_tensor(index);
+      if (tally(flat.of(THPVariable_Unpack(item.ptr()).unsafeGetTensorImpl(), index), index)) {
+        return {index, missing, foreign};
+      }
+      ++index;
+    }
+    return {-1, missing, foreign};
   }
+  // The TensorImpls up to the first item that is not a tensor, read holding the GIL (THPVariable_Check may
+  // call into Python for a subclass); the threads then touch no Python object.
+  std::vector<const c10::TensorImpl*> impls;
+  impls.reserve(size_t(n));
+  for (const py::handle item : params) {
+    if (!THPVariable_Check(item.ptr())) break;
+    impls.push_back(THPVariable_Unpack(item.ptr()).unsafeGetTensorImpl());
+  }
+  const int64_t tensors = int64_t(impls.size());
+  std::vector<ViewStatus> statuses(impls.size());
+  at::parallel_for(0, tensors, kFlatCheckGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end; ++index) statuses[size_t(index)] = flat.of(impls[size_t(index)], index);
+  });
+  for (int64_t index = 0; index < tensors; ++index) {
+    if (tally(statuses[size_t(index)], index)) return {index, missing, foreign};
+  }
+  if (tensors < n) not_a_tensor(tensors);
   return {-1, missing, foreign};
 }
 

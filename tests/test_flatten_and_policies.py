@@ -124,53 +124,70 @@ def test_broken_views_are_detected():
         opt.step()
 
 
-def test_the_view_check_over_thousands_of_params_finds_every_change_and_steps_like_torch(monkeypatch):
-    """5000 params, which the native check splits across threads: grads set to None, replaced, or re-pointed
-    (``grad.data = x``) anywhere among them are found exactly as the Python check finds them, the step equals
-    torch's side by side, and the first of several params that left the buffer is the one named."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_view_check_over_thousands_of_params_finds_every_change_and_steps_like_torch(monkeypatch, threads):
+    """5000 params, which the native check splits across threads where it has more than one: grads set to
+    None, replaced, or re-pointed (``grad.data = x``) on both sides of every boundary between the threads'
+    shares are found exactly as the Python check finds them, the step equals torch's side by side, and the
+    first of several params that left the buffer is the one named, with the changes before it."""
     from adadelta_fused import _extension, flat as flat_module
 
     n, lr = 5000, 0.5
+    # at::parallel_for gives each of k threads ceil(n / k) params, k at most ceil(n / 1024) = 5.
+    boundaries = sorted({share * part for k in (2, 3, 4, 5) for share in [-(-n // k)] for part in range(1, k)})
+    changed = sorted({index for b in boundaries for index in (b - 1, b)} | {0, 7, n - 1})
+    missing, replaced, repointed = (set(changed[kind::3]) for kind in range(3))
     params = [torch.nn.Parameter(torch.randn(3)) for _ in range(n)]
     twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
     opt = Adadelta(params, flatten=True, lr=lr)
     torch_opt = torch.optim.Adadelta(twins, lr=lr)
     flat = opt._flat_groups[0][0]
-    missing, replaced, repointed = {7, 2047, 2048, 4999}, {0, 1024, 3000}, {2049, 4096}
 
     def status(native):
         if not native:
             monkeypatch.setattr(_extension, "module", lambda: None)
         try:
-            return flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views)
+            found = flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views)
         finally:
             monkeypatch.undo()
+        return found[0], list(found[1]), list(found[2])
 
-    for step in range(3):
-        for index, (p, t) in enumerate(zip(params, twins)):
-            grad = torch.randn(3)
-            t.grad = None if index in missing else grad
-            if index in missing:
-                p.grad = None
-            elif index in replaced:
-                p.grad = grad.clone()
-            elif index in repointed:
-                p.grad.data = grad.clone()
-            else:
-                p.grad.copy_(grad)
-        expected = (-1, sorted(missing), sorted(replaced | repointed))
-        assert tuple(status(native=False)) == expected
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for step in range(3):
+            for index, (p, t) in enumerate(zip(params, twins)):
+                grad = torch.randn(3)
+                t.grad = None if index in missing else grad
+                if index in missing:
+                    p.grad = None
+                elif index in replaced:
+                    p.grad = grad.clone()
+                elif index in repointed:
+                    p.grad.data = grad.clone()
+                else:
+                    p.grad.copy_(grad)
+            expected = (-1, sorted(missing), sorted(replaced | repointed))
+            assert status(native=False) == expected
+            if _extension.module() is not None:
+                assert status(native=True) == expected
+            opt.step()
+            torch_opt.step()
+            for index, (p, t) in enumerate(zip(params, twins)):
+                torch.testing.assert_close(p, t, **TOLERANCE[torch.float32], msg=lambda m: f"step {step}, param {index}: {m}")
+            assert all(params[i].grad is flat._grad_views[i] for i in replaced | repointed), "the views are back"
+        moved = boundaries[-1]
+        for index in (moved + 1, moved):
+            params[index].data = params[index].data.clone()
+        params[3].grad = None
+        before = (moved, sorted({3} | {i for i in missing if i < moved}), [])
+        assert status(native=False) == before
         if _extension.module() is not None:
-            assert tuple(status(native=True)) == expected
-        opt.step()
-        torch_opt.step()
-        for index, (p, t) in enumerate(zip(params, twins)):
-            torch.testing.assert_close(p, t, **TOLERANCE[torch.float32], msg=lambda m: f"step {step}, param {index}: {m}")
-        assert all(params[i].grad is flat._grad_views[i] for i in replaced | repointed), "the views are back"
-    for index in (4500, 3100):
-        params[index].data = params[index].data.clone()
-    with pytest.raises(RuntimeError, match=r"param 3100 \(shape \(3,\)\) no longer views the optimizer's flat buffer"):
-        opt.step()
+            assert status(native=True) == before
+        with pytest.raises(RuntimeError, match=rf"param {moved} \(shape \(3,\)\) no longer views the optimizer's flat"):
+            opt.step()
+    finally:
+        torch.set_num_threads(default_threads)
 
 
 class Branchy(torch.nn.Module):
