@@ -63,10 +63,11 @@ def test_fp32_matches_reference_over_100_steps(generator):
     assert_groups_equal(actual, expected)
 
 
-@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("pair", [pair for pair in DTYPE_PAIRS if pair[0] in (torch.bfloat16, torch.float16)], ids=dtype_id)
 @pytest.mark.parametrize("grad_mode", list(GradMode))
-def test_master_weights(cpu_isa, param_dtype, grad_mode, generator):
-    group = random_group((4097, 1023), param_dtype, torch.float32, generator, master=True)
+def test_master_weights(cpu_isa, pair, grad_mode, generator):
+    param_dtype, state_dtype = pair
+    group = random_group((4097, 1023), param_dtype, state_dtype, generator, master=True)
     actual, expected = run_both(group, scalars_for("weight_decay", grad_mode=grad_mode))
     assert_groups_equal(actual, expected)
     for param, master in zip(actual[0], actual[4]):

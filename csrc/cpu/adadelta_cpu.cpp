@@ -14,6 +14,7 @@
 #include "../op_host.h"
 #include "cpu_isa.h"
 #include "float_lanes.h"
+#include "prefetch.h"
 #include "tile_convert.h"
 
 namespace adadelta_fused {
@@ -32,6 +33,17 @@ struct Chunk {
   int64_t end;
   uint32_t tensor_key;
 };
+
+// The buffers' lines kPrefetchBytes past the `count` elements from `first` (prefetch.h).
+template <typename ParamT, typename StateT>
+__attribute__((always_inline)) inline void prefetch_chunk_ahead(const Chunk<ParamT, StateT>& c, int64_t first,
+                                                                int64_t count) {
+  prefetch_ahead(c.param + first, count);
+  prefetch_ahead(c.grad + first, count);
+  prefetch_ahead(c.square_avg + first, count);
+  prefetch_ahead(c.acc_delta + first, count);
+  if (c.master != nullptr) prefetch_ahead(c.master + first, count);
+}
 
 // The element loop. GCC vectorizes it once it is inlined into a function with a target ISA: the update
 // is branch-free per element, and the flags it tests are loop-invariant (unswitched at -O3).
@@ -110,6 +122,7 @@ __attribute__((always_inline)) inline void update_chunk_staged(const Chunk<Param
   alignas(64) float acc_delta[kTileElements];
   for (int64_t first = c.begin; first < c.end; first += kTileElements) {
     const int n = int(std::min<int64_t>(kTileElements, c.end - first));
+    prefetch_chunk_ahead(c, first, n);
     // With master weights the param is written, never read.
     float* const param_tile = kHasMaster ? param : widen_tile<kConversion>(c.param + first, param, n);
     const Chunk<float, float> tile{param_tile,
@@ -185,6 +198,7 @@ __attribute__((always_inline)) inline void update_chunk_lanes(const Chunk<P, S>&
   float* __restrict__ master = c.master;
   int64_t i = c.begin;
   for (; i + kFloatLanes <= c.end; i += kFloatLanes) {
+    prefetch_chunk_ahead(c, i, kFloatLanes);
     const UpdatedValues<FloatLanes> u = update_lanes<kScaled, kMode, kMaster>(
         param + i, grad + i, kMaster ? master + i : nullptr, load_lanes(square_avg + i), load_lanes(acc_delta + i), s);
     store_lanes(square_avg + i, u.square_avg);
@@ -196,13 +210,16 @@ __attribute__((always_inline)) inline void update_chunk_lanes(const Chunk<P, S>&
   update_chunk<P, S, kMode, kMaster, kScaled>(tail, s);
 }
 
-// The lanes where float_lanes_run, for fp32 math without bf16 state (RunCpu::run), except a stochastically
-// rounded bf16 param (its noise hash is GCC's loop's). With bf16 state, GCC's loop is faster: its
-// two bf16 stores per element (four integer operations, a NaN select and a 2-uop vpmovdw each) keep the two
-// vector ports busy, so the roots are better left on the divider. One core, fp32 math, 32 Ki elements in L2, ns
-// per element, GCC's loop -> lanes: fp32 0.57 -> 0.40, fp16 0.84 -> 0.62, fp16 with fp32 master 0.80 -> 0.62,
-// bf16 params with fp32 state 0.61 -> 0.53, fp16 params with fp32 state 0.66 -> 0.49; kept: bf16 0.62 (lanes
-// 0.72), bf16 with fp32 master 0.63 (0.72), fp32 params with bf16 state 0.60 (0.62).
+// The lanes where float_lanes_run, for fp32 math (RunCpu::run) except all-bf16 steps (bf16 params and state
+// without a master copy) and a stochastically rounded bf16 param (its noise hash is GCC's loop's). One core,
+// fp32 math, 32 Ki elements in L2, ns per element, GCC's loop -> lanes: fp32 0.57 -> 0.40, fp16 0.84 -> 0.62,
+// fp16 with fp32 master 0.80 -> 0.62, bf16 params with fp32 state 0.61 -> 0.53, fp16 params with fp32 state
+// 0.66 -> 0.49. With bf16 state the lanes are slower in cache, as their two bf16 stores per element (four
+// integer operations, a NaN select and a 2-uop vpmovdw each) keep the two vector ports busy: bf16 0.62 ->
+// 0.72, bf16 with fp32 master 0.63 -> 0.72, fp32 params with bf16 state 0.60 -> 0.62. From memory the lanes'
+// prefetch wins (prefetch.h; 32 Mi elements, 2 threads: bf16 with fp32 master 20.2-20.8 -> 17.0-17.1 ms, fp32
+// params with bf16 state 21.1-21.8 -> 16.2-16.8), except for the all-bf16 step, whose 14 bytes an element
+// leave it bound by its arithmetic either way.
 template <typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
 __attribute__((flatten, target("avx512f,avx512bw,avx512vl,avx512dq,fma,bmi2,f16c,prefer-vector-width=512"))) void
 update_chunk_avx512_lanes(const Chunk<P, S>& c, const StepScalars<float>& s) {
@@ -210,8 +227,8 @@ update_chunk_avx512_lanes(const Chunk<P, S>& c, const StepScalars<float>& s) {
   update_chunk_vector<TileConversion::kAvx512, P, S, kMode, kMaster, kScaled>(c, s);
 }
 
-template <typename P, typename S>
-constexpr bool kLanesApply = std::is_same_v<math_t<P>, float> && !is_bf16_v<S>;
+template <typename P, typename S, bool kMaster>
+constexpr bool kLanesApply = std::is_same_v<math_t<P>, float> && !(is_bf16_v<P> && is_bf16_v<S> && !kMaster);
 
 // Instantiated for fp16 configurations only: elsewhere avx2_f16c runs the avx2 code, which is the same.
 template <typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
@@ -285,7 +302,7 @@ struct RunCpu {
     const CpuIsa isa = current_cpu_isa();
     if (isa == CpuIsa::kAvx512) {
       update = &update_chunk_avx512<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
-      if constexpr (kLanesApply<ParamT, StateT>) {
+      if constexpr (kLanesApply<ParamT, StateT, kHasMaster>) {
         if (float_lanes_run()) update = &update_chunk_avx512_lanes<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
       }
     }

@@ -16,6 +16,7 @@
 #include "../quantized_state.h"
 #include "cpu_isa.h"
 #include "float_lanes.h"
+#include "prefetch.h"
 
 namespace adadelta_fused {
 namespace {
@@ -118,12 +119,6 @@ __attribute__((always_inline)) inline void update_block(ParamT* param, ParamT* g
 // poorly: 32 Mi fp32 params, this project's Xeon, 34 ms a step on two threads without, 25 with (GCC's loop; the
 // lanes then take it to 19.5), 63 -> 38 ms on one. Two to eight blocks ahead time the same.
 constexpr int64_t kPrefetchBlocks = 4;
-
-template <typename T>
-__attribute__((always_inline)) inline void prefetch_lines(const T* begin, int64_t bytes) {
-  const char* p = reinterpret_cast<const char*>(begin);
-  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
-}
 
 template <typename ParamT>
 __attribute__((always_inline)) inline void prefetch_block(const QuantizedChunk<ParamT>& c, int64_t first) {
