@@ -124,9 +124,9 @@ struct FlatViews {
 // object, the param's TensorImpl and AutogradMeta, the grad's TensorImpl): where a step finds them evicted,
 // their cache misses are the cost. With CPU buffers and more than one thread, the params are split across
 // the threads, whose misses then overlap: 4096 params, this project's Xeon, flatten=True's host cost per
-// param in the benchmark 0.101 -> 0.073-0.074 us (bench/results/flat-view-check-20261203/). Otherwise one
-// pass on the caller's thread: a GPU step is host-bound, and a parallel region every step would compete with
-// the host threads that feed the GPU (and torchrun's default is one thread a process).
+// param in the benchmark 0.089 -> 0.068 us on two threads (bench/results/flat-view-check-20261203/).
+// Otherwise one pass on the caller's thread: a GPU step is host-bound, and a parallel region every step would
+// compete with the host threads that feed the GPU (and torchrun's default is one thread a process).
 constexpr int64_t kFlatCheckGrain = 1024;  // at::parallel_for splits a longer list, at most one share a thread
 
 // Returns the first param that no longer views the buffer (-1: none), and before it the params whose grad
