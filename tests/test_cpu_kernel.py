@@ -65,10 +65,12 @@ def test_fp32_matches_reference_over_100_steps(generator):
 
 @pytest.mark.parametrize("pair", [pair for pair in DTYPE_PAIRS if pair[0] in (torch.bfloat16, torch.float16)], ids=dtype_id)
 @pytest.mark.parametrize("grad_mode", list(GradMode))
-def test_master_weights(cpu_isa, pair, grad_mode, generator):
+@pytest.mark.parametrize("grad_scale", [None, 3.0], ids=["unscaled", "grad-scale"])
+def test_master_weights(cpu_isa, pair, grad_mode, grad_scale, generator):
     param_dtype, state_dtype = pair
     group = random_group((4097, 1023), param_dtype, state_dtype, generator, master=True)
-    actual, expected = run_both(group, scalars_for("weight_decay", grad_mode=grad_mode))
+    scale = None if grad_scale is None else torch.tensor(grad_scale)
+    actual, expected = run_both(group, scalars_for("weight_decay", grad_mode=grad_mode, grad_scale=scale))
     assert_groups_equal(actual, expected)
     for param, master in zip(actual[0], actual[4]):
         assert torch.equal(param, master.to(param_dtype)), "the param must be the rounded master copy"

@@ -168,7 +168,7 @@ def test_bf16_rounding_modes_give_the_baseline_bits(cpu_isa, state_dtype, stocha
     _assert_nans_canonical(actual, scalars)
 
 
-@pytest.mark.parametrize("state_dtype", [F32, "param"])
+@pytest.mark.parametrize("state_dtype", [F32, BF16, "param"])
 @pytest.mark.parametrize("param_dtype", [BF16, F16])
 def test_master_copy_rounds_like_torch_at_every_edge(cpu_isa, param_dtype, state_dtype, generator):
     """lr = 0 leaves the master as it is, so the param is exactly its rounded copy: at every tie, the

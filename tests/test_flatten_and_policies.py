@@ -184,6 +184,15 @@ def test_the_view_check_over_thousands_of_params_finds_every_change_and_steps_li
         assert status(native=False) == before
         if _extension.module() is not None:
             assert status(native=True) == before
+        ext = _extension.module()
+        if ext is not None:
+            # An item that is not a tensor: after the moved param it changes nothing, before it it is named.
+            items = list(flat.params)
+            items[moved + 2] = "not a tensor"
+            assert ext.flat_view_status(items, flat.param, flat.grad, flat._expected)[0] == moved
+            items[2] = "not a tensor"
+            with pytest.raises(TypeError, match=r"params\[2\] is not a tensor"):
+                ext.flat_view_status(items, flat.param, flat.grad, flat._expected)
         with pytest.raises(RuntimeError, match=rf"param {moved} \(shape \(3,\)\) no longer views the optimizer's flat"):
             opt.step()
     finally:

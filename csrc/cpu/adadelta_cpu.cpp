@@ -217,9 +217,9 @@ __attribute__((always_inline)) inline void update_chunk_lanes(const Chunk<P, S>&
 // 0.66 -> 0.49. With bf16 state the lanes are slower in cache, as their two bf16 stores per element (four
 // integer operations, a NaN select and a 2-uop vpmovdw each) keep the two vector ports busy: bf16 0.62 ->
 // 0.72, bf16 with fp32 master 0.63 -> 0.72, fp32 params with bf16 state 0.60 -> 0.62. From memory the lanes'
-// prefetch wins (prefetch.h; 32 Mi elements, 2 threads: bf16 with fp32 master 20.2-20.8 -> 17.0-17.1 ms, fp32
-// params with bf16 state 21.1-21.8 -> 16.2-16.8), except for the all-bf16 step, whose 14 bytes an element
-// leave it bound by its arithmetic either way.
+// prefetch wins (prefetch.h; 32 Mi elements, 2 threads, bench/results/prefetch-20261203/: bf16 with fp32 master
+// 18.1-18.5 -> 16.4-16.6 ms, fp32 params with bf16 state 21.1-21.8 -> 16.2-16.8 in sweeps.md there), except
+// for the all-bf16 step, whose 14 bytes an element leave it bound by its arithmetic either way.
 template <typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
 __attribute__((flatten, target("avx512f,avx512bw,avx512vl,avx512dq,fma,bmi2,f16c,prefer-vector-width=512"))) void
 update_chunk_avx512_lanes(const Chunk<P, S>& c, const StepScalars<float>& s) {
