@@ -42,6 +42,14 @@ ADF_HOST_DEVICE double square_root(double v) {
 #endif
 }
 
+// A vector executor may take a square root on another unit than its others (cpu/float_lanes.h runs them on the FMA
+// ports or on the divider, to balance the two against the rest of a kernel's work); a value on its own, on the
+// CPU or a GPU, has one square root, and the unit never changes the bits.
+template <bool kOnDivider, typename V>
+ADF_HOST_DEVICE V square_root_on(V v) {
+  return square_root(v);
+}
+
 // What the step does to the gradient buffer; the values are the op's grad_mode (contract.GradMode).
 enum class GradMode : int { kKeep = 0, kUnscale = 1, kZero = 2 };
 
@@ -115,7 +123,8 @@ struct UpdatedValues {
 // way). On a CPU the update's divisions and square roots share one divider (with GCC's loop, two divisions and
 // two roots per element: ~1.5 G elements/s per Zen 4 core), so the CPU kernel instantiates both and skips the
 // division when no grad_scale is given; a GPU's arithmetic is far ahead of its bandwidth, and it always divides.
-template <bool kScaled, typename V, typename M>
+// kAccRootOnDivider: where a vector executor takes acc_delta's root (square_root_on).
+template <bool kScaled, bool kAccRootOnDivider = false, typename V, typename M>
 ADF_HOST_DEVICE UpdatedValues<V> adadelta_values(V g, V p, V sq, V acc, const StepScalars<M>& s) {
   if constexpr (kScaled) g = g / V(s.grad_scale);
   const V unscaled = g;
@@ -124,7 +133,7 @@ ADF_HOST_DEVICE UpdatedValues<V> adadelta_values(V g, V p, V sq, V acc, const St
   g = s.decays != M(0) ? V(decayed) : V(g);  // prvalues: between two lvalues GCC selects an address (spills)
   sq = fused_multiply_add(V(s.one_minus_rho) * g, g, sq * V(s.rho));  // square_avg.mul_(rho).addcmul_(g, g, 1 - rho)
   const V std_dev = square_root(sq + V(s.eps));                      // square_avg.add(eps).sqrt_()
-  V delta = square_root(acc + V(s.eps));                             // acc_delta.add(eps).sqrt_()
+  V delta = square_root_on<kAccRootOnDivider>(acc + V(s.eps));      // acc_delta.add(eps).sqrt_()
   delta = delta / std_dev * g;                                       // delta.div_(std).mul_(grad)
   acc = fused_multiply_add(V(s.one_minus_rho) * delta, delta, acc * V(s.rho));  // acc_delta.mul_(rho).addcmul_(...)
   p = fused_multiply_add(V(s.neg_lr), delta, p);                     // param.add_(delta, alpha=-lr)

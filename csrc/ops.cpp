@@ -267,6 +267,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "False: run GCC's loops at the AVX-512 level even where the lanes are exact (tests, benchmarks)");
   m.def("float_lanes_root_mismatches", &adadelta_fused::float_lanes_root_mismatches,
         "how many of `count` fp32 bit patterns from `first` the lanes' square root gets wrong (tests)");
+  m.def("float_lanes_bf16_mismatches", &adadelta_fused::float_lanes_bf16_mismatches,
+        "for tests: bf16 patterns the lanes' instruction or stochastic store rounds unlike the scalar store");
   m.def("plan_launches", &plan_launches, "the multi-tensor walk's launches for tensors of these sizes");
   adadelta_fused::register_python_calls(m);
   m.attr("chunk_elements") = adadelta_fused::kChunkElements;

@@ -9,34 +9,37 @@
 namespace adadelta_fused {
 
 // A 32-bit integer finalizer with low bias (two multiply-xorshift rounds): every output bit depends on
-// every input bit, which is all the 16 noise bits below need.
-ADF_HOST_DEVICE uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7FEB352Du;
-  x ^= x >> 15;
-  x *= 0x846CA68Bu;
-  x ^= x >> 16;
+// every input bit, which is all the 16 noise bits below need. U is uint32_t, or 16 lanes of it (the AVX-512 CPU
+// kernel's UintLanes, cpu/float_lanes.h), which run these lines.
+template <typename U>
+ADF_HOST_DEVICE U mix32(U x) {
+  x = x ^ (x >> 16);
+  x = x * U(0x7FEB352Du);
+  x = x ^ (x >> 15);
+  x = x * U(0x846CA68Bu);
+  x = x ^ (x >> 16);
   return x;
 }
 
 // Hoisted out of the element loop: depends only on the step's key and the tensor's position in the op.
 ADF_HOST_DEVICE uint32_t rounding_tensor_key(uint32_t step_key, int64_t tensor_index) {
-  return mix32(step_key ^ (uint32_t(tensor_index) * 0x9E3779B9u));
+  return mix32<uint32_t>(step_key ^ (uint32_t(tensor_index) * 0x9E3779B9u));
 }
 
 // The noise's two hash rounds, the first keyed by the index's high word and the second by its low word.
 // They are separate so that the CPU kernel can run the first once per chunk or tile
 // (AdadeltaElement::update_hoisted, cpu/tile_convert.h): per element, one round instead of two.
 ADF_HOST_DEVICE uint32_t rounding_noise_high(uint32_t tensor_key, int64_t index) {
-  return mix32(tensor_key ^ uint32_t(uint64_t(index) >> 32));
+  return mix32<uint32_t>(tensor_key ^ uint32_t(uint64_t(index) >> 32));
 }
 
-ADF_HOST_DEVICE uint32_t rounding_noise_low(uint32_t high, uint32_t index_low) {
-  return mix32(high ^ index_low) & 0xFFFFu;
+template <typename U>
+ADF_HOST_DEVICE U rounding_noise_low(U high, U index_low) {
+  return mix32(high ^ index_low) & U(0xFFFFu);
 }
 
 ADF_HOST_DEVICE uint32_t rounding_noise(uint32_t tensor_key, int64_t index) {
-  return rounding_noise_low(rounding_noise_high(tensor_key, index), uint32_t(uint64_t(index)));
+  return rounding_noise_low<uint32_t>(rounding_noise_high(tensor_key, index), uint32_t(uint64_t(index)));
 }
 
 // fp32 -> bf16 rounding up with probability equal to the dropped fraction: add 16 random bits under the

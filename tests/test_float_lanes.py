@@ -1,4 +1,5 @@
-"""The AVX-512 float lanes' square root (csrc/cpu/float_lanes.h): vsqrtps's bits on every fp32 input.
+"""The AVX-512 float lanes (csrc/cpu/float_lanes.h): their square root gives vsqrtps's bits, and their bf16 stores
+give the scalar stores' bits, on every fp32 input.
 
 The CPU kernels' lanes take square roots through rsqrt14, one Newton step and one correction on the FMA ports.
 That this rounds as the IEEE square root does is checked, not derived, so the check here is exhaustive: all
@@ -48,3 +49,22 @@ def test_partial_vectors_and_vectors_mixing_fast_and_fallback_lanes(ext, first, 
 def test_count_out_of_range_is_refused(ext, count):
     with pytest.raises(ValueError, match=f"count must be in \\[0, 2\\^32\\], got {count}"):
         ext.float_lanes_root_mismatches(0, count)
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["vcvtneps2bf16-nearest", "stochastic"])
+def test_the_bf16_lane_stores_give_the_scalar_bits_on_every_input(ext, stochastic):
+    """vcvtneps2bf16 keeps a NaN's payload and treats subnormal inputs as zero, where torch writes 0x7FC0 and rounds
+    the subnormal; the lanes' store patches both (every NaN, subnormal, tie, overflow to inf and +-0 is among the
+    2^32 inputs). The stochastic store runs rounding.h's noise hash in 16 lanes, with each pattern as its index."""
+    if not stochastic and "avx512_bf16" not in ext.supported_cpu_isas():
+        pytest.skip("this CPU lacks AVX512_BF16: the avx512_bf16 level and its instruction store never run")
+    assert ext.float_lanes_bf16_mismatches(0, 2**32, stochastic) == 0
+
+
+@pytest.mark.parametrize("first,count", [(0x7F7FFFF0, 33), (0xFFFFFFF8, 9), (0x007FFFFF, 1)])
+def test_the_bf16_check_counts_exactly_the_asked_patterns(ext, first, count):
+    """A last, partial block counts only its asked patterns, across the largest float, inf and NaN, and the wrap
+    to +0: a check that counted other patterns could hide a mismatch or report one that is not there."""
+    stochastic = "avx512_bf16" not in ext.supported_cpu_isas()
+    one_by_one = sum(ext.float_lanes_bf16_mismatches((first + k) % 2**32, 1, stochastic) for k in range(count))
+    assert ext.float_lanes_bf16_mismatches(first, count, stochastic) == one_by_one == 0

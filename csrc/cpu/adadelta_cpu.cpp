@@ -20,7 +20,8 @@
 namespace adadelta_fused {
 namespace {
 
-constexpr CpuIsa kAllIsas[] = {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx2F16c, CpuIsa::kAvx512};
+constexpr CpuIsa kAllIsas[] = {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx2F16c, CpuIsa::kAvx512,
+                               CpuIsa::kAvx512Bf16};
 
 template <typename ParamT, typename StateT>
 struct Chunk {
@@ -185,50 +186,78 @@ update_chunk_avx512(const Chunk<P, S>& c, const StepScalars<math_t<P>>& s) {
   update_chunk_vector<TileConversion::kAvx512, P, S, kMode, kMaster, kScaled>(c, s);
 }
 
-// The update of fp32 math in 16-lane vectors (float_lanes.h): every storage type, rounding to nearest; the
+// The update of fp32 math in 16-lane vectors (float_lanes.h): every storage type, rounding as kOptions says; the
 // chunk's last n % 16 elements take the scalar update, whose operations round as the lanes' do.
-template <typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
+template <LaneOptions kOptions, typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
 __attribute__((always_inline)) inline void update_chunk_lanes(const Chunk<P, S>& c, const StepScalars<float>& scalars) {
   StepScalars<float> s = scalars;  // local copies: stores through the buffers cannot alias them
-  s.stochastic_mask = 0;
+  if constexpr (!kOptions.stochastic_param) s.stochastic_mask = 0;
   P* __restrict__ param = c.param;
   P* __restrict__ grad = c.grad;
   S* __restrict__ square_avg = c.square_avg;
   S* __restrict__ acc_delta = c.acc_delta;
   float* __restrict__ master = c.master;
+  // The noise's first hash round, as update_chunk hoists it: the chunk never straddles a multiple of 2^32.
+  const uint32_t noise_high = kOptions.stochastic_param ? rounding_noise_high(c.tensor_key, c.begin) : 0u;
   int64_t i = c.begin;
   for (; i + kFloatLanes <= c.end; i += kFloatLanes) {
     prefetch_chunk_ahead(c, i, kFloatLanes);
-    const UpdatedValues<FloatLanes> u = update_lanes<kScaled, kMode, kMaster>(
-        param + i, grad + i, kMaster ? master + i : nullptr, load_lanes(square_avg + i), load_lanes(acc_delta + i), s);
-    store_lanes(square_avg + i, u.square_avg);
-    store_lanes(acc_delta + i, u.acc_delta);
+    const UpdatedValues<FloatLanes> u = update_lanes<kScaled, kMode, kMaster, kOptions>(
+        param + i, grad + i, kMaster ? master + i : nullptr, load_lanes(square_avg + i), load_lanes(acc_delta + i), s,
+        noise_high, uint32_t(i));
+    store_nearest<kOptions.bf16>(square_avg + i, u.square_avg);
+    store_nearest<kOptions.bf16>(acc_delta + i, u.acc_delta);
   }
-  // tail.begin is no multiple of a chunk, as update_chunk's noise assumes, but s rounds to nearest: no noise.
+  // The tail lies inside the chunk, so update_chunk's hoisted noise round (from tail.begin) is the chunk's.
   Chunk<P, S> tail = c;
   tail.begin = i;
   update_chunk<P, S, kMode, kMaster, kScaled>(tail, s);
 }
 
-// The lanes where float_lanes_run, for fp32 math (RunCpu::run) except all-bf16 steps (bf16 params and state
-// without a master copy) and a stochastically rounded bf16 param (its noise hash is GCC's loop's). One core,
-// fp32 math, 32 Ki elements in L2, ns per element, GCC's loop -> lanes: fp32 0.57 -> 0.40, fp16 0.84 -> 0.62,
-// fp16 with fp32 master 0.80 -> 0.62, bf16 params with fp32 state 0.61 -> 0.53, fp16 params with fp32 state
+// The lanes at the avx512 level, where float_lanes_run, for every configuration with fp32 math (RunCpu::run).
+// One core, fp32 math, 32 Ki elements in L2, ns per element, GCC's loop -> lanes: fp32 0.57 -> 0.40, fp16 0.84 ->
+// 0.62, fp16 with fp32 master 0.80 -> 0.62, bf16 params with fp32 state 0.61 -> 0.53, fp16 params with fp32 state
 // 0.66 -> 0.49. With bf16 state the lanes are slower in cache, as their two bf16 stores per element (four
-// integer operations, a NaN select and a 2-uop vpmovdw each) keep the two vector ports busy: bf16 0.62 ->
-// 0.72, bf16 with fp32 master 0.63 -> 0.72, fp32 params with bf16 state 0.60 -> 0.62. From memory the lanes'
-// prefetch wins (prefetch.h; 32 Mi elements, 2 threads, bench/results/prefetch-20261203/: bf16 with fp32 master
-// 18.1-18.5 -> 16.4-16.6 ms, fp32 params with bf16 state 21.1-21.8 -> 16.2-16.8 in sweeps.md there), except
-// for the all-bf16 step, whose 14 bytes an element leave it bound by its arithmetic either way.
+// integer operations, a NaN select and a 2-uop vpmovdw each) keep the two vector ports busy: bf16 0.62 -> 0.72,
+// bf16 with fp32 master 0.63 -> 0.72, fp32 params with bf16 state 0.60 -> 0.62. From memory the lanes' prefetch
+// wins (prefetch.h; 32 Mi elements, 2 threads, bench/results/prefetch-20261203/: bf16 with fp32 master
+// 18.1-18.5 -> 16.4-16.6 ms, fp32 params with bf16 state 21.1-21.8 -> 16.2-16.8 in sweeps.md there), and with
+// acc_delta's root on the divider so does the all-bf16 step (GCC's loop 15.3-16.1 ms, lanes 13.7-13.9) and its
+// stochastic rounding, whose noise hash runs in the lanes too (19.2 -> 15.7, bench/results/bf16-lanes-20261203/).
+// The lanes' options for the step's rounding: a bf16 param without a master copy rounds stochastically where the
+// step asks. A step with 16-bit params and state and no master copy takes acc_delta's root on the divider: its
+// loads and stores convert on the same two vector ports as the FMA root's eight operations, while the divider
+// has one division and one root to do per vector. 32 Mi elements, 2 threads, ms, FMA root -> divider root: fp16
+// 12.0-12.6 -> 10.8-10.9 (with the fp16 store's NaN patch made a branch, tile_convert.h; 13.1-13.3 before
+// either); bf16 at the avx512_bf16 level 12.0-12.8 -> 11.1-11.7 (a standalone copy of the loop).
+template <Bf16Conversion kConversion, typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
+__attribute__((always_inline)) inline void update_chunk_lanes_rounding(const Chunk<P, S>& c,
+                                                                       const StepScalars<float>& s) {
+  constexpr LaneOptions kNearest{.bf16 = kConversion,
+                                 .acc_root_on_divider = is_16_bit_v<P> && is_16_bit_v<S> && !kMaster};
+  if constexpr (is_bf16_v<P> && !kMaster) {
+    if (s.stochastic_mask != 0) {
+      constexpr LaneOptions kStochastic{kNearest.bf16, true, kNearest.acc_root_on_divider};
+      return update_chunk_lanes<kStochastic, P, S, kMode, kMaster, kScaled>(c, s);
+    }
+  }
+  update_chunk_lanes<kNearest, P, S, kMode, kMaster, kScaled>(c, s);
+}
+
 template <typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
 __attribute__((flatten, target("avx512f,avx512bw,avx512vl,avx512dq,fma,bmi2,f16c,prefer-vector-width=512"))) void
 update_chunk_avx512_lanes(const Chunk<P, S>& c, const StepScalars<float>& s) {
-  if (!is_bf16_v<P> || kMaster || s.stochastic_mask == 0) return update_chunk_lanes<P, S, kMode, kMaster, kScaled>(c, s);
-  update_chunk_vector<TileConversion::kAvx512, P, S, kMode, kMaster, kScaled>(c, s);
+  update_chunk_lanes_rounding<Bf16Conversion::kIntegerOps, P, S, kMode, kMaster, kScaled>(c, s);
 }
 
-template <typename P, typename S, bool kMaster>
-constexpr bool kLanesApply = std::is_same_v<math_t<P>, float> && !(is_bf16_v<P> && is_bf16_v<S> && !kMaster);
+// The lanes at the avx512_bf16 level, for configurations with a bf16 buffer: bf16 rounds to nearest with
+// vcvtneps2bf16 (in inline assembly, float_lanes.h: no target attribute needed), and the all-bf16 step takes
+// acc_delta's root on the divider.
+template <typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
+__attribute__((flatten, target("avx512f,avx512bw,avx512vl,avx512dq,fma,bmi2,f16c,prefer-vector-width=512"))) void
+update_chunk_avx512_bf16_lanes(const Chunk<P, S>& c, const StepScalars<float>& s) {
+  update_chunk_lanes_rounding<Bf16Conversion::kInstruction, P, S, kMode, kMaster, kScaled>(c, s);
+}
 
 // Instantiated for fp16 configurations only: elsewhere avx2_f16c runs the avx2 code, which is the same.
 template <typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
@@ -255,7 +284,7 @@ CpuIsa best_supported_isa() {
   const bool f16c = __builtin_cpu_supports("f16c");
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && f16c) {
-    return CpuIsa::kAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? CpuIsa::kAvx512Bf16 : CpuIsa::kAvx512;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return f16c ? CpuIsa::kAvx2F16c : CpuIsa::kAvx2;
 #endif
@@ -269,6 +298,8 @@ std::atomic<int>& selected_isa() {
 
 const char* isa_name(CpuIsa isa) {
   switch (isa) {
+    case CpuIsa::kAvx512Bf16:
+      return "avx512_bf16";
     case CpuIsa::kAvx512:
       return "avx512";
     case CpuIsa::kAvx2F16c:
@@ -300,10 +331,17 @@ struct RunCpu {
     auto update = &update_chunk_baseline<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
 #if defined(__x86_64__)
     const CpuIsa isa = current_cpu_isa();
-    if (isa == CpuIsa::kAvx512) {
+    if (isa >= CpuIsa::kAvx512) {
       update = &update_chunk_avx512<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
-      if constexpr (kLanesApply<ParamT, StateT, kHasMaster>) {
-        if (float_lanes_run()) update = &update_chunk_avx512_lanes<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
+      if constexpr (std::is_same_v<math_t<ParamT>, float>) {
+        if (float_lanes_run()) {
+          update = &update_chunk_avx512_lanes<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
+          if constexpr (is_bf16_v<ParamT> || is_bf16_v<StateT>) {
+            if (isa == CpuIsa::kAvx512Bf16) {
+              update = &update_chunk_avx512_bf16_lanes<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
+            }
+          }
+        }
       }
     }
     if (isa == CpuIsa::kAvx2) update = &update_chunk_avx2<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
@@ -387,7 +425,7 @@ void select_cpu_isa(const std::string& name) {
       return;
     }
   }
-  TORCH_CHECK_VALUE(false, "Invalid cpu isa: '", name, "' (expected baseline, avx2, avx2_f16c or avx512)");
+  TORCH_CHECK_VALUE(false, "Invalid cpu isa: '", name, "' (expected baseline, avx2, avx2_f16c, avx512 or avx512_bf16)");
 }
 
 // How many threads at::parallel_for really runs in this extension. Its OpenMP pragma is compiled here,

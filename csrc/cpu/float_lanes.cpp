@@ -3,6 +3,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <atomic>
 
 namespace adadelta_fused {
@@ -19,6 +20,42 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))) int64_t c
     const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_set1_epi32(int32_t(first + uint32_t(done))), lane));
     const __m512i got = _mm512_castps_si512(square_root(FloatLanes(x)).v);
     mismatches += __builtin_popcount(_mm512_mask_cmpneq_epi32_mask(kept, got, _mm512_castps_si512(_mm512_sqrt_ps(x))));
+  }
+  return mismatches;
+}
+
+// The lanes' bf16 stores against the scalar ones of dtypes.h and rounding.h, lane by lane, in blocks whose scalar
+// loops GCC vectorizes (all 2^32 inputs in about a second).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))) int64_t count_bf16_mismatches(
+    uint32_t first, int64_t count, bool stochastic) {
+  constexpr int kBlock = 4096;
+  constexpr uint32_t kKey = 0x9E3779B9u;
+  const uint32_t noise_high = rounding_noise_high(kKey, 0);
+  alignas(64) uint32_t bits[kBlock];
+  alignas(64) bfloat16_bits got[kBlock];
+  alignas(64) uint16_t expected[kBlock];
+  int64_t mismatches = 0;
+  for (int64_t done = 0; done < count; done += kBlock) {
+    const int kept = int(std::min<int64_t>(kBlock, count - done));
+    const uint32_t block_first = first + uint32_t(done);
+    for (int i = 0; i < kBlock; ++i) bits[i] = block_first + uint32_t(i);
+    if (stochastic) {
+      for (int i = 0; i < kBlock; ++i) {
+        expected[i] = bf16_round_stochastic(float_of(bits[i]), rounding_noise_low(noise_high, bits[i]));
+      }
+      for (int i = 0; i < kBlock; i += kFloatLanes) {
+        const UintLanes noise = rounding_noise_low(UintLanes(noise_high), consecutive_indices(bits[i]));
+        store_lanes_stochastic(got + i, _mm512_castsi512_ps(_mm512_load_si512(bits + i)), noise);
+      }
+    } else {
+      for (int i = 0; i < kBlock; ++i) expected[i] = bf16_round_nearest(float_of(bits[i]));
+      for (int i = 0; i < kBlock; i += kFloatLanes) {
+        store_lanes_bf16_instruction(got + i, _mm512_castsi512_ps(_mm512_load_si512(bits + i)));
+      }
+    }
+    int block_mismatches = 0;
+    for (int i = 0; i < kept; ++i) block_mismatches += uint16_t(got[i]) != expected[i];
+    mismatches += block_mismatches;
   }
   return mismatches;
 }
@@ -81,6 +118,27 @@ int64_t float_lanes_root_mismatches(uint32_t first, int64_t count) {
   return count_root_mismatches(first, count);
 #else
   return count;
+#endif
+}
+
+int64_t float_lanes_bf16_mismatches(uint32_t first, int64_t count, bool stochastic) {
+  TORCH_CHECK(supported(), "float lanes need AVX-512 (avx512f, bw, vl, dq) with F16C and FMA, which this CPU lacks");
+  TORCH_CHECK(stochastic || bf16_instruction_supported(),
+              "the bf16 instruction store needs AVX512_BF16, which this CPU lacks");
+  TORCH_CHECK_VALUE(count >= 0 && count <= (int64_t(1) << 32), "count must be in [0, 2^32], got ", count);
+#if defined(__x86_64__)
+  return count_bf16_mismatches(first, count, stochastic);
+#else
+  return count;
+#endif
+}
+
+bool bf16_instruction_supported() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  return supported() && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
 #endif
 }
 

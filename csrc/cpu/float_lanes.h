@@ -34,6 +34,14 @@ void set_float_lanes(bool enabled);
 int64_t float_lanes_root_mismatches(uint32_t first, int64_t count);
 bool float_lanes_supported();
 
+// For tests: how many of the `count` fp32 bit patterns from `first` get other bits from the lanes' bf16 store than
+// from the scalar one: store_lanes_bf16_instruction against bf16_round_nearest, or with `stochastic`,
+// store_lanes_stochastic against bf16_round_stochastic, with the noise of index = the bit pattern.
+int64_t float_lanes_bf16_mismatches(uint32_t first, int64_t count, bool stochastic);
+
+// Whether the CPU has the lanes and AVX512_BF16 (the avx512_bf16 level; adadelta_cpu.cpp dispatches on it).
+bool bf16_instruction_supported();
+
 }  // namespace adadelta_fused
 
 #if defined(__x86_64__)
@@ -94,6 +102,30 @@ ADF_LANES_INLINE FloatLanes square_root(FloatLanes x) {
 // give some to the divider.
 ADF_LANES_INLINE FloatLanes divider_square_root(FloatLanes x) { return _mm512_sqrt_ps(x.v); }
 
+// adadelta_math.h's choice of unit for one of the update's roots.
+template <bool kOnDivider>
+ADF_LANES_INLINE FloatLanes square_root_on(FloatLanes x) {
+  return kOnDivider ? divider_square_root(x) : square_root(x);
+}
+
+// Sixteen uint32 lanes: the operations of rounding.h's noise hash (mix32), which runs its lines on them.
+struct UintLanes {
+  __m512i v;
+  ADF_LANES_INLINE UintLanes(__m512i lanes) : v(lanes) {}
+  ADF_LANES_INLINE explicit UintLanes(uint32_t value) : v(_mm512_set1_epi32(int32_t(value))) {}
+};
+
+ADF_LANES_INLINE UintLanes operator^(UintLanes a, UintLanes b) { return _mm512_xor_si512(a.v, b.v); }
+ADF_LANES_INLINE UintLanes operator&(UintLanes a, UintLanes b) { return _mm512_and_si512(a.v, b.v); }
+ADF_LANES_INLINE UintLanes operator*(UintLanes a, UintLanes b) { return _mm512_mullo_epi32(a.v, b.v); }
+ADF_LANES_INLINE UintLanes operator>>(UintLanes a, unsigned int shift) { return _mm512_srli_epi32(a.v, shift); }
+
+// The indices index_low + 0 ... index_low + 15, as rounding_noise_low takes them.
+ADF_LANES_INLINE UintLanes consecutive_indices(uint32_t index_low) {
+  return _mm512_add_epi32(_mm512_set1_epi32(int32_t(index_low)),
+                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+}
+
 ADF_LANES_INLINE FloatLanes load_lanes(const float* src) { return _mm512_loadu_ps(src); }
 
 ADF_LANES_INLINE FloatLanes load_lanes(const bfloat16_bits* src) {
@@ -109,15 +141,78 @@ ADF_LANES_INLINE FloatLanes load_lanes(const float16_bits* src) {
 
 ADF_LANES_INLINE void store_lanes(float* dst, FloatLanes value) { _mm512_storeu_ps(dst, value.v); }
 
-// bf16_round_nearest (dtypes.h) in 16 lanes: round to nearest even, and torch's canonical NaN.
-ADF_LANES_INLINE void store_lanes(bfloat16_bits* dst, FloatLanes value) {
+// bf16_round_nearest (dtypes.h) in 16 lanes: round to nearest even, and torch's canonical NaN; each lane's bf16
+// bits in its low half.
+ADF_LANES_INLINE __m512i bf16_nearest_bits(FloatLanes value) {
   const __m512i u = _mm512_castps_si512(value.v);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd), 16);
   const __mmask16 is_nan = _mm512_cmp_ps_mask(value.v, value.v, _CMP_UNORD_Q);
-  const __m512i bits = _mm512_mask_blend_epi32(is_nan, rounded, _mm512_set1_epi32(0x7FC0));
+  return _mm512_mask_blend_epi32(is_nan, rounded, _mm512_set1_epi32(0x7FC0));
+}
+
+ADF_LANES_INLINE void store_bf16_bits(bfloat16_bits* dst, __m512i bits) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(bits));
 }
+
+ADF_LANES_INLINE void store_lanes(bfloat16_bits* dst, FloatLanes value) {
+  store_bf16_bits(dst, bf16_nearest_bits(value));
+}
+
+// vfpclassps categories (Intel SDM, VFPCLASSPS's imm8).
+constexpr int kClassQuietNaN = 0x01;
+constexpr int kClassPositiveInf = 0x08;
+constexpr int kClassNegativeInf = 0x10;
+constexpr int kClassSubnormal = 0x20;
+constexpr int kClassSignallingNaN = 0x80;
+
+// The same bits with AVX512_BF16's vcvtneps2bf16, which rounds to nearest even in one instruction where the
+// integer path takes five and a 2-uop vpmovdw, except on two kinds of input: a NaN keeps its (quieted) payload,
+// where torch writes 0x7FC0, and a subnormal converts as zero (the instruction ignores MXCSR and treats its
+// inputs as DAZ). A vector holding either takes the integer path: an ordinary step has neither, and
+// tests/test_float_lanes.py checks all 2^32 inputs. Only for CPUs with AVX512_BF16 (the avx512_bf16 level).
+//
+// Inline assembly rather than _mm512_cvtneps_pbh: the intrinsic needs target("avx512bf16") on every function it
+// is inlined through, and GCC 12 left some calls of such a function out of line in the flattened kernels (a call
+// per 16 elements in the stochastic kUnscale steps).
+ADF_LANES_INLINE void store_lanes_bf16_instruction(bfloat16_bits* dst, FloatLanes value) {
+  constexpr int kNaNOrSubnormal = kClassQuietNaN | kClassSignallingNaN | kClassSubnormal;
+  if (__builtin_expect(_mm512_fpclass_ps_mask(value.v, kNaNOrSubnormal) != 0, 0)) return store_lanes(dst, value);
+  __m256i bits;
+  asm("vcvtneps2bf16 %1, %0" : "=v"(bits) : "v"(value.v));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), bits);
+}
+
+// bf16_round_stochastic (rounding.h) in 16 lanes, with each lane's noise: a non-finite value rounds to nearest.
+ADF_LANES_INLINE void store_lanes_stochastic(bfloat16_bits* dst, FloatLanes value, UintLanes noise) {
+  const __m512i stochastic = _mm512_srli_epi32(_mm512_add_epi32(_mm512_castps_si512(value.v), noise.v), 16);
+  constexpr int kNonFinite = kClassQuietNaN | kClassSignallingNaN | kClassPositiveInf | kClassNegativeInf;
+  const __mmask16 non_finite = _mm512_fpclass_ps_mask(value.v, kNonFinite);
+  if (__builtin_expect(non_finite != 0, 0)) {
+    return store_bf16_bits(dst, _mm512_mask_blend_epi32(non_finite, stochastic, bf16_nearest_bits(value)));
+  }
+  store_bf16_bits(dst, stochastic);
+}
+
+// How the lanes round fp32 to bf16 to nearest even: with integer operations on every AVX-512 CPU, or with
+// vcvtneps2bf16 at the avx512_bf16 level.
+enum class Bf16Conversion { kIntegerOps, kInstruction };
+
+template <Bf16Conversion kConversion, typename T>
+ADF_LANES_INLINE void store_nearest(T* dst, FloatLanes value) {
+  if constexpr (kConversion == Bf16Conversion::kInstruction && is_bf16_v<T>) {
+    store_lanes_bf16_instruction(dst, value);
+  } else {
+    store_lanes(dst, value);
+  }
+}
+
+// What update_lanes stores and where it takes acc_delta's root.
+struct LaneOptions {
+  Bf16Conversion bf16 = Bf16Conversion::kIntegerOps;
+  bool stochastic_param = false;     // a bf16 param without a master copy rounds stochastically (rounding.h)
+  bool acc_root_on_divider = false;  // adadelta_values' kAccRootOnDivider
+};
 
 ADF_LANES_INLINE void store_lanes(float16_bits* dst, FloatLanes value) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), fp16_round_nearest_avx512(value.v));
@@ -125,15 +220,22 @@ ADF_LANES_INLINE void store_lanes(float16_bits* dst, FloatLanes value) {
 
 // The dense update of the 16 elements at param, grad (and master): loads them, runs adadelta_values on them
 // and the given accumulators, and stores what AdadeltaElement stores in the grad, master and param; the new
-// accumulators are the caller's to store (the 8-bit kernel encodes their roots).
-template <bool kScaled, GradMode kGradMode, bool kHasMaster, typename ParamT>
+// accumulators are the caller's to store (the 8-bit kernel encodes their roots). With kOptions.stochastic_param,
+// noise_high and index_low are update_hoisted's for the first of the 16 elements.
+template <bool kScaled, GradMode kGradMode, bool kHasMaster, LaneOptions kOptions = LaneOptions{}, typename ParamT>
 ADF_LANES_INLINE UpdatedValues<FloatLanes> update_lanes(ParamT* param, ParamT* grad, float* master, FloatLanes sq,
-                                                        FloatLanes acc, const StepScalars<float>& s) {
+                                                        FloatLanes acc, const StepScalars<float>& s,
+                                                        uint32_t noise_high = 0, uint32_t index_low = 0) {
   const FloatLanes p = kHasMaster ? load_lanes(master) : load_lanes(param);
-  const UpdatedValues<FloatLanes> u = adadelta_values<kScaled>(load_lanes(grad), p, sq, acc, s);
-  if constexpr (kGradMode == GradMode::kUnscale) store_lanes(grad, u.grad);
+  const UpdatedValues<FloatLanes> u =
+      adadelta_values<kScaled, kOptions.acc_root_on_divider>(load_lanes(grad), p, sq, acc, s);
+  if constexpr (kGradMode == GradMode::kUnscale) store_nearest<kOptions.bf16>(grad, u.grad);
   if constexpr (kHasMaster) store_lanes(master, u.param);
-  store_lanes(param, u.param);
+  if constexpr (kOptions.stochastic_param && is_bf16_v<ParamT> && !kHasMaster) {
+    store_lanes_stochastic(param, u.param, rounding_noise_low(UintLanes(noise_high), consecutive_indices(index_low)));
+  } else {
+    store_nearest<kOptions.bf16>(param, u.param);
+  }
   if constexpr (kGradMode == GradMode::kZero) store_lanes(grad, FloatLanes(0.0f));
   return u;
 }

@@ -205,7 +205,7 @@ struct RunQuantizedCpu {
     auto update = &update_blocks_baseline<ParamT, kGradMode, kHasMaster, kScaled>;
 #if defined(__x86_64__)
     const CpuIsa isa = current_cpu_isa();
-    if (isa == CpuIsa::kAvx512) {
+    if (isa >= CpuIsa::kAvx512) {
       update = float_lanes_run() ? &update_blocks_avx512_lanes<ParamT, kGradMode, kHasMaster, kScaled>
                                  : &update_blocks_avx512<ParamT, kGradMode, kHasMaster, kScaled>;
     }

@@ -81,11 +81,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) inline void widen_avx5
   widen_f16c(src + i, dst + i, n - i);
 }
 
-// Also the fp16 store of float_lanes.h.
+// Also the fp16 store of float_lanes.h. The patch runs only for a vector holding a NaN, which an ordinary step
+// never has: its three operations per store otherwise keep the vector ports from the update's arithmetic.
 __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,f16c"))) inline __m256i fp16_round_nearest_avx512(
     __m512 v) {
   const __m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
   const __mmask16 is_nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  if (__builtin_expect(is_nan == 0, 1)) return h;
   const __m256i patched = _mm256_or_si256(_mm256_and_si256(h, _mm256_set1_epi16(int16_t(0x8000))),
                                           _mm256_set1_epi16(0x7E00));
   return _mm256_mask_blend_epi16(is_nan, h, patched);
