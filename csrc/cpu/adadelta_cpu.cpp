@@ -222,8 +222,9 @@ __attribute__((always_inline)) inline void update_chunk_lanes(const Chunk<P, S>&
 // bf16 with fp32 master 0.63 -> 0.72, fp32 params with bf16 state 0.60 -> 0.62. From memory the lanes' prefetch
 // wins (prefetch.h; 32 Mi elements, 2 threads, bench/results/prefetch-20261203/: bf16 with fp32 master
 // 18.1-18.5 -> 16.4-16.6 ms, fp32 params with bf16 state 21.1-21.8 -> 16.2-16.8 in sweeps.md there), and with
-// acc_delta's root on the divider so does the all-bf16 step (GCC's loop 15.3-16.1 ms, lanes 13.7-13.9) and its
-// stochastic rounding, whose noise hash runs in the lanes too (19.2 -> 15.7, bench/results/bf16-lanes-20261203/).
+// acc_delta's root on the divider so does the all-bf16 step (GCC's loop 15.3-16.1 ms, lanes 13.7-13.9 in
+// bench/results/bf16-lanes-20261203/sweeps.md) and its stochastic rounding, whose noise hash runs in the lanes too
+// (18.5-18.9 -> 14.6-15.6 ms in that folder's README).
 // The lanes' options for the step's rounding: a bf16 param without a master copy rounds stochastically where the
 // step asks. A step with 16-bit params and state and no master copy takes acc_delta's root on the divider: its
 // loads and stores convert on the same two vector ports as the FMA root's eight operations, while the divider
