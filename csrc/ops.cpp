@@ -25,6 +25,7 @@ std::string cpu_isa();
 void select_cpu_isa(const std::string& name);
 std::vector<std::string> supported_cpu_isas();
 int64_t parallel_workers();
+int64_t stochastic_params_mismatches_at(int64_t first_index, int64_t n, bool fp32_state);
 }  // namespace adadelta_fused
 
 namespace {
@@ -260,6 +261,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("select_cpu_isa", &adadelta_fused::select_cpu_isa, "run a lower SIMD level (tests, benchmarks)");
   m.def("supported_cpu_isas", &adadelta_fused::supported_cpu_isas);
   m.def("parallel_workers", &adadelta_fused::parallel_workers, "threads the CPU kernel's parallel loop runs on");
+  m.def("stochastic_params_mismatches_at", &adadelta_fused::stochastic_params_mismatches_at,
+        "for tests: params a stochastic bf16 step far into a tensor rounds unlike the per-element update");
   m.def("float_lanes_supported", &adadelta_fused::float_lanes_supported, "whether the CPU has the AVX-512 lanes");
   m.def("float_lanes_are_exact", &adadelta_fused::float_lanes_are_exact,
         "whether the AVX-512 lanes' square root passed its check on this CPU (so the AVX-512 level runs them)");

@@ -89,6 +89,17 @@ def test_stochastic_rounding_is_bitwise_reproducible(cpu_isa, state_dtype, gener
     assert not torch.equal(different[0][0], actual[0][0]), "another seed must give other roundings"
 
 
+@pytest.mark.parametrize("first_index", [0, 2**32 - 2**16, 2**32, 2**32 + 3 * 2**16, 2**40 + 2**16])
+@pytest.mark.parametrize("fp32_state", [False, True], ids=["bf16-state", "fp32-state"])
+def test_stochastic_rounding_far_into_a_tensor_uses_each_elements_index(cpu_isa, first_index, fp32_state):
+    """Past 2^32 elements the noise's first hash round (the index's high word, hoisted per chunk) changes: a chunk
+    of a tensor too large to allocate, stepped at every level, rounds as the per-element update at each element's
+    own index, full vectors and a tail alike."""
+    ext = _extension.module()
+    for n in (2**16, 4097, 15):
+        assert ext.stochastic_params_mismatches_at(first_index, n, fp32_state) == 0
+
+
 def test_stochastic_rounding_of_a_channels_last_param_follows_memory_order(generator):
     """The noise is indexed in the order the kernel walks a dense param: its memory order."""
     shape = (4, 6, 5, 7)

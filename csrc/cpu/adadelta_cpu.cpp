@@ -223,12 +223,13 @@ __attribute__((always_inline)) inline void update_chunk_lanes(const Chunk<P, S>&
 // wins (prefetch.h; 32 Mi elements, 2 threads, bench/results/prefetch-20261203/: bf16 with fp32 master
 // 18.1-18.5 -> 16.4-16.6 ms, fp32 params with bf16 state 21.1-21.8 -> 16.2-16.8 in sweeps.md there), and with
 // acc_delta's root on the divider so does the all-bf16 step (GCC's loop 15.3-16.1 ms, lanes 13.7-13.9 in
-// bench/results/bf16-lanes-20261203/sweeps.md) and its stochastic rounding, whose noise hash runs in the lanes too
-// (18.5-18.9 -> 14.6-15.6 ms in that folder's README).
+// bench/results/bf16-lanes-20261203/sweeps.md; in L2 GCC's loop stays faster, 0.046 against 0.053 ms for 64 Ki
+// elements in the review of this routing, and a step's params rarely fit there) and its stochastic rounding,
+// whose noise hash runs in the lanes too (18.5-18.9 -> 14.6-15.6 ms in that folder's README).
 // The lanes' options for the step's rounding: a bf16 param without a master copy rounds stochastically where the
 // step asks. A step with 16-bit params and state and no master copy takes acc_delta's root on the divider: its
 // loads and stores convert on the same two vector ports as the FMA root's eight operations, while the divider
-// has one division and one root to do per vector. 32 Mi elements, 2 threads, ms, FMA root -> divider root: fp16
+// has one division (two with a grad_scale) and one root to do per vector. 32 Mi elements, 2 threads, ms, FMA root -> divider root: fp16
 // 12.0-12.6 -> 10.8-10.9 (with the fp16 store's NaN patch made a branch, tile_convert.h; 13.1-13.3 before
 // either); bf16 at the avx512_bf16 level 12.0-12.8 -> 11.1-11.7 (a standalone copy of the loop).
 template <Bf16Conversion kConversion, typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
@@ -283,11 +284,13 @@ CpuIsa best_supported_isa() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   const bool f16c = __builtin_cpu_supports("f16c");
+  // Every vector level's functions are compiled for FMA and BMI2 too, which a VM may hide.
+  const bool fma_bmi2 = __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && f16c) {
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && f16c && fma_bmi2) {
     return __builtin_cpu_supports("avx512bf16") ? CpuIsa::kAvx512Bf16 : CpuIsa::kAvx512;
   }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return f16c ? CpuIsa::kAvx2F16c : CpuIsa::kAvx2;
+  if (__builtin_cpu_supports("avx2") && fma_bmi2) return f16c ? CpuIsa::kAvx2F16c : CpuIsa::kAvx2;
 #endif
   return CpuIsa::kBaseline;
 }
@@ -313,6 +316,35 @@ const char* isa_name(CpuIsa isa) {
   return "baseline";
 }
 
+// The chunk update a configuration runs at the current level.
+template <typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
+auto chunk_update() {
+  auto update = &update_chunk_baseline<P, S, kMode, kMaster, kScaled>;
+#if defined(__x86_64__)
+  const CpuIsa isa = current_cpu_isa();
+  if (isa >= CpuIsa::kAvx512) {
+    update = &update_chunk_avx512<P, S, kMode, kMaster, kScaled>;
+    if constexpr (std::is_same_v<math_t<P>, float>) {
+      if (float_lanes_run()) {
+        update = &update_chunk_avx512_lanes<P, S, kMode, kMaster, kScaled>;
+        if constexpr (is_bf16_v<P> || is_bf16_v<S>) {
+          if (isa == CpuIsa::kAvx512Bf16) update = &update_chunk_avx512_bf16_lanes<P, S, kMode, kMaster, kScaled>;
+        }
+      }
+    }
+  }
+  if (isa == CpuIsa::kAvx2) update = &update_chunk_avx2<P, S, kMode, kMaster, kScaled>;
+  if (isa == CpuIsa::kAvx2F16c) {
+    if constexpr (kHasFp16<P, S>) {
+      update = &update_chunk_avx2_f16c<P, S, kMode, kMaster, kScaled>;
+    } else {
+      update = &update_chunk_avx2<P, S, kMode, kMaster, kScaled>;
+    }
+  }
+#endif
+  return update;
+}
+
 struct RunCpu {
   const TensorListPointers& tensors;
   const StepArgs& args;
@@ -329,31 +361,7 @@ struct RunCpu {
   template <typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster, bool kScaled>
   void run() const {
     const StepScalars<math_t<ParamT>> scalars = resolve_scalars<math_t<ParamT>>(args);
-    auto update = &update_chunk_baseline<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
-#if defined(__x86_64__)
-    const CpuIsa isa = current_cpu_isa();
-    if (isa >= CpuIsa::kAvx512) {
-      update = &update_chunk_avx512<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
-      if constexpr (std::is_same_v<math_t<ParamT>, float>) {
-        if (float_lanes_run()) {
-          update = &update_chunk_avx512_lanes<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
-          if constexpr (is_bf16_v<ParamT> || is_bf16_v<StateT>) {
-            if (isa == CpuIsa::kAvx512Bf16) {
-              update = &update_chunk_avx512_bf16_lanes<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
-            }
-          }
-        }
-      }
-    }
-    if (isa == CpuIsa::kAvx2) update = &update_chunk_avx2<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
-    if (isa == CpuIsa::kAvx2F16c) {
-      if constexpr (kHasFp16<ParamT, StateT>) {
-        update = &update_chunk_avx2_f16c<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
-      } else {
-        update = &update_chunk_avx2<ParamT, StateT, kGradMode, kHasMaster, kScaled>;
-      }
-    }
-#endif
+    const auto update = chunk_update<ParamT, StateT, kGradMode, kHasMaster, kScaled>();
 
     // Pack the whole group first, then run every chunk of every launch in one parallel region, so 4096
     // small tensors keep both cores as busy as one large tensor does.
@@ -437,6 +445,51 @@ int64_t parallel_workers() {
     seen.at(size_t(at::get_thread_num())).store(true);
   });
   return std::count_if(seen.begin(), seen.end(), [](const std::atomic<bool>& s) { return s.load(); });
+}
+
+// For tests: the stochastically rounded bf16 params of a step over elements [first_index, first_index + n) of a
+// tensor too large to allocate (first_index a multiple of a chunk, up to 2^48), at the current level, against
+// AdadeltaElement::update at each element's own index: how many params differ. The buffers are n elements
+// (of bf16 state or, with fp32_state, of fp32), filled from the noise hash; the chunk's pointers are offset by
+// -first_index and never read there.
+int64_t stochastic_params_mismatches_at(int64_t first_index, int64_t n, bool fp32_state) {
+  TORCH_CHECK_VALUE(first_index >= 0 && first_index % kChunkElements == 0 && first_index <= (int64_t(1) << 48),
+                    "first_index must be a multiple of ", kChunkElements, " in [0, 2^48], got ", first_index);
+  TORCH_CHECK_VALUE(n >= 0 && n <= kChunkElements, "n must be in [0, ", kChunkElements, "], got ", n);
+  const auto run = [&](auto state_zero) {
+    using S = decltype(state_zero);
+    using P = bfloat16_bits;
+    std::vector<P> param(n), grad(n), expected(n);
+    std::vector<S> square_avg(n), acc_delta(n);
+    for (int64_t k = 0; k < n; ++k) {
+      const uint32_t h = mix32<uint32_t>(uint32_t(k) + 1u);
+      param[k] = P(bf16_round_nearest(float(int32_t(h % 2001u) - 1000) * 1e-3f));
+      grad[k] = P(bf16_round_nearest(float(int32_t((h >> 11) % 2001u) - 1000) * 1e-4f));
+      store(square_avg[k], float((h >> 22) % 100u + 1u) * 1e-6f);
+      store(acc_delta[k], float((h >> 5) % 100u + 1u) * 1e-7f);
+    }
+    StepArgs args{1.0, nullptr, 0.9, 1e-6, 0.0, nullptr, nullptr, false, true, 0x2545F491u};
+    const StepScalars<float> s = resolve_scalars<float>(args);
+    const uint32_t tensor_key = rounding_tensor_key(s.rounding_key, 0);
+    std::vector<S> sq_expected = square_avg;
+    std::vector<S> acc_expected = acc_delta;
+    for (int64_t k = 0; k < n; ++k) {
+      expected[k] = param[k];
+      P grad_copy = grad[k];
+      float unused = 0.0f;
+      AdadeltaElement<P, S, GradMode::kKeep, false, false>::update(expected[k], grad_copy, sq_expected[k],
+                                                                   acc_expected[k], unused, s, tensor_key,
+                                                                   first_index + k);
+    }
+    // The walk's chunk; the offset pointers are only ever indexed at [first_index, first_index + n).
+    const Chunk<P, S> chunk{param.data() - first_index, grad.data() - first_index, square_avg.data() - first_index,
+                            acc_delta.data() - first_index, nullptr, first_index, first_index + n, tensor_key};
+    chunk_update<P, S, GradMode::kKeep, false, false>()(chunk, s);
+    int64_t mismatches = 0;
+    for (int64_t k = 0; k < n; ++k) mismatches += uint16_t(param[k]) != uint16_t(expected[k]);
+    return mismatches;
+  };
+  return fp32_state ? run(0.0f) : run(bfloat16_bits{});
 }
 
 std::vector<std::string> supported_cpu_isas() {

@@ -3,11 +3,13 @@
 
 #include <c10/util/Exception.h>
 
-#include <algorithm>
 #include <atomic>
 
 namespace adadelta_fused {
 namespace {
+
+// float_lanes_bf16_mismatches checks whole blocks of this many patterns.
+constexpr int kBf16CheckBlock = 4096;
 
 #if defined(__x86_64__)
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))) int64_t count_root_mismatches(uint32_t first,
@@ -28,7 +30,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))) int64_t c
 // loops GCC vectorizes (all 2^32 inputs in about a second).
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))) int64_t count_bf16_mismatches(
     uint32_t first, int64_t count, bool stochastic) {
-  constexpr int kBlock = 4096;
+  constexpr int kBlock = kBf16CheckBlock;
   constexpr uint32_t kKey = 0x9E3779B9u;
   const uint32_t noise_high = rounding_noise_high(kKey, 0);
   alignas(64) uint32_t bits[kBlock];
@@ -36,7 +38,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))) int64_t c
   alignas(64) uint16_t expected[kBlock];
   int64_t mismatches = 0;
   for (int64_t done = 0; done < count; done += kBlock) {
-    const int kept = int(std::min<int64_t>(kBlock, count - done));
     const uint32_t block_first = first + uint32_t(done);
     for (int i = 0; i < kBlock; ++i) bits[i] = block_first + uint32_t(i);
     if (stochastic) {
@@ -54,7 +55,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))) int64_t c
       }
     }
     int block_mismatches = 0;
-    for (int i = 0; i < kept; ++i) block_mismatches += uint16_t(got[i]) != expected[i];
+    for (int i = 0; i < kBlock; ++i) block_mismatches += uint16_t(got[i]) != expected[i];
     mismatches += block_mismatches;
   }
   return mismatches;
@@ -125,7 +126,8 @@ int64_t float_lanes_bf16_mismatches(uint32_t first, int64_t count, bool stochast
   TORCH_CHECK(supported(), "float lanes need AVX-512 (avx512f, bw, vl, dq) with F16C and FMA, which this CPU lacks");
   TORCH_CHECK(stochastic || bf16_instruction_supported(),
               "the bf16 instruction store needs AVX512_BF16, which this CPU lacks");
-  TORCH_CHECK_VALUE(count >= 0 && count <= (int64_t(1) << 32), "count must be in [0, 2^32], got ", count);
+  TORCH_CHECK_VALUE(count >= 0 && count <= (int64_t(1) << 32) && count % kBf16CheckBlock == 0,
+                    "count must be a multiple of ", kBf16CheckBlock, " in [0, 2^32], got ", count);
 #if defined(__x86_64__)
   return count_bf16_mismatches(first, count, stochastic);
 #else

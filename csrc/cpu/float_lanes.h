@@ -34,12 +34,12 @@ void set_float_lanes(bool enabled);
 int64_t float_lanes_root_mismatches(uint32_t first, int64_t count);
 bool float_lanes_supported();
 
-// For tests: how many of the `count` fp32 bit patterns from `first` get other bits from the lanes' bf16 store than
-// from the scalar one: store_lanes_bf16_instruction against bf16_round_nearest, or with `stochastic`,
-// store_lanes_stochastic against bf16_round_stochastic, with the noise of index = the bit pattern.
+// For tests: how many of the `count` (a multiple of 4096) fp32 bit patterns from `first` get other bits from the
+// lanes' bf16 store than from the scalar one: store_lanes_bf16_instruction against bf16_round_nearest, or with
+// `stochastic`, store_lanes_stochastic against bf16_round_stochastic, with the noise of index = the bit pattern.
 int64_t float_lanes_bf16_mismatches(uint32_t first, int64_t count, bool stochastic);
 
-// Whether the CPU has the lanes and AVX512_BF16 (the avx512_bf16 level; adadelta_cpu.cpp dispatches on it).
+// Whether the CPU has the lanes and AVX512_BF16: whether float_lanes_bf16_mismatches can run the instruction store.
 bool bf16_instruction_supported();
 
 }  // namespace adadelta_fused
@@ -167,14 +167,14 @@ constexpr int kClassSubnormal = 0x20;
 constexpr int kClassSignallingNaN = 0x80;
 
 // The same bits with AVX512_BF16's vcvtneps2bf16, which rounds to nearest even in one instruction where the
-// integer path takes five and a 2-uop vpmovdw, except on two kinds of input: a NaN keeps its (quieted) payload,
+// integer path takes five integer operations, a NaN select and a 2-uop vpmovdw, except on two kinds of input: a NaN keeps its (quieted) payload,
 // where torch writes 0x7FC0, and a subnormal converts as zero (the instruction ignores MXCSR and treats its
 // inputs as DAZ). A vector holding either takes the integer path: an ordinary step has neither, and
 // tests/test_float_lanes.py checks all 2^32 inputs. Only for CPUs with AVX512_BF16 (the avx512_bf16 level).
 //
 // Inline assembly rather than _mm512_cvtneps_pbh: the intrinsic needs target("avx512bf16") on every function it
 // is inlined through, and GCC 12 left some calls of such a function out of line in the flattened kernels (a call
-// per 16 elements in the stochastic kUnscale steps).
+// per 16 elements in the stochastic kUnscale steps). The assembler must know AVX512_BF16 (binutils 2.31, 2018).
 ADF_LANES_INLINE void store_lanes_bf16_instruction(bfloat16_bits* dst, FloatLanes value) {
   constexpr int kNaNOrSubnormal = kClassQuietNaN | kClassSignallingNaN | kClassSubnormal;
   if (__builtin_expect(_mm512_fpclass_ps_mask(value.v, kNaNOrSubnormal) != 0, 0)) return store_lanes(dst, value);
