@@ -229,9 +229,10 @@ __attribute__((always_inline)) inline void update_chunk_lanes(const Chunk<P, S>&
 // The lanes' options for the step's rounding: a bf16 param without a master copy rounds stochastically where the
 // step asks. A step with 16-bit params and state and no master copy takes acc_delta's root on the divider: its
 // loads and stores convert on the same two vector ports as the FMA root's eight operations, while the divider
-// has one division (two with a grad_scale) and one root to do per vector. 32 Mi elements, 2 threads, ms, FMA root -> divider root: fp16
-// 12.0-12.6 -> 10.8-10.9 (with the fp16 store's NaN patch made a branch, tile_convert.h; 13.1-13.3 before
-// either); bf16 at the avx512_bf16 level 12.0-12.8 -> 11.1-11.7 (a standalone copy of the loop).
+// has one division (two with a grad_scale) and one root to do per vector. 32 Mi elements, 2 threads, ms, FMA
+// root -> divider root: fp16 12.0-12.6 -> 10.8-10.9 (with the fp16 store's NaN patch made a branch,
+// tile_convert.h; 13.1-13.3 before either); bf16 at the avx512_bf16 level 12.0-12.8 -> 11.1-11.7 (a standalone
+// copy of the loop).
 template <Bf16Conversion kConversion, typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
 __attribute__((always_inline)) inline void update_chunk_lanes_rounding(const Chunk<P, S>& c,
                                                                        const StepScalars<float>& s) {

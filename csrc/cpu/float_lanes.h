@@ -167,9 +167,9 @@ constexpr int kClassSubnormal = 0x20;
 constexpr int kClassSignallingNaN = 0x80;
 
 // The same bits with AVX512_BF16's vcvtneps2bf16, which rounds to nearest even in one instruction where the
-// integer path takes five integer operations, a NaN select and a 2-uop vpmovdw, except on two kinds of input: a NaN keeps its (quieted) payload,
-// where torch writes 0x7FC0, and a subnormal converts as zero (the instruction ignores MXCSR and treats its
-// inputs as DAZ). A vector holding either takes the integer path: an ordinary step has neither, and
+// integer path takes five integer operations, a NaN select and a 2-uop vpmovdw, except on two kinds of input: a
+// NaN keeps its (quieted) payload and sign, where torch writes 0x7FC0, and a subnormal converts as zero (the
+// instruction ignores MXCSR and treats its inputs as DAZ). A vector holding either takes the integer path: an ordinary step has neither, and
 // tests/test_float_lanes.py checks all 2^32 inputs. Only for CPUs with AVX512_BF16 (the avx512_bf16 level).
 //
 // Inline assembly rather than _mm512_cvtneps_pbh: the intrinsic needs target("avx512bf16") on every function it
