@@ -214,18 +214,6 @@ __attribute__((always_inline)) inline void update_chunk_lanes(const Chunk<P, S>&
   update_chunk<P, S, kMode, kMaster, kScaled>(tail, s);
 }
 
-// The lanes at the avx512 level, where float_lanes_run, for every configuration with fp32 math (RunCpu::run).
-// One core, fp32 math, 32 Ki elements in L2, ns per element, GCC's loop -> lanes: fp32 0.57 -> 0.40, fp16 0.84 ->
-// 0.62, fp16 with fp32 master 0.80 -> 0.62, bf16 params with fp32 state 0.61 -> 0.53, fp16 params with fp32 state
-// 0.66 -> 0.49. With bf16 state the lanes are slower in cache, as their two bf16 stores per element (four
-// integer operations, a NaN select and a 2-uop vpmovdw each) keep the two vector ports busy: bf16 0.62 -> 0.72,
-// bf16 with fp32 master 0.63 -> 0.72, fp32 params with bf16 state 0.60 -> 0.62. From memory the lanes' prefetch
-// wins (prefetch.h; 32 Mi elements, 2 threads, bench/results/prefetch-20261203/: bf16 with fp32 master
-// 18.1-18.5 -> 16.4-16.6 ms, fp32 params with bf16 state 21.1-21.8 -> 16.2-16.8 in sweeps.md there), and with
-// acc_delta's root on the divider so does the all-bf16 step (GCC's loop 15.3-16.1 ms, lanes 13.7-13.9 in
-// bench/results/bf16-lanes-20261203/sweeps.md; in L2 GCC's loop stays faster, 0.046 against 0.053 ms for 64 Ki
-// elements in the review of this routing, and a step's params rarely fit there) and its stochastic rounding,
-// whose noise hash runs in the lanes too (18.5-18.9 -> 14.6-15.6 ms in that folder's README).
 // The lanes' options for the step's rounding: a bf16 param without a master copy rounds stochastically where the
 // step asks. A step with 16-bit params and state and no master copy takes acc_delta's root on the divider: its
 // loads and stores convert on the same two vector ports as the FMA root's eight operations, while the divider
@@ -247,6 +235,18 @@ __attribute__((always_inline)) inline void update_chunk_lanes_rounding(const Chu
   update_chunk_lanes<kNearest, P, S, kMode, kMaster, kScaled>(c, s);
 }
 
+// The lanes at the avx512 level, where float_lanes_run, for every configuration with fp32 math (RunCpu::run).
+// One core, fp32 math, 32 Ki elements in L2, ns per element, GCC's loop -> lanes: fp32 0.57 -> 0.40, fp16 0.84 ->
+// 0.62, fp16 with fp32 master 0.80 -> 0.62, bf16 params with fp32 state 0.61 -> 0.53, fp16 params with fp32 state
+// 0.66 -> 0.49. With bf16 state the lanes are slower in cache, as their two bf16 stores per element (four
+// integer operations, a NaN select and a 2-uop vpmovdw each) keep the two vector ports busy: bf16 0.62 -> 0.72,
+// bf16 with fp32 master 0.63 -> 0.72, fp32 params with bf16 state 0.60 -> 0.62. From memory the lanes' prefetch
+// wins (prefetch.h; 32 Mi elements, 2 threads, bench/results/prefetch-20261203/: bf16 with fp32 master
+// 18.1-18.5 -> 16.4-16.6 ms, fp32 params with bf16 state 21.1-21.8 -> 16.2-16.8 in sweeps.md there), and with
+// acc_delta's root on the divider so does the all-bf16 step (GCC's loop 15.3-16.1 ms, lanes 13.7-13.9 in
+// bench/results/bf16-lanes-20261203/sweeps.md; in L2 GCC's loop stays faster, 0.046 against 0.053 ms for 64 Ki
+// elements in the review of this routing, and a step's params rarely fit there) and its stochastic rounding,
+// whose noise hash runs in the lanes too (18.5-18.9 -> 14.6-15.6 ms in that folder's README).
 template <typename P, typename S, GradMode kMode, bool kMaster, bool kScaled>
 __attribute__((flatten, target("avx512f,avx512bw,avx512vl,avx512dq,fma,bmi2,f16c,prefer-vector-width=512"))) void
 update_chunk_avx512_lanes(const Chunk<P, S>& c, const StepScalars<float>& s) {

@@ -159,6 +159,10 @@ ADF_LANES_INLINE void store_lanes(bfloat16_bits* dst, FloatLanes value) {
   store_bf16_bits(dst, bf16_nearest_bits(value));
 }
 
+ADF_LANES_INLINE void store_lanes(float16_bits* dst, FloatLanes value) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), fp16_round_nearest_avx512(value.v));
+}
+
 // vfpclassps categories (Intel SDM, VFPCLASSPS's imm8).
 constexpr int kClassQuietNaN = 0x01;
 constexpr int kClassPositiveInf = 0x08;
@@ -169,8 +173,9 @@ constexpr int kClassSignallingNaN = 0x80;
 // The same bits with AVX512_BF16's vcvtneps2bf16, which rounds to nearest even in one instruction where the
 // integer path takes five integer operations, a NaN select and a 2-uop vpmovdw, except on two kinds of input: a
 // NaN keeps its (quieted) payload and sign, where torch writes 0x7FC0, and a subnormal converts as zero (the
-// instruction ignores MXCSR and treats its inputs as DAZ). A vector holding either takes the integer path: an ordinary step has neither, and
-// tests/test_float_lanes.py checks all 2^32 inputs. Only for CPUs with AVX512_BF16 (the avx512_bf16 level).
+// instruction ignores MXCSR and treats its inputs as DAZ). A vector holding either takes the integer path: an
+// ordinary step has neither, and tests/test_float_lanes.py checks all 2^32 inputs. Only for CPUs with
+// AVX512_BF16 (the avx512_bf16 level).
 //
 // Inline assembly rather than _mm512_cvtneps_pbh: the intrinsic needs target("avx512bf16") on every function it
 // is inlined through, and GCC 12 left some calls of such a function out of line in the flattened kernels (a call
@@ -213,10 +218,6 @@ struct LaneOptions {
   bool stochastic_param = false;     // a bf16 param without a master copy rounds stochastically (rounding.h)
   bool acc_root_on_divider = false;  // adadelta_values' kAccRootOnDivider
 };
-
-ADF_LANES_INLINE void store_lanes(float16_bits* dst, FloatLanes value) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), fp16_round_nearest_avx512(value.v));
-}
 
 // The dense update of the 16 elements at param, grad (and master): loads them, runs adadelta_values on them
 // and the given accumulators, and stores what AdadeltaElement stores in the grad, master and param; the new
