@@ -1,7 +1,7 @@
 """The AVX-512 float lanes (csrc/cpu/float_lanes.h): their square root gives vsqrtps's bits, and their bf16 stores
 give the scalar stores' bits, on every fp32 input.
 
-The CPU kernels' lanes take square roots through rsqrt14, one Newton step and one correction on the FMA ports.
+The CPU kernels' lanes take square roots through rsqrt14, one Goldschmidt step and one correction on the FMA ports.
 That this rounds as the IEEE square root does is checked, not derived, so the check here is exhaustive: all
 2^32 bit patterns (the fast range [2^-80, 2^100) and everything that falls back to vsqrtps). The kernels run a
 smaller check on the CPU they find (float_lanes_are_exact) and keep GCC's loops where it fails; the kernel tests

@@ -165,6 +165,20 @@ def test_cpu_kernel_non_finite_values(generator, cpu_isa):
 
 
 @requires_extension
+@pytest.mark.parametrize("accumulator", [2, 3], ids=["square_avg", "acc_delta"])
+@pytest.mark.parametrize("position", [0, 63, 64, 130, 255, 256 + 47])
+def test_cpu_kernel_nan_code_anywhere_in_a_block(accumulator, position, generator, cpu_isa):
+    """One NaN code at each 64-code group of a whole block and in a tensor's last block of whole vectors (48
+    elements): the AVX-512 lanes check a block for NaN codes 64 at a time before decoding as they load, and every
+    other block of the tensor keeps decoding that way."""
+    group = quantized_group((304, 1023), torch.float32, generator)
+    group[accumulator][0][position] = Q.CODE_NAN
+    actual, expected = run_both(group, scalars_for("default"))
+    assert_same(actual, expected)
+    assert bool(torch.isnan(actual[0][0][position]))
+
+
+@requires_extension
 def test_cpu_kernel_layouts(generator):
     """Blocks follow the walk: a channels_last param's memory order, a strided view's logical order."""
     p = torch.randn(3, 5, 9, 11, generator=generator).to(memory_format=torch.channels_last)

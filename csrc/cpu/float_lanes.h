@@ -73,29 +73,35 @@ ADF_LANES_INLINE FloatLanes fused_multiply_add(FloatLanes a, FloatLanes b, Float
 }
 
 // sqrt(x), rounded as vsqrtps rounds it. When every lane is in the fast range: rsqrt14's estimate y0 of
-// 1/sqrt(x) (relative error below 2^-14), one Newton step y1 = y0 + y0 (1 - x y0^2) / 2 (error ~2^-23),
-// s = x y1, and one correction s + (x - s^2) y1 / 2: nine instructions, eight of them on the FMA ports. Other
-// vectors (a lane that is 0, subnormal, huge, negative, inf or NaN) take vsqrtps.
+// 1/sqrt(x) (relative error below 2^-14), one Goldschmidt step from g0 = x y0 (~sqrt(x)) and h0 = y0 / 2
+// (~1/(2 sqrt(x))): r = 1/2 - g0 h0, g1 = g0 + g0 r, h1 = h0 + h0 r (errors ~2^-27); then one correction
+// g1 + (x - g1^2) h1: eight instructions, seven of them on the FMA ports. The Newton form it replaced refined y0
+// first and then formed the root, one multiply more; the 8-bit step, whose ports are full, went 21.6-23.5 ->
+// 21.0-21.9 ms (32 Mi, two threads, alternating runs; within this VM's drift). Other vectors (a lane that is 0,
+// subnormal, huge, negative, inf or NaN) take vsqrtps.
 //
 // That the correction rounds to the IEEE root is checked, not derived: its error bound (about 2^-20 of an ulp)
 // does not exclude the inputs whose root lies within 2^-27 ulp of a rounding midpoint. Checked on all 2^32
 // inputs (tests/test_float_lanes.py), and on the CPU it runs on when a kernel first asks (float_lanes_are_exact),
 // since rsqrt14's table is the CPU's. (An earlier session's standalone "Newton step and Markstein's correction"
 // rounded 0.085 % of floats wrong; its code was not kept, so which detail differed is not known. A model that
-// corrects with 0.5 y0 instead of 0.5 y1 also fails.)
+// corrects with 0.5 y0 instead of h1 also fails.)
 ADF_LANES_INLINE FloatLanes square_root(FloatLanes x) {
   const __m512i offset = _mm512_sub_epi32(_mm512_castps_si512(x.v), _mm512_set1_epi32(int32_t(kFastRootLowest)));
   const __mmask16 fast = _mm512_cmp_epu32_mask(offset, _mm512_set1_epi32(int32_t(kFastRootEnd - kFastRootLowest)),
                                                _MM_CMPINT_LT);
-  if (__builtin_expect(fast != 0xFFFF, 0)) return _mm512_sqrt_ps(x.v);
-  const __m512 one = _mm512_set1_ps(1.0f);
+  // kortestw sets the carry flag when every lane is fast: one mask instruction, where fast != 0xFFFF takes
+  // two (kmovw to a general register, cmp).
+  if (__builtin_expect(!_kortestc_mask16_u8(fast, fast), 0)) return _mm512_sqrt_ps(x.v);
   const __m512 half = _mm512_set1_ps(0.5f);
   const __m512 y0 = _mm512_rsqrt14_ps(x.v);
-  const __m512 error = _mm512_fnmadd_ps(_mm512_mul_ps(x.v, y0), y0, one);  // 1 - x y0^2
-  const __m512 y1 = _mm512_fmadd_ps(_mm512_mul_ps(half, y0), error, y0);
-  const __m512 root = _mm512_mul_ps(x.v, y1);
-  const __m512 residual = _mm512_fnmadd_ps(root, root, x.v);  // x - root^2
-  return _mm512_fmadd_ps(residual, _mm512_mul_ps(half, y1), root);
+  const __m512 g0 = _mm512_mul_ps(x.v, y0);
+  const __m512 h0 = _mm512_mul_ps(half, y0);
+  const __m512 r = _mm512_fnmadd_ps(g0, h0, half);
+  const __m512 g1 = _mm512_fmadd_ps(g0, r, g0);
+  const __m512 h1 = _mm512_fmadd_ps(h0, r, h0);
+  const __m512 residual = _mm512_fnmadd_ps(g1, g1, x.v);
+  return _mm512_fmadd_ps(residual, h1, g1);
 }
 
 // vsqrtps itself: for a kernel with more square roots than the FMA ports can take besides its other work, to

@@ -1,8 +1,9 @@
 // The CPU kernel of adadelta_fused::quantized_adadelta_: one pass over every element of the group, parallel over
-// the group's chunks (the dense kernel's walk, multi_tensor.h), each chunk stepped block by block through the
-// shared lanes (quantized_state.h; at the AVX-512 level the update runs on float_lanes.h's vectors): a block of
-// 256 elements is decoded, updated and reduced into two L1 tiles, then encoded, so the block's scale never costs
-// a second pass over memory.
+// the group's chunks (the dense kernel's walk, multi_tensor.h), each chunk stepped block by block: a block of 256
+// elements is decoded, updated and reduced into two L1 tiles of new roots, then encoded, so the block's scale
+// never costs a second pass over memory. The shared lanes (quantized_state.h) run every step; at the AVX-512 level
+// the update runs on float_lanes.h's vectors, decoding the codes as it loads them, and the encode on
+// quantized_lanes.h's.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -17,6 +18,7 @@
 #include "cpu_isa.h"
 #include "float_lanes.h"
 #include "prefetch.h"
+#include "quantized_lanes.h"
 
 namespace adadelta_fused {
 namespace {
@@ -50,11 +52,21 @@ __attribute__((always_inline)) inline void decode_block(const uint8_t* codes, co
   }
 }
 
-template <typename Lanes>
+template <typename Lanes, bool kUseFloatLanes>
 __attribute__((always_inline)) inline void encode_block(const float (&roots)[kQuantBlock], int n,
                                                         uint32_t largest_bits, uint8_t* codes, float* scale) {
   if (ordinary_block(largest_bits)) {
     const float new_scale = block_scale(largest_bits);
+#if defined(__x86_64__)
+    if constexpr (kUseFloatLanes) {
+      if (n % kFloatLanes == 0) {
+        const FloatLanes factor(encode_factor(new_scale));
+        for (int l = 0; l < n; l += kFloatLanes) encode_lanes(load_lanes(roots + l), factor, codes + l);
+        *scale = new_scale;
+        return;
+      }
+    }
+#endif
     Lanes::template encode<false>(roots, n, encode_factor(new_scale), codes);
     *scale = new_scale;
   } else {
@@ -65,22 +77,39 @@ __attribute__((always_inline)) inline void encode_block(const float (&roots)[kQu
 }
 
 #if defined(__x86_64__)
+// Where the lanes find a block's old accumulators: with kFromCodes, decoded from the codes as they are loaded (no
+// code of the block is kCodeNaN); else in the tiles decode_block filled.
+struct BlockCodes {
+  const uint8_t* square_avg;
+  const uint8_t* acc_delta;
+  float square_avg_step;
+  float acc_delta_step;
+};
+
 // A block's dense update and new roots in 16-lane vectors (float_lanes.h), for the AVX-512 level: the operations
 // of QuantizedLanes::update. Of the four square roots per element, the two of the update run on the FMA ports
-// (square_root) and the two roots to encode on the divider (divider_square_root), which balances the two. One
+// (square_root) and the two roots to encode on the divider (divider_square_root), which balances the two: one
 // core, 48000 fp32 params in L2, ns per element of the whole step: shared loop 1.25; here, with all four roots on
-// the FMA ports 1.03, with one on the divider 0.93-0.95, with two 0.92.
-template <typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled>
+// the FMA ports 1.03, with one on the divider 0.93-0.95, with two 0.92 (a later session, 128 Ki: all four on
+// the FMA ports 1.27-1.36 against 1.06-1.15, three of the four on the divider no faster than two). Decoding as
+// they load (where no code of the block is kCodeNaN) spares the tiles a store and a load of each accumulator and
+// GCC's decode loops: with quantized_lanes.h's encode, 1.24-1.40 -> 1.06-1.19 ns (alternating runs, 48 Ki and
+// 128 Ki elements).
+template <bool kFromCodes, typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled>
 __attribute__((always_inline)) inline void update_block_lanes(ParamT* __restrict__ param, ParamT* __restrict__ grad,
                                                               float* __restrict__ master, int n,
-                                                              const StepScalars<float>& s, float (&sq)[kQuantBlock],
-                                                              float (&acc)[kQuantBlock], uint32_t& sq_largest,
-                                                              uint32_t& acc_largest) {
+                                                              const StepScalars<float>& s, const BlockCodes& codes,
+                                                              float (&sq)[kQuantBlock], float (&acc)[kQuantBlock],
+                                                              uint32_t& sq_largest, uint32_t& acc_largest) {
+  const FloatLanes sq_step(codes.square_avg_step);
+  const FloatLanes acc_step(codes.acc_delta_step);
   LargestBits sq_max;
   LargestBits acc_max;
   for (int l = 0; l < n; l += kFloatLanes) {
+    const FloatLanes sq_old = kFromCodes ? decode_lanes(codes.square_avg + l, sq_step) : load_lanes(sq + l);
+    const FloatLanes acc_old = kFromCodes ? decode_lanes(codes.acc_delta + l, acc_step) : load_lanes(acc + l);
     const UpdatedValues<FloatLanes> u = update_lanes<kScaled, kGradMode, kHasMaster>(
-        param + l, grad + l, kHasMaster ? master + l : nullptr, load_lanes(sq + l), load_lanes(acc + l), s);
+        param + l, grad + l, kHasMaster ? master + l : nullptr, sq_old, acc_old, s);
     const FloatLanes sq_root = divider_square_root(u.square_avg);
     const FloatLanes acc_root = divider_square_root(u.acc_delta);
     store_lanes(sq + l, sq_root);
@@ -88,30 +117,46 @@ __attribute__((always_inline)) inline void update_block_lanes(ParamT* __restrict
     sq_max.fold(sq_root);
     acc_max.fold(acc_root);
   }
-  sq_largest = std::max(sq_largest, sq_max.largest());
-  acc_largest = std::max(acc_largest, acc_max.largest());
+  sq_largest = sq_max.largest();
+  acc_largest = acc_max.largest();
 }
 #endif
 
-// The dense update and new roots of a block's n elements: the lanes where they run and the block is whole
-// vectors (every block but a tensor's last, and that one where its length is a multiple of 16), else the shared
-// loop.
+// A block's decode, dense update and new roots (left in sq and acc), and the largest raw bits of each
+// accumulator's roots. The lanes run a block of whole vectors (every block but a tensor's last, and that one where
+// its length is a multiple of 16), decoding as they load unless a code is kCodeNaN; other blocks run the shared
+// loops.
 template <bool kUseFloatLanes, typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled>
-__attribute__((always_inline)) inline void update_block(ParamT* param, ParamT* grad, float* master, int n,
-                                                        const StepScalars<float>& s, uint32_t tensor_key,
-                                                        int64_t first, float (&sq)[kQuantBlock],
+__attribute__((always_inline)) inline void update_block(const QuantizedChunk<ParamT>& c, int64_t first, int n,
+                                                        const StepScalars<float>& s, float (&sq)[kQuantBlock],
                                                         float (&acc)[kQuantBlock], uint32_t& sq_largest,
                                                         uint32_t& acc_largest) {
+  using Lanes = QuantizedLanes<ParamT, kGradMode, kHasMaster, kScaled, kQuantBlock>;
+  const int64_t block = first / kQuantBlock;
+  ParamT* param = c.param + first;
+  ParamT* grad = c.grad + first;
+  float* master = kHasMaster ? c.master + first : nullptr;
 #if defined(__x86_64__)
   if constexpr (kUseFloatLanes) {
     if (n % kFloatLanes == 0) {
-      return update_block_lanes<ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, sq, acc,
-                                                                        sq_largest, acc_largest);
+      const BlockCodes codes{c.square_avg + first, c.acc_delta + first, decode_step(c.square_avg_scale[block]),
+                             decode_step(c.acc_delta_scale[block])};
+      if (!has_nan_code(codes.square_avg, n) && !has_nan_code(codes.acc_delta, n)) {
+        return update_block_lanes<true, ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, codes, sq,
+                                                                                acc, sq_largest, acc_largest);
+      }
+      decode_block<Lanes>(codes.square_avg, c.square_avg_scale + block, n, sq);
+      decode_block<Lanes>(codes.acc_delta, c.acc_delta_scale + block, n, acc);
+      return update_block_lanes<false, ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, codes, sq,
+                                                                               acc, sq_largest, acc_largest);
     }
   }
 #endif
-  QuantizedLanes<ParamT, kGradMode, kHasMaster, kScaled, kQuantBlock>::update(param, grad, master, n, s, tensor_key,
-                                                                              first, sq, acc, sq_largest, acc_largest);
+  decode_block<Lanes>(c.square_avg + first, c.square_avg_scale + block, n, sq);
+  decode_block<Lanes>(c.acc_delta + first, c.acc_delta_scale + block, n, acc);
+  sq_largest = 0;
+  acc_largest = 0;
+  Lanes::update(param, grad, master, n, s, c.tensor_key, first, sq, acc, sq_largest, acc_largest);
 }
 
 // Software prefetch, kPrefetchBlocks blocks ahead (4 KiB of fp32 params) in every per-element buffer. A block
@@ -143,15 +188,12 @@ __attribute__((always_inline)) inline void update_blocks(const QuantizedChunk<Pa
     const int n = int(std::min<int64_t>(kQuantBlock, c.end - first));
     const int64_t block = first / kQuantBlock;
     prefetch_block(c, first + kPrefetchBlocks * kQuantBlock);
-    decode_block<Lanes>(c.square_avg + first, c.square_avg_scale + block, n, sq);
-    decode_block<Lanes>(c.acc_delta + first, c.acc_delta_scale + block, n, acc);
-    uint32_t sq_largest = 0;
-    uint32_t acc_largest = 0;
-    update_block<kUseFloatLanes, ParamT, kGradMode, kHasMaster, kScaled>(
-        c.param + first, c.grad + first, kHasMaster ? c.master + first : nullptr, n, s, c.tensor_key, first, sq, acc,
-        sq_largest, acc_largest);
-    encode_block<Lanes>(sq, n, sq_largest, c.square_avg + first, c.square_avg_scale + block);
-    encode_block<Lanes>(acc, n, acc_largest, c.acc_delta + first, c.acc_delta_scale + block);
+    uint32_t sq_largest;
+    uint32_t acc_largest;
+    update_block<kUseFloatLanes, ParamT, kGradMode, kHasMaster, kScaled>(c, first, n, s, sq, acc, sq_largest,
+                                                                         acc_largest);
+    encode_block<Lanes, kUseFloatLanes>(sq, n, sq_largest, c.square_avg + first, c.square_avg_scale + block);
+    encode_block<Lanes, kUseFloatLanes>(acc, n, acc_largest, c.acc_delta + first, c.acc_delta_scale + block);
   }
 }
 
