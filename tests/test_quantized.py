@@ -5,6 +5,9 @@ the validator. The optimizer's use of it is tests/test_quantized_optimizer.py; T
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,7 +127,8 @@ def test_cpu_kernel_matches_reference(n, dtype, generator, cpu_isa):
                                           (torch.float16, True)], ids=str)
 def test_cpu_kernel_features_match_reference(feature, dtype, master, generator, cpu_isa):
     # 304: a last block of 48 elements, whole 16-lane vectors (the AVX-512 lanes run it); 300 and 1023: not.
-    group = quantized_group((0, 1, 300, 304, 1023), dtype, generator, master=master)
+    # 272 and 320: last blocks of one vector and of 64 elements (one whole 64-code group in the NaN-code check).
+    group = quantized_group((0, 1, 272, 300, 304, 320, 1023), dtype, generator, master=master)
     assert_same(*run_both(group, scalars_for(feature), poison_params=master))
 
 
@@ -176,6 +180,70 @@ def test_cpu_kernel_nan_code_anywhere_in_a_block(accumulator, position, generato
     actual, expected = run_both(group, scalars_for("default"))
     assert_same(actual, expected)
     assert bool(torch.isnan(actual[0][0][position]))
+
+
+@requires_extension
+@pytest.mark.parametrize("n", [16, 64, 256])
+@pytest.mark.parametrize("block", ["fresh_with_one_nan", "all_nan"])
+def test_cpu_kernel_nan_code_in_a_block_without_code_254(block, n, generator, cpu_isa):
+    """Blocks whose largest code is not 254, as every block of random state's is: a fresh (all-zero) block with one
+    NaN code, and a block of NaN codes only (what NaN grads over a whole block leave). A check that took 254 for
+    the NaN code would pass every random block and decode these NaN codes as roots."""
+    group = quantized_group((n,), torch.float32, generator)
+    for codes, scales in ((group[2], group[5]), (group[3], group[6])):
+        codes[0].fill_(Q.CODE_NAN if block == "all_nan" else 0)
+        scales[0].fill_(Q.MIN_SCALE)
+    group[3 if block == "all_nan" else 2][0][n - 1] = Q.CODE_NAN
+    actual, expected = run_both(group, scalars_for("default"))
+    assert_same(actual, expected)
+    assert bool(torch.isnan(actual[0][0][n - 1]))
+
+
+_GUARDED_STEP = """
+import ctypes, mmap, sys, torch
+sys.path.insert(0, {tests!r})
+from adadelta_fused import _extension, quantized_reference as Q
+from adadelta_fused.contract import quantized_op_arguments
+from conftest import scalars_for
+from test_quantized import assert_same, clone, quantized_group
+
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, PAGE = 3, 0x22, mmap.PAGESIZE
+
+
+def codes_before_a_guard_page(codes):
+    base = libc.mmap(None, 2 * PAGE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)
+    assert libc.mprotect(base + PAGE, PAGE, 0) == 0
+    buffer = (ctypes.c_uint8 * codes.numel()).from_address(base + PAGE - codes.numel())
+    return torch.frombuffer(buffer, dtype=torch.uint8).copy_(codes)
+
+
+ext = _extension.module()
+generator = torch.Generator().manual_seed(7)
+for isa in ext.supported_cpu_isas():
+    ext.select_cpu_isa(isa)
+    for n in (16, 48, 64, 272, 300, 304, 512):
+        group = quantized_group((n,), torch.float32, generator)
+        group[2][0], group[3][0] = codes_before_a_guard_page(group[2][0]), codes_before_a_guard_page(group[3][0])
+        expected = clone(group)
+        Q.quantized_adadelta_reference_(*expected[:5], expected[5], expected[6], scalars_for("default"))
+        torch.ops.adadelta_fused.quantized_adadelta_(
+            *quantized_op_arguments(*group[:5], group[5], group[6], scalars_for("default")))
+        assert_same(group, expected)
+"""
+
+
+@requires_extension
+def test_cpu_kernel_reads_no_code_past_the_end():
+    """Codes that end where an unreadable page begins, at every level and at block lengths around the 16-lane and
+    64-code loads: a load past the end (an unmasked 64-byte load in the NaN-code check, say) faults. In a child
+    process, so that the fault fails this test rather than the run."""
+    child = subprocess.run([sys.executable, "-c", _GUARDED_STEP.format(tests=str(Path(__file__).parent))],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
 
 
 @requires_extension

@@ -139,16 +139,18 @@ __attribute__((always_inline)) inline void update_block(const QuantizedChunk<Par
 #if defined(__x86_64__)
   if constexpr (kUseFloatLanes) {
     if (n % kFloatLanes == 0) {
-      const BlockCodes codes{c.square_avg + first, c.acc_delta + first, decode_step(c.square_avg_scale[block]),
-                             decode_step(c.acc_delta_scale[block])};
-      if (!has_nan_code(codes.square_avg, n) && !has_nan_code(codes.acc_delta, n)) {
+      const uint8_t* sq_codes = c.square_avg + first;
+      const uint8_t* acc_codes = c.acc_delta + first;
+      if (!has_nan_code(sq_codes, n) && !has_nan_code(acc_codes, n)) {
+        const BlockCodes codes{sq_codes, acc_codes, decode_step(c.square_avg_scale[block]),
+                               decode_step(c.acc_delta_scale[block])};
         return update_block_lanes<true, ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, codes, sq,
                                                                                 acc, sq_largest, acc_largest);
       }
-      decode_block<Lanes>(codes.square_avg, c.square_avg_scale + block, n, sq);
-      decode_block<Lanes>(codes.acc_delta, c.acc_delta_scale + block, n, acc);
-      return update_block_lanes<false, ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, codes, sq,
-                                                                               acc, sq_largest, acc_largest);
+      decode_block<Lanes>(sq_codes, c.square_avg_scale + block, n, sq);
+      decode_block<Lanes>(acc_codes, c.acc_delta_scale + block, n, acc);
+      return update_block_lanes<false, ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, BlockCodes{},
+                                                                               sq, acc, sq_largest, acc_largest);
     }
   }
 #endif
