@@ -8,17 +8,23 @@
 
 namespace adadelta_fused {
 
-// A 32-bit integer finalizer with low bias (two multiply-xorshift rounds): every output bit depends on
-// every input bit, which is all the 16 noise bits below need. U is uint32_t, or 16 lanes of it (the AVX-512 CPU
-// kernel's UintLanes, cpu/float_lanes.h), which run these lines.
+// mix32 (below) from its second line on. Its first line folds x ^ (x >> 16); a caller that knows x >> 16 ahead
+// folds it itself (rounding_noise_in_run).
 template <typename U>
-ADF_HOST_DEVICE U mix32(U x) {
-  x = x ^ (x >> 16);
+ADF_HOST_DEVICE U mix32_after_fold(U x) {
   x = x * U(0x7FEB352Du);
   x = x ^ (x >> 15);
   x = x * U(0x846CA68Bu);
   x = x ^ (x >> 16);
   return x;
+}
+
+// A 32-bit integer finalizer with low bias (two multiply-xorshift rounds): every output bit depends on
+// every input bit, which is all the 16 noise bits below need. U is uint32_t, or 16 lanes of it (the AVX-512 CPU
+// kernel's UintLanes, cpu/float_lanes.h), which run these lines.
+template <typename U>
+ADF_HOST_DEVICE U mix32(U x) {
+  return mix32_after_fold(x ^ (x >> 16));
 }
 
 // Hoisted out of the element loop: depends only on the step's key and the tensor's position in the op.
@@ -36,6 +42,18 @@ ADF_HOST_DEVICE uint32_t rounding_noise_high(uint32_t tensor_key, int64_t index)
 template <typename U>
 ADF_HOST_DEVICE U rounding_noise_low(U high, U index_low) {
   return mix32(high ^ index_low) & U(0xFFFFu);
+}
+
+// rounding_noise_low for a run of indices that share their upper 16 bits (64 Ki from a multiple of 64 Ki: a CPU
+// chunk). mix32 first folds x ^ (x >> 16) with x = high ^ index_low, and x >> 16 is the same for the whole run,
+// so the fold is index_low ^ run_key with one key per run: one operation per element instead of three.
+ADF_HOST_DEVICE uint32_t rounding_run_key(uint32_t high, uint32_t index_low) {
+  return high ^ ((high ^ index_low) >> 16);
+}
+
+template <typename U>
+ADF_HOST_DEVICE U rounding_noise_in_run(U run_key, U index_low) {
+  return mix32_after_fold(run_key ^ index_low) & U(0xFFFFu);
 }
 
 ADF_HOST_DEVICE uint32_t rounding_noise(uint32_t tensor_key, int64_t index) {

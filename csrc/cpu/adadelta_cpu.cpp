@@ -90,6 +90,9 @@ constexpr int kTileElements = 256;
 static_assert(kChunkElements % kTileElements == 0, "a chunk must hold whole tiles");
 static_assert((int64_t(1) << 32) % kChunkElements == 0,
               "update_chunk hoists the noise's high word: a chunk must not straddle a multiple of 2^32");
+static_assert((int64_t(1) << 16) % kChunkElements == 0,
+              "update_chunk_lanes keys the noise once per chunk (rounding_run_key): a chunk must not straddle a "
+              "multiple of 2^16");
 
 // The fp32 view of buffer[first, first + n): the buffer itself when it holds fp32, else the tile, widened.
 template <TileConversion kConversion, typename T>
@@ -199,12 +202,14 @@ __attribute__((always_inline)) inline void update_chunk_lanes(const Chunk<P, S>&
   float* __restrict__ master = c.master;
   // The noise's first hash round, as update_chunk hoists it: the chunk never straddles a multiple of 2^32.
   const uint32_t noise_high = kOptions.stochastic_param ? rounding_noise_high(c.tensor_key, c.begin) : 0u;
+  const UintLanes noise_key(rounding_run_key(noise_high, uint32_t(c.begin)));
   int64_t i = c.begin;
-  for (; i + kFloatLanes <= c.end; i += kFloatLanes) {
+  UintLanes indices = consecutive_indices(uint32_t(i));
+  for (; i + kFloatLanes <= c.end; i += kFloatLanes, indices = indices + UintLanes(kFloatLanes)) {
     prefetch_chunk_ahead(c, i, kFloatLanes);
     const UpdatedValues<FloatLanes> u = update_lanes<kScaled, kMode, kMaster, kOptions>(
         param + i, grad + i, kMaster ? master + i : nullptr, load_lanes(square_avg + i), load_lanes(acc_delta + i), s,
-        noise_high, uint32_t(i));
+        noise_key, indices);
     store_nearest<kOptions.bf16>(square_avg + i, u.square_avg);
     store_nearest<kOptions.bf16>(acc_delta + i, u.acc_delta);
   }

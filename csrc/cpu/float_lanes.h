@@ -127,8 +127,9 @@ ADF_LANES_INLINE UintLanes operator^(UintLanes a, UintLanes b) { return _mm512_x
 ADF_LANES_INLINE UintLanes operator&(UintLanes a, UintLanes b) { return _mm512_and_si512(a.v, b.v); }
 ADF_LANES_INLINE UintLanes operator*(UintLanes a, UintLanes b) { return _mm512_mullo_epi32(a.v, b.v); }
 ADF_LANES_INLINE UintLanes operator>>(UintLanes a, unsigned int shift) { return _mm512_srli_epi32(a.v, shift); }
+ADF_LANES_INLINE UintLanes operator+(UintLanes a, UintLanes b) { return _mm512_add_epi32(a.v, b.v); }
 
-// The indices index_low + 0 ... index_low + 15, as rounding_noise_low takes them.
+// The indices index_low + 0 ... index_low + 15, as rounding_noise_low and rounding_noise_in_run take them.
 ADF_LANES_INLINE UintLanes consecutive_indices(uint32_t index_low) {
   return _mm512_add_epi32(_mm512_set1_epi32(int32_t(index_low)),
                           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
@@ -197,14 +198,20 @@ ADF_LANES_INLINE void store_lanes_bf16_instruction(bfloat16_bits* dst, FloatLane
 }
 
 // bf16_round_stochastic (rounding.h) in 16 lanes, with each lane's noise: a non-finite value rounds to nearest.
+// The stored bf16 is the high half of value + noise, which one vpermw picks from the 16 lanes in place of a
+// shift and vpmovdw (measured here in a loop of each: vpermw issues as often as a shift, vpmovdw half as often).
 ADF_LANES_INLINE void store_lanes_stochastic(bfloat16_bits* dst, FloatLanes value, UintLanes noise) {
-  const __m512i stochastic = _mm512_srli_epi32(_mm512_add_epi32(_mm512_castps_si512(value.v), noise.v), 16);
+  const __m512i sum = _mm512_add_epi32(_mm512_castps_si512(value.v), noise.v);
   constexpr int kNonFinite = kClassQuietNaN | kClassSignallingNaN | kClassPositiveInf | kClassNegativeInf;
   const __mmask16 non_finite = _mm512_fpclass_ps_mask(value.v, kNonFinite);
   if (__builtin_expect(non_finite != 0, 0)) {
+    const __m512i stochastic = _mm512_srli_epi32(sum, 16);
     return store_bf16_bits(dst, _mm512_mask_blend_epi32(non_finite, stochastic, bf16_nearest_bits(value)));
   }
-  store_bf16_bits(dst, stochastic);
+  const __m512i high_halves = _mm512_setr_epi32(0x00030001, 0x00070005, 0x000B0009, 0x000F000D, 0x00130011,
+                                                0x00170015, 0x001B0019, 0x001F001D, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i words = _mm512_permutexvar_epi16(high_halves, sum);  // word k of the result: word 2k + 1 of sum
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_castsi512_si256(words));
 }
 
 // How the lanes round fp32 to bf16 to nearest even: with integer operations on every AVX-512 CPU, or with
@@ -230,18 +237,19 @@ struct LaneOptions {
 // The dense update of the 16 elements at param, grad (and master): loads them, runs adadelta_values on them
 // and the given accumulators, and stores what AdadeltaElement stores in the grad, master and param; the new
 // accumulators are the caller's to store (the 8-bit kernel encodes their roots). With kOptions.stochastic_param,
-// noise_high and index_low are update_hoisted's for the first of the 16 elements.
+// noise_key is the chunk's rounding_run_key and indices the 16 elements' index_low (rounding.h).
 template <bool kScaled, GradMode kGradMode, bool kHasMaster, LaneOptions kOptions = LaneOptions{}, typename ParamT>
 ADF_LANES_INLINE UpdatedValues<FloatLanes> update_lanes(ParamT* param, ParamT* grad, float* master, FloatLanes sq,
                                                         FloatLanes acc, const StepScalars<float>& s,
-                                                        uint32_t noise_high = 0, uint32_t index_low = 0) {
+                                                        UintLanes noise_key = UintLanes(0u),
+                                                        UintLanes indices = UintLanes(0u)) {
   const FloatLanes p = kHasMaster ? load_lanes(master) : load_lanes(param);
   const UpdatedValues<FloatLanes> u =
       adadelta_values<kScaled, kOptions.acc_root_on_divider>(load_lanes(grad), p, sq, acc, s);
   if constexpr (kGradMode == GradMode::kUnscale) store_nearest<kOptions.bf16>(grad, u.grad);
   if constexpr (kHasMaster) store_lanes(master, u.param);
   if constexpr (kOptions.stochastic_param && is_bf16_v<ParamT> && !kHasMaster) {
-    store_lanes_stochastic(param, u.param, rounding_noise_low(UintLanes(noise_high), consecutive_indices(index_low)));
+    store_lanes_stochastic(param, u.param, rounding_noise_in_run(noise_key, indices));
   } else {
     store_nearest<kOptions.bf16>(param, u.param);
   }
