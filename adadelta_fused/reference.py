@@ -94,11 +94,14 @@ def key_as_tensor_zero(key: int, tensor_index: int) -> int:
 
 
 def rounding_noise(key: int, tensor_index: int, numel: int) -> torch.Tensor:
-    """16 random bits per element (int64 tensor), a pure function of (key, tensor, element index)."""
+    """16 random bits per element (int64 tensor), a pure function of (key, tensor, element index): elements 2k and
+    2k + 1 take the low and the high half of one hash of their pair."""
     per_tensor = mix32(key_as_tensor_zero(key, tensor_index))
     index = torch.arange(numel, dtype=torch.int64)
     high = _mix32(torch.full_like(index, per_tensor) ^ (index >> 32))
-    return _mix32(high ^ (index & _MASK32)) & 0xFFFF
+    # Elements 2k and 2k + 1 take the low and the high half of one hash (csrc/rounding.h rounding_pair_hash).
+    pair_hash = _mix32(high ^ (index & (_MASK32 - 1)))
+    return (pair_hash >> ((index & 1) * 16)) & 0xFFFF
 
 
 def walk_positions(param: torch.Tensor) -> torch.Tensor:

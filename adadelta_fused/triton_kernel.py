@@ -66,7 +66,9 @@ def _rounding_noise(tensor_key, index):
     # scalar argument it starts from), and an int32 shifted by 32 is undefined on the GPU.
     index = index.to(tl.int64)
     high = _mix32(tensor_key ^ (index >> 32).to(tl.uint32))
-    return _mix32(high ^ index.to(tl.uint32)) & 0xFFFF
+    # Elements 2k and 2k + 1 take the low and the high half of one hash (csrc/rounding.h rounding_pair_hash).
+    pair_hash = _mix32(high ^ ((index >> 1) << 1).to(tl.uint32))
+    return (pair_hash >> ((index & 1) * 16).to(tl.uint32)) & 0xFFFF
 
 
 @triton.jit

@@ -11,7 +11,9 @@
 namespace adadelta_fused {
 
 // 64 Ki elements per chunk: 256 KiB of fp32 per buffer, enough work per CUDA block (512 threads x 4
-// vectors of 4 x 8 iterations) and per CPU task (tens of microseconds) to hide the scheduling cost.
+// vectors of 4 x 8 iterations) and per CPU task (tens of microseconds) to hide the scheduling cost. No more:
+// the CPU lanes key the rounding noise once per chunk, which needs a chunk's indices to share their upper 16
+// bits (rounding.h rounding_run_key; static_assert in cpu/adadelta_cpu.cpp).
 constexpr int64_t kChunkElements = 65536;
 
 // Sized to fit CUDA's 32764-byte kernel-argument limit (sm_70+ with CUDA >= 12.1; CUDA 13 builds only

@@ -9,7 +9,7 @@
 namespace adadelta_fused {
 
 // mix32 (below) from its second line on. Its first line folds x ^ (x >> 16); a caller that knows x >> 16 ahead
-// folds it itself (rounding_noise_in_run).
+// folds it itself (rounding_pair_hash_in_run).
 template <typename U>
 ADF_HOST_DEVICE U mix32_after_fold(U x) {
   x = x * U(0x7FEB352Du);
@@ -39,21 +39,32 @@ ADF_HOST_DEVICE uint32_t rounding_noise_high(uint32_t tensor_key, int64_t index)
   return mix32<uint32_t>(tensor_key ^ uint32_t(uint64_t(index) >> 32));
 }
 
+// The second round hashes a pair of neighbours: elements 2k and 2k + 1 of a tensor (k < 2^31 within a 2^32
+// stretch) draw the low and the high 16 bits of one hash. Each element still gets 16 bits of a hash of its own
+// index, and the AVX-512 lanes hash 16 pairs for 32 elements: the hash's two 32-bit multiplies (two uops each)
+// and its shifts per 32 elements instead of per 16, which decided whether stochastic rounding stays within 10 %
+// of the nearest step (bench/results/stochastic-pairs-20261203/).
 template <typename U>
-ADF_HOST_DEVICE U rounding_noise_low(U high, U index_low) {
-  return mix32(high ^ index_low) & U(0xFFFFu);
+ADF_HOST_DEVICE U rounding_pair_hash(U high, U index_low) {
+  return mix32(high ^ (index_low & U(0xFFFFFFFEu)));
 }
 
-// rounding_noise_low for a run of indices that share their upper 16 bits (64 Ki from a multiple of 64 Ki: a CPU
-// chunk). mix32 first folds x ^ (x >> 16) with x = high ^ index_low, and x >> 16 is the same for the whole run,
-// so the fold is index_low ^ run_key with one key per run: one operation per element instead of three.
+template <typename U>
+ADF_HOST_DEVICE U rounding_noise_low(U high, U index_low) {
+  return (rounding_pair_hash(high, index_low) >> ((index_low & U(1u)) << 4)) & U(0xFFFFu);
+}
+
+// rounding_pair_hash for a run of indices that share their upper 16 bits (64 Ki from a multiple of 64 Ki: a CPU
+// chunk). mix32 first folds x ^ (x >> 16) with x = high ^ pair_index, and x >> 16 is the same for the whole run,
+// so the fold is pair_index ^ run_key with one key per run: one operation instead of three.
 ADF_HOST_DEVICE uint32_t rounding_run_key(uint32_t high, uint32_t index_low) {
   return high ^ ((high ^ index_low) >> 16);
 }
 
+// pair_index: the even index of the pair (index_low with its lowest bit clear).
 template <typename U>
-ADF_HOST_DEVICE U rounding_noise_in_run(U run_key, U index_low) {
-  return mix32_after_fold(run_key ^ index_low) & U(0xFFFFu);
+ADF_HOST_DEVICE U rounding_pair_hash_in_run(U run_key, U pair_index) {
+  return mix32_after_fold(run_key ^ pair_index);
 }
 
 ADF_HOST_DEVICE uint32_t rounding_noise(uint32_t tensor_key, int64_t index) {

@@ -69,7 +69,8 @@ def test_count_out_of_range_is_refused(ext, count):
 def test_the_bf16_lane_stores_give_the_scalar_bits_on_every_input(ext, stochastic):
     """vcvtneps2bf16 keeps a NaN's payload and treats subnormal inputs as zero, where torch writes 0x7FC0 and rounds
     the subnormal; the lanes' store patches both (every NaN, subnormal, tie, overflow to inf and +-0 is among the
-    2^32 inputs). The stochastic store runs rounding.h's noise hash in 16 lanes, with each pattern as its index."""
+    2^32 inputs). The stochastic store takes the noise as the kernel's lanes draw it (a pair hash per two elements,
+    keyed once per 64 Ki run), with each pattern as its index, against the scalar rounding_noise_low."""
     if not stochastic and "avx512_bf16" not in ext.supported_cpu_isas():
         pytest.skip("this CPU lacks AVX512_BF16: the avx512_bf16 level and its instruction store never run")
     assert ext.float_lanes_bf16_mismatches(0, 2**32, stochastic) == 0
@@ -84,3 +85,5 @@ def test_the_bf16_check_runs_whole_blocks_and_wraps(ext, stochastic):
     assert ext.float_lanes_bf16_mismatches(0xFFFFF000, 2 * 4096, stochastic) == 0
     with pytest.raises(ValueError, match="count must be a multiple of 4096 in \\[0, 2\\^32\\], got 4097"):
         ext.float_lanes_bf16_mismatches(0, 4097, stochastic)
+    with pytest.raises(ValueError, match="first must be a multiple of 4096, got 16"):
+        ext.float_lanes_bf16_mismatches(16, 4096, stochastic)

@@ -200,18 +200,36 @@ __attribute__((always_inline)) inline void update_chunk_lanes(const Chunk<P, S>&
   S* __restrict__ square_avg = c.square_avg;
   S* __restrict__ acc_delta = c.acc_delta;
   float* __restrict__ master = c.master;
-  // The noise's first hash round, as update_chunk hoists it: the chunk never straddles a multiple of 2^32.
-  const uint32_t noise_high = kOptions.stochastic_param ? rounding_noise_high(c.tensor_key, c.begin) : 0u;
-  const UintLanes noise_key(rounding_run_key(noise_high, uint32_t(c.begin)));
-  int64_t i = c.begin;
-  UintLanes indices = consecutive_indices(uint32_t(i));
-  for (; i + kFloatLanes <= c.end; i += kFloatLanes, indices = indices + UintLanes(kFloatLanes)) {
-    prefetch_chunk_ahead(c, i, kFloatLanes);
+  // always_inline: the kernel's `flatten` does not reach into a lambda's calls, and an out-of-line call of the
+  // lanes' helpers would pass vectors across a target boundary.
+  const auto update_16 = [&](int64_t k, UintLanes noise) __attribute__((always_inline)) {
+    prefetch_chunk_ahead(c, k, kFloatLanes);
     const UpdatedValues<FloatLanes> u = update_lanes<kScaled, kMode, kMaster, kOptions>(
-        param + i, grad + i, kMaster ? master + i : nullptr, load_lanes(square_avg + i), load_lanes(acc_delta + i), s,
-        noise_key, indices);
-    store_nearest<kOptions.bf16>(square_avg + i, u.square_avg);
-    store_nearest<kOptions.bf16>(acc_delta + i, u.acc_delta);
+        param + k, grad + k, kMaster ? master + k : nullptr, load_lanes(square_avg + k), load_lanes(acc_delta + k), s,
+        noise);
+    store_nearest<kOptions.bf16>(square_avg + k, u.square_avg);
+    store_nearest<kOptions.bf16>(acc_delta + k, u.acc_delta);
+  };
+  int64_t i = c.begin;
+  if constexpr (kOptions.stochastic_param) {
+    // The noise's first hash round, as update_chunk hoists it (the chunk never straddles a multiple of 2^32), and
+    // the second's fold, once per chunk (rounding_run_key: a chunk starts at a multiple of 64 Ki in its tensor and
+    // holds at most 64 Ki elements, so its indices share their upper 16 bits); then one pair hash per two elements.
+    TORCH_INTERNAL_ASSERT_DEBUG_ONLY(c.begin % kChunkElements == 0 && c.end - c.begin <= kChunkElements);
+    const uint32_t noise_high = rounding_noise_high(c.tensor_key, c.begin);
+    const UintLanes run_key(rounding_run_key(noise_high, uint32_t(c.begin)));
+    UintLanes pairs = pair_indices(uint32_t(i));
+    for (; i + 2 * kFloatLanes <= c.end; i += 2 * kFloatLanes, pairs = pairs + UintLanes(2 * kFloatLanes)) {
+      const UintLanes hashes = rounding_pair_hash_in_run(run_key, pairs);
+      update_16(i, pair_noises<false>(hashes));
+      update_16(i + kFloatLanes, pair_noises<true>(hashes));
+    }
+    if (i + kFloatLanes <= c.end) {
+      update_16(i, pair_noises<false>(rounding_pair_hash_in_run(run_key, pairs)));
+      i += kFloatLanes;
+    }
+  } else {
+    for (; i + kFloatLanes <= c.end; i += kFloatLanes) update_16(i, UintLanes(0u));
   }
   // The tail lies inside the chunk, so update_chunk's hoisted noise round (from tail.begin) is the chunk's.
   Chunk<P, S> tail = c;

@@ -44,9 +44,14 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))) int64_t c
       for (int i = 0; i < kBlock; ++i) {
         expected[i] = bf16_round_stochastic(float_of(bits[i]), rounding_noise_low(noise_high, bits[i]));
       }
-      for (int i = 0; i < kBlock; i += kFloatLanes) {
-        const UintLanes noise = rounding_noise_low(UintLanes(noise_high), consecutive_indices(bits[i]));
-        store_lanes_stochastic(got + i, _mm512_castsi512_ps(_mm512_load_si512(bits + i)), noise);
+      // The noise as the kernel's lanes draw it (adadelta_cpu.cpp update_chunk_lanes): one key per 64 Ki run (a
+      // block of 4096 from a multiple of 4096 lies in one), a pair hash per two elements, spread by pair_noises.
+      const UintLanes run_key(rounding_run_key(noise_high, block_first));
+      for (int i = 0; i < kBlock; i += 2 * kFloatLanes) {
+        const UintLanes hashes = rounding_pair_hash_in_run(run_key, pair_indices(bits[i]));
+        store_lanes_stochastic(got + i, _mm512_castsi512_ps(_mm512_load_si512(bits + i)), pair_noises<false>(hashes));
+        store_lanes_stochastic(got + i + kFloatLanes, _mm512_castsi512_ps(_mm512_load_si512(bits + i + kFloatLanes)),
+                               pair_noises<true>(hashes));
       }
     } else {
       for (int i = 0; i < kBlock; ++i) expected[i] = bf16_round_nearest(float_of(bits[i]));
@@ -128,6 +133,7 @@ int64_t float_lanes_bf16_mismatches(uint32_t first, int64_t count, bool stochast
               "the bf16 instruction store needs AVX512_BF16, which this CPU lacks");
   TORCH_CHECK_VALUE(count >= 0 && count <= (int64_t(1) << 32) && count % kBf16CheckBlock == 0,
                     "count must be a multiple of ", kBf16CheckBlock, " in [0, 2^32], got ", count);
+  TORCH_CHECK_VALUE(first % kBf16CheckBlock == 0, "first must be a multiple of ", kBf16CheckBlock, ", got ", first);
 #if defined(__x86_64__)
   return count_bf16_mismatches(first, count, stochastic);
 #else

@@ -36,9 +36,10 @@ void set_float_lanes(bool enabled);
 int64_t float_lanes_root_mismatches(uint32_t first, int64_t count);
 bool float_lanes_supported();
 
-// For tests: how many of the `count` (a multiple of 4096) fp32 bit patterns from `first` get other bits from the
-// lanes' bf16 store than from the scalar one: store_lanes_bf16_instruction against bf16_round_nearest, or with
-// `stochastic`, store_lanes_stochastic against bf16_round_stochastic, with the noise of index = the bit pattern.
+// For tests: how many of the `count` fp32 bit patterns from `first` (both multiples of 4096) get other bits from
+// the lanes' bf16 store than from the scalar one: store_lanes_bf16_instruction against bf16_round_nearest, or with
+// `stochastic`, store_lanes_stochastic with the noise the kernel's lanes draw (pair hashes, one key per 64 Ki run)
+// against bf16_round_stochastic with rounding_noise_low, for index = the bit pattern.
 int64_t float_lanes_bf16_mismatches(uint32_t first, int64_t count, bool stochastic);
 
 // Whether the CPU has the lanes and AVX512_BF16: whether float_lanes_bf16_mismatches can run the instruction store.
@@ -129,10 +130,23 @@ ADF_LANES_INLINE UintLanes operator*(UintLanes a, UintLanes b) { return _mm512_m
 ADF_LANES_INLINE UintLanes operator>>(UintLanes a, unsigned int shift) { return _mm512_srli_epi32(a.v, shift); }
 ADF_LANES_INLINE UintLanes operator+(UintLanes a, UintLanes b) { return _mm512_add_epi32(a.v, b.v); }
 
-// The indices index_low + 0 ... index_low + 15, as rounding_noise_low and rounding_noise_in_run take them.
-ADF_LANES_INLINE UintLanes consecutive_indices(uint32_t index_low) {
+// The even indices index_low + 0, 2, ..., 30 of 32 elements from an even index_low: their 16 pairs, as
+// rounding_pair_hash_in_run takes them.
+ADF_LANES_INLINE UintLanes pair_indices(uint32_t index_low) {
   return _mm512_add_epi32(_mm512_set1_epi32(int32_t(index_low)),
-                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+                          _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30));
+}
+
+// The 16-bit noises of 16 of the 32 elements whose pair hashes are `hashes` (lane k: the pair of elements 2k and
+// 2k + 1): elements 0-15 with kSecond false, 16-31 with it true. Element e draws 16-bit word e of the hashes (the
+// low half of its pair's hash when e is even, the high half when odd: rounding_noise_low), zero-extended: one
+// vpermw that zeroes the odd words.
+template <bool kSecond>
+ADF_LANES_INLINE UintLanes pair_noises(UintLanes hashes) {
+  constexpr int32_t kFirst = kSecond ? 16 : 0;
+  const __m512i words = _mm512_add_epi32(_mm512_set1_epi32(kFirst),
+                                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  return _mm512_maskz_permutexvar_epi16(0x55555555u, words, hashes.v);
 }
 
 ADF_LANES_INLINE FloatLanes load_lanes(const float* src) { return _mm512_loadu_ps(src); }
@@ -199,7 +213,9 @@ ADF_LANES_INLINE void store_lanes_bf16_instruction(bfloat16_bits* dst, FloatLane
 
 // bf16_round_stochastic (rounding.h) in 16 lanes, with each lane's noise: a non-finite value rounds to nearest.
 // The stored bf16 is the high half of value + noise, which one vpermw picks from the 16 lanes in place of a
-// shift and vpmovdw (measured here in a loop of each: vpermw issues as often as a shift, vpmovdw half as often).
+// shift and vpmovdw (in a loop of each, here: vpermw issues as often as a shift, vpmovdw half as often; the
+// stochastic step in L2, one core: 0.800-0.815 -> 0.792-0.804 ns per element, bench/results/
+// stochastic-lanes-20261203/. The earlier vpermw loads and nearest stores gained nothing: bf16-lanes-20261203/).
 ADF_LANES_INLINE void store_lanes_stochastic(bfloat16_bits* dst, FloatLanes value, UintLanes noise) {
   const __m512i sum = _mm512_add_epi32(_mm512_castps_si512(value.v), noise.v);
   constexpr int kNonFinite = kClassQuietNaN | kClassSignallingNaN | kClassPositiveInf | kClassNegativeInf;
@@ -208,9 +224,10 @@ ADF_LANES_INLINE void store_lanes_stochastic(bfloat16_bits* dst, FloatLanes valu
     const __m512i stochastic = _mm512_srli_epi32(sum, 16);
     return store_bf16_bits(dst, _mm512_mask_blend_epi32(non_finite, stochastic, bf16_nearest_bits(value)));
   }
+  // Word k of the result (k < 16) is word 2k + 1 of sum; the upper 16 words are not stored.
   const __m512i high_halves = _mm512_setr_epi32(0x00030001, 0x00070005, 0x000B0009, 0x000F000D, 0x00130011,
                                                 0x00170015, 0x001B0019, 0x001F001D, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m512i words = _mm512_permutexvar_epi16(high_halves, sum);  // word k of the result: word 2k + 1 of sum
+  const __m512i words = _mm512_permutexvar_epi16(high_halves, sum);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_castsi512_si256(words));
 }
 
@@ -237,19 +254,18 @@ struct LaneOptions {
 // The dense update of the 16 elements at param, grad (and master): loads them, runs adadelta_values on them
 // and the given accumulators, and stores what AdadeltaElement stores in the grad, master and param; the new
 // accumulators are the caller's to store (the 8-bit kernel encodes their roots). With kOptions.stochastic_param,
-// noise_key is the chunk's rounding_run_key and indices the 16 elements' index_low (rounding.h).
+// `noise` holds the 16 elements' rounding_noise_low (pair_noises); without, it is not read.
 template <bool kScaled, GradMode kGradMode, bool kHasMaster, LaneOptions kOptions = LaneOptions{}, typename ParamT>
 ADF_LANES_INLINE UpdatedValues<FloatLanes> update_lanes(ParamT* param, ParamT* grad, float* master, FloatLanes sq,
                                                         FloatLanes acc, const StepScalars<float>& s,
-                                                        UintLanes noise_key = UintLanes(0u),
-                                                        UintLanes indices = UintLanes(0u)) {
+                                                        UintLanes noise) {
   const FloatLanes p = kHasMaster ? load_lanes(master) : load_lanes(param);
   const UpdatedValues<FloatLanes> u =
       adadelta_values<kScaled, kOptions.acc_root_on_divider>(load_lanes(grad), p, sq, acc, s);
   if constexpr (kGradMode == GradMode::kUnscale) store_nearest<kOptions.bf16>(grad, u.grad);
   if constexpr (kHasMaster) store_lanes(master, u.param);
   if constexpr (kOptions.stochastic_param && is_bf16_v<ParamT> && !kHasMaster) {
-    store_lanes_stochastic(param, u.param, rounding_noise_in_run(noise_key, indices));
+    store_lanes_stochastic(param, u.param, noise);
   } else {
     store_nearest<kOptions.bf16>(param, u.param);
   }

@@ -108,8 +108,9 @@ __attribute__((always_inline)) inline void update_block_lanes(ParamT* __restrict
   for (int l = 0; l < n; l += kFloatLanes) {
     const FloatLanes sq_old = kFromCodes ? decode_lanes(codes.square_avg + l, sq_step) : load_lanes(sq + l);
     const FloatLanes acc_old = kFromCodes ? decode_lanes(codes.acc_delta + l, acc_step) : load_lanes(acc + l);
+    // No noise: the default LaneOptions round to nearest (stochastic bf16 params take the shared loop).
     const UpdatedValues<FloatLanes> u = update_lanes<kScaled, kGradMode, kHasMaster>(
-        param + l, grad + l, kHasMaster ? master + l : nullptr, sq_old, acc_old, s);
+        param + l, grad + l, kHasMaster ? master + l : nullptr, sq_old, acc_old, s, UintLanes(0u));
     const FloatLanes sq_root = divider_square_root(u.square_avg);
     const FloatLanes acc_root = divider_square_root(u.acc_delta);
     store_lanes(sq + l, sq_root);
