@@ -111,6 +111,20 @@ def test_rounding_noise_has_16_uniform_bits():
         assert abs(share - 0.5) < 0.005, (bit, share)
 
 
+def test_the_two_elements_of_a_pair_draw_unrelated_noise():
+    """Elements 2k and 2k + 1 take the two halves of one hash (csrc/rounding.h rounding_pair_hash): the halves must
+    not be related, neither as numbers nor bit by bit, and neighbours across pairs neither."""
+    noise = rounding_noise(rounding_key(seed=2, step=9), 1, 1 << 21).double()
+    even, odd = noise[0::2], noise[1::2]
+    assert not torch.equal(even, odd)
+    for a, b in ((even, odd), (odd[:-1], even[1:])):
+        correlation = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+        assert abs(correlation) < 0.005, correlation  # 2^20 pairs: the standard error is about 0.001
+        for bit in range(16):
+            same = (((a.long() ^ b.long()) >> bit) & 1).double().mean().item()
+            assert abs(same - 0.5) < 0.005, (bit, same)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_grad_scaler_unscales_and_skips_inf_steps(backend, generator):
     """Under GradScaler the fused step unscales in its own pass; an inf gradient skips the step entirely."""
