@@ -155,7 +155,7 @@ def test_every_16_bit_pattern_gives_the_baseline_bits(cpu_isa, pair, feature, ge
 def test_bf16_rounding_modes_give_the_baseline_bits(cpu_isa, state_dtype, stochastic, feature, generator):
     """Stochastic rounding keys its noise by element index: long tensors, odd sizes, non-finite values; with
     each grad mode and with a grad_scale (the kernel's scaled instantiation), as both fused and staged."""
-    numels = (3 * 65536 + 1029, 4097, 15)
+    numels = (3 * 65536 + 1029, 4097, 4113, 15)  # 4113 = 128 * 32 + 16 + 1: the lanes' lone 16 after pairs of 16
     group = (
         [_edge_values(BF16, n, generator) for n in numels],
         [(torch.randn(n, generator=generator) * 0.1).bfloat16() for n in numels],
