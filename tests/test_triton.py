@@ -160,12 +160,12 @@ def test_one_tensor_takes_the_flat_kernel(interpreter, size, generator):
 
 
 def test_several_steps_with_new_gradients_and_lr(device, generator):
-    group = to_device(random_group((4097, 1023, 15), torch.float32, torch.float32, generator), device)
-    expected, actual = clone_group(group), clone_group(group)
+    group = random_group((4097, 1023, 15), torch.float32, torch.float32, generator)
+    expected, actual = clone_group(group), to_device(group, device)
     for step in range(4):
         scalars = scalars_for("maximize_weight_decay", device, lr=0.5 + step / 8)
         step_with_new_gradients(triton_backend.step_, expected, actual, scalars, generator)
-    assert_groups_equal(actual, expected)
+    assert_groups_equal(to_device(actual, "cpu"), expected)
 
 
 @pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16])
@@ -260,7 +260,7 @@ def test_no_write_outside_the_tensors(interpreter, count, size, generator):
 
 @pytest.mark.parametrize("pair", [(torch.float32, torch.float32), (torch.float16, torch.float16)], ids=dtype_id)
 def test_misaligned_and_strided_views(device, pair, generator):
-    base = to_device(random_group((4098, 64 * 33, 64 * 33), *pair, generator), device)
+    base = random_group((4098, 64 * 33, 64 * 33), *pair, generator)
 
     def views(group):
         # element 1 onwards (misaligned by one element), a transposed matrix, a strided slice
@@ -268,11 +268,10 @@ def test_misaligned_and_strided_views(device, pair, generator):
             [tensors[0][1:], tensors[1].view(64, 33).t(), tensors[2].view(64, 33)[:, ::2]] for tensors in group[:4]
         )
 
-    expected_base, actual_base = clone_group(base), clone_group(base)
-    scalars = scalars_for("grad_zero", device)
-    adadelta_step_reference_(*views(expected_base), None, scalars)
-    triton_backend.step_(*views(actual_base), None, scalars)
-    assert_groups_equal(actual_base, expected_base)
+    expected_base, actual_base = clone_group(base), to_device(base, device)
+    adadelta_step_reference_(*views(expected_base), None, scalars_for("grad_zero"))
+    triton_backend.step_(*views(actual_base), None, scalars_for("grad_zero", device))
+    assert_groups_equal(to_device(actual_base, "cpu"), expected_base)
 
 
 def test_misaligned_tensors_get_their_own_unvectorized_launch(interpreter, generator):
@@ -486,23 +485,27 @@ OPTIMIZER_OPTIONS = {
 
 @pytest.mark.parametrize("options", OPTIMIZER_OPTIONS)
 def test_optimizer_matches_reference_backend(device, options, generator):
+    """The Triton optimizer on ``device`` against the reference backend on the CPU (the oracle, see
+    conftest.reference_step_on_cpu_), stepped with the same gradients: the model's, copied."""
     dtype, kwargs = OPTIMIZER_OPTIONS[options]
     torch.manual_seed(generator.initial_seed())
     model = torch.nn.Sequential(torch.nn.Linear(37, 19), torch.nn.Tanh(), torch.nn.Linear(19, 3)).to(device, dtype)
-    twin = copy.deepcopy(model)
+    twin = copy.deepcopy(model).cpu()
     ours = adadelta_fused.Adadelta(model.parameters(), lr=0.5, backend="triton", **kwargs)
     reference = adadelta_fused.Adadelta(twin.parameters(), lr=0.5, backend="reference", **kwargs)
     inputs = torch.randn(11, 37, generator=generator).to(device, dtype)
     for _ in range(3):
-        for net, optimizer in ((model, ours), (twin, reference)):
-            optimizer.zero_grad()
-            net(inputs).float().square().mean().backward()
-            optimizer.step()
+        ours.zero_grad()
+        model(inputs).float().square().mean().backward()
+        for param, twin_param in zip(model.parameters(), twin.parameters()):
+            twin_param.grad = param.grad.cpu()
+        ours.step()
+        reference.step()
     for got, want in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(got, want)
+        assert torch.equal(got.cpu(), want)
     for got, want in zip(ours.state.values(), reference.state.values()):
         for key in want:
-            assert torch.equal(got[key], want[key]), key
+            assert torch.equal(got[key].cpu(), want[key]), key
 
 
 # ---- the backend module ----
