@@ -377,8 +377,20 @@ DenseGroup::DenseGroup(const OpArgs& a)
 }
 
 const at::Tensor* DenseGroup::add(const at::Tensor& tensor, const at::Tensor& layout, bool written) {
-  if (&tensor == &layout || tensor.numel() == 0 || dense_like(tensor, layout)) return &tensor;
-  at::Tensor dense = at::empty_strided(layout.sizes(), layout.strides(), tensor.options());
+  if (&tensor == &layout) return &tensor;
+  at::Tensor dense;
+  if (tensor.unsafeGetTensorImpl()->has_symbolic_sizes_strides() ||
+      layout.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) {
+    // Fake tensors with symbolic shapes (the Triton op traced by AOTAutograd with dynamic shapes), whose
+    // numel() and strides() throw: the same policy in SymInts, whose comparisons guard the traced graph.
+    const bool dense_already =
+        tensor.is_non_overlapping_and_dense() && tensor.sym_strides() == layout.sym_strides();
+    if (tensor.sym_numel() == 0 || dense_already) return &tensor;
+    dense = at::empty_strided_symint(layout.sym_sizes(), layout.sym_strides(), tensor.options());
+  } else {
+    if (tensor.numel() == 0 || dense_like(tensor, layout)) return &tensor;
+    dense = at::empty_strided(layout.sizes(), layout.strides(), tensor.options());
+  }
   dense.copy_(tensor);
   // A read-only copy is kept (undefined target) until finish(), after the launches that read it.
   return &staged_.emplace_back(written ? tensor : at::Tensor(), std::move(dense)).second;

@@ -333,6 +333,8 @@ def test_staged_groups_bypass_the_cache(interpreter, generator):
 # ---- bad input: the contract's messages, before any memory is touched ----
 
 def _op():
+    from adadelta_fused import triton_op  # registers the op (the backend imports it on its first step)
+
     return torch.ops.adadelta_fused.triton_adadelta_.default
 
 
@@ -471,6 +473,36 @@ def test_aot_graph_shows_the_kernel_and_every_buffer(interpreter, quiet_mutation
         assert isinstance(kernel, Autotuner) and [c.num_warps for c in kernel.configs] == [triton_launch.NUM_WARPS]
         assert kernel.fn is interpreter_mode.kernels(False).adadelta_flat_kernel
         assert {"param_ptr", "grad_ptr", "square_avg_ptr", "acc_delta_ptr"} <= set(node.kwargs["tensors_to_clone"])
+
+
+def test_aot_graph_with_dynamic_shapes_stages_a_strided_grad(interpreter, quiet_mutation_analysis, generator):
+    """Traced with symbolic shapes (opcheck's aot_dispatch_dynamic, torch.compile(dynamic=True)), a tensor not
+    dense in its param's layout is staged in symbols: copied in before its launch and back after it."""
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append(graph_module)
+        raise _Traced
+
+    params, grads, square_avgs, acc_deltas, _ = random_group((1023, 4 * 33), torch.float32, torch.float32, generator)
+    for tensors in (params, square_avgs, acc_deltas):
+        tensors[1] = tensors[1].view(4, 33)
+    grads[1] = grads[1].view(33, 4).t()  # the param's shape, column-major
+    torch._dynamo.reset()
+    compiled = torch.compile(_compiled_step, fullgraph=True, dynamic=True, backend=aot_autograd(fw_compiler=record))
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed) as raised:
+        compiled(params, grads, square_avgs, acc_deltas, torch.tensor(0.5))
+    assert isinstance(raised.value.inner_exception, _Traced)
+    (graph,) = graphs
+    wrapper = torch.ops.higher_order.triton_kernel_wrapper_functional
+    launches = [node for node in graph.graph.nodes if node.target is wrapper]
+    assert len(launches) == 2
+    assert all(isinstance(node.kwargs["kwargs"]["numel"], torch.fx.Node) for node in launches), "numel is symbolic"
+    staged = launches[1].kwargs["kwargs"]["grad_ptr"]
+    assert staged.target is torch.ops.aten.copy.default, "the strided grad goes in as a dense copy"
+    copies_back = [node for node in graph.graph.nodes
+                   if node.target is torch.ops.aten.copy.default and node.args[1].args == (launches[1], "grad_ptr")]
+    assert len(copies_back) == 1, "and the step's zeroed copy goes back into it"
 
 
 # ---- the optimizer on this backend ----
