@@ -175,6 +175,9 @@ def memcheck(log: Log, python: str, backend: str) -> dict:
     # Each tensor its own cudaMalloc: inside torch's caching allocator's blocks an overrun hits memory that
     # is allocated, and memcheck would not see it.
     env = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+    # The step script is run by its path, so Python's path starts at scripts/, not the repo: without this,
+    # `import adadelta_fused` failed on the H200 (2026-12-04), where the package is not installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     command = [sanitizer, "--tool", "memcheck", python, "scripts/gpu_memcheck_step.py", "--backend", backend]
     status, output = run(log, command, MEMCHECK_TIMEOUT_S, env)
     summary = re.search(r"ERROR SUMMARY: (\d+) error", output)

@@ -98,20 +98,22 @@ def test_stochastic_rounding_matches_every_backend(state_dtype, numels, generato
     assert_groups_equal(*run_both(group, scalars))
 
 
-def test_found_inf_changes_nothing_without_a_host_sync(generator):
-    group = to_device(random_group((4097, 1023), torch.bfloat16, torch.float32, generator, master=True))
+def test_found_inf_skips_the_step_without_a_host_sync(generator):
+    """A skipped step changes nothing but the grads, which the "zero" mode zeroes all the same (as the
+    reference does: the next backward starts from zero), and reads found_inf on the device only."""
+    group = random_group((4097, 1023), torch.bfloat16, torch.float32, generator, master=True)
     group[1][0][3] = float("inf")
-    before = clone_group(group)
-    scalars = scalars_for(
-        "grad_zero", "cuda", grad_scale=torch.tensor(4.0), found_inf=torch.tensor(1.0), lr=torch.tensor(0.5)
-    )
+    scalars = scalars_for("grad_zero", grad_scale=torch.tensor(4.0), found_inf=torch.tensor(1.0), lr=torch.tensor(0.5))
+    expected, actual, on_cuda = clone_group(group), to_device(group), scalars_on(scalars, "cuda")
+    adadelta_step_reference_(*expected[:4], expected[4], scalars)
+    assert all(not g.any() for g in expected[1]) and torch.equal(expected[0][0], group[0][0])
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        cpp.step_(*group[:4], group[4], scalars)
+        cpp.step_(*actual[:4], actual[4], on_cuda)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert_groups_equal(to_device(group, "cpu"), to_device(before, "cpu"))
+    assert_groups_equal(to_device(actual, "cpu"), expected)
 
 
 def test_misaligned_and_strided_views(generator):
