@@ -125,6 +125,14 @@ def build(log: Log, python: str, arch: str) -> dict:
     if status == 0:
         probe = "from adadelta_fused import _extension; assert _extension.has_cuda_kernel(), _extension.load_error()"
         status, _ = run(log, [python, "-c", probe], 60)
+    if status == 0:
+        # On the H200 image (2026-12-04) a number formatted into a check's message inside _C.so crashed in
+        # libstdc++'s codecvt code: most likely the compiler's libstdc++ is not the one the process loads.
+        # Both go into the log, for the session that fixes it.
+        run(log, [os.environ.get("CXX", "c++"), "--version"], 30)
+        maps = ("import adadelta_fused._C; print(sorted({line.split()[-1] for line in open('/proc/self/maps') "
+                "if 'libstdc++' in line}))")
+        run(log, [python, "-c", maps], 60)
     log(f"build for sm_{arch.replace('.', '')}: {seconds:.0f} s, {'ok' if status == 0 else 'FAILED'}")
     return {"arch": arch, "seconds": seconds, "ok": status == 0}
 
