@@ -125,7 +125,6 @@ struct UintLanes {
 };
 
 ADF_LANES_INLINE UintLanes operator^(UintLanes a, UintLanes b) { return _mm512_xor_si512(a.v, b.v); }
-ADF_LANES_INLINE UintLanes operator&(UintLanes a, UintLanes b) { return _mm512_and_si512(a.v, b.v); }
 ADF_LANES_INLINE UintLanes operator*(UintLanes a, UintLanes b) { return _mm512_mullo_epi32(a.v, b.v); }
 ADF_LANES_INLINE UintLanes operator>>(UintLanes a, unsigned int shift) { return _mm512_srli_epi32(a.v, shift); }
 ADF_LANES_INLINE UintLanes operator+(UintLanes a, UintLanes b) { return _mm512_add_epi32(a.v, b.v); }
