@@ -383,9 +383,8 @@ const at::Tensor* DenseGroup::add(const at::Tensor& tensor, const at::Tensor& la
       layout.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) {
     // Fake tensors with symbolic shapes (the Triton op traced by AOTAutograd with dynamic shapes), whose
     // numel() and strides() throw: the same policy in SymInts, whose comparisons guard the traced graph.
-    const bool dense_already =
-        tensor.is_non_overlapping_and_dense() && tensor.sym_strides() == layout.sym_strides();
-    if (tensor.sym_numel() == 0 || dense_already) return &tensor;
+    if (tensor.sym_numel() == 0) return &tensor;
+    if (tensor.is_non_overlapping_and_dense() && tensor.sym_strides() == layout.sym_strides()) return &tensor;
     dense = at::empty_strided_symint(layout.sym_sizes(), layout.sym_strides(), tensor.options());
   } else {
     if (tensor.numel() == 0 || dense_like(tensor, layout)) return &tensor;

@@ -25,6 +25,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -125,16 +126,24 @@ def build(log: Log, python: str, arch: str) -> dict:
     if status == 0:
         probe = "from adadelta_fused import _extension; assert _extension.has_cuda_kernel(), _extension.load_error()"
         status, _ = run(log, [python, "-c", probe], 60)
-    if status == 0:
-        # On the H200 image (2026-12-04) a number formatted into a check's message inside _C.so crashed in
-        # libstdc++'s codecvt code: most likely the compiler's libstdc++ is not the one the process loads.
-        # Both go into the log, for the session that fixes it.
-        run(log, [os.environ.get("CXX", "c++"), "--version"], 30)
-        maps = ("import adadelta_fused._C; print(sorted({line.split()[-1] for line in open('/proc/self/maps') "
-                "if 'libstdc++' in line}))")
-        run(log, [python, "-c", maps], 60)
     log(f"build for sm_{arch.replace('.', '')}: {seconds:.0f} s, {'ok' if status == 0 else 'FAILED'}")
     return {"arch": arch, "seconds": seconds, "ok": status == 0}
+
+
+def toolchain(log: Log) -> None:
+    """The compilers a build uses and what the built extension takes of libstdc++, into the log. On the H200
+    image (2026-12-04) a number formatted into a check's message crashed inside _C.so, in libstdc++ code linked
+    into the extension, whose locale ids need not be those of the libstdc++ the process loads."""
+    for variable, default in (("CC", "cc"), ("CXX", "c++")):
+        run(log, [os.environ.get(variable, default), "--version"], 30)
+    built = sorted(ROOT.glob("adadelta_fused/_C*.so"))
+    if not built:
+        log("toolchain: no adadelta_fused/_C*.so to inspect")
+        return
+    library = shlex.quote(str(built[-1]))
+    inspect = (f"ldd {library} | grep -i 'stdc++'; echo \"libstdc++ locale symbols defined in _C.so:\" "
+               f"$(nm -C --defined-only {library} | grep -c -E 'std::(locale|codecvt|num_put)')")
+    run(log, ["sh", "-c", inspect], 30)
 
 
 def junit_counts(path: Path) -> dict:
@@ -391,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not args.no_build:
             results["build"] = stage("build", lambda: build(log, args.python, arch))
+        toolchain(log)
         results["tests"] = stage("tests", lambda: tests(log, args.python, scratch / "junit.xml"))
         results["bench"] = {d: stage(f"bench {d}", lambda d=d: bench(log, args.python, d, scratch)) for d in DTYPES}
         results["memcheck"] = {k: stage(f"memcheck {k}", lambda k=k: memcheck(log, args.python, k)) for k in OURS}

@@ -151,8 +151,8 @@ GROUP_NAMES = ("params", "grads", "square_avgs", "acc_deltas", "master_params")
 
 
 def on_device(group, device: torch.device | str):
-    """The group's tensors moved (or copied) to ``device``."""
-    return tuple(None if tensors is None else [t.to(device) for t in tensors] for tensors in group)
+    """Copies of the group's tensors on ``device`` (copies also where they are there already)."""
+    return tuple(None if tensors is None else [t.to(device, copy=True) for t in tensors] for tensors in group)
 
 
 def reference_step_on_cpu_(group, scalars: StepScalars) -> None:
@@ -163,13 +163,14 @@ def reference_step_on_cpu_(group, scalars: StepScalars) -> None:
     are other kernels: on an H200 (torch 2.11) the reference run on CUDA tensors differed from it in the
     last bit of a few elements per thousand, in fp32 and fp64 alike.
     """
+    assert all(t.device.type == "cpu" for tensors in group if tensors is not None for t in tensors)
     adadelta_step_reference_(*group[:4], group[4], scalars_on(scalars, "cpu"))
 
 
 def run_with_reference(step_, group, scalars):
     """(the backend's result, the reference's), both on the CPU, for one step of ``step_`` over copies of
     ``group`` on its device and of the reference over copies on the CPU."""
-    expected, actual = on_device(clone_group(group), "cpu"), clone_group(group)
+    expected, actual = on_device(group, "cpu"), clone_group(group)
     reference_step_on_cpu_(expected, scalars)
     step_(*actual[:4], actual[4], scalars)
     return on_device(actual, "cpu"), expected

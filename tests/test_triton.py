@@ -423,9 +423,15 @@ def test_opcheck_mixed_precision(interpreter, quiet_mutation_analysis, generator
 
 
 @requires_cuda
-def test_opcheck_on_cuda_including_aot_dispatch(monkeypatch, generator):
+@pytest.mark.parametrize("grad_layout", ["dense", "column_major"])
+def test_opcheck_on_cuda_including_aot_dispatch(monkeypatch, grad_layout, generator):
+    """aot_dispatch_dynamic runs the traced graph, staging included where a grad is column-major."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    group = to_device(random_group((1023, 15), torch.float32, torch.float32, generator), torch.device("cuda"))
+    group = to_device(random_group((1023, 15 * 8), torch.float32, torch.float32, generator), torch.device("cuda"))
+    if grad_layout == "column_major":
+        for tensors in group[:4]:
+            tensors[1] = tensors[1].view(15, 8)
+        group[1][1] = group[1][1].reshape(8, 15).t()
     torch.library.opcheck(_op(), (), op_kwargs(clone_group(group), weight_decay=0.1, grad_mode=2))
 
 
@@ -500,6 +506,9 @@ def test_aot_graph_with_dynamic_shapes_stages_a_strided_grad(interpreter, quiet_
     assert all(isinstance(node.kwargs["kwargs"]["numel"], torch.fx.Node) for node in launches), "numel is symbolic"
     staged = launches[1].kwargs["kwargs"]["grad_ptr"]
     assert staged.target is torch.ops.aten.copy.default, "the strided grad goes in as a dense copy"
+    copy, empty = torch.ops.aten.copy.default, torch.ops.aten.empty_strided.default
+    copies_in = [node for node in graph.graph.nodes if node.target is copy and node.args[0].target is empty]
+    assert copies_in == [staged], "and no other tensor is copied"
     copies_back = [node for node in graph.graph.nodes
                    if node.target is torch.ops.aten.copy.default and node.args[1].args == (launches[1], "grad_ptr")]
     assert len(copies_back) == 1, "and the step's zeroed copy goes back into it"
@@ -530,7 +539,7 @@ def test_optimizer_matches_reference_backend(device, options, generator):
         ours.zero_grad()
         model(inputs).float().square().mean().backward()
         for param, twin_param in zip(model.parameters(), twin.parameters()):
-            twin_param.grad = param.grad.cpu()
+            twin_param.grad = param.grad.detach().to("cpu", copy=True)  # never ours' (flat) grad itself
         ours.step()
         reference.step()
     for got, want in zip(model.parameters(), twin.parameters()):
