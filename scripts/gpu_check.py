@@ -9,7 +9,9 @@ Stages, each timed:
   3. bench   python -m adadelta_fused.bench on cuda, fp32 and bf16, 32 Mi elements as 1 and 4096 tensors:
              our cpp and triton kernels per tensor and flat, torch.optim.Adadelta foreach,
              torch.optim.AdamW(fused=True) and the bandwidth probes (copy among them);
-  4. memcheck compute-sanitizer --tool memcheck over scripts/gpu_memcheck_step.py, for each kernel.
+  4. memcheck compute-sanitizer --tool memcheck over scripts/gpu_memcheck_step.py, for each kernel;
+  5. shapes   bench/triton_launch_sweep.py: the Triton flat kernel at each BLOCK and warp count, for the
+             record (no condition): the first H200 run found the shipped shape at 54 % of copy.
 Everything lands in ${OUT:-bench/results/gpu} (--out): at most MAX_FILES files of at most MAX_FILE_BYTES each.
 The last line printed is the verdict, PASS or FAIL, with every condition that failed.
 
@@ -65,6 +67,7 @@ BUILD_TIMEOUT_S = 180
 TESTS_TIMEOUT_S = 180  # Triton compiles a kernel per (dtype, flags) configuration the tests use: many
 BENCH_TIMEOUT_S = 90  # per dtype
 MEMCHECK_TIMEOUT_S = 60  # per kernel
+SHAPES_TIMEOUT_S = 150  # about 50 Triton compiles; last, so that it only ever gets what the checks left
 
 FILES = {
     "log": "gpu_check.log",
@@ -73,6 +76,7 @@ FILES = {
     "table": "gpu_check.md",
     "csv": "bench.csv",
     **{f"png-{dtype}": f"bench-{dtype}.png" for dtype in DTYPES},
+    "shapes": "triton_launch_sweep.md",
 }
 assert len(FILES) <= MAX_FILES
 
@@ -177,6 +181,21 @@ def bench(log: Log, python: str, dtype: str, scratch: Path) -> dict | None:
     return json.loads(documents[-1].read_text())
 
 
+def repo_on_path() -> dict[str, str]:
+    """PYTHONPATH with the repo first, for a script run by its path: Python's path then starts at the script's
+    folder, and `import adadelta_fused` failed so on the H200 (2026-12-04), where the package is not installed."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def triton_shapes(log: Log, python: str, scratch: Path) -> dict | None:
+    """The launch-shape sweep's JSON document, with its table left in ``scratch``; None if it failed."""
+    out = scratch / "shapes"
+    status, _ = run(log, [python, "bench/triton_launch_sweep.py", "--out", str(out)], SHAPES_TIMEOUT_S,
+                    repo_on_path())
+    document = out / "triton_launch_sweep.json"
+    return json.loads(document.read_text()) if status == 0 and document.exists() else None
+
+
 def find_sanitizer() -> str | None:
     """compute-sanitizer on PATH, else in the toolkit (a toolkit's bin is often not on PATH)."""
     homes = [os.environ.get("CUDA_HOME"), "/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
@@ -191,10 +210,7 @@ def memcheck(log: Log, python: str, backend: str) -> dict:
         return {"status": "not run", "detail": "no compute-sanitizer on PATH or in a CUDA toolkit"}
     # Each tensor its own cudaMalloc: inside torch's caching allocator's blocks an overrun hits memory that
     # is allocated, and memcheck would not see it.
-    env = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
-    # The step script is run by its path, so Python's path starts at scripts/, not the repo: without this,
-    # `import adadelta_fused` failed on the H200 (2026-12-04), where the package is not installed.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1", **repo_on_path()}
     command = [sanitizer, "--tool", "memcheck", python, "scripts/gpu_memcheck_step.py", "--backend", backend]
     status, output = run(log, command, MEMCHECK_TIMEOUT_S, env)
     summary = re.search(r"ERROR SUMMARY: (\d+) error", output)
@@ -330,6 +346,9 @@ def write_outputs(out: Path, results: dict, log: Log, scratch: Path | None) -> l
         plots = sorted((scratch / dtype).glob("*.png")) if scratch else []
         if plots and plots[-1].stat().st_size <= MAX_FILE_BYTES:
             written.append(Path(shutil.copyfile(plots[-1], out / FILES[f"png-{dtype}"])))
+    shapes = scratch / "shapes" / FILES["shapes"] if scratch else None
+    if shapes and shapes.exists():
+        written.append(Path(shutil.copyfile(shapes, out / FILES["shapes"])))
     found = conditions(results)
     line = verdict(found)
     write("summary", json.dumps({**results, "conditions": [c.__dict__ for c in found], "verdict": line},
@@ -404,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         results["tests"] = stage("tests", lambda: tests(log, args.python, scratch / "junit.xml"))
         results["bench"] = {d: stage(f"bench {d}", lambda d=d: bench(log, args.python, d, scratch)) for d in DTYPES}
         results["memcheck"] = {k: stage(f"memcheck {k}", lambda k=k: memcheck(log, args.python, k)) for k in OURS}
+        results["triton_shapes"] = stage("shapes", lambda: triton_shapes(log, args.python, scratch))
     log("\n" + table(results))
     write_outputs(args.out, results, log, scratch)
     if scratch:
