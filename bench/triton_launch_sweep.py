@@ -8,7 +8,8 @@ arithmetic. On an H200 with triton 3.6 that shape moved 54 % of the copy bandwid
 88 % over the same bytes (bench/results/gpu-h200-20261204/). This times the flat kernel (one tensor: a
 ``flatten=True`` step) at every shape, fp32 and bf16 params and state, all rows interleaved and rotating over
 their own buffers, beside the bandwidth probes of the same run. Before timing, each shape's step is checked bit
-for bit against the shipped shape's on a small tensor with a tail, so no row times a wrong kernel. Writes
+for bit against the shipped shape's on two small tensors, one with a tail and one without (the timed size's
+compilation), and a shape that fails to compile or to match is reported as such while the others run on. Writes
 ``triton_launch_sweep.json`` and ``.md`` under ``--out``. Without a GPU it runs in Triton's interpreter
 (``TRITON_INTERPRET=1``), which checks the script, not the shapes.
 """
@@ -33,7 +34,8 @@ from adadelta_fused.contract import StepScalars
 
 CONFIGS = (StepConfig(torch.float32), StepConfig(torch.bfloat16))
 SCALARS = StepScalars(lr=0.5, rho=0.9, eps=1e-6, weight_decay=0.0)
-CHECK_NUMEL = 3 * 4096 + 17  # several programs of every shape swept, and a tail
+# Several programs of every shape swept: without a tail (a multiple of 16, compiled as the timed 32 Mi is) and with.
+CHECK_NUMELS = (3 * 4096, 3 * 4096 + 17)
 
 
 @dataclass(frozen=True)
@@ -60,14 +62,16 @@ def launcher(param_set, shape: Shape, interpret: bool):
 
 def check_shape(config: StepConfig, shape: Shape, shipped: Shape, device: torch.device, interpret: bool) -> None:
     """Raises unless one step at ``shape`` gives the bits of one step at the shipped shape."""
-    results = []
-    for each in (shape, shipped):
-        (param_set,) = make_param_sets(Case(CHECK_NUMEL, 1), config, device, 1, seed=7)
-        launcher(param_set, each, interpret)()
-        results.append([t[0] for t in (param_set.params, param_set.square_avgs, param_set.acc_deltas)])
-    for name, got, want in zip(("params", "square_avgs", "acc_deltas"), *results):
-        if not torch.equal(got, want):
-            raise RuntimeError(f"BLOCK={shape.block}, {shape.warps} warps: {name} differ from the shipped shape's")
+    for numel in CHECK_NUMELS:
+        results = []
+        for each in (shape, shipped):
+            (param_set,) = make_param_sets(Case(numel, 1), config, device, 1, seed=7)
+            launcher(param_set, each, interpret)()
+            results.append([t[0] for t in (param_set.params, param_set.square_avgs, param_set.acc_deltas)])
+        for name, got, want in zip(("params", "square_avgs", "acc_deltas"), *results):
+            if not torch.equal(got, want):
+                raise RuntimeError(f"BLOCK={shape.block}, {shape.warps} warps: {name} differ from the shipped "
+                                   f"shape's at {numel} elements")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     for block in args.blocks:
         if block < 16 or block & (block - 1):
             parser.error(f"--blocks: {block} is not a power of two of at least 16 (tl.arange needs one)")
+    for warps in args.warps:
+        if warps < 1 or warps & (warps - 1):
+            parser.error(f"--warps: {warps} is not a power of two")
     interpret = triton_interpreter.interpreting()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu" and not interpret:
@@ -91,16 +98,26 @@ def main(argv: list[str] | None = None) -> int:
     case = Case(args.numel, 1)
     cache_bytes = last_level_cache_bytes(device)
 
-    rows, steps = [], []
+    rows, steps, failures = [], [], []
     for config in CONFIGS:
         for shape in shapes:
-            check_shape(config, shape, shipped, device, interpret)
-            # Interpreted, the times mean nothing: two sets keep the rotation without thousands of slow steps.
-            count = 2 if interpret else rotation_sets(case, config, cache_bytes)
-            sets = make_param_sets(case, config, device, count)
-            rows.append((config, shape))
-            steps.append([launcher(param_set, shape, interpret) for param_set in sets])
-    registers = [getattr(row_steps[0](), "n_regs", None) for row_steps in steps]  # compiled: the cubin's count
+            label = f"{DTYPE_NAMES[config.param_dtype]} BLOCK={shape.block} warps={shape.warps}"
+            try:
+                check_shape(config, shape, shipped, device, interpret)
+                # Interpreted, the times mean nothing: two sets keep the rotation without thousands of slow steps.
+                count = 2 if interpret else rotation_sets(case, config, cache_bytes)
+                sets = make_param_sets(case, config, device, count)
+                row_steps = [launcher(param_set, shape, interpret) for param_set in sets]
+                compiled = row_steps[0]()  # compiled: the CompiledKernel, with the cubin's registers and spills
+            except Exception as error:  # a shape that cannot compile, launch or match is a result: the rest run on
+                failures.append(dict(dtype=DTYPE_NAMES[config.param_dtype], block=shape.block, warps=shape.warps,
+                                     error=f"{type(error).__name__}: {error}"))
+                print(f"{label}: {failures[-1]['error']}", flush=True)
+                continue
+            usage = (getattr(compiled, "n_regs", None), getattr(compiled, "n_spills", None))
+            rows.append((config, shape, usage))
+            steps.append(row_steps)
+            print(f"{label}: matches the shipped shape; registers, spills: {usage}", flush=True)
     probes = [measure_bandwidth(device)]
     measurements = time_interleaved(steps, device, warmup_rounds=2, repeats=args.repeats)
     del steps
@@ -109,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     copy = next(p for p in best_per_probe(probes) if p.name == "copy")
 
     records = []
-    for (config, shape), measurement, count in zip(rows, measurements, registers, strict=True):
+    for (config, shape, (registers, spills)), measurement in zip(rows, measurements, strict=True):
         bytes_per_element = step_traffic(config).total
         gbps = bytes_per_element * args.numel / measurement.median / 1e9
         records.append(dict(
             dtype=DTYPE_NAMES[config.param_dtype], block=shape.block, warps=shape.warps, shipped=shape == shipped,
-            registers=count, median_ms=measurement.median * 1e3, p10_ms=measurement.p10 * 1e3,
+            registers=registers, spills=spills, median_ms=measurement.median * 1e3, p10_ms=measurement.p10 * 1e3,
             p90_ms=measurement.p90 * 1e3, bytes_per_element=bytes_per_element, gbps=gbps,
             percent_of_copy=100 * gbps / copy.gbps, percent_of_bandwidth=100 * gbps / bandwidth.gbps,
         ))
@@ -124,22 +141,26 @@ def main(argv: list[str] | None = None) -> int:
              f"{triton.__version__}, torch {environment['torch']}{', interpreted' if interpret else ''}; "
              f"copy {copy.gbps:.0f} GB/s, 100% = {bandwidth.name} probe, {bandwidth.gbps:.0f} GB/s")
     lines = [f"# Triton flat kernel launch shapes: {title}", "",
-             "| params and state | BLOCK | warps | registers | median ms | p10-p90 ms | GB/s | % of copy | "
+             "| params and state | BLOCK | warps | registers | spills | median ms | p10-p90 ms | GB/s | % of copy | "
              "% of bandwidth |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in records:
         mark = " (shipped)" if r["shipped"] else ""
+        registers, spills = ("-" if r[key] is None else r[key] for key in ("registers", "spills"))
         lines.append(
-            f"| {r['dtype']}{mark} | {r['block']} | {r['warps']} | {r['registers'] or '-'} | {r['median_ms']:.3f} | "
+            f"| {r['dtype']}{mark} | {r['block']} | {r['warps']} | {registers} | {spills} | {r['median_ms']:.3f} | "
             f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f} | {r['gbps']:.0f} | {r['percent_of_copy']:.0f}% | "
             f"{r['percent_of_bandwidth']:.0f}% |"
         )
+    for f in failures:
+        lines.append(f"- {f['dtype']} BLOCK={f['block']} warps={f['warps']} not timed: {f['error']}")
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "triton_launch_sweep.md").write_text(table + "\n")
     record = dict(environment=environment, numel=args.numel, repeats=args.repeats, interpreted=interpret,
-                  copy_gbps=copy.gbps, bandwidth=dict(probe=bandwidth.name, gbps=bandwidth.gbps), rows=records)
+                  copy_gbps=copy.gbps, bandwidth=dict(probe=bandwidth.name, gbps=bandwidth.gbps), rows=records,
+                  failures=failures)
     (args.out / "triton_launch_sweep.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     return 0
 

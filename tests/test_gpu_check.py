@@ -145,3 +145,21 @@ def test_a_long_log_keeps_its_end_under_the_cap():
     capped = gpu_check._capped(text)
     assert len(capped.encode()) <= gpu_check.MAX_FILE_BYTES and capped.endswith("the end")
     assert capped.startswith("[gpu_check: the start of this file was cut")
+
+
+def test_the_shapes_table_is_copied_and_a_missing_one_is_no_error(tmp_path):
+    scratch, out = tmp_path / "scratch", tmp_path / "out"
+    (scratch / "shapes").mkdir(parents=True)
+    (scratch / "shapes" / "triton_launch_sweep.md").write_text("| fp32 (shipped) | 2048 | 4 |\n")
+    written = gpu_check.write_outputs(out, fabricated(), gpu_check.Log(), scratch)
+    assert out / "triton_launch_sweep.md" in written
+    assert (out / "triton_launch_sweep.md").read_text() == "| fp32 (shipped) | 2048 | 4 |\n"
+    (scratch / "shapes" / "triton_launch_sweep.md").unlink()
+    written = gpu_check.write_outputs(tmp_path / "again", fabricated(), gpu_check.Log(), scratch)
+    assert not (tmp_path / "again" / "triton_launch_sweep.md").exists()
+    assert len(written) <= gpu_check.MAX_FILES
+
+
+def test_script_stages_find_the_package_first():
+    path = gpu_check.repo_on_path()["PYTHONPATH"].split(os.pathsep)
+    assert path[0] == str(gpu_check.ROOT)

@@ -1,5 +1,6 @@
 """bench/triton_launch_sweep.py in Triton's interpreter: it checks every shape against the shipped one before
-timing it, refuses a shape that skips elements, and writes one row per dtype and shape."""
+timing it, refuses a shape that skips elements, reports a shape that fails and runs the others, and writes one
+row per dtype and shape."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ spec.loader.exec_module(sweep)
 
 CPU = torch.device("cpu")
 SHIPPED = sweep.Shape(2048, 4)
+PROBES = [ProbeResult(name, "", 8, 2**20, 1e-4) for name in ("copy", "triad", "axpy")]
 
 
 @pytest.fixture
@@ -42,26 +44,54 @@ def test_a_smaller_block_computes_the_shipped_bits(interpreter, config):
     sweep.check_shape(config, sweep.Shape(1024, 2), SHIPPED, CPU, interpret=True)
 
 
-def test_a_shape_that_skips_elements_is_refused(interpreter, monkeypatch):
-    monkeypatch.setattr(sweep.triton, "cdiv", lambda numel, block: 1)  # one program: most elements unstepped
-    with pytest.raises(RuntimeError, match=r"BLOCK=1024, 4 warps: params differ from the shipped shape's"):
+@pytest.mark.parametrize("programs", [
+    pytest.param(lambda numel, block: 1, id="first_program_only"),
+    pytest.param(lambda numel, block: -(-numel // block) - 1, id="all_but_the_last_program"),
+])
+def test_a_shape_that_skips_elements_is_refused(interpreter, monkeypatch, programs):
+    monkeypatch.setattr(sweep.triton, "cdiv", programs)  # the grid of both shapes: some elements unstepped
+    with pytest.raises(RuntimeError, match=r"BLOCK=1024, 4 warps: params differ from the shipped shape's at"):
         sweep.check_shape(StepConfig(torch.float32), sweep.Shape(1024, 4), SHIPPED, CPU, interpret=True)
 
 
+def test_a_shape_that_fails_is_reported_and_the_others_run(interpreter, monkeypatch, tmp_path):
+    shipped_check = sweep.check_shape
+
+    def check(config, shape, *args, **kwargs):
+        if shape.block == 1024:
+            raise RuntimeError("planted")
+        shipped_check(config, shape, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "check_shape", check)
+    monkeypatch.setattr(sweep, "measure_bandwidth", lambda device: PROBES)
+    assert sweep.main(["--numel", "4097", "--blocks", "1024", "2048", "--warps", "4", "--repeats", "1",
+                       "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "triton_launch_sweep.json").read_text())
+    assert [(r["dtype"], r["block"]) for r in record["rows"]] == [("fp32", 2048), ("bf16", 2048)]
+    assert [(f["dtype"], f["block"], f["error"]) for f in record["failures"]] == [
+        ("fp32", 1024, "RuntimeError: planted"), ("bf16", 1024, "RuntimeError: planted")]
+    table = (tmp_path / "triton_launch_sweep.md").read_text()
+    assert "- fp32 BLOCK=1024 warps=4 not timed: RuntimeError: planted" in table
+
+
 def test_rows_for_every_dtype_and_shape(interpreter, monkeypatch, tmp_path):
-    probes = [ProbeResult(name, "", 8, 2**20, 1e-4) for name in ("copy", "triad", "axpy")]
-    monkeypatch.setattr(sweep, "measure_bandwidth", lambda device: probes)  # the real probes take seconds
+    monkeypatch.setattr(sweep, "measure_bandwidth", lambda device: PROBES)  # the real probes take seconds
     assert sweep.main(["--numel", "4097", "--blocks", "1024", "2048", "--warps", "4", "--repeats", "1",
                        "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "triton_launch_sweep.json").read_text())
     assert record["interpreted"] is True
     rows = [(r["dtype"], r["block"], r["warps"], r["shipped"]) for r in record["rows"]]
-    assert rows == [("fp32", 1024, 4, False), ("fp32", 2048, 4, True), ("bf16", 1024, 4, False), ("bf16", 2048, 4, True)]
+    assert rows == [
+        ("fp32", 1024, 4, False), ("fp32", 2048, 4, True), ("bf16", 1024, 4, False), ("bf16", 2048, 4, True)
+    ]
     assert all(r["median_ms"] > 0 and r["gbps"] > 0 for r in record["rows"])
     assert "| fp32 (shipped) | 2048 | 4 |" in (tmp_path / "triton_launch_sweep.md").read_text()
 
 
-def test_a_block_that_is_not_a_power_of_two_is_an_argument_error(capsys):
+def test_blocks_and_warps_that_are_not_powers_of_two_are_argument_errors(capsys):
     with pytest.raises(SystemExit):
         sweep.main(["--blocks", "1000"])
     assert "--blocks: 1000 is not a power of two of at least 16" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sweep.main(["--warps", "3"])
+    assert "--warps: 3 is not a power of two" in capsys.readouterr().err
