@@ -179,7 +179,7 @@ class Adadelta(Optimizer):
         dtype = self._state_dtype_for(p)
         state = {"step": self._new_step(p, group["capturable"])}
         if dtype == quantized.QUANTIZED:
-            quantized.check_supported(p)
+            quantized.check_supported([p])
             state.update(quantized.new_state(p))
         else:
             state["square_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
