@@ -264,3 +264,26 @@ def test_memory_format_change_re_encodes_the_blocks():
     want = dequantize(codes, opt.state[weight]["square_avg_scale"], codes)
     got = dequantize(state["square_avg"], state["square_avg_scale"], state["square_avg"])
     assert (got - want).abs().max() <= 0.02 * want.abs().max()
+
+
+def _layouts(shape):
+    """A param of ``shape`` in each layout a step meets: contiguous, channels_last, and a strided view."""
+    base = torch.randn(shape)
+    yield base
+    if base.dim() == 4:
+        yield base.to(memory_format=torch.channels_last)
+    if base.dim() >= 1 and base.shape[-1] > 1:
+        yield torch.randn(*shape[:-1], 2 * shape[-1])[..., ::2]
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 3, 3), (2, 3, 1, 1), (1, 1, 1, 1), (2, 3, 4, 5), (7,), (), (0, 3)])
+def test_the_layout_check_agrees_with_the_stride_walk(shape):
+    """laid_out_like answers contiguous pairs from torch's flags: the same answer as comparing the codes' strides
+    with the walk's wherever the tensors hold elements (dims of size 1 aside)."""
+    for p in _layouts(shape):
+        walk = quantized.walk_layout(p)
+        for codes in (*(layout.to(torch.uint8) for layout in _layouts(shape)), walk.to(torch.uint8)):
+            walked = codes.shape == p.shape and all(
+                a == b for size, a, b in zip(p.shape, codes.stride(), quantized._walk_strides(p)) if size > 1)
+            if p.numel():
+                assert quantized.laid_out_like(codes, p) == walked, (p.stride(), codes.stride())
