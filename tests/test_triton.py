@@ -41,6 +41,7 @@ from conftest import (  # noqa: E402
     dtype_id,
     random_group,
     run_with_reference,
+    on_device,
     op_kwargs,
     scalars_for,
     step_with_new_gradients,
@@ -97,10 +98,6 @@ def device(request, monkeypatch):
     return torch.device(request.param)
 
 
-def to_device(group, device):
-    return tuple(None if tensors is None else [t.to(device) for t in tensors] for tensors in group)
-
-
 def run_both(group, scalars):
     return run_with_reference(triton_backend.step_, group, scalars)
 
@@ -146,7 +143,7 @@ def test_interpreter_is_read_at_each_launch(monkeypatch):
 @pytest.mark.parametrize("feature", FEATURES)
 @pytest.mark.parametrize("pair", DTYPE_PAIRS, ids=dtype_id)
 def test_every_feature_and_dtype_matches_reference_bitwise(device, feature, pair, generator):
-    group = to_device(random_group(SIZES, *pair, generator), device)
+    group = on_device(random_group(SIZES, *pair, generator), device)
     assert_groups_equal(*run_both(group, scalars_for(feature, device)))
 
 
@@ -161,17 +158,17 @@ def test_one_tensor_takes_the_flat_kernel(interpreter, size, generator):
 
 def test_several_steps_with_new_gradients_and_lr(device, generator):
     group = random_group((4097, 1023, 15), torch.float32, torch.float32, generator)
-    expected, actual = clone_group(group), to_device(group, device)
+    expected, actual = clone_group(group), on_device(group, device)
     for step in range(4):
         scalars = scalars_for("maximize_weight_decay", device, lr=0.5 + step / 8)
         step_with_new_gradients(triton_backend.step_, expected, actual, scalars, generator)
-    assert_groups_equal(to_device(actual, "cpu"), expected)
+    assert_groups_equal(on_device(actual, "cpu"), expected)
 
 
 @pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("grad_mode", list(GradMode))
 def test_master_weights(device, param_dtype, grad_mode, generator):
-    group = to_device(random_group((4097, 1023), param_dtype, torch.float32, generator, master=True), device)
+    group = on_device(random_group((4097, 1023), param_dtype, torch.float32, generator, master=True), device)
     scalars = scalars_for("weight_decay", device, grad_mode=grad_mode, grad_scale=torch.tensor(2.0))
     actual, expected = run_both(group, scalars)
     assert_groups_equal(actual, expected)
@@ -181,7 +178,7 @@ def test_master_weights(device, param_dtype, grad_mode, generator):
 
 @pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float32])
 def test_stochastic_rounding_is_bitwise_reproducible(device, state_dtype, generator):
-    group = to_device(random_group((4097, 1023, 15), torch.bfloat16, state_dtype, generator), device)
+    group = on_device(random_group((4097, 1023, 15), torch.bfloat16, state_dtype, generator), device)
     scalars = scalars_for("default", stochastic_rounding=True, rounding_key=rounding_key(seed=7, step=3))
     actual, expected = run_both(group, scalars)
     assert_groups_equal(actual, expected)
@@ -210,7 +207,7 @@ def test_stochastic_rounding_of_a_channels_last_param_follows_memory_order(inter
 
 @pytest.mark.parametrize("grad_mode", [GradMode.UNSCALE, GradMode.ZERO])
 def test_found_inf_changes_nothing_but_zeroes_grads_in_zero_mode(device, grad_mode, generator):
-    group = to_device(random_group((4097, 1023), torch.bfloat16, torch.float32, generator, master=True), device)
+    group = on_device(random_group((4097, 1023), torch.bfloat16, torch.float32, generator, master=True), device)
     group[1][0][3] = float("inf")
     before = clone_group(group)
     scalars = scalars_for(
@@ -268,10 +265,10 @@ def test_misaligned_and_strided_views(device, pair, generator):
             [tensors[0][1:], tensors[1].view(64, 33).t(), tensors[2].view(64, 33)[:, ::2]] for tensors in group[:4]
         )
 
-    expected_base, actual_base = clone_group(base), to_device(base, device)
+    expected_base, actual_base = clone_group(base), on_device(base, device)
     adadelta_step_reference_(*views(expected_base), None, scalars_for("grad_zero"))
     triton_backend.step_(*views(actual_base), None, scalars_for("grad_zero", device))
-    assert_groups_equal(to_device(actual_base, "cpu"), expected_base)
+    assert_groups_equal(on_device(actual_base, "cpu"), expected_base)
 
 
 def test_misaligned_tensors_get_their_own_unvectorized_launch(interpreter, generator):
@@ -427,7 +424,7 @@ def test_opcheck_mixed_precision(interpreter, quiet_mutation_analysis, generator
 def test_opcheck_on_cuda_including_aot_dispatch(monkeypatch, grad_layout, generator):
     """aot_dispatch_dynamic runs the traced graph, staging included where a grad is column-major."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    group = to_device(random_group((1023, 15 * 8), torch.float32, torch.float32, generator), torch.device("cuda"))
+    group = on_device(random_group((1023, 15 * 8), torch.float32, torch.float32, generator), torch.device("cuda"))
     if grad_layout == "column_major":
         for tensors in group[:4]:
             tensors[1] = tensors[1].view(15, 8)
@@ -504,13 +501,13 @@ def test_aot_graph_with_dynamic_shapes_stages_a_strided_grad(interpreter, quiet_
     launches = [node for node in graph.graph.nodes if node.target is wrapper]
     assert len(launches) == 2
     assert all(isinstance(node.kwargs["kwargs"]["numel"], torch.fx.Node) for node in launches), "numel is symbolic"
+    copy_op, empty_op = torch.ops.aten.copy.default, torch.ops.aten.empty_strided.default
     staged = launches[1].kwargs["kwargs"]["grad_ptr"]
-    assert staged.target is torch.ops.aten.copy.default, "the strided grad goes in as a dense copy"
-    copy, empty = torch.ops.aten.copy.default, torch.ops.aten.empty_strided.default
-    copies_in = [node for node in graph.graph.nodes if node.target is copy and node.args[0].target is empty]
+    assert staged.target is copy_op, "the strided grad goes in as a dense copy"
+    copies_in = [node for node in graph.graph.nodes if node.target is copy_op and node.args[0].target is empty_op]
     assert copies_in == [staged], "and no other tensor is copied"
     copies_back = [node for node in graph.graph.nodes
-                   if node.target is torch.ops.aten.copy.default and node.args[1].args == (launches[1], "grad_ptr")]
+                   if node.target is copy_op and node.args[1].args == (launches[1], "grad_ptr")]
     assert len(copies_back) == 1, "and the step's zeroed copy goes back into it"
 
 
