@@ -13,7 +13,6 @@ step, 32 when the step also zeroes the gradient, and 28 + 4 for a step followed 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from adadelta_fused import Adadelta
 from adadelta_fused.bench.bandwidth import best_per_probe, measure_bandwidth, reference_bandwidth
 from adadelta_fused.bench.cases import format_count, parse_count
 from adadelta_fused.bench.environment import default_device, describe
+from adadelta_fused.bench.report import write_table_and_record
 from adadelta_fused.bench.timing import time_interleaved
 
 STEP_BYTES = 28  # fp32: read p, g, sq, acc; write p, sq, acc
@@ -103,12 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {row['variant']} | {row['median_ms']:.2f} | {row['p10_ms']:.2f}-{row['p90_ms']:.2f} | "
                      f"{row['bytes_per_element']} | {row['gbps']:.1f} | {row['percent_of_bandwidth']:.0f}% |")
     table = "\n".join(lines)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "flatten_zero_grad.md").write_text(table + "\n")
     record = dict(environment=describe(device), tensors=args.tensors, numel=args.numel,
                   bandwidth=dict(probe=bandwidth.name, gbps=bandwidth.gbps), rows=rows)
-    (args.out / "flatten_zero_grad.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    write_table_and_record(args.out, "flatten_zero_grad", table, record)
     return 0
 
 

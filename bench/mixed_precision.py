@@ -14,7 +14,6 @@ the bytes each configuration must move (``adadelta_fused.bench.traffic.step_traf
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,6 +25,7 @@ from adadelta_fused.bench.bandwidth import best_per_probe, measure_bandwidth, re
 from adadelta_fused.bench.cases import Case, format_count, make_param_sets, parse_count, rotation_sets
 from adadelta_fused.bench.environment import describe, last_level_cache_bytes
 from adadelta_fused.bench.implementations import _torch_fused_adamw
+from adadelta_fused.bench.report import write_table_and_record
 from adadelta_fused.bench.timing import time_interleaved
 from adadelta_fused.bench.traffic import DTYPE_NAMES, StepConfig, step_traffic
 from adadelta_fused.reference import rounding_key
@@ -122,13 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['times_fp32']:.2f} | {r['times_adam_same_dtype']:.2f} |"
         )
     table = "\n".join(lines)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mixed_precision.md").write_text(table + "\n")
     record = dict(environment=environment, numel=args.numel, repeats=args.repeats,
                   bandwidth=dict(probe=bandwidth.name, gbps=bandwidth.gbps), rows=records,
                   dtypes={row.label: DTYPE_NAMES[row.config.param_dtype] for row in ROWS})
-    (args.out / "mixed_precision.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    write_table_and_record(args.out, "mixed_precision", table, record)
     return 0
 
 

@@ -16,7 +16,6 @@ Writes ``quantized_state.json`` and ``.md`` under ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,6 +26,7 @@ from adadelta_fused import Adadelta, adadelta_
 from adadelta_fused.bench.bandwidth import best_per_probe, measure_bandwidth, reference_bandwidth
 from adadelta_fused.bench.cases import Case, format_count, make_param_sets, parse_count, rotation_sets
 from adadelta_fused.bench.environment import describe, last_level_cache_bytes
+from adadelta_fused.bench.report import write_table_and_record
 from adadelta_fused.bench.timing import time_interleaved
 from adadelta_fused.bench.traffic import StepConfig, step_traffic
 from adadelta_fused.contract import StepScalars, quantized_op_arguments
@@ -130,13 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['speedup_vs_fp32_state']:.2f} | {r['gpu_predicted_ms']:.3f} |"
         )
     table = "\n".join(lines)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quantized_state.md").write_text(table + "\n")
     record = dict(environment=environment, numel=args.numel, repeats=args.repeats, gpu_gbps=args.gpu_gbps,
                   state_bytes_per_param=memory, bandwidth=dict(probe=bandwidth.name, gbps=bandwidth.gbps),
                   rows=records)
-    (args.out / "quantized_state.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    write_table_and_record(args.out, "quantized_state", table, record)
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import time
@@ -37,6 +36,7 @@ import torch
 from adadelta_fused import Adadelta
 from adadelta_fused.bench.bandwidth import best_per_probe, measure_bandwidth, reference_bandwidth
 from adadelta_fused.bench.environment import describe
+from adadelta_fused.bench.report import write_table_and_record
 
 CLAIM_VS_DENSE = 50.0
 CLAIM_VS_SPARSE_ADAM = 2.0
@@ -247,13 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     environment = describe(device)
     environment["load_average_1min"] = dict(before=load_before, after=os.getloadavg()[0])
     table, summary = report(sizes, args.width, args.touched, bandwidth, accuracy_result, costs, environment)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sparse_embedding.md").write_text(table + "\n")
     record = dict(environment=environment, width=args.width, touched=args.touched, repeats=args.repeats,
                   bandwidth=dict(name=bandwidth.name, gbps=bandwidth.gbps), sizes=sizes, accuracy=accuracy_result,
                   decay_cost=costs, **summary)
-    (args.out / "sparse_embedding.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    write_table_and_record(args.out, "sparse_embedding", table, record)
     return 0 if all(summary["passed"].values()) else 1
 
 

@@ -32,6 +32,7 @@ import torch
 
 from adadelta_fused import Adadelta
 from adadelta_fused.bench.environment import describe
+from adadelta_fused.bench.report import write_table_and_record
 
 MODES = ("ordinary", "step_in_backward")
 REQUIRED_DROP = 0.80  # of the gradient bytes (issue 14)
@@ -138,12 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     # The machine is shared: a 1-minute load above its core count means the step times include waiting.
     environment["load_average_1min"] = dict(before=load_before, after=os.getloadavg()[0])
     table, summary = report(runs, environment)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "step_in_backward.md").write_text(table + "\n")
     record = dict(environment=environment, width=args.width, layers=args.layers, steps=args.steps, batch=BATCH,
                   malloc_mmap_threshold=65536, runs=runs, **summary)
-    (args.out / "step_in_backward.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    write_table_and_record(args.out, "step_in_backward", table, record)
     passed = summary["bit_identical"] and summary["peak_drop_of_grad_bytes"] >= REQUIRED_DROP
     return 0 if passed else 1
 

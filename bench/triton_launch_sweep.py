@@ -17,7 +17,6 @@ compilation), and a shape that fails to compile or to match is reported as such 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from adadelta_fused import triton_interpreter, triton_launch
 from adadelta_fused.bench.bandwidth import best_per_probe, measure_bandwidth, reference_bandwidth
 from adadelta_fused.bench.cases import Case, format_count, make_param_sets, parse_count, rotation_sets
 from adadelta_fused.bench.environment import describe, last_level_cache_bytes
+from adadelta_fused.bench.report import write_table_and_record
 from adadelta_fused.bench.timing import time_interleaved
 from adadelta_fused.bench.traffic import DTYPE_NAMES, StepConfig, step_traffic
 from adadelta_fused.contract import StepScalars
@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     measurements = time_interleaved(steps, device, warmup_rounds=2, repeats=args.repeats)
     del steps
     probes.append(measure_bandwidth(device))
-    bandwidth = reference_bandwidth(best_per_probe(probes))
-    copy = next(p for p in best_per_probe(probes) if p.name == "copy")
+    best = best_per_probe(probes)
+    bandwidth = reference_bandwidth(best)
+    copy = next(p for p in best if p.name == "copy")
 
     records = []
     for (config, shape, (registers, spills)), measurement in zip(rows, measurements, strict=True):
@@ -155,13 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     for f in failures:
         lines.append(f"- {f['dtype']} BLOCK={f['block']} warps={f['warps']} not timed: {f['error']}")
     table = "\n".join(lines)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "triton_launch_sweep.md").write_text(table + "\n")
     record = dict(environment=environment, numel=args.numel, repeats=args.repeats, interpreted=interpret,
                   copy_gbps=copy.gbps, bandwidth=dict(probe=bandwidth.name, gbps=bandwidth.gbps), rows=records,
                   failures=failures)
-    (args.out / "triton_launch_sweep.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    write_table_and_record(args.out, "triton_launch_sweep", table, record)
     return 0
 
 

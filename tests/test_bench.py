@@ -476,3 +476,12 @@ def test_compiled_baseline_reports_its_compile_time_apart(tmp_path):
     assert ours["compile_s"] == ""
     assert float(ours["speedup_vs_torch_compile"]) == pytest.approx(
         float(compiled["median_s"]) / float(ours["median_s"]))
+
+
+def test_a_scripts_results_are_printed_and_written_as_markdown_and_json(tmp_path, capsys):
+    from adadelta_fused.bench.report import write_table_and_record
+
+    write_table_and_record(tmp_path / "new", "case", "| a |\n| --- |", {"dtype": torch.bfloat16, "gbps": 1.5})
+    assert capsys.readouterr().out == "| a |\n| --- |\n"
+    assert (tmp_path / "new" / "case.md").read_text() == "| a |\n| --- |\n"
+    assert json.loads((tmp_path / "new" / "case.json").read_text()) == {"dtype": "torch.bfloat16", "gbps": 1.5}

@@ -29,6 +29,15 @@ from .traffic import (
 PNG_SKIPPED_HINT = "matplotlib is not installed (pip install 'adadelta_fused[bench]')"
 
 
+def write_table_and_record(out: Path, stem: str, table: str, record: dict) -> None:
+    """A bench/ script's results: prints the markdown ``table``, and writes it to ``out``/``stem``.md and its
+    ``record`` to ``stem``.json (values JSON cannot hold, such as dtypes, as their str)."""
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(table + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+
+
 def _milliseconds(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}" if seconds < 1e-2 else f"{seconds * 1e3:.1f}"
 
