@@ -22,7 +22,7 @@ from adadelta_fused import Adadelta
 from adadelta_fused.bench.bandwidth import best_per_probe, measure_bandwidth, reference_bandwidth
 from adadelta_fused.bench.cases import format_count, parse_count
 from adadelta_fused.bench.environment import default_device, describe
-from adadelta_fused.bench.report import write_table_and_record
+from adadelta_fused.bench.report import timed_row, write_table_and_record
 from adadelta_fused.bench.timing import time_interleaved
 
 STEP_BYTES = 28  # fp32: read p, g, sq, acc; write p, sq, acc
@@ -84,15 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         device, warmup_rounds=2, repeats=args.repeats,
     )
     probes.append(measure_bandwidth(device))
-    rows = []
-    for (name, (_, _, bytes_per_element)), measurement in zip(chosen.items(), measurements, strict=True):
-        gbps = bytes_per_element * total / measurement.median / 1e9
-        rows.append(dict(variant=name, median_ms=measurement.median * 1e3, p10_ms=measurement.p10 * 1e3,
-                         p90_ms=measurement.p90 * 1e3, bytes_per_element=bytes_per_element, gbps=gbps))
     del built
     bandwidth = reference_bandwidth(best_per_probe(probes))
-    for row in rows:
-        row["percent_of_bandwidth"] = 100 * row["gbps"] / bandwidth.gbps
+    rows = [dict(variant=name, **timed_row(measurement, bytes_per_element, total, bandwidth.gbps))
+            for (name, (_, _, bytes_per_element)), measurement in zip(chosen.items(), measurements, strict=True)]
 
     title = (f"{args.tensors} fp32 tensors of {format_count(args.numel)} ({format_count(total)} elements), "
              f"{describe(device)['device_name']}; 100% = {bandwidth.name} probe, {bandwidth.gbps:.1f} GB/s")

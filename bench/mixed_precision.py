@@ -25,7 +25,7 @@ from adadelta_fused.bench.bandwidth import best_per_probe, measure_bandwidth, re
 from adadelta_fused.bench.cases import Case, format_count, make_param_sets, parse_count, rotation_sets
 from adadelta_fused.bench.environment import describe, last_level_cache_bytes
 from adadelta_fused.bench.implementations import _torch_fused_adamw
-from adadelta_fused.bench.report import write_table_and_record
+from adadelta_fused.bench.report import timed_row, write_table_and_record
 from adadelta_fused.bench.timing import time_interleaved
 from adadelta_fused.bench.traffic import DTYPE_NAMES, StepConfig, step_traffic
 from adadelta_fused.reference import rounding_key
@@ -98,12 +98,10 @@ def main(argv: list[str] | None = None) -> int:
 
     records = []
     for row, measurement in zip(ROWS, measurements, strict=True):
-        bytes_per_element = step_traffic(row.config).total
-        gbps = bytes_per_element * args.numel / measurement.median / 1e9
         records.append(dict(
-            configuration=row.label, median_ms=measurement.median * 1e3, p10_ms=measurement.p10 * 1e3,
-            p90_ms=measurement.p90 * 1e3, bytes_per_element=bytes_per_element, gbps=gbps,
-            percent_of_bandwidth=100 * gbps / bandwidth.gbps, times_fp32=measurement.median / fp32_seconds,
+            configuration=row.label,
+            **timed_row(measurement, step_traffic(row.config).total, args.numel, bandwidth.gbps),
+            times_fp32=measurement.median / fp32_seconds,
             times_adam_same_dtype=measurement.median / adam_seconds[row.config.param_dtype],
         ))
 

@@ -26,7 +26,7 @@ from adadelta_fused import Adadelta, adadelta_
 from adadelta_fused.bench.bandwidth import best_per_probe, measure_bandwidth, reference_bandwidth
 from adadelta_fused.bench.cases import Case, format_count, make_param_sets, parse_count, rotation_sets
 from adadelta_fused.bench.environment import describe, last_level_cache_bytes
-from adadelta_fused.bench.report import write_table_and_record
+from adadelta_fused.bench.report import timed_row, write_table_and_record
 from adadelta_fused.bench.timing import time_interleaved
 from adadelta_fused.bench.traffic import StepConfig, step_traffic
 from adadelta_fused.contract import StepScalars, quantized_op_arguments
@@ -105,11 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         key = (row.config.param_dtype, row.config.master_weights)
         baseline.setdefault(key, measurement.median)  # each param kind's first row: its fp32 state
         bytes_per_element = step_traffic(row.config).total
-        gbps = bytes_per_element * args.numel / measurement.median / 1e9
         records.append(dict(
-            configuration=row.label, median_ms=measurement.median * 1e3, p10_ms=measurement.p10 * 1e3,
-            p90_ms=measurement.p90 * 1e3, bytes_per_element=bytes_per_element, gbps=gbps,
-            percent_of_bandwidth=100 * gbps / bandwidth.gbps, speedup_vs_fp32_state=baseline[key] / measurement.median,
+            configuration=row.label, **timed_row(measurement, bytes_per_element, args.numel, bandwidth.gbps),
+            speedup_vs_fp32_state=baseline[key] / measurement.median,
             gpu_predicted_ms=bytes_per_element * args.numel / (args.gpu_gbps * 1e9) * 1e3,
         ))
 

@@ -27,7 +27,7 @@ from adadelta_fused import triton_interpreter, triton_launch
 from adadelta_fused.bench.bandwidth import best_per_probe, measure_bandwidth, reference_bandwidth
 from adadelta_fused.bench.cases import Case, format_count, make_param_sets, parse_count, rotation_sets
 from adadelta_fused.bench.environment import describe, last_level_cache_bytes
-from adadelta_fused.bench.report import write_table_and_record
+from adadelta_fused.bench.report import timed_row, write_table_and_record
 from adadelta_fused.bench.timing import time_interleaved
 from adadelta_fused.bench.traffic import DTYPE_NAMES, StepConfig, step_traffic
 from adadelta_fused.contract import StepScalars
@@ -128,13 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
     records = []
     for (config, shape, (registers, spills)), measurement in zip(rows, measurements, strict=True):
-        bytes_per_element = step_traffic(config).total
-        gbps = bytes_per_element * args.numel / measurement.median / 1e9
+        timed = timed_row(measurement, step_traffic(config).total, args.numel, bandwidth.gbps)
         records.append(dict(
             dtype=DTYPE_NAMES[config.param_dtype], block=shape.block, warps=shape.warps, shipped=shape == shipped,
-            registers=registers, spills=spills, median_ms=measurement.median * 1e3, p10_ms=measurement.p10 * 1e3,
-            p90_ms=measurement.p90 * 1e3, bytes_per_element=bytes_per_element, gbps=gbps,
-            percent_of_copy=100 * gbps / copy.gbps, percent_of_bandwidth=100 * gbps / bandwidth.gbps,
+            registers=registers, spills=spills, **timed, percent_of_copy=100 * timed["gbps"] / copy.gbps,
         ))
 
     environment = describe(device)

@@ -485,3 +485,11 @@ def test_a_scripts_results_are_printed_and_written_as_markdown_and_json(tmp_path
     assert capsys.readouterr().out == "| a |\n| --- |\n"
     assert (tmp_path / "new" / "case.md").read_text() == "| a |\n| --- |\n"
     assert json.loads((tmp_path / "new" / "case.json").read_text()) == {"dtype": "torch.bfloat16", "gbps": 1.5}
+
+
+def test_a_timed_row_is_credited_with_its_bytes_at_the_median():
+    from adadelta_fused.bench.report import timed_row
+
+    row = timed_row(Measurement((2e-3, 1e-3, 4e-3), 1, 0.0), 28, 10**6, 28.0)
+    assert row == dict(median_ms=2.0, p10_ms=pytest.approx(1.2), p90_ms=pytest.approx(3.6), bytes_per_element=28,
+                       gbps=pytest.approx(14.0), percent_of_bandwidth=pytest.approx(50.0))

@@ -29,6 +29,14 @@ from .traffic import (
 PNG_SKIPPED_HINT = "matplotlib is not installed (pip install 'adadelta_fused[bench]')"
 
 
+def timed_row(measurement, bytes_per_element: float, elements: int, bandwidth_gbps: float) -> dict[str, float]:
+    """What a bench/ script records of one timed row: median and p10/p90 ms, the bytes per element it must move,
+    the GB/s that makes at the median, and that as a percent of the run's reference bandwidth."""
+    gbps = bytes_per_element * elements / measurement.median / 1e9
+    return dict(median_ms=measurement.median * 1e3, p10_ms=measurement.p10 * 1e3, p90_ms=measurement.p90 * 1e3,
+                bytes_per_element=bytes_per_element, gbps=gbps, percent_of_bandwidth=100 * gbps / bandwidth_gbps)
+
+
 def write_table_and_record(out: Path, stem: str, table: str, record: dict) -> None:
     """A bench/ script's results: prints the markdown ``table``, and writes it to ``out``/``stem``.md and its
     ``record`` to ``stem``.json (values JSON cannot hold, such as dtypes, as their str)."""
