@@ -75,6 +75,24 @@ def cuda_decision(torch) -> tuple[bool, str]:
     return False, reason
 
 
+def loaded_libstdcxx() -> list[str]:
+    """The shared libstdc++ torch runs with, as a link input ([] where /proc/self/maps tells of none).
+
+    Linked ahead of the compiler driver's own -lstdc++, it resolves every libstdc++ symbol of _C.so, so no
+    copy of libstdc++'s archive gets in. A compiler that links that archive (the H200 image's, 2026-12-04)
+    gives _C.so a second set of iostreams whose locale ids are not those of the libstdc++ torch loaded: a
+    number formatted into a check's message then crashed there (SIGSEGV in codecvt) and, with
+    -static-libstdc++ here, printed nothing ("grads has "). The file torch loaded, not whichever libstdc++
+    the linker finds first: that one may be newer than the one that will be loaded, and fail at import.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libstdc++.so" in line}
+    except OSError:
+        return []
+    return sorted(paths)[:1]
+
+
 def cuda_include_dirs() -> list[str]:
     """Headers some toolkits lack (e.g. cusparse.h for ATen/cuda) ship in torch's nvidia pip packages."""
     dirs = []
@@ -120,7 +138,8 @@ def extensions():
     # for 32 Mi fp32 elements on this 2-core machine, whatever torch.get_num_threads() says). The
     # libgomp.so.1 it links is the one torch has already loaded, so there is one OpenMP runtime.
     common = dict(
-        name="adadelta_fused._C", include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"]
+        name="adadelta_fused._C", include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=["-fopenmp", *loaded_libstdcxx()],
     )
 
     def cpu_extension():

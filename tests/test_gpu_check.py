@@ -163,3 +163,11 @@ def test_the_shapes_table_is_copied_and_a_missing_one_is_no_error(tmp_path):
 def test_script_stages_find_the_package_first():
     path = gpu_check.repo_on_path()["PYTHONPATH"].split(os.pathsep)
     assert path[0] == str(gpu_check.ROOT)
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_tests_needing_two_gpus_are_deselected_on_one(tmp_path, gpus):
+    command = gpu_check.tests_command(sys.executable, tmp_path / "junit.xml", gpus)
+    listed = subprocess.run([*command, "--collect-only", "-p", "no:cacheprovider"], cwd=gpu_check.ROOT, capture_output=True, text=True, check=True).stdout
+    two_gpu_tests = [line for line in listed.splitlines() if "over_two_gpus" in line]
+    assert ("test_cuda_kernel.py" in listed) and (bool(two_gpu_tests) == (gpus >= 2)), listed[-2000:]

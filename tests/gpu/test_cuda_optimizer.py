@@ -40,6 +40,7 @@ def test_grad_scaler_with_cpu_step_counters_counts_skipped_steps_exactly(backend
     assert {float(s["step"]) for s in opt.state.values()} == {4.0}
 
 
+@pytest.mark.two_gpus
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_one_grad_scaler_over_two_gpus_trains_like_torch(backend, generator):
