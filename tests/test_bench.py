@@ -22,6 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from adadelta_fused.backends import BACKEND_NAMES
 from adadelta_fused.bench import implementations as impls
+from adadelta_fused.bench import timing
 from adadelta_fused.bench.__main__ import _config, _implementations, build_parser, main
 from adadelta_fused.bench.cases import Case, Ki, Mi, format_count, parse_count, rotation_sets, set_bytes, sweep
 from adadelta_fused.bench.timing import Measurement, time_interleaved, time_steps
@@ -414,8 +415,8 @@ def test_time_steps_rotates_evenly_over_every_set():
     measurement = time_steps(steps, CPU, warmup_rounds=2, repeats=4)
     assert len(measurement.per_step_seconds) == 4 and measurement.steps_per_sample >= 1
     timed = 4 * measurement.steps_per_sample
-    assert sum(calls) == 1 + 2 * 5 + timed
-    assert max(calls) - min(calls) <= 2  # the first call and a partial last round
+    assert sum(calls) == 5 + 2 * 5 + timed  # each set's first call, the warm-up rounds, the samples
+    assert max(calls) - min(calls) <= 1  # a partial last round
 
 
 def test_interleaved_timing_takes_the_samples_in_turn():
@@ -432,6 +433,27 @@ def test_interleaved_timing_takes_the_samples_in_turn():
     # prepared one after the other (first call, one warm-up round), then timed a, b, a, b, a, b
     assert order == ["a", "a", "b", "b"] + ["a", "b"] * 3
     assert all(seconds >= 0.003 for seconds in a.per_step_seconds + b.per_step_seconds)
+
+
+def test_a_gpu_sample_starts_its_clock_behind_one_untimed_step(monkeypatch):
+    """The start event is queued after the lead step, so the host's latency to issue a step is not timed."""
+    order = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            order.append("event")
+
+        def elapsed_time(self, end):
+            return 6.0  # milliseconds
+
+    monkeypatch.setattr(timing.torch.cuda, "Event", Event)
+    monkeypatch.setattr(timing, "synchronize", lambda device: None)
+    steps = [lambda i=i: order.append(i) for i in range(3)]
+    assert timing._sample(steps, 2, 3, torch.device("cuda")) == (6e-3, 4)
+    assert order == [2, "event", 0, 1, 2, "event"]
 
 
 def test_measurement_statistics():

@@ -2,7 +2,11 @@
 
 Each timed sample runs several consecutive steps, each on the next parameter set of the rotation, so the
 data a step touches was last touched a whole rotation ago and has left the caches. On a GPU a sample is
-bracketed by CUDA events; on a CPU by ``perf_counter`` after the work is done (CPU ops are synchronous).
+bracketed by CUDA events, the start event queued behind one untimed step: the GPU then works on that step
+while the host issues the first timed one, as in a running loop. Queued first, the start event would time
+the host's latency to issue that step as well: on an H200 (2026-12-04) that read the Triton step, whose host
+path takes about 0.2 ms, at 0.34-0.64 ms in samples of 3 steps, where it takes 0.239 ms a step in a loop.
+On a CPU a sample is bracketed by ``perf_counter`` after the work is done (CPU ops are synchronous).
 The implementations of one case take their samples in turn (``time_interleaved``), so they share the drift
 of a machine's bandwidth.
 """
@@ -95,6 +99,8 @@ def time_interleaved(
                 for step in steps:
                     step()
 
+        for step in steps[1:]:
+            step()  # each other set's first call (lazy state, compiles): not part of the estimate
         estimate = time_call(warm_up, device) / (rounds * len(steps))
         per_sample = max(1, math.ceil(MIN_SAMPLE_SECONDS / max(estimate, 1e-9)))
         prepared.append((steps, per_sample, first_call))
@@ -102,29 +108,32 @@ def time_interleaved(
     positions = [0] * len(prepared)
     for _ in range(repeats):
         for index, (steps, per_sample, _) in enumerate(prepared):
-            seconds[index].append(_sample(steps, positions[index], per_sample, device))
-            positions[index] += per_sample
+            elapsed, stepped = _sample(steps, positions[index], per_sample, device)
+            seconds[index].append(elapsed)
+            positions[index] += stepped
     return [
         Measurement(tuple(s / per_sample for s in samples), per_sample, first_call)
         for samples, (_, per_sample, first_call) in zip(seconds, prepared, strict=True)
     ]
 
 
-def _sample(steps, position: int, per_sample: int, device: torch.device) -> float:
-    """Seconds for ``per_sample`` consecutive steps of the rotation, starting at ``position``.
+def _sample(steps, position: int, per_sample: int, device: torch.device) -> tuple[float, int]:
+    """(seconds for ``per_sample`` consecutive steps of the rotation, steps run), starting at ``position``.
 
-    On a GPU, CUDA events bracket the work on the device; the sync after the end event is not timed.
+    On a GPU, CUDA events bracket the work on the device, behind one untimed lead step (the module's
+    docstring says why); the sync after the end event is not timed.
     """
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         synchronize(device)
+        steps[position % len(steps)]()
         start.record()
-        for offset in range(per_sample):
+        for offset in range(1, per_sample + 1):
             steps[(position + offset) % len(steps)]()
         end.record()
         synchronize(device)
-        return start.elapsed_time(end) / 1e3
+        return start.elapsed_time(end) / 1e3, per_sample + 1
     start_seconds = time.perf_counter()
     for offset in range(per_sample):
         steps[(position + offset) % len(steps)]()
-    return time.perf_counter() - start_seconds
+    return time.perf_counter() - start_seconds, per_sample
