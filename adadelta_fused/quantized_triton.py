@@ -25,13 +25,17 @@ from .triton_tables import body_end
 OP_NAME = f"{NAMESPACE}::triton_quantized_adadelta_"
 KERNEL_MODULE = "adadelta_fused.quantized_triton_kernel"
 KERNEL = "quantized_adadelta_kernel"
+# Elements per program: 8 whole blocks of 256. The dense kernels' first shape, kept when theirs became 1024
+# (timed on an H200): the 8-bit kernel has not been timed on a GPU at any size.
+BLOCK = 2048
 
 
 def launch(row: tuple, index: int, step: triton_launch.StepArguments) -> Optional[triton_launch.Launch]:
     """The launch over one dense row (param, grad, square_avg codes, acc_delta codes, master or None,
     square_avg scales, acc_delta scales), the ``index``-th of the op's lists; None for an empty tensor.
-    ``step`` is the dense kernels' (triton_launch.step_arguments): the same flags, with a program of BLOCK
-    elements holding BLOCK / 256 whole blocks. tests/test_quantized_triton_ptx.py compiles the same ones."""
+    ``step`` is the dense kernels' (triton_launch.step_arguments): the same flags but BLOCK, this module's, a
+    program of BLOCK elements holding BLOCK / 256 whole blocks. tests/test_quantized_triton_ptx.py compiles the
+    same ones."""
     param, grad, square_avg, acc_delta, master, square_avg_scale, acc_delta_scale = row
     numel = param.numel()
     if numel == 0:
@@ -40,9 +44,10 @@ def launch(row: tuple, index: int, step: triton_launch.StepArguments) -> Optiona
     arguments = dict(
         param_ptr=param, grad_ptr=grad, square_avg_ptr=square_avg, acc_delta_ptr=acc_delta, master_ptr=master,
         square_avg_scale_ptr=square_avg_scale, acc_delta_scale_ptr=acc_delta_scale, numel=numel, body_end=end,
-        tensor_index=index, HAS_TAIL=end != numel, num_warps=triton_launch.NUM_WARPS, **step.scalars, **step.flags,
+        tensor_index=index, HAS_TAIL=end != numel, num_warps=triton_launch.NUM_WARPS, **step.scalars,
+        **{**step.flags, "BLOCK": BLOCK},
     )
-    return triton_launch.Launch(KERNEL, (triton.cdiv(numel, step.flags["BLOCK"]),), arguments)
+    return triton_launch.Launch(KERNEL, (triton.cdiv(numel, BLOCK),), arguments)
 
 
 def launches(params, grads, square_avgs, acc_deltas, master_params, square_avg_scales, acc_delta_scales,

@@ -19,14 +19,13 @@ from .contract import StepScalars, check_group
 from .staging import stage_dense
 from .triton_tables import TABLES, Tables, body_end, plan_tables
 
-# Elements per program: 16 a thread over 4 warps with fp32 math, 8 with fp64: 64 bytes of each 4- or 8-byte
-# buffer a thread, all loaded before the first use. fp32 keep then has 2048 x 16 B = 32 KiB of loads in flight
-# per program, where H100 (3.35 TB/s, ~0.7 us latency) needs ~2.3 MB in flight, ~18 KiB per SM. The kernels
-# compile to 117-161 registers and no spills (tests/test_triton_ptx.py reads the cubins), so 3-4 programs
-# share an SM and one program's table loads overlap another's data. Chosen from this arithmetic, not yet
-# timed on a GPU (`python -m adadelta_fused.bench` is the check). Fixed, not autotuned: the kernel writes
+# Elements per program: 1024 over 4 warps, 8 a thread, whatever the dtypes. Timed on an H200 with triton 3.6
+# (bench/triton_launch_sweep.py, one 32 Mi tensor, bench/results/gpu-h200-20261204b/): 1024 x 4 warps stepped
+# fp32 in 0.228 ms (100 % of copy) and bf16 in 0.117 ms (97 %), against 0.237 ms (97 %) and 0.122 ms (94 %) for
+# the 2048 x 4 first chosen from arithmetic; 512 elements were as fast, 4096 slower (bf16 79-84 %). The
+# multi-tensor kernel takes the same BLOCK, untimed at either size. Fixed, not autotuned: the kernel writes
 # its inputs, so tuning would need restore_value on all five buffers.
-BLOCK = {torch.float32: 2048, torch.float64: 1024}
+BLOCK = 1024
 NUM_WARPS = 4
 
 _TRITON_DTYPES = {
@@ -76,7 +75,7 @@ def step_arguments(params, square_avgs, master_params, scalars: StepScalars) -> 
         STOCHASTIC=bool(scalars.stochastic_rounding) and dtype == torch.bfloat16 and not has_master,
         # Elements a thread moves per access: 16 bytes of the widest buffer the step writes.
         VECTOR=16 // max(dtype.itemsize, state_dtype.itemsize, 4 if has_master else 1),
-        BLOCK=BLOCK[math_dtype],
+        BLOCK=BLOCK,
     )
     return StepArguments(arguments, flags)
 

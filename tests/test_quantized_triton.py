@@ -9,7 +9,7 @@ import torch
 triton = pytest.importorskip("triton", reason="the Triton backend needs triton")
 
 # quantized_triton: importing it registers the op
-from adadelta_fused import quantized_reference, quantized_triton, triton_launch  # noqa: E402
+from adadelta_fused import quantized_reference, quantized_triton  # noqa: E402
 from adadelta_fused.backends import triton as triton_backend  # noqa: E402
 from adadelta_fused.contract import GradMode, quantized_op_arguments  # noqa: E402
 from adadelta_fused.quantized_reference import BLOCK, CODE_NAN, MIN_SCALE, num_blocks, quantize  # noqa: E402
@@ -153,7 +153,7 @@ def test_a_million_elements(interpreter, monkeypatch, generator):
     blocks instead of 8: a program's bits do not depend on how many whole blocks it holds, and the interpreter
     pays per operation, so 33 programs take 2 s here where the 513 of the GPU's tile took 20-40 s on 2 cores.
     The GPU's tile is the one every other test runs."""
-    monkeypatch.setitem(triton_launch.BLOCK, torch.float32, 128 * quantized_reference.BLOCK)
+    monkeypatch.setattr(quantized_triton, "BLOCK", 128 * quantized_reference.BLOCK)
     group = random_group([(2**20 + 3,)], torch.bfloat16, generator)
     scalars = scalars_for(
         "maximize_weight_decay", stochastic_rounding=True, rounding_key=rounding_key(seed=1, step=9),

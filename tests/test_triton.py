@@ -51,7 +51,7 @@ from conftest import (  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
 POISON = 12345.0  # a value no update produces: memory the kernel must not touch keeps it
-SIZES = (1023, 4097, 1, 0)  # odd sizes around the 2048-element block and the 16-element body multiple
+SIZES = (1023, 4097, 1, 0)  # odd sizes around the 1024-element block and the 16-element body multiple
 
 # Under the interpreter, opcheck's test_aot_dispatch_* cannot run: the traced graph's
 # triton_kernel_wrapper_functional launches the compiled kernel, which needs a GPU driver.

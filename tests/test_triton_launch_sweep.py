@@ -25,7 +25,7 @@ sys.modules[spec.name] = sweep  # dataclasses look their module up there
 spec.loader.exec_module(sweep)
 
 CPU = torch.device("cpu")
-SHIPPED = sweep.Shape(2048, 4)
+SHIPPED = sweep.Shape(1024, 4)
 PROBES = [ProbeResult(name, "", 8, 2**20, 1e-4) for name in ("copy", "triad", "axpy")]
 
 
@@ -41,7 +41,7 @@ def interpreter(monkeypatch):
 
 @pytest.mark.parametrize("config", sweep.CONFIGS, ids=lambda c: str(c.param_dtype))
 def test_a_smaller_block_computes_the_shipped_bits(interpreter, config):
-    sweep.check_shape(config, sweep.Shape(1024, 2), SHIPPED, CPU, interpret=True)
+    sweep.check_shape(config, sweep.Shape(512, 2), SHIPPED, CPU, interpret=True)
 
 
 @pytest.mark.parametrize("programs", [
@@ -50,28 +50,28 @@ def test_a_smaller_block_computes_the_shipped_bits(interpreter, config):
 ])
 def test_a_shape_that_skips_elements_is_refused(interpreter, monkeypatch, programs):
     monkeypatch.setattr(sweep.triton, "cdiv", programs)  # the grid of both shapes: some elements unstepped
-    with pytest.raises(RuntimeError, match=r"BLOCK=1024, 4 warps: params differ from the shipped shape's at"):
-        sweep.check_shape(StepConfig(torch.float32), sweep.Shape(1024, 4), SHIPPED, CPU, interpret=True)
+    with pytest.raises(RuntimeError, match=r"BLOCK=512, 4 warps: params differ from the shipped shape's at"):
+        sweep.check_shape(StepConfig(torch.float32), sweep.Shape(512, 4), SHIPPED, CPU, interpret=True)
 
 
 def test_a_shape_that_fails_is_reported_and_the_others_run(interpreter, monkeypatch, tmp_path):
     shipped_check = sweep.check_shape
 
     def check(config, shape, *args, **kwargs):
-        if shape.block == 1024:
+        if shape.block == 512:
             raise RuntimeError("planted")
         shipped_check(config, shape, *args, **kwargs)
 
     monkeypatch.setattr(sweep, "check_shape", check)
     monkeypatch.setattr(sweep, "measure_bandwidth", lambda device: PROBES)
-    assert sweep.main(["--numel", "4097", "--blocks", "1024", "2048", "--warps", "4", "--repeats", "1",
+    assert sweep.main(["--numel", "4097", "--blocks", "512", "1024", "--warps", "4", "--repeats", "1",
                        "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "triton_launch_sweep.json").read_text())
-    assert [(r["dtype"], r["block"]) for r in record["rows"]] == [("fp32", 2048), ("bf16", 2048)]
+    assert [(r["dtype"], r["block"]) for r in record["rows"]] == [("fp32", 1024), ("bf16", 1024)]
     assert [(f["dtype"], f["block"], f["error"]) for f in record["failures"]] == [
-        ("fp32", 1024, "RuntimeError: planted"), ("bf16", 1024, "RuntimeError: planted")]
+        ("fp32", 512, "RuntimeError: planted"), ("bf16", 512, "RuntimeError: planted")]
     table = (tmp_path / "triton_launch_sweep.md").read_text()
-    assert "- fp32 BLOCK=1024 warps=4 not timed: RuntimeError: planted" in table
+    assert "- fp32 BLOCK=512 warps=4 not timed: RuntimeError: planted" in table
 
 
 def test_rows_for_every_dtype_and_shape(interpreter, monkeypatch, tmp_path):
@@ -82,10 +82,10 @@ def test_rows_for_every_dtype_and_shape(interpreter, monkeypatch, tmp_path):
     assert record["interpreted"] is True
     rows = [(r["dtype"], r["block"], r["warps"], r["shipped"]) for r in record["rows"]]
     assert rows == [
-        ("fp32", 1024, 4, False), ("fp32", 2048, 4, True), ("bf16", 1024, 4, False), ("bf16", 2048, 4, True)
+        ("fp32", 1024, 4, True), ("fp32", 2048, 4, False), ("bf16", 1024, 4, True), ("bf16", 2048, 4, False)
     ]
     assert all(r["median_ms"] > 0 and r["gbps"] > 0 for r in record["rows"])
-    assert "| fp32 (shipped) | 2048 | 4 |" in (tmp_path / "triton_launch_sweep.md").read_text()
+    assert "| fp32 (shipped) | 1024 | 4 |" in (tmp_path / "triton_launch_sweep.md").read_text()
 
 
 def test_blocks_and_warps_that_are_not_powers_of_two_are_argument_errors(capsys):
