@@ -633,9 +633,7 @@ class Adadelta(Optimizer):
         if cacheable:
             # A group with sparse grads is planned every step: its sparse params are stepped row by row
             # (adadelta_fused.sparse), which the cache does not describe.
-            # 8-bit state is planned every step too: the cache's native check knows the dense op's state only.
-            eight_bit = any(isinstance(call, quantized.QuantizedCall) for p in plans for call in p.calls)
-            cache = None if deferred or eight_bit else GroupCache.build(group, self.state, plans, backend)
+            cache = None if deferred else GroupCache.build(group, self.state, plans, backend)
             if cache is None:
                 self._step_caches.pop(index, None)
             else:

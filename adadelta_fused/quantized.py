@@ -202,6 +202,11 @@ class QuantizedCall:
     def run(self) -> None:
         self.module.quantized_step_(*self._arguments())
 
+    def with_step(self, grads: list[torch.Tensor], scalars: StepScalars) -> QuantizedCall:
+        """This call with another step's grads and scalars (``BackendCall.with_step``: a cached plan's)."""
+        return QuantizedCall(self.module, self.device, self.params, grads, self.square_avgs, self.acc_deltas,
+                             self.master_params, self.square_avg_scales, self.acc_delta_scales, scalars)
+
 
 def plan(params, grads, square_avgs, acc_deltas, state_steps, scalars: StepScalars, master_params,
          square_avg_scales, acc_delta_scales, backend: str | None, step_counters=None) -> StepPlan:

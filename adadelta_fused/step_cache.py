@@ -14,7 +14,10 @@ state tensors) and checks, each step, that they still describe the group:
   negation bit, its dtype and device are the cached ones (``model.to`` rebuilds, and the state follows the
   param as torch's does), and its state dict holds the cached ``step``, ``square_avg``, ``acc_delta`` and
   ``master_param`` (``opt.state[p]["step"] = t`` rebuilds), each still of the dtype (and a CPU counter
-  still on the CPU) the plan was made for (a ``.data =`` cast rebuilds, as state-offload tools make).
+  still on the CPU) the plan was made for (a ``.data =`` cast rebuilds, as state-offload tools make);
+- with 8-bit state, also its two scale vectors, and the param and its codes still contiguous: the codes'
+  blocks are runs of the param's layout, which planning re-encodes when it changes (``quantized.relayout``).
+  A group whose 8-bit params or codes are not contiguous is planned every step.
 
 Anything else (a param that loses its grad, ``set_to_none`` included) falls back to planning, which
 builds a new cache. Only the common case is cached: eager steps of plain tensors (no DTensor, no complex
@@ -32,8 +35,10 @@ import torch
 
 from . import _extension
 from .functional import BackendCall, StepPlan, place_scalars
+from .quantized import QuantizedCall
 
 _STATE_KEYS = ("step", "square_avg", "acc_delta", "master_param")
+_QUANTIZED_STATE_KEYS = (*_STATE_KEYS, "square_avg_scale", "acc_delta_scale")
 
 
 class StateMap(defaultdict):
@@ -85,11 +90,13 @@ class StateMap(defaultdict):
 
 @dataclass
 class _CachedCall:
-    template: BackendCall  # grads and scalars are replaced each step
+    template: BackendCall | QuantizedCall  # grads and scalars are replaced each step
     states: list[dict]  # each param's state dict
-    held: list  # per param, the objects its state dict held under _STATE_KEYS (None: absent)
+    keys: tuple[str, ...]  # the state keys the call reads
+    held: list  # per param, the objects its state dict held under ``keys`` (None: absent)
     like: torch.Tensor  # an empty tensor of the params' dtype and device
     state_like: torch.Tensor  # the same, of the accumulators' dtype
+    quantized: bool  # 8-bit state: the params and codes must stay contiguous
 
 
 def _same_objects(params, cached: list) -> bool:
@@ -132,10 +139,15 @@ class GroupCache:
                 states = [state.get(p) for p in call.params]
                 if any(s is None for s in states):
                     return None
-                held = [s.get(key) for s in states for key in _STATE_KEYS]
+                quantized = isinstance(call, QuantizedCall)
+                layouts = (*call.params, *call.square_avgs, *call.acc_deltas) if quantized else ()
+                if not all(t.is_contiguous() for t in layouts):
+                    return None
+                keys = _QUANTIZED_STATE_KEYS if quantized else _STATE_KEYS
+                held = [s.get(key) for s in states for key in keys]
                 like = torch.empty(0, dtype=call.params[0].dtype, device=call.params[0].device)
                 state_like = torch.empty(0, dtype=call.square_avgs[0].dtype, device=call.params[0].device)
-                calls.append(_CachedCall(replace(call, grads=[]), states, held, like, state_like))
+                calls.append(_CachedCall(replace(call, grads=[]), states, keys, held, like, state_like, quantized))
                 stepped.update(map(id, call.params))
             steps += plan.state_steps or []
         idle = [p for p in params if id(p) not in stepped]
@@ -168,8 +180,9 @@ class GroupCache:
         calls, copies = [], {}
         for cached in self.calls:
             template = cached.template
-            grads = _extension.module().cached_grads(template.params, cached.states, _STATE_KEYS, cached.held,
-                                                     cached.like, cached.state_like, self.steps_on_cpu)
+            grads = _extension.module().cached_grads(template.params, cached.states, cached.keys, cached.held,
+                                                     cached.like, cached.state_like, self.steps_on_cpu,
+                                                     cached.quantized)
             if grads is None:
                 return None
             scalars = place_scalars(scalars_for(template), template.device, copies)
