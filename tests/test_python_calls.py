@@ -18,6 +18,7 @@ from conftest import requires_extension
 pytestmark = requires_extension
 
 STEP_OP = torch.ops.adadelta_fused.adadelta_.default
+QUANTIZED_STEP_OP = torch.ops.adadelta_fused.quantized_adadelta_.default
 
 
 def _lists(generator, n=5, numel=33):
@@ -34,7 +35,7 @@ def unboxed_calls(monkeypatch):
     """Records the names of the unboxed entries called (and still runs them)."""
     called = []
     module = _extension.module()
-    for name in ("step", "advance_steps"):
+    for name in ("step", "quantized_step", "advance_steps"):
         original = getattr(module, name)
 
         def spy(*args, _name=name, _original=original):
@@ -148,3 +149,65 @@ def test_a_default_device_context_keeps_the_unboxed_step(unboxed_calls, generato
     for ours, theirs in zip(lists, twin):
         for a, b in zip(ours, theirs):
             assert torch.equal(a, b)
+
+
+def _eight_bit_optimizers(generator, n=3, numel=300):
+    """Two optimizers with 8-bit state over equal params, and a function giving both the same new grads."""
+    params = [torch.nn.Parameter(torch.randn(numel, generator=generator)) for _ in range(n)]
+    twins = copy.deepcopy(params)
+    options = dict(lr=0.7, weight_decay=0.1, state_dtype=torch.uint8, backend="cpp")
+
+    def new_grads():
+        for p, q in zip(params, twins):
+            p.grad = torch.randn(numel, generator=generator)
+            q.grad = p.grad.clone()
+
+    return Adadelta(params, **options), Adadelta(twins, **options), new_grads
+
+
+def test_the_unboxed_8bit_step_is_bitwise_the_torch_ops_step(unboxed_calls, monkeypatch, generator):
+    ours, boxed, new_grads = _eight_bit_optimizers(generator)
+    for _ in range(3):
+        new_grads()
+        ours.step()
+        with monkeypatch.context() as patch:
+            patch.setattr(_extension.module(), "quantized_step", lambda *args: False)  # torch.ops instead
+            boxed.step()
+    assert unboxed_calls == ["quantized_step", "advance_steps", "advance_steps"] * 3  # the twin: counters only
+    for p, q in zip(ours.param_groups[0]["params"], boxed.param_groups[0]["params"]):
+        assert torch.equal(p, q)
+        assert all(torch.equal(a, b) for a, b in zip(ours.state[p].values(), boxed.state[q].values()))
+
+
+def test_modes_and_subclasses_see_the_8bit_step(unboxed_calls, generator):
+    """A torch function mode gets the quantized op through torch.ops, a dispatch mode sees the unboxed call's
+    op, and a tensor subclass makes the unboxed entry decline."""
+    seen = []
+
+    class FunctionRecording(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    class DispatchRecording(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    opt, _, new_grads = _eight_bit_optimizers(generator)
+    new_grads()
+    with FunctionRecording():
+        opt.step()
+    assert QUANTIZED_STEP_OP in seen and "quantized_step" not in unboxed_calls
+    seen.clear()
+    new_grads()
+    with DispatchRecording():
+        opt.step()
+    assert QUANTIZED_STEP_OP in seen and "quantized_step" in unboxed_calls
+    params = opt.param_groups[0]["params"]
+    states = [opt.state[p] for p in params]
+    lists = [[s[key] for s in states] for key in ("square_avg", "acc_delta", "square_avg_scale", "acc_delta_scale")]
+    subclassed = [p.detach().as_subclass(_Subclass) for p in params]
+    assert _extension.module().quantized_step(subclassed, [p.grad for p in params], lists[0], lists[1], [], lists[2],
+                                              lists[3], 1.0, None, 0.9, 1e-6, 0.0, False, None, None, 0, False,
+                                              0) is False

@@ -34,5 +34,7 @@ def quantized_step_(params, grads, square_avgs, acc_deltas, master_params, squar
     """One step over 8-bit state (adadelta_fused.quantized_reference); the op checks its arguments first."""
     from ..quantized_ops import op
 
-    op()(*quantized_op_arguments(params, grads, square_avgs, acc_deltas, master_params, square_avg_scales,
-                                 acc_delta_scales, scalars))
+    arguments = quantized_op_arguments(params, grads, square_avgs, acc_deltas, master_params, square_avg_scales,
+                                       acc_delta_scales, scalars)
+    if not _extension.call_unboxed("quantized_step", *arguments):
+        op()(*arguments)
