@@ -3,7 +3,8 @@
 the Triton backend does on its first step: ``torch.library.triton_op`` imports torch._inductor to find the
 kernels a function launches (3.5 s here), too much to add to every ``import adadelta_fused``.
 
-Eager (what an optimizer step runs): the launches of ``triton_launch`` over the group's dense tensors.
+Eager (what an optimizer step runs): the launches of ``triton_launch`` over the group's dense tensors, called
+without torch.ops where that changes nothing visible (``launch_step``; adadelta_fused/backends/triton.py).
 Traced (torch.compile, make_fx, fake tensors): one ``wrap_triton`` launch of the flat kernel per tensor,
 with every buffer passed as an argument, so the graph shows Inductor which tensors the kernel writes.
 """
@@ -44,6 +45,20 @@ def triton_adadelta_(
     The arguments are the C++ op's (``adadelta_fused::adadelta_``): ``lr_tensor``, when given, replaces ``lr``.
     Inputs are checked by the op's validator before any memory is touched.
     """
+    from . import triton_interpreter
+
+    compiled = triton_interpreter.kernels(False).adadelta_flat_kernel
+    traceable = wrap_triton(compiled)  # (the kernel itself in eager: triton_op turns wrapping off there)
+    launch_step(params, grads, square_avgs, acc_deltas, master_params, lr, lr_tensor, rho, eps, weight_decay,
+                maximize, grad_scale, found_inf, grad_mode, stochastic_rounding, rounding_key,
+                traceable=None if traceable is compiled else traceable)
+
+
+def launch_step(params, grads, square_avgs, acc_deltas, master_params, lr, lr_tensor, rho, eps, weight_decay,
+                maximize, grad_scale, found_inf, grad_mode, stochastic_rounding, rounding_key, traceable=None) -> None:
+    """The op's body; ``traceable``: the flat kernel wrapped for tracing when the op is being traced, else None.
+    An eager step calls it directly where torch.ops would change nothing visible (``_extension.runs_unseen``),
+    bumping the version counters itself."""
     from . import staging, triton_interpreter, triton_launch
 
     mode = GradMode.parse(grad_mode)
@@ -65,9 +80,7 @@ def triton_adadelta_(
         )
     rows, write_back, staged = staging.stage_dense(params, grads, square_avgs, acc_deltas, master_params, mode)
     step = triton_launch.step_arguments(params, square_avgs, master_params, scalars)
-    compiled = triton_interpreter.kernels(False).adadelta_flat_kernel
-    traceable = wrap_triton(compiled)
-    if traceable is not compiled:
+    if traceable is not None:
         # Traced (fake tensors, torch.compile): every buffer is a kernel argument, so the graph records what
         # the kernel mutates. Always the compiled kernel: wrap_triton cannot trace an interpreted one.
         for index, row in enumerate(rows):

@@ -15,7 +15,8 @@ tensor at 0.45-0.53 ms, while its kernel alone took 0.237 ms (bench/triton_launc
 the host's latency to issue their first step (fixed in adadelta_fused/bench/timing.py).
 
 Writes ``host_time_layers.md`` and ``.json`` under ``--out``. On the CPU (no GPU here) the Triton layers run in
-Triton's interpreter: that checks the script, not the times.
+Triton's interpreter, which checks the script, not the times; with ``--stub-kernels`` every Triton launch is a
+no-op instead, so the Triton layers' host time above the launch can be read on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import pstats
 import statistics
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -98,6 +100,18 @@ def layers(numel: int, device: torch.device) -> dict[str, callable]:
     }
 
 
+def stub_interpreted_kernels() -> None:
+    """Every interpreted Triton kernel launch does nothing (the compiled module, which the op's tracing
+    branch wraps, is left alone)."""
+    class Stub:
+        def __getitem__(self, grid):
+            return lambda **arguments: None
+
+    compiled = triton_interpreter.kernels
+    stubs = types.SimpleNamespace(adadelta_flat_kernel=Stub(), adadelta_multi_tensor_kernel=Stub())
+    triton_interpreter.kernels = lambda interpret, name=None: stubs if interpret else compiled(False)
+
+
 def host_seconds(call, device: torch.device, calls: int, repeats: int) -> tuple[float, float]:
     """(median host seconds a call takes to return, median wall seconds a call takes including the GPU's work)."""
     for _ in range(10):
@@ -147,11 +161,17 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--profile", type=int, default=0, metavar="LINES", help="cProfile lines of the Triton step")
+    parser.add_argument("--stub-kernels", action="store_true",
+                        help="CPU only: Triton launches do nothing (host time without a GPU)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.stub_kernels and device.type != "cpu":
+        parser.error("--stub-kernels is for --device cpu")
     if device.type == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
+    if args.stub_kernels:
+        stub_interpreted_kernels()
     rows = []
     for name, call in layers(args.numel, device).items():
         try:
@@ -163,7 +183,8 @@ def main(argv=None) -> int:
     meta = describe(device)
     lines = [
         f"# Host time by layer: one fp32 tensor of {args.numel} elements, {meta['device_name']}, "
-        f"torch {meta['torch']}, triton {meta['triton']}, python {meta['python']}",
+        f"torch {meta['torch']}, triton {meta['triton']}, python {meta['python']}"
+        + (" (Triton launches stubbed out)" if args.stub_kernels else ""),
         "",
         f"Median of {args.repeats} runs of {args.calls} calls: host = until the last call returns, "
         "wall = until the GPU is done too.",
@@ -172,7 +193,8 @@ def main(argv=None) -> int:
         "| --- | ---: | ---: | --- |",
         *(f"| {r['layer']} | {r['host_us']:.1f} | {r['wall_us']:.1f} | {r['syncs']} |" for r in rows),
     ]
-    record = dict(meta=meta, numel=args.numel, calls=args.calls, repeats=args.repeats, rows=rows)
+    record = dict(meta=meta, numel=args.numel, calls=args.calls, repeats=args.repeats,
+                  stub_kernels=args.stub_kernels, rows=rows)
     if args.profile:
         text = profile(layers(args.numel, device)["Triton: Adadelta(flatten=True).step()"], args.calls, args.profile)
         lines += ["", "## cProfile of the Triton step", "", "```", text.strip(), "```"]

@@ -182,6 +182,20 @@ py::object cached_grads(const py::list& params, const py::list& states, const py
   return std::move(grads);
 }
 
+// Whether every argument is a list of plain tensors or Parameters, nothing else (no subclass, which may
+// override __torch_function__, and no FakeTensor or DTensor): the Triton op's test that its body may run
+// without torch.ops (adadelta_fused/_extension.py, runs_unseen). About 5 ns a tensor.
+bool plain_tensor_lists(const py::args& lists) {
+  for (const py::handle list : lists) {
+    if (!PyList_Check(list.ptr())) return false;
+    const Py_ssize_t n = PyList_GET_SIZE(list.ptr());
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      if (!THPVariable_CheckExact(PyList_GET_ITEM(list.ptr(), i))) return false;
+    }
+  }
+  return true;
+}
+
 // Whether two lists hold the same objects in the same order: the step cache's test that a group's params
 // are the ones it was built for, without a Python loop (15 ns a param).
 bool same_objects(const py::list& a, const py::list& b) {
@@ -196,6 +210,7 @@ bool same_objects(const py::list& a, const py::list& b) {
 }  // namespace
 
 void register_python_calls(py::module_& m) {
+  m.def("plain_tensor_lists", &plain_tensor_lists, "whether every argument is a list of plain tensors");
   m.def("same_objects", &same_objects, "whether two lists hold the same objects in the same order");
   m.def("step", &step, "adadelta_fused::adadelta_ on lists of plain tensors without torch.ops' boxing (false: not run)");
   m.def("quantized_step", &quantized_step,

@@ -60,3 +60,23 @@ def test_a_failing_layer_is_reported_and_the_others_run(interpreter, monkeypatch
     failed = rows.pop("C++: op, torch.ops...adadelta_")
     assert failed["syncs"] == "failed: planted" and math.isnan(failed["host_us"])
     assert all(r["host_us"] > 0 for r in rows.values())
+
+
+def test_stubbed_kernels_leave_the_params_alone(interpreter, monkeypatch, tmp_path):
+    """--stub-kernels: the Triton layers run without launching anything (the step's params keep their values)."""
+    from adadelta_fused import Adadelta, triton_interpreter
+
+    monkeypatch.setattr(triton_interpreter, "kernels", triton_interpreter.kernels)  # restored after the test
+    record = run(tmp_path, "--stub-kernels")
+    assert record["stub_kernels"] is True and all(r["host_us"] > 0 for r in record["rows"]), record["rows"]
+    param = layers_script.torch.nn.Parameter(layers_script.torch.rand(1023))
+    param.grad = layers_script.torch.rand(1023)
+    before = param.detach().clone()
+    Adadelta([param], backend="triton").step()
+    assert layers_script.torch.equal(param.detach(), before)
+
+
+def test_stubbed_kernels_are_for_the_cpu(capsys):
+    with pytest.raises(SystemExit):
+        layers_script.main(["--device", "cuda", "--stub-kernels"])
+    assert "--stub-kernels is for --device cpu" in capsys.readouterr().err

@@ -7,6 +7,7 @@ environment they started with: adadelta_fused.triton_op picks the interpreter or
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import subprocess
@@ -24,13 +25,14 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 from torch._dynamo.backends.common import aot_autograd  # noqa: E402
 from torch._higher_order_ops import triton_kernel_wrap  # noqa: E402
 from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import adadelta_fused  # noqa: E402
 from adadelta_fused import backends as registry  # noqa: E402
 from adadelta_fused import triton_interpreter as interpreter_mode  # noqa: E402
 from adadelta_fused import triton_launch, triton_tables  # noqa: E402
 from adadelta_fused.backends import triton as triton_backend  # noqa: E402
-from adadelta_fused.contract import GradMode, StepScalars  # noqa: E402
+from adadelta_fused.contract import GradMode, StepScalars, op_arguments  # noqa: E402
 from adadelta_fused.reference import adadelta_step_reference_, rounding_key  # noqa: E402
 
 from conftest import (  # noqa: E402
@@ -574,3 +576,97 @@ def test_importing_the_backend_imports_no_triton():
     code = "import sys, adadelta_fused.backends.triton; print('triton' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+# ---- the eager step without torch.ops (_extension.runs_unseen) ----
+
+@pytest.fixture
+def op_calls(monkeypatch):
+    """The steps that went through torch.ops.adadelta_fused.triton_adadelta_ (each still runs)."""
+    calls = []
+    op = triton_backend._op()
+
+    def counting(*arguments):
+        calls.append(op)
+        return op(*arguments)
+
+    monkeypatch.setattr(triton_backend, "_op", lambda: counting)
+    return calls
+
+
+def _versions(group):
+    return [t._version for tensors in group if tensors for t in tensors]
+
+
+@pytest.mark.skipif(adadelta_fused._extension.module() is None, reason="the direct call's checks are native")
+def test_an_eager_step_skips_torch_ops_with_the_same_bits_and_versions(interpreter, op_calls, generator):
+    group = random_group((1023, 4097), torch.float32, torch.float32, generator)
+    twin = clone_group(group)
+    scalars = scalars_for("maximize_weight_decay")
+    with torch.no_grad():
+        triton_backend.step_(*group[:4], None, scalars)
+        assert op_calls == []
+        torch.ops.adadelta_fused.triton_adadelta_.default(*op_arguments(*twin[:4], None, scalars))
+    assert_groups_equal(group, twin)
+    assert _versions(group) == _versions(twin) and min(_versions(group)) >= 1
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+def _grad_mode(group):
+    return contextlib.nullcontext()  # grad mode on (a functional step called from a training loop's code)
+
+
+def _function_mode(group):
+    class Passing(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    return Passing()
+
+
+def _dispatch_mode(group):
+    class Passing(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    return Passing()
+
+
+def _profiler(group):
+    return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+
+def _subclass(group):
+    group[0][0] = group[0][0].as_subclass(_Subclass)
+    return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("context", [_grad_mode, _function_mode, _dispatch_mode, _profiler, _subclass])
+def test_a_step_that_someone_would_see_goes_through_torch_ops(context, interpreter, op_calls, generator):
+    group = random_group((1023,), torch.float32, torch.float32, generator)
+    expected = clone_group(group)
+    adadelta_step_reference_(*expected[:4], None, scalars_for("default"))
+    with contextlib.ExitStack() as stack:
+        if context is not _grad_mode:
+            stack.enter_context(torch.no_grad())  # as in an optimizer's step: only the context differs
+        entered = stack.enter_context(context(group))
+        triton_backend.step_(*group[:4], None, scalars_for("default"))
+    assert len(op_calls) == 1
+    assert_groups_equal([[t.as_subclass(torch.Tensor) for t in tensors] for tensors in group[:4]], expected[:4])
+    if context is _profiler:
+        assert "adadelta_fused::triton_adadelta_" in {event.name for event in entered.events()}
+
+
+def test_a_step_after_a_forward_breaks_its_backward_as_torch_does(interpreter, generator):
+    """Version counters: a param saved for backward and then stepped makes that backward raise, with our
+    optimizer as with torch.optim.Adadelta."""
+    for make in (lambda p: adadelta_fused.Adadelta(p, backend="triton"), torch.optim.Adadelta):
+        weight = torch.nn.Parameter(torch.randn(5, 3, generator=generator))
+        weight.grad = torch.randn(5, 3, generator=generator)
+        loss = weight.square().sum()  # saves weight for its backward
+        make([weight]).step()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()

@@ -11,6 +11,7 @@ from functools import cache
 
 import torch
 
+from .. import _extension
 from .._requirements import TRITON_FLOOR, too_old
 from ..contract import StepScalars, op_arguments, quantized_op_arguments
 
@@ -65,7 +66,15 @@ def _op():
 
 
 def step_(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars) -> None:
-    _op()(*op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars))
+    arguments = op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars)
+    if not _extension.runs_unseen(*arguments[:5]):
+        _op()(*arguments)
+        return
+    from .. import triton_op
+
+    triton_op.launch_step(*arguments)
+    # What the op's ADInplaceOrView kernel does for every list its schema marks mutated.
+    torch.autograd.graph.increment_version([*params, *grads, *square_avgs, *acc_deltas, *arguments[4]])
 
 
 @cache
