@@ -214,8 +214,18 @@ def _clear_backend_registry() -> None:
     registry._auto.cache_clear()
 
 
+@pytest.fixture
+def triton_interpreting(monkeypatch):
+    """TRITON_INTERPRET set for this test only, the backend registry probing again under it and after it."""
+    pytest.importorskip("triton", reason="the Triton backend needs triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _clear_backend_registry()
+    yield
+    _clear_backend_registry()
+
+
 @pytest.fixture(params=["reference", "cpp", "triton"])
-def every_backend(request, monkeypatch) -> str:
+def every_backend(request) -> str:
     """Every backend that can run on this machine's CPU: the reference, the compiled kernel, and the Triton
     kernel in Triton's interpreter (TRITON_INTERPRET set for this test only)."""
     name = request.param
@@ -223,13 +233,8 @@ def every_backend(request, monkeypatch) -> str:
         assert not REQUIRE_EXTENSION, _extension.load_error()
         pytest.skip(f"compiled extension unavailable: {_extension.load_error()}")
     if name == "triton":
-        pytest.importorskip("triton", reason="the Triton backend needs triton")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        _clear_backend_registry()
-        yield name
-        _clear_backend_registry()
-        return
-    yield name
+        request.getfixturevalue("triton_interpreting")
+    return name
 
 
 @pytest.fixture

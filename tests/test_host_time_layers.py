@@ -13,7 +13,6 @@ import pytest
 
 pytest.importorskip("triton", reason="the script launches the Triton kernel")
 
-from adadelta_fused import backends as registry  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "host_time_layers.py"
 spec = importlib.util.spec_from_file_location("host_time_layers", SCRIPT)
@@ -22,23 +21,13 @@ sys.modules[spec.name] = layers_script
 spec.loader.exec_module(layers_script)
 
 
-@pytest.fixture
-def interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    registry._load.cache_clear()
-    registry._auto.cache_clear()
-    yield
-    registry._load.cache_clear()
-    registry._auto.cache_clear()
-
-
 def run(tmp_path, *extra):
     assert layers_script.main(["--device", "cpu", "--numel", "1023", "--calls", "2", "--repeats", "1",
                                "--out", str(tmp_path), *extra]) == 0
     return json.loads((tmp_path / "host_time_layers.json").read_text())
 
 
-def test_every_layer_is_timed(interpreter, tmp_path):
+def test_every_layer_is_timed(triton_interpreting, tmp_path):
     record = run(tmp_path, "--profile", "5")
     rows = record["rows"]
     assert [r["layer"] for r in rows] == list(layers_script.layers(4, layers_script.torch.device("cpu")))
@@ -47,7 +36,7 @@ def test_every_layer_is_timed(interpreter, tmp_path):
     assert "| Triton: Adadelta(flatten=True).step() |" in (tmp_path / "host_time_layers.md").read_text()
 
 
-def test_a_failing_layer_is_reported_and_the_others_run(interpreter, monkeypatch, tmp_path):
+def test_a_failing_layer_is_reported_and_the_others_run(triton_interpreting, monkeypatch, tmp_path):
     shipped = layers_script.layers
 
     def with_a_failure(numel, device):
@@ -62,7 +51,7 @@ def test_a_failing_layer_is_reported_and_the_others_run(interpreter, monkeypatch
     assert all(r["host_us"] > 0 for r in rows.values())
 
 
-def test_stubbed_kernels_leave_the_params_alone(interpreter, monkeypatch, tmp_path):
+def test_stubbed_kernels_leave_the_params_alone(triton_interpreting, monkeypatch, tmp_path):
     """--stub-kernels: the Triton layers run without launching anything (the step's params keep their values)."""
     from adadelta_fused import Adadelta, triton_interpreter
 

@@ -14,7 +14,6 @@ import torch
 
 pytest.importorskip("triton", reason="the sweep launches the Triton kernel")
 
-from adadelta_fused import backends as registry  # noqa: E402
 from adadelta_fused.bench.bandwidth import ProbeResult  # noqa: E402
 from adadelta_fused.bench.traffic import StepConfig  # noqa: E402
 
@@ -29,18 +28,8 @@ SHIPPED = sweep.Shape(1024, 4)
 PROBES = [ProbeResult(name, "", 8, 2**20, 1e-4) for name in ("copy", "triad", "axpy")]
 
 
-@pytest.fixture
-def interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    registry._load.cache_clear()
-    registry._auto.cache_clear()
-    yield
-    registry._load.cache_clear()
-    registry._auto.cache_clear()
-
-
 @pytest.mark.parametrize("config", sweep.CONFIGS, ids=lambda c: str(c.param_dtype))
-def test_a_smaller_block_computes_the_shipped_bits(interpreter, config):
+def test_a_smaller_block_computes_the_shipped_bits(triton_interpreting, config):
     sweep.check_shape(config, sweep.Shape(512, 2), SHIPPED, CPU, interpret=True)
 
 
@@ -48,13 +37,13 @@ def test_a_smaller_block_computes_the_shipped_bits(interpreter, config):
     pytest.param(lambda numel, block: 1, id="first_program_only"),
     pytest.param(lambda numel, block: -(-numel // block) - 1, id="all_but_the_last_program"),
 ])
-def test_a_shape_that_skips_elements_is_refused(interpreter, monkeypatch, programs):
+def test_a_shape_that_skips_elements_is_refused(triton_interpreting, monkeypatch, programs):
     monkeypatch.setattr(sweep.triton, "cdiv", programs)  # the grid of both shapes: some elements unstepped
     with pytest.raises(RuntimeError, match=r"BLOCK=512, 4 warps: params differ from the shipped shape's at"):
         sweep.check_shape(StepConfig(torch.float32), sweep.Shape(512, 4), SHIPPED, CPU, interpret=True)
 
 
-def test_a_shape_that_fails_is_reported_and_the_others_run(interpreter, monkeypatch, tmp_path):
+def test_a_shape_that_fails_is_reported_and_the_others_run(triton_interpreting, monkeypatch, tmp_path):
     shipped_check = sweep.check_shape
 
     def check(config, shape, *args, **kwargs):
@@ -74,7 +63,7 @@ def test_a_shape_that_fails_is_reported_and_the_others_run(interpreter, monkeypa
     assert "- fp32 BLOCK=512 warps=4 not timed: RuntimeError: planted" in table
 
 
-def test_rows_for_every_dtype_and_shape(interpreter, monkeypatch, tmp_path):
+def test_rows_for_every_dtype_and_shape(triton_interpreting, monkeypatch, tmp_path):
     monkeypatch.setattr(sweep, "measure_bandwidth", lambda device: PROBES)  # the real probes take seconds
     assert sweep.main(["--numel", "4097", "--blocks", "1024", "2048", "--warps", "4", "--repeats", "1",
                        "--out", str(tmp_path)]) == 0
