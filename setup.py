@@ -87,10 +87,13 @@ def loaded_libstdcxx() -> list[str]:
     """
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "/libstdc++.so" in line}
+            # address, perms, offset, dev, inode, then the path, which may hold spaces (or end in " (deleted)",
+            # a file no longer there: isfile drops it).
+            fields = [line.rstrip("\n").split(maxsplit=5) for line in maps]
     except OSError:
         return []
-    return sorted(paths)[:1]
+    paths = {f[5] for f in fields if len(f) == 6 and "/libstdc++.so" in f[5]}
+    return [path for path in sorted(paths) if os.path.isfile(path)][:1]
 
 
 def cuda_include_dirs() -> list[str]:

@@ -66,14 +66,18 @@ def runs_unseen(*lists) -> bool:
     a ``torch.library`` Python op (autograd, ADInplaceOrView, the backend kernel, Dynamo's disable wrapper)
     took 107 of the Triton op's 207 us a call on an H200's host. That holds where nothing would see the call:
     not compiling, grad mode off (the optimizer's step; in grad mode the op's autograd kernel decides), no
-    torch function mode but a default device, no dispatch mode, no profiler, and ``lists`` hold plain tensors
-    only. The caller bumps the mutated tensors' version counters, as the op's ADInplaceOrView kernel does."""
+    torch function mode but a default device, no dispatch mode, no profiler, no functorch transform, and
+    ``lists`` (every tensor argument, each in a list) hold plain tensors only. The caller runs the body with
+    torch function handling off, as the default-device mode runs the op it is handed (its factories would
+    otherwise make the body's tables on the default device), and bumps the mutated tensors' version counters,
+    as the op's ADInplaceOrView kernel does."""
     return (
         _MODULE is not None
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and torch._C._len_torch_dispatch_stack() == 0
-        and not torch.autograd.profiler._is_profiler_enabled
+        and not torch._C._autograd._profiler_enabled()  # (also a profiler started from C++, as Kineto's on-demand)
+        and not torch._C._are_functorch_transforms_active()
         and (not torch._C._is_torch_function_mode_enabled() or _only_device_modes())
         and _MODULE.plain_tensor_lists(*lists)
     )

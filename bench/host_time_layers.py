@@ -101,15 +101,19 @@ def layers(numel: int, device: torch.device) -> dict[str, callable]:
 
 
 def stub_interpreted_kernels() -> None:
-    """Every interpreted Triton kernel launch does nothing (the compiled module, which the op's tracing
-    branch wraps, is left alone)."""
+    """Every interpreted launch of the dense Triton kernels does nothing (the compiled module, which the op's
+    tracing branch wraps, and the other kernel modules are left alone)."""
     class Stub:
         def __getitem__(self, grid):
             return lambda **arguments: None
 
-    compiled = triton_interpreter.kernels
+    kernels = triton_interpreter.kernels
     stubs = types.SimpleNamespace(adadelta_flat_kernel=Stub(), adadelta_multi_tensor_kernel=Stub())
-    triton_interpreter.kernels = lambda interpret, name=None: stubs if interpret else compiled(False)
+
+    def stubbed(interpret: bool, name: str = triton_interpreter.KERNEL_MODULE):
+        return stubs if interpret and name == triton_interpreter.KERNEL_MODULE else kernels(interpret, name)
+
+    triton_interpreter.kernels = stubbed
 
 
 def host_seconds(call, device: torch.device, calls: int, repeats: int) -> tuple[float, float]:

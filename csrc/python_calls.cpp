@@ -19,8 +19,9 @@ namespace py = pybind11;
 
 // A list's tensors as a TensorList that borrows the Python objects' references. An owning copy would cost
 // two refcount changes per tensor, and a TensorImpl with a Python object also increments that object when it
-// gains a C++ owner, then takes the GIL to decrement it (c10::TensorImpl::incref_pyobject, decref_pyobject). The borrows are safe while the Python lists are alive and unchanged, which the callers' private
-// lists are for the whole call.
+// gains a C++ owner, then takes the GIL to decrement it (c10::TensorImpl::incref_pyobject, decref_pyobject).
+// The borrows are safe while the Python lists are alive and unchanged, which the callers' private lists are for
+// the whole call.
 class BorrowedTensors {
  public:
   BorrowedTensors() = default;
@@ -117,10 +118,11 @@ bool advance_steps(const py::list& steps, const c10::optional<at::Tensor>& found
 // Whether a tensor held in a param's state is still what the cache was built with, as far as the plan
 // depends on it (a `.data =` assignment can change any of these in place, as state-offload tools do): the
 // step counter one fp32/fp64 element, on the CPU where the plan advances CPU counters; an accumulator
-// `state`'s dtype and device (planning casts a changed one back), and contiguous where `contiguous` (8-bit
-// codes: their blocks are runs of the param's layout, which planning re-encodes after a change); a master
-// copy or an 8-bit accumulator's scales fp32 on the device.
-bool still_fits(Py_ssize_t key, PyObject* held, const at::Tensor& state, bool steps_on_cpu, bool contiguous) {
+// `state`'s dtype and device (planning casts a changed one back), and where `laid_out_as` is given (8-bit
+// codes, whose blocks are runs of the param's layout: planning re-encodes them after a change) contiguous
+// and of that param's shape; a master copy or an 8-bit accumulator's scales fp32 on the device.
+bool still_fits(Py_ssize_t key, PyObject* held, const at::Tensor& state, bool steps_on_cpu,
+                const at::Tensor* laid_out_as) {
   if (!THPVariable_Check(held)) return false;
   const at::Tensor& t = THPVariable_Unpack(held);
   if (t.layout() != at::kStrided) return false;
@@ -131,7 +133,7 @@ bool still_fits(Py_ssize_t key, PyObject* held, const at::Tensor& state, bool st
     case 1:
     case 2:
       return t.scalar_type() == state.scalar_type() && t.device() == state.device() &&
-             (!contiguous || t.is_contiguous());
+             (laid_out_as == nullptr || (t.is_contiguous() && t.sizes() == laid_out_as->sizes()));
     default:
       return t.scalar_type() == at::kFloat && t.device() == state.device();
   }
@@ -140,12 +142,12 @@ bool still_fits(Py_ssize_t key, PyObject* held, const at::Tensor& state, bool st
 // The optimizer's per-step test of a cached group (adadelta_fused/step_cache.py), in one pass: the grads of
 // `params`, or None when the cache no longer describes the group. That is when a param has no grad (or a
 // sparse one, or one with torch's lazy negation bit: the planner's cases), when a param's dtype or device is
-// no longer `like`'s (model.to), when `contiguous` (8-bit state) and a param or its codes are not
-// contiguous, or when a param's state dict no longer holds the cached tensors under `keys` ("step",
-// "square_avg", "acc_delta", "master_param", and for 8-bit state "square_avg_scale" and "acc_delta_scale";
-// `cached` holds len(keys) objects per param, None for an absent key) or one of them changed in place
-// (still_fits; `state_like` has the accumulators' dtype). About 60 ns a param, against 0.35 us for the same
-// loop in Python.
+// no longer `like`'s (model.to), when `contiguous` (8-bit state) and a param or its codes are not contiguous
+// or not of one shape (`p.data = p.data.view(...)`), or when a param's state dict no longer holds the cached
+// tensors under `keys` ("step", "square_avg", "acc_delta", "master_param", and for 8-bit state
+// "square_avg_scale" and "acc_delta_scale"; `cached` holds len(keys) objects per param, None for an absent
+// key) or one of them changed in place (still_fits; `state_like` has the accumulators' dtype). About 60 ns a
+// param, against 0.35 us for the same loop in Python.
 py::object cached_grads(const py::list& params, const py::list& states, const py::tuple& keys,
                         const py::list& cached, const at::Tensor& like, const at::Tensor& state_like,
                         bool steps_on_cpu, bool contiguous) {
@@ -175,7 +177,9 @@ py::object cached_grads(const py::list& params, const py::list& states, const py
       if (held == nullptr && PyErr_Occurred()) throw py::error_already_set();
       PyObject* want = PyList_GET_ITEM(cached.ptr(), i * k + j);
       if (held != (want == Py_None ? nullptr : want)) return py::none();
-      if (held != nullptr && !still_fits(j, held, state_like, steps_on_cpu, contiguous)) return py::none();
+      if (held != nullptr && !still_fits(j, held, state_like, steps_on_cpu, contiguous ? &param : nullptr)) {
+        return py::none();
+      }
     }
     PyList_SET_ITEM(grads.ptr(), i, THPVariable_Wrap(grad));
   }

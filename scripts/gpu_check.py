@@ -142,7 +142,8 @@ def toolchain(log: Log) -> None:
     for variable, default in (("CC", "cc"), ("CXX", "c++")):
         compiler = shutil.which(os.environ.get(variable, default)) or os.environ.get(variable, default)
         run(log, [compiler, "--version"], 30)
-        run(log, [compiler, "-print-file-name=libstdc++.so", "-print-file-name=libstdc++.a"], 30)
+        for library in ("libstdc++.so", "libstdc++.a"):  # one a call: given both, gcc answers the last only
+            run(log, [compiler, f"-print-file-name={library}"], 30)
     built = sorted(ROOT.glob("adadelta_fused/_C*.so"))
     if not built:
         log("toolchain: no adadelta_fused/_C*.so to inspect")

@@ -249,6 +249,27 @@ def test_the_cache_follows_state_loads_copies_dtypes_and_skipped_steps(event, st
         assert {s["square_avg"].dtype for s in ours.state.values()} == {STATE_DTYPES[state] or torch.bfloat16}
 
 
+def test_an_8bit_param_reshaped_through_data_is_planned_again(planning):
+    """``p.data = p.data.view(...)``: planning re-encodes the codes in the new shape, so the cache must not
+    hand the kernel the old one (the op would refuse the shapes)."""
+    params = [torch.nn.Parameter(torch.randn(300, generator=torch.Generator().manual_seed(0)))]
+    twins = copy.deepcopy(params)
+    ours, plain = (Adadelta(ps, lr=0.9, state_dtype=torch.uint8) for ps in (params, twins))
+    for step in range(4):
+        if step == 2:
+            for p in (params[0], twins[0]):
+                p.data = p.data.view(20, 15)
+        grad = torch.randn(params[0].shape, generator=torch.Generator().manual_seed(step + 1))
+        params[0].grad, twins[0].grad = grad, grad.clone()
+        plain._step_caches.clear()
+        ours.step()
+        plain.step()
+        assert torch.equal(params[0], twins[0]), f"step {step}"
+        assert all(torch.equal(a, b) for a, b in zip(ours.state[params[0]].values(), plain.state[twins[0]].values()))
+    assert planning[id(ours)] == 2  # steps 0 and 2
+    assert ours.state[params[0]]["square_avg"].shape == (20, 15)
+
+
 def test_cached_steps_read_this_steps_grads_in_place(planning, generator):
     """A loop that zeroes grads in place (set_to_none=False) keeps the same grad tensors: the cached step
     reads their new values, not a copy."""

@@ -660,6 +660,26 @@ def test_a_step_that_someone_would_see_goes_through_torch_ops(context, interpret
         assert "adadelta_fused::triton_adadelta_" in {event.name for event in entered.events()}
 
 
+@pytest.mark.skipif(adadelta_fused._extension.module() is None, reason="the direct call's checks are native")
+def test_a_default_device_leaves_the_direct_step_alone(interpreter, op_calls, generator):
+    """Under ``with torch.device("meta")`` (as under torch.set_default_device) the body's own tensors, such as
+    the multi-tensor kernel's tables, are still made where the params are."""
+    group = random_group((1023, 4097), torch.float32, torch.float32, generator)
+    expected = clone_group(group)
+    adadelta_step_reference_(*expected[:4], None, scalars_for("default"))
+    with torch.no_grad(), torch.device("meta"):
+        triton_backend.step_(*group[:4], None, scalars_for("default"))
+    assert op_calls == []
+    assert_groups_equal(group[:4], expected[:4])
+
+
+def test_a_subclass_among_the_scalars_goes_through_torch_ops(interpreter, op_calls, generator):
+    group = random_group((1023,), torch.float32, torch.float32, generator)
+    with torch.no_grad():
+        triton_backend.step_(*group[:4], None, scalars_for("default", lr=torch.tensor(0.8).as_subclass(_Subclass)))
+    assert len(op_calls) == 1
+
+
 def test_a_step_after_a_forward_breaks_its_backward_as_torch_does(interpreter, generator):
     """Version counters: a param saved for backward and then stepped makes that backward raise, with our
     optimizer as with torch.optim.Adadelta."""

@@ -67,12 +67,14 @@ def _op():
 
 def step_(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars) -> None:
     arguments = op_arguments(params, grads, square_avgs, acc_deltas, master_params, scalars)
-    if not _extension.runs_unseen(*arguments[:5]):
+    scalar_tensors = [t for t in (arguments[6], scalars.grad_scale, scalars.found_inf) if t is not None]
+    if not _extension.runs_unseen(*arguments[:5], scalar_tensors):
         _op()(*arguments)
         return
     from .. import triton_op
 
-    triton_op.launch_step(*arguments)
+    with torch._C.DisableTorchFunction():
+        triton_op.launch_step(*arguments)
     # What the op's ADInplaceOrView kernel does for every list its schema marks mutated.
     torch.autograd.graph.increment_version([*params, *grads, *square_avgs, *acc_deltas, *arguments[4]])
 
