@@ -119,8 +119,8 @@ bool advance_steps(const py::list& steps, const c10::optional<at::Tensor>& found
 // depends on it (a `.data =` assignment can change any of these in place, as state-offload tools do): the
 // step counter one fp32/fp64 element, on the CPU where the plan advances CPU counters; an accumulator
 // `state`'s dtype and device (planning casts a changed one back), and where `laid_out_as` is given (8-bit
-// codes, whose blocks are runs of the param's layout: planning re-encodes them after a change) contiguous
-// and of that param's shape; a master copy or an 8-bit accumulator's scales fp32 on the device.
+// codes, whose blocks are runs of the param's layout: planning re-encodes them after a change) of that
+// param's shape and strides; a master copy or an 8-bit accumulator's scales fp32 on the device.
 bool still_fits(Py_ssize_t key, PyObject* held, const at::Tensor& state, bool steps_on_cpu,
                 const at::Tensor* laid_out_as) {
   if (!THPVariable_Check(held)) return false;
@@ -133,7 +133,7 @@ bool still_fits(Py_ssize_t key, PyObject* held, const at::Tensor& state, bool st
     case 1:
     case 2:
       return t.scalar_type() == state.scalar_type() && t.device() == state.device() &&
-             (laid_out_as == nullptr || (t.is_contiguous() && t.sizes() == laid_out_as->sizes()));
+             (laid_out_as == nullptr || (t.sizes() == laid_out_as->sizes() && t.strides() == laid_out_as->strides()));
     default:
       return t.scalar_type() == at::kFloat && t.device() == state.device();
   }
@@ -142,15 +142,15 @@ bool still_fits(Py_ssize_t key, PyObject* held, const at::Tensor& state, bool st
 // The optimizer's per-step test of a cached group (adadelta_fused/step_cache.py), in one pass: the grads of
 // `params`, or None when the cache no longer describes the group. That is when a param has no grad (or a
 // sparse one, or one with torch's lazy negation bit: the planner's cases), when a param's dtype or device is
-// no longer `like`'s (model.to), when `contiguous` (8-bit state) and a param or its codes are not contiguous
-// or not of one shape (`p.data = p.data.view(...)`), or when a param's state dict no longer holds the cached
-// tensors under `keys` ("step", "square_avg", "acc_delta", "master_param", and for 8-bit state
-// "square_avg_scale" and "acc_delta_scale"; `cached` holds len(keys) objects per param, None for an absent
-// key) or one of them changed in place (still_fits; `state_like` has the accumulators' dtype). About 60 ns a
-// param, against 0.35 us for the same loop in Python.
+// no longer `like`'s (model.to), when `codes_follow_params` (8-bit state) and a param's codes no longer have
+// its shape and strides (`p.data = p.data.view(...)`, a new memory format), or when a param's state dict no
+// longer holds the cached tensors under `keys` ("step", "square_avg", "acc_delta", "master_param", and for
+// 8-bit state "square_avg_scale" and "acc_delta_scale"; `cached` holds len(keys) objects per param, None for
+// an absent key) or one of them changed in place (still_fits; `state_like` has the accumulators' dtype).
+// About 60 ns a param, against 0.35 us for the same loop in Python.
 py::object cached_grads(const py::list& params, const py::list& states, const py::tuple& keys,
                         const py::list& cached, const at::Tensor& like, const at::Tensor& state_like,
-                        bool steps_on_cpu, bool contiguous) {
+                        bool steps_on_cpu, bool codes_follow_params) {
   const Py_ssize_t n = PyList_GET_SIZE(params.ptr());
   const Py_ssize_t k = PyTuple_GET_SIZE(keys.ptr());
   TORCH_CHECK_VALUE((k == 4 || k == 6) && PyList_GET_SIZE(states.ptr()) == n &&
@@ -165,7 +165,6 @@ py::object cached_grads(const py::list& params, const py::list& states, const py
     if (!THPVariable_Check(item)) return py::none();
     const at::Tensor& param = THPVariable_Unpack(item);
     if (param.scalar_type() != dtype || param.device() != device) return py::none();
-    if (contiguous && !param.is_contiguous()) return py::none();
     const at::Tensor& grad = param.grad();
     if (!grad.defined() || grad.layout() != at::kStrided || grad.is_neg()) return py::none();
     PyObject* state = PyList_GET_ITEM(states.ptr(), i);
@@ -177,7 +176,8 @@ py::object cached_grads(const py::list& params, const py::list& states, const py
       if (held == nullptr && PyErr_Occurred()) throw py::error_already_set();
       PyObject* want = PyList_GET_ITEM(cached.ptr(), i * k + j);
       if (held != (want == Py_None ? nullptr : want)) return py::none();
-      if (held != nullptr && !still_fits(j, held, state_like, steps_on_cpu, contiguous ? &param : nullptr)) {
+      const at::Tensor* laid_out_as = codes_follow_params ? &param : nullptr;
+      if (held != nullptr && !still_fits(j, held, state_like, steps_on_cpu, laid_out_as)) {
         return py::none();
       }
     }
