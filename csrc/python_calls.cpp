@@ -169,6 +169,7 @@ py::object cached_grads(const py::list& params, const py::list& states, const py
     if (!grad.defined() || grad.layout() != at::kStrided || grad.is_neg()) return py::none();
     PyObject* state = PyList_GET_ITEM(states.ptr(), i);
     if (!PyDict_Check(state)) return py::none();
+    const at::Tensor* laid_out_as = codes_follow_params ? &param : nullptr;
     for (Py_ssize_t j = 0; j < k; ++j) {
       // Borrowed; NULL without an error set: absent. PyDict_GetItem would also save and restore the error
       // state around every lookup (about a tenth of this function's instructions, 4 lookups a param).
@@ -176,10 +177,7 @@ py::object cached_grads(const py::list& params, const py::list& states, const py
       if (held == nullptr && PyErr_Occurred()) throw py::error_already_set();
       PyObject* want = PyList_GET_ITEM(cached.ptr(), i * k + j);
       if (held != (want == Py_None ? nullptr : want)) return py::none();
-      const at::Tensor* laid_out_as = codes_follow_params ? &param : nullptr;
-      if (held != nullptr && !still_fits(j, held, state_like, steps_on_cpu, laid_out_as)) {
-        return py::none();
-      }
+      if (held != nullptr && !still_fits(j, held, state_like, steps_on_cpu, laid_out_as)) return py::none();
     }
     PyList_SET_ITEM(grads.ptr(), i, THPVariable_Wrap(grad));
   }

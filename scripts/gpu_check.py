@@ -137,8 +137,9 @@ def build(log: Log, python: str, arch: str) -> dict:
 def toolchain(log: Log) -> None:
     """The compilers a build uses and what the built extension takes of libstdc++, into the log. On the H200
     image (2026-12-04) a number formatted into a check's message crashed inside _C.so, in libstdc++ code linked
-    into the extension, whose locale ids need not be those of the libstdc++ the process loads; setup.py now
-    links the shared libstdc++ by name, and the count of such symbols defined in _C.so should read 0."""
+    into the extension, whose locale ids need not be those of the libstdc++ the process loads (that image's g++
+    finds only libstdc++.a). setup.py now links the libstdc++ torch loaded: the count of such symbols defined in
+    _C.so should read 0."""
     for variable, default in (("CC", "cc"), ("CXX", "c++")):
         compiler = shutil.which(os.environ.get(variable, default)) or os.environ.get(variable, default)
         run(log, [compiler, "--version"], 30)
