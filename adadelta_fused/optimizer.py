@@ -497,9 +497,9 @@ class Adadelta(Optimizer):
                 if held is not p.dtype and (held is not state_dtype or p.dtype is torch.float64):
                     if held != self._state_dtype_for(p):
                         self._follow_param_dtype(p, state)
-                if state["square_avg"].dtype is quantized.QUANTIZED and not quantized.laid_out_like(
-                        state["square_avg"], p):
-                    quantized.relayout(p, state)  # model.to(memory_format=...) since the codes were made
+                if state["square_avg"].dtype is quantized.QUANTIZED and not quantized.codes_laid_out(p, state):
+                    # model.to(memory_format=...) since the codes were made, or one accumulator's codes replaced
+                    quantized.relayout(p, state)
             master = state.get("master_param")
             if master_weights and (master is None) == (p.dtype is torch.bfloat16 or p.dtype is torch.float16):
                 # A master copy is missing (a checkpoint without one, model.to(bf16)) or no longer wanted.

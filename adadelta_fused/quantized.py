@@ -46,10 +46,11 @@ def is_quantized(state: dict[str, Any]) -> bool:
 
 
 def new_state(p: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Zero accumulators (all codes 0) with the scales a step writes for an all-zero block."""
+    """Zero accumulators (all codes 0, laid out as ``p`` is walked) with the scales a step writes for an all-zero
+    block."""
     state = {}
     for key in ACCUMULATORS:
-        state[key] = torch.zeros_like(p, dtype=QUANTIZED, memory_format=torch.preserve_format)
+        state[key] = _walk_like(p).zero_()
         state[SCALE_KEYS[key]] = torch.full((num_blocks(p.numel()),), MIN_SCALE, dtype=torch.float32, device=p.device)
     return state
 
@@ -66,7 +67,7 @@ def to_quantized(p: torch.Tensor, state: dict[str, Any]) -> None:
     """Replace floating accumulators (param's shape) by 8-bit ones (in place in ``state``)."""
     for key in ACCUMULATORS:
         codes, scales = quantize(state[key].detach().to(torch.float32), p)
-        state[key] = _like(codes, torch.empty_like(p, dtype=QUANTIZED, memory_format=torch.preserve_format))
+        state[key] = _walk_like(p).copy_(codes)
         state[SCALE_KEYS[key]] = scales
 
 
@@ -87,6 +88,13 @@ def _walk_strides(p: torch.Tensor) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+def _walk_like(p: torch.Tensor) -> torch.Tensor:
+    """Uninitialized codes for ``p``, with the strides of its walk. Not ``empty_like(p, preserve_format)``: for a
+    non-dense view that follows the view's suggested format (channels_last for ``base_cl[::2]``), where the kernels
+    walk the view's contiguous copy."""
+    return torch.empty_strided(p.shape, _walk_strides(p), dtype=QUANTIZED, device=p.device)
+
+
 def laid_out_like(codes: torch.Tensor, p: torch.Tensor) -> bool:
     """Whether ``codes`` have the strides of ``p``'s walk (dims of size 1 aside: their stride moves nothing)."""
     if codes.shape != p.shape:
@@ -97,6 +105,11 @@ def laid_out_like(codes: torch.Tensor, p: torch.Tensor) -> bool:
     if p.is_contiguous() and codes.is_contiguous():
         return True
     return all(a == b for size, a, b in zip(p.shape, codes.stride(), _walk_strides(p)) if size > 1)
+
+
+def codes_laid_out(p: torch.Tensor, state: dict[str, Any]) -> bool:
+    """Whether both accumulators' codes are laid out as ``p`` is walked (else ``relayout``)."""
+    return all(laid_out_like(state[key], p) for key in ACCUMULATORS)
 
 
 def relayout(p: torch.Tensor, state: dict[str, Any]) -> None:

@@ -15,10 +15,10 @@ state tensors) and checks, each step, that they still describe the group:
   param as torch's does), and its state dict holds the cached ``step``, ``square_avg``, ``acc_delta`` and
   ``master_param`` (``opt.state[p]["step"] = t`` rebuilds), each still of the dtype (and a CPU counter
   still on the CPU) the plan was made for (a ``.data =`` cast rebuilds, as state-offload tools make);
-- with 8-bit state, also its two scale vectors, and codes with the param's shape and strides: the codes'
-  blocks are runs of the param's layout, which planning re-encodes when it changes (``quantized.relayout``).
-  A group with an 8-bit param that is not dense (a view with gaps, whose codes follow its contiguous copy),
-  or whose codes differ in the strides of size-1 dims, is planned every step.
+- with 8-bit state, also its two scale vectors, and codes laid out as the param is walked (its shape, and
+  its strides in every dim of more than one element): the codes' blocks are runs of the param's layout,
+  which planning re-encodes when it changes (``quantized.relayout``). A group with an 8-bit param that is
+  not dense (a view with gaps, whose codes follow its contiguous copy) is planned every step.
 
 Anything else (a param that loses its grad, ``set_to_none`` included) falls back to planning, which
 builds a new cache. Only the common case is cached: eager steps of plain tensors (no DTensor, no complex
@@ -37,7 +37,7 @@ import torch
 from . import _extension
 from .functional import BackendCall, StepPlan, place_scalars
 from .layout import is_dense
-from .quantized import QuantizedCall
+from .quantized import QuantizedCall, laid_out_like
 
 _STATE_KEYS = ("step", "square_avg", "acc_delta", "master_param")
 _QUANTIZED_STATE_KEYS = (*_STATE_KEYS, "square_avg_scale", "acc_delta_scale")
@@ -98,7 +98,7 @@ class _CachedCall:
     held: list  # per param, the objects its state dict held under ``keys`` (None: absent)
     like: torch.Tensor  # an empty tensor of the params' dtype and device
     state_like: torch.Tensor  # the same, of the accumulators' dtype
-    quantized: bool  # 8-bit state: each param's codes must keep its shape and strides
+    quantized: bool  # 8-bit state: each param's codes must stay laid out as it is walked
 
 
 def _same_objects(params, cached: list) -> bool:
@@ -143,9 +143,8 @@ class GroupCache:
                     return None
                 quantized = isinstance(call, QuantizedCall)
                 if quantized and not all(
-                    is_dense(p) and codes.shape == p.shape and codes.stride() == p.stride()
+                    (p.numel() == 0 or is_dense(p)) and laid_out_like(square_avg, p) and laid_out_like(acc_delta, p)
                     for p, square_avg, acc_delta in zip(call.params, call.square_avgs, call.acc_deltas)
-                    for codes in (square_avg, acc_delta)
                 ):
                     return None
                 keys = _QUANTIZED_STATE_KEYS if quantized else _STATE_KEYS

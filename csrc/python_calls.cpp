@@ -115,12 +115,23 @@ bool advance_steps(const py::list& steps, const c10::optional<at::Tensor>& found
   return true;
 }
 
+// Whether 8-bit `codes` are still laid out as their dense `param` is walked: its shape, and its strides in
+// every dim of more than one element (quantized.laid_out_like; `model.to(channels_last)` restrides only the
+// size-1 dims of a 1x1 or depthwise conv weight, which moves nothing).
+bool same_walk(const at::Tensor& codes, const at::Tensor& param) {
+  if (codes.sizes() != param.sizes() || !param.is_non_overlapping_and_dense()) return false;
+  for (int64_t d = 0; d < param.dim(); ++d) {
+    if (param.size(d) > 1 && codes.stride(d) != param.stride(d)) return false;
+  }
+  return true;
+}
+
 // Whether a tensor held in a param's state is still what the cache was built with, as far as the plan
 // depends on it (a `.data =` assignment can change any of these in place, as state-offload tools do): the
 // step counter one fp32/fp64 element, on the CPU where the plan advances CPU counters; an accumulator
 // `state`'s dtype and device (planning casts a changed one back), and where `laid_out_as` is given (8-bit
-// codes, whose blocks are runs of the param's layout: planning re-encodes them after a change) of that
-// param's shape and strides; a master copy or an 8-bit accumulator's scales fp32 on the device.
+// codes, whose blocks are runs of the param's layout: planning re-encodes them after a change) laid out as
+// that param is walked (same_walk); a master copy or an 8-bit accumulator's scales fp32 on the device.
 bool still_fits(Py_ssize_t key, PyObject* held, const at::Tensor& state, bool steps_on_cpu,
                 const at::Tensor* laid_out_as) {
   if (!THPVariable_Check(held)) return false;
@@ -133,7 +144,7 @@ bool still_fits(Py_ssize_t key, PyObject* held, const at::Tensor& state, bool st
     case 1:
     case 2:
       return t.scalar_type() == state.scalar_type() && t.device() == state.device() &&
-             (laid_out_as == nullptr || (t.sizes() == laid_out_as->sizes() && t.strides() == laid_out_as->strides()));
+             (laid_out_as == nullptr || same_walk(t, *laid_out_as));
     default:
       return t.scalar_type() == at::kFloat && t.device() == state.device();
   }
@@ -142,8 +153,8 @@ bool still_fits(Py_ssize_t key, PyObject* held, const at::Tensor& state, bool st
 // The optimizer's per-step test of a cached group (adadelta_fused/step_cache.py), in one pass: the grads of
 // `params`, or None when the cache no longer describes the group. That is when a param has no grad (or a
 // sparse one, or one with torch's lazy negation bit: the planner's cases), when a param's dtype or device is
-// no longer `like`'s (model.to), when `codes_follow_params` (8-bit state) and a param's codes no longer have
-// its shape and strides (`p.data = p.data.view(...)`, a new memory format), or when a param's state dict no
+// no longer `like`'s (model.to), when `codes_follow_params` (8-bit state) and a param's codes are no longer
+// laid out as it is walked (`p.data = p.data.view(...)`, a new memory format), or when a param's state dict no
 // longer holds the cached tensors under `keys` ("step", "square_avg", "acc_delta", "master_param", and for
 // 8-bit state "square_avg_scale" and "acc_delta_scale"; `cached` holds len(keys) objects per param, None for
 // an absent key) or one of them changed in place (still_fits; `state_like` has the accumulators' dtype).

@@ -287,3 +287,48 @@ def test_the_layout_check_agrees_with_the_stride_walk(shape):
                 a == b for size, a, b in zip(p.shape, codes.stride(), quantized._walk_strides(p)) if size > 1)
             if p.numel():
                 assert quantized.laid_out_like(codes, p) == walked, (p.stride(), codes.stride())
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_one_accumulator_replaced_by_codes_of_another_layout_is_re_encoded():
+    """Codes carry their blocks in their own memory order: ``acc_delta`` alone taken from a contiguous twin of a
+    channels_last param is re-encoded before the step, as ``quantized.relayout`` does (the kernel would otherwise
+    read it with the param's blocks and the wrong scales)."""
+    w = torch.randn(4, 8, 5, 5, generator=torch.Generator().manual_seed(3))
+    param, twin_param = (torch.nn.Parameter(w.clone().to(memory_format=torch.channels_last)) for _ in range(2))
+    contiguous = torch.nn.Parameter(w.clone())
+    ours, twin, donor = (Adadelta([p], lr=1.0, state_dtype=torch.uint8)
+                         for p in (param, twin_param, contiguous))
+    for p, opt in ((param, ours), (twin_param, twin), (contiguous, donor)):
+        p.grad = torch.randn(w.shape, generator=torch.Generator().manual_seed(4))
+        opt.step()
+    for opt, p in ((ours, param), (twin, twin_param)):
+        opt.state[p]["acc_delta"] = donor.state[contiguous]["acc_delta"].clone()
+        opt.state[p]["acc_delta_scale"] = donor.state[contiguous]["acc_delta_scale"].clone()
+    assert not quantized.codes_laid_out(param, ours.state[param])
+    quantized.relayout(twin_param, twin.state[twin_param])  # what planning must do
+    grad = torch.randn(w.shape, generator=torch.Generator().manual_seed(5))
+    param.grad, twin_param.grad = grad.clone(), grad.clone()
+    ours.step()
+    twin.step()
+    assert torch.equal(param, twin_param) and _states_equal(ours.state[param], twin.state[twin_param])
+    assert quantized.codes_laid_out(param, ours.state[param])
+
+
+def test_a_non_dense_channels_last_view_steps_like_its_contiguous_copy():
+    """The kernels walk a view with gaps in its contiguous copy's order, so its codes are laid out that way from
+    the start (not in the view's suggested channels_last format)."""
+    base = torch.randn(6, 8, 9, 9, generator=torch.Generator().manual_seed(6)).to(memory_format=torch.channels_last)
+    view, copy_ = torch.nn.Parameter(base[::2]), torch.nn.Parameter(base[::2].contiguous())
+    ours, theirs = (Adadelta([p], lr=1.0, state_dtype=torch.uint8) for p in (view, copy_))
+    for step in range(3):
+        grad = torch.randn(view.shape, generator=torch.Generator().manual_seed(step))
+        view.grad, copy_.grad = grad.clone(), grad.clone()
+        ours.step()
+        theirs.step()
+        assert torch.equal(view, copy_), f"step {step}"
+        assert _states_equal(ours.state[view], theirs.state[copy_]), f"step {step}"
+        assert ours.state[view]["square_avg"].is_contiguous()

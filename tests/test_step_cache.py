@@ -293,6 +293,30 @@ def test_8bit_state_of_a_channels_last_conv_is_cached(planning, generator):
     assert planning[id(ours)] == 2  # steps 0 and 3
 
 
+def test_8bit_state_stays_cached_when_only_size_1_strides_change(planning, generator):
+    """``model.to(memory_format=torch.channels_last)`` restrides only the size-1 dims of a 1x1 conv's weight:
+    the walk is the same, so the codes still fit and the cache holds."""
+    model = torch.nn.Conv2d(3, 5, 1)
+    twin = copy.deepcopy(model)
+    ours, plain = (Adadelta(m.parameters(), lr=0.9, state_dtype=torch.uint8) for m in (model, twin))
+    for step in range(4):
+        if step == 2:
+            for m in (model, twin):
+                m.to(memory_format=torch.channels_last)
+            assert model.weight.stride() != ours.state[model.weight]["square_avg"].stride()
+        x = torch.randn(2, 3, 4, 4, generator=generator)
+        for m, opt in ((model, ours), (twin, plain)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+        plain._step_caches.clear()
+        ours.step()
+        plain.step()
+        for p, q in zip(model.parameters(), twin.parameters()):
+            assert torch.equal(p, q), f"step {step}"
+            assert all(torch.equal(a, b) for a, b in zip(ours.state[p].values(), plain.state[q].values()))
+    assert planning[id(ours)] == 1
+
+
 def test_cached_steps_read_this_steps_grads_in_place(planning, generator):
     """A loop that zeroes grads in place (set_to_none=False) keeps the same grad tensors: the cached step
     reads their new values, not a copy."""
