@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adadelta_fused import Adadelta
+from adadelta_fused import Adadelta, quantized
 
 from conftest import TOLERANCE
 
@@ -269,16 +269,21 @@ def test_an_8bit_param_reshaped_through_data_is_planned_again(planning):
     assert ours.state[params[0]]["square_avg"].shape == (20, 15)
 
 
-def test_8bit_state_of_a_channels_last_conv_is_cached(planning, generator):
-    """A conv weight in channels_last: its codes keep its strides, and the cache holds (and follows the
-    weight back to the contiguous format, re-encoding the codes once)."""
-    model = torch.nn.Conv2d(3, 5, 3).to(memory_format=torch.channels_last)
+@pytest.mark.parametrize("kernel, start, switch, planned", [
+    # A 3x3 conv weight in channels_last: its codes keep its strides and the cache holds; moved back to the
+    # contiguous format its codes are re-encoded once (step 3), then cached again.
+    pytest.param(3, torch.channels_last, torch.contiguous_format, 2, id="3x3_channels_last_and_back"),
+    # A 1x1 conv moved to channels_last changes only its size-1 dims' strides: the same walk, the cache holds.
+    pytest.param(1, torch.contiguous_format, torch.channels_last, 1, id="1x1_to_channels_last"),
+])
+def test_8bit_state_of_a_conv_follows_its_memory_format(kernel, start, switch, planned, planning, generator):
+    model = torch.nn.Conv2d(3, 5, kernel).to(memory_format=start)
     twin = copy.deepcopy(model)
     ours, plain = (Adadelta(m.parameters(), lr=0.9, state_dtype=torch.uint8) for m in (model, twin))
     for step in range(5):
         if step == 3:
             for m in (model, twin):
-                m.to(memory_format=torch.contiguous_format)
+                m.to(memory_format=switch)
         x = torch.randn(2, 3, 6, 6, generator=generator)
         for m, opt in ((model, ours), (twin, plain)):
             opt.zero_grad()
@@ -289,32 +294,10 @@ def test_8bit_state_of_a_channels_last_conv_is_cached(planning, generator):
         for p, q in zip(model.parameters(), twin.parameters()):
             assert torch.equal(p, q) and p.stride() == q.stride(), f"step {step}"
             assert all(torch.equal(a, b) for a, b in zip(ours.state[p].values(), plain.state[q].values()))
-            assert ours.state[p]["square_avg"].stride() == p.stride()
-    assert planning[id(ours)] == 2  # steps 0 and 3
-
-
-def test_8bit_state_stays_cached_when_only_size_1_strides_change(planning, generator):
-    """``model.to(memory_format=torch.channels_last)`` restrides only the size-1 dims of a 1x1 conv's weight:
-    the walk is the same, so the codes still fit and the cache holds."""
-    model = torch.nn.Conv2d(3, 5, 1)
-    twin = copy.deepcopy(model)
-    ours, plain = (Adadelta(m.parameters(), lr=0.9, state_dtype=torch.uint8) for m in (model, twin))
-    for step in range(4):
-        if step == 2:
-            for m in (model, twin):
-                m.to(memory_format=torch.channels_last)
-            assert model.weight.stride() != ours.state[model.weight]["square_avg"].stride()
-        x = torch.randn(2, 3, 4, 4, generator=generator)
-        for m, opt in ((model, ours), (twin, plain)):
-            opt.zero_grad()
-            m(x).square().mean().backward()
-        plain._step_caches.clear()
-        ours.step()
-        plain.step()
-        for p, q in zip(model.parameters(), twin.parameters()):
-            assert torch.equal(p, q), f"step {step}"
-            assert all(torch.equal(a, b) for a, b in zip(ours.state[p].values(), plain.state[q].values()))
-    assert planning[id(ours)] == 1
+            assert quantized.laid_out_like(ours.state[p]["square_avg"], p)
+        if kernel == 1 and step >= 3:  # the case under test: strides that differ in size-1 dims only
+            assert ours.state[model.weight]["square_avg"].stride() != model.weight.stride()
+    assert planning[id(ours)] == planned
 
 
 def test_cached_steps_read_this_steps_grads_in_place(planning, generator):
