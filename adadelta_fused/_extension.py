@@ -48,15 +48,21 @@ def _only_device_modes() -> bool:
     return all(type(mode) is DeviceContext for mode in _get_current_function_mode_stack())
 
 
+def _eager_without_function_modes() -> bool:
+    """Not compiling (Dynamo traces torch.ops calls), and no torch function mode active but default-device
+    ones: where a call that skips torch.ops' Python path skips nothing a mode or tracer would see."""
+    if torch.compiler.is_compiling():
+        return False
+    return not torch._C._is_torch_function_mode_enabled() or _only_device_modes()
+
+
 def call_unboxed(name: str, *arguments) -> bool:
     """Call an op through the extension's unboxed entry ``_C.<name>`` (csrc/python_calls.cpp: torch.ops
     boxes each tensor of each list, 1.3 us a param for a step's four lists). Returns False, having done
     nothing, where the op must go through torch.ops: under torch.compile, which traces torch.ops calls;
     with a torch function mode active (other than a default device) or a tensor subclass in the lists,
     since only torch.ops' Python path runs their ``__torch_function__``; without the extension."""
-    if _MODULE is None or torch.compiler.is_compiling():
-        return False
-    if torch._C._is_torch_function_mode_enabled() and not _only_device_modes():
+    if _MODULE is None or not _eager_without_function_modes():
         return False
     return getattr(_MODULE, name)(*arguments)
 
@@ -74,11 +80,10 @@ def runs_unseen(*lists) -> bool:
     return (
         _MODULE is not None
         and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
+        and _eager_without_function_modes()
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._autograd._profiler_enabled()  # (also a profiler started from C++, as Kineto's on-demand)
         and not torch._C._are_functorch_transforms_active()
-        and (not torch._C._is_torch_function_mode_enabled() or _only_device_modes())
         and _MODULE.plain_tensor_lists(*lists)
     )
 

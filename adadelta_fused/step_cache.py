@@ -37,7 +37,7 @@ import torch
 from . import _extension
 from .functional import BackendCall, StepPlan, place_scalars
 from .layout import is_dense
-from .quantized import QuantizedCall, laid_out_like
+from .quantized import QuantizedCall, codes_laid_out
 
 _STATE_KEYS = ("step", "square_avg", "acc_delta", "master_param")
 _QUANTIZED_STATE_KEYS = (*_STATE_KEYS, "square_avg_scale", "acc_delta_scale")
@@ -143,8 +143,7 @@ class GroupCache:
                     return None
                 quantized = isinstance(call, QuantizedCall)
                 if quantized and not all(
-                    (p.numel() == 0 or is_dense(p)) and laid_out_like(square_avg, p) and laid_out_like(acc_delta, p)
-                    for p, square_avg, acc_delta in zip(call.params, call.square_avgs, call.acc_deltas)
+                    (p.numel() == 0 or is_dense(p)) and codes_laid_out(p, s) for p, s in zip(call.params, states)
                 ):
                     return None
                 keys = _QUANTIZED_STATE_KEYS if quantized else _STATE_KEYS

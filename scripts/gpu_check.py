@@ -141,7 +141,8 @@ def toolchain(log: Log) -> None:
     finds only libstdc++.a). setup.py now links the libstdc++ torch loaded: the count of such symbols defined in
     _C.so should read 0."""
     for variable, default in (("CC", "cc"), ("CXX", "c++")):
-        compiler = shutil.which(os.environ.get(variable, default)) or os.environ.get(variable, default)
+        name = os.environ.get(variable, default)
+        compiler = shutil.which(name) or name
         run(log, [compiler, "--version"], 30)
         for library in ("libstdc++.so", "libstdc++.a"):  # one a call: given both, gcc answers the last only
             run(log, [compiler, f"-print-file-name={library}"], 30)
