@@ -14,6 +14,7 @@
 #include <string>
 
 #include "quantized_state.h"
+#include "tensor_fields.h"
 
 namespace adadelta_fused {
 namespace {
@@ -119,12 +120,12 @@ class OverlapCheck {
   }
 
   void add(size_t list, const char* name, size_t index, bool written, const at::Tensor& t) {
-    if (t.numel() == 0 || !t.has_storage()) return;
+    const void* storage = storage_of(t.unsafeGetTensorImpl());
+    if (t.numel() == 0 || storage == nullptr) return;
     const uintptr_t item = uintptr_t(t.itemsize());
     uintptr_t extent = 1;
     for (int64_t d = 0; d < t.dim(); ++d) extent += uintptr_t(t.size(d) - 1) * uintptr_t(t.stride(d));
     const uintptr_t begin = uintptr_t(t.storage_offset()) * item;
-    const void* storage = t.storage().unsafeGetStorageImpl();
     const size_t mask = table_.size() - 1;
     // Fibonacci hashing of the address; its low bits are alignment zeros.
     size_t slot = size_t((uint64_t(uintptr_t(storage)) * 0x9E3779B97F4A7C15ull) >> 40) & mask;
@@ -407,14 +408,14 @@ TensorListPointers DenseGroup::pointers() {
     const Row& row = rows_[i];
     numel_[i] = row[0]->numel();
     if (numel_[i] == 0) continue;  // null pointers, never dereferenced: empty tensors take no block
-    param_[i] = row[0]->data_ptr();
-    grad_[i] = row[1]->data_ptr();
-    square_avg_[i] = row[2]->data_ptr();
-    acc_delta_[i] = row[3]->data_ptr();
-    if (has_master_) master_[i] = static_cast<float*>(row[4]->data_ptr());
-    if (quantized) {
-      square_avg_scale_[i] = square_avg_scales_[i].data_ptr<float>();
-      acc_delta_scale_[i] = acc_delta_scales_[i].data_ptr<float>();
+    param_[i] = mutable_data_of(*row[0]);
+    grad_[i] = mutable_data_of(*row[1]);
+    square_avg_[i] = mutable_data_of(*row[2]);
+    acc_delta_[i] = mutable_data_of(*row[3]);
+    if (has_master_) master_[i] = static_cast<float*>(mutable_data_of(*row[4]));
+    if (quantized) {  // (fp32, checked by the validator)
+      square_avg_scale_[i] = static_cast<float*>(mutable_data_of(square_avg_scales_[i]));
+      acc_delta_scale_[i] = static_cast<float*>(mutable_data_of(acc_delta_scales_[i]));
     }
   }
   return {param_.data(),

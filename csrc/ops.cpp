@@ -12,6 +12,7 @@
 #include "quantized_state.h"
 #include "sparse_host.h"
 #include "sparse_rows.h"
+#include "tensor_fields.h"
 
 #include <memory>
 #include <string>
@@ -104,16 +105,15 @@ struct FlatViews {
   const int64_t* expected;
 
   bool views(const c10::TensorImpl* t, const c10::StorageImpl* s, int64_t index) const {
-    return t->has_storage() && t->storage().unsafeGetStorageImpl() == s && t->storage_offset() == expected[2 * index];
+    // (the buffers' storages are not null, checked below: a tensor without storage fails the first compare)
+    return adadelta_fused::storage_of(t) == s && t->storage_offset() == expected[2 * index];
   }
 
   ViewStatus of(const c10::TensorImpl* param, int64_t index) const {
     if (!views(param, storage, index)) return ViewStatus::kMoved;
-    // What TensorImpl::grad() returns, without its virtual call: AutogradMeta's grad_ (as in
-    // torch::autograd::impl::get_autograd_meta, AutogradMeta is the only AutogradMetaInterface torch makes).
-    const auto* meta = static_cast<const torch::autograd::AutogradMeta*>(param->autograd_meta());
-    if (meta == nullptr || !meta->grad_.defined()) return ViewStatus::kMissing;
-    const c10::TensorImpl* grad = meta->grad_.unsafeGetTensorImpl();
+    const at::Tensor* param_grad = adadelta_fused::grad_of(param);
+    if (param_grad == nullptr) return ViewStatus::kMissing;
+    const c10::TensorImpl* grad = param_grad->unsafeGetTensorImpl();
     if (reinterpret_cast<int64_t>(grad) != expected[2 * index + 1] || !views(grad, grad_storage, index)) {
       return ViewStatus::kForeign;
     }
@@ -140,9 +140,11 @@ std::tuple<int64_t, std::vector<int64_t>, std::vector<int64_t>> flat_view_status
   TORCH_CHECK(expected.scalar_type() == at::kLong && expected.is_cpu() && expected.is_contiguous() &&
                   expected.dim() == 2 && expected.size(0) == n && expected.size(1) == 2,
               "flat_view_status: expected must be a contiguous CPU int64 tensor of shape (", n, ", 2)");
-  const FlatViews flat{buffer.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl(),
-                       grad_buffer.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl(),
+  const FlatViews flat{adadelta_fused::storage_of(buffer.unsafeGetTensorImpl()),
+                       adadelta_fused::storage_of(grad_buffer.unsafeGetTensorImpl()),
                        expected.const_data_ptr<int64_t>()};
+  TORCH_CHECK(flat.storage != nullptr && flat.grad_storage != nullptr,
+              "flat_view_status: buffer and grad_buffer must have storage");
   std::vector<int64_t> missing, foreign;
   const auto tally = [&](ViewStatus status, int64_t index) {
     if (status == ViewStatus::kMissing) missing.push_back(index);

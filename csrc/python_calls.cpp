@@ -6,6 +6,7 @@
 // a Python dispatch mode, the profiler). Python's __torch_function__ is what this skips: the callers use
 // these only when no torch function mode is active (adadelta_fused/backends/cpp.py).
 #include "python_calls.h"
+#include "tensor_fields.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -176,8 +177,8 @@ py::object cached_grads(const py::list& params, const py::list& states, const py
     if (!THPVariable_Check(item)) return py::none();
     const at::Tensor& param = THPVariable_Unpack(item);
     if (param.scalar_type() != dtype || param.device() != device) return py::none();
-    const at::Tensor& grad = param.grad();
-    if (!grad.defined() || grad.layout() != at::kStrided || grad.is_neg()) return py::none();
+    const at::Tensor* grad = grad_of(param.unsafeGetTensorImpl());
+    if (grad == nullptr || grad->layout() != at::kStrided || grad->is_neg()) return py::none();
     PyObject* state = PyList_GET_ITEM(states.ptr(), i);
     if (!PyDict_Check(state)) return py::none();
     const at::Tensor* laid_out_as = codes_follow_params ? &param : nullptr;
@@ -190,7 +191,7 @@ py::object cached_grads(const py::list& params, const py::list& states, const py
       if (held != (want == Py_None ? nullptr : want)) return py::none();
       if (held != nullptr && !still_fits(j, held, state_like, steps_on_cpu, laid_out_as)) return py::none();
     }
-    PyList_SET_ITEM(grads.ptr(), i, THPVariable_Wrap(grad));
+    PyList_SET_ITEM(grads.ptr(), i, THPVariable_Wrap(*grad));
   }
   return std::move(grads);
 }

@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include "../op_host.h"
+#include "../tensor_fields.h"
 
 namespace adadelta_fused {
 namespace {
@@ -20,10 +21,11 @@ void advance_steps_cpu(at::TensorList steps, const c10::optional<at::Tensor>& fo
   if (found_inf.has_value() && found_inf->item<float>() != 0.0f) return;
   for (const at::Tensor& step : steps) {
     // fp64 counters are what torch keeps under torch.set_default_dtype(torch.float64).
+    void* value = mutable_data_of(step);  // (one fp32 or fp64 element: check_state_steps)
     if (step.scalar_type() == at::kDouble) {
-      *step.data_ptr<double>() += 1.0;
+      *static_cast<double*>(value) += 1.0;
     } else {
-      *step.data_ptr<float>() += 1.0f;
+      *static_cast<float*>(value) += 1.0f;
     }
     step.unsafeGetTensorImpl()->bump_version();
   }
