@@ -221,6 +221,8 @@ def test_traffic_runs_as_a_module_and_predicts_the_h100_step():
         (["--host-overhead", "1x256"], "--host-overhead"),
         (["--host-overhead", "4096"], "--host-overhead"),
         (["--device", "cpu", "--host-overhead", "off", "--host-overhead-only"], "--host-overhead-only"),
+        (["--device", "cpu", "--host-overhead", "off", "--host-overhead-sets", "1"], "--host-overhead-sets"),
+        (["--host-overhead-sets", "0"], "--host-overhead-sets"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_flag(argv, flag, capsys):

@@ -124,6 +124,25 @@ def test_a_run_writes_both_medians_and_their_difference_per_param(tmp_path, tiny
 
 
 @requires_extension
+def test_one_set_steps_the_same_params_every_sample(tmp_path, monkeypatch):
+    made = []
+    original = sweep_module.make_param_sets
+
+    def recording(case, config, device, count, *args, **kwargs):
+        made.append((case.tensors, count))
+        return original(case, config, device, count, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "make_param_sets", recording)
+    stdout = run_cli(["--device", "cpu", "--threads", "1", "--repeats", "2", "--host-overhead-only",
+                      "--host-overhead", "3x16", "--host-overhead-sets", "1", "--backends", "cpp", "--out",
+                      str(tmp_path)])
+    assert made == [(3, 1), (1, 1)]  # the many-param and the one-param case, one set each
+    (row,) = json.loads(next(tmp_path.glob("*.json")).read_text())["host_overhead"]["rows"]
+    assert row["rotation_sets"] == 1
+    assert "host overhead: 3 x 16 elements against one param of 48, the same params every step" in stdout
+
+
+@requires_extension
 def test_the_case_follows_the_sweep_in_a_default_shaped_run_and_reports_its_skips(tmp_path, tiny_rotation):
     # 65 tensors: past the count up to which torch.compile runs without --compile-all, so nothing compiles
     stdout = run_cli(["--device", "cpu", "--threads", "1", "--repeats", "1", "--sizes", "65", "--tensors", "65",

@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "host us per param; 'off' skips it (default 4096x256)")
     parser.add_argument("--host-overhead-only", action="store_true",
                         help="time the host-overhead case alone, without the bandwidth sweep")
+    parser.add_argument("--host-overhead-sets", type=_positive_int, metavar="K",
+                        help="parameter sets the host-overhead case rotates over (default: enough to span 4x the "
+                        "last-level cache, every param's data and metadata evicted; 1: the same params every "
+                        "step, as a training loop that just ran backward over them finds their metadata)")
     parser.add_argument("--traffic", action="store_true",
                         help="print bytes per element and launches per step for each configuration; time nothing")
     parser.add_argument("--bandwidth", type=_bandwidth, metavar="B/S",
@@ -214,8 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     config = _config(parser, args)
     sizes = args.sizes or (FULL_SIZES if args.full else DEFAULT_SIZES)[device.type]
     tensor_counts = args.tensors or (FULL_TENSORS if args.full else DEFAULT_TENSORS)
-    if args.host_overhead_only and args.host_overhead is None:
-        parser.error("--host-overhead-only: the host-overhead case is off (--host-overhead off)")
+    if args.host_overhead is None:
+        for flag, value in (("--host-overhead-only", args.host_overhead_only),
+                            ("--host-overhead-sets", args.host_overhead_sets)):
+            if value:
+                parser.error(f"{flag}: the host-overhead case is off (--host-overhead off)")
     cases = [] if args.host_overhead_only else sweep(tuple(sizes), tuple(tensor_counts))
     if not cases and not args.host_overhead_only:
         parser.error("--sizes/--tensors: every size is smaller than every tensor count")
@@ -231,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         compile_all=args.compile_all,
         host_overhead=args.host_overhead,
         host_implementations=_host_implementations(args, config, names) if args.host_overhead else (),
+        host_sets=args.host_overhead_sets,
     )
 
     # The bar goes to stderr, so stdout holds only the results.

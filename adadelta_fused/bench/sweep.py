@@ -34,6 +34,9 @@ class SweepOptions:
     compile_all: bool
     host_overhead: HostCase | None = None  # None: no host-overhead case
     host_implementations: tuple[str, ...] = ()
+    # Parameter sets the host-overhead case rotates over; None: enough to span 4x the last-level cache, so
+    # every step finds its data and every param's metadata evicted. 1: the same params every step.
+    host_sets: int | None = None
 
 
 @dataclass
@@ -183,7 +186,7 @@ def _time_host_overhead(
             names.append(name)
     # Both steps rotate over as many sets as the many-param case wants (it is the capped one), so their data
     # comes from the same level of memory; a set of each case is in memory at once.
-    wanted = rotation_sets(host.many, config, cache_bytes)
+    wanted = options.host_sets or rotation_sets(host.many, config, cache_bytes)
     sets_count = _fitting_sets(set_bytes(host.many, config) + set_bytes(host.one, config), device, wanted)
     if sets_count is None:
         return [], skipped + [Skip(host.many, name, "does not fit in free memory") for name in names]
@@ -207,10 +210,11 @@ def _time_host_overhead(
 
 
 def _fitting_sets(bytes_per_set: int, device: torch.device, wanted: int) -> int | None:
-    """The most sets, up to ``wanted`` and at least two, that fit in memory with one set of temporaries."""
+    """The most sets, up to ``wanted`` and at least two (one where one is wanted), that fit in memory with one
+    set of temporaries."""
     budget = _MEMORY_SHARE * available_memory_bytes(device)
     fitting = int(budget // bytes_per_set) - 1
-    return min(wanted, fitting) if fitting >= 2 else None
+    return min(wanted, fitting) if fitting >= min(wanted, 2) else None
 
 
 def _add_speedups(rows: list[Row]) -> None:
