@@ -340,6 +340,11 @@ bool check_state_steps(at::TensorList steps) {
                           (step.scalar_type() == at::kFloat || step.scalar_type() == at::kDouble),
                       "state_steps[", i, "] must be a 1-element float32 or float64 tensor, got ", step.scalar_type(),
                       " with ", step.sym_numel(), " elements (layout ", layout_name(step.layout()), ")");
+    // Before any counter is written: the loops bump each counter's version, which throws for an inference
+    // tensor, and must not leave the counters before it advanced.
+    TORCH_CHECK(!step.is_inference() || c10::InferenceMode::is_enabled(), "state_steps[", i,
+                "] is an inference tensor; the step advances it in place, which torch allows only inside "
+                "InferenceMode");
     all_cpu = all_cpu && step.is_cpu();
   }
   return all_cpu;
@@ -360,17 +365,16 @@ bool zeroes_grads_when_skipped(const OpArgs& a) {
 
 DenseGroup::DenseGroup(const OpArgs& a)
     : square_avg_scales_(a.square_avg_scales), acc_delta_scales_(a.acc_delta_scales),
-      has_master_(!a.master_params.empty()) {
+      has_master_(!a.master_params.empty()), grad_written_(a.grad_mode != int64_t(GradMode::kKeep)) {
   const size_t n = a.params.size();
   rows_.reserve(n);
-  const bool grad_written = a.grad_mode != int64_t(GradMode::kKeep);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = a.params[i];
     // A param that is itself not dense is staged contiguously; its companions then follow that layout.
     const at::Tensor& layout = p.is_non_overlapping_and_dense() ? p : layouts_.emplace_back(p.contiguous());
     Row& row = rows_.emplace_back();
     row[0] = add(p, layout, true);
-    row[1] = add(a.grads[i], layout, grad_written);
+    row[1] = add(a.grads[i], layout, grad_written_);
     row[2] = add(a.square_avgs[i], layout, true);
     row[3] = add(a.acc_deltas[i], layout, true);
     row[4] = has_master_ ? add(a.master_params[i], layout, true) : nullptr;
@@ -409,7 +413,8 @@ TensorListPointers DenseGroup::pointers() {
     numel_[i] = row[0]->numel();
     if (numel_[i] == 0) continue;  // null pointers, never dereferenced: empty tensors take no block
     param_[i] = mutable_data_of(*row[0]);
-    grad_[i] = mutable_data_of(*row[1]);
+    // In the keep mode the kernels only read the grad: a copy-on-write grad stays shared.
+    grad_[i] = grad_written_ ? mutable_data_of(*row[1]) : const_cast<void*>(const_data_of(*row[1]));
     square_avg_[i] = mutable_data_of(*row[2]);
     acc_delta_[i] = mutable_data_of(*row[3]);
     if (has_master_) master_[i] = static_cast<float*>(mutable_data_of(*row[4]));

@@ -91,6 +91,7 @@ class DenseGroup {
   at::TensorList square_avg_scales_, acc_delta_scales_;  // (contiguous: the validator refuses others)
   std::vector<int64_t> numel_;
   bool has_master_;
+  bool grad_written_;  // read-only grads keep a copy-on-write storage shared (const data pointers)
 };
 
 // StepArgs whose lr/grad_scale/found_inf pointers address memory on `device` (a CPU lr tensor is read on

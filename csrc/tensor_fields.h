@@ -3,20 +3,23 @@
 // view check, the step cache's grads, the launch pointers, the step counters).
 //
 // The public accessors are calls out of line: TensorImpl::has_storage() and storage() are virtual in torch's
-// builds (TENSORIMPL_MAYBE_VIRTUAL), data_ptr() calls has_storage() for its check, and Tensor::grad() calls the
-// virtual TensorImpl::grad() and then asks the autograd hooks is_leaf(). In the flat view check (4096 params,
-// one thread, warm) has_storage() and storage() were 45 % of the check's samples.
+// builds (TENSORIMPL_MAYBE_VIRTUAL), data_ptr() calls has_storage() for its check, and Tensor::grad() makes the
+// virtual call AutogradMetaInterface::grad() and then asks the autograd hooks is_leaf(). In the flat view check
+// (4096 params of 16 elements, one thread, warm) has_storage() and storage() were 45 % of the check's perf
+// samples (bench/results/host-fields-20261204/).
 //
-// Where they would differ: TensorImpl subclasses without storage (sparse, opaque, functorch's batched
-// tensors) leave the storage field empty, so storage_of() is null for them as has_storage() is false; the
-// callers never reach a wrapper whose storage() throws (functionalization and FakeTensor run their own
-// kernels, not these loops).
+// Where they could differ: every TensorImpl of torch's that makes storage() throw (undefined, sparse,
+// functorch's batched and grad-tracking wrappers) has no storage, so storage_of() is null where has_storage()
+// is false; FakeTensor and FunctionalTensor (which reach the validator through the fake kernel) hold a storage
+// that storage() returns without throwing.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/TensorImpl.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/variable.h>
+
+#include <type_traits>
 
 namespace adadelta_fused {
 
@@ -34,14 +37,28 @@ inline const at::Tensor* grad_of(const c10::TensorImpl* param) {
   return &meta->grad_;
 }
 
-// TensorBase::data_ptr(): the first element, null for an empty tensor; copy-on-write storage materialized
-// (StorageImpl::mutable_data), as for any in-place write.
-inline void* mutable_data_of(const at::TensorBase& tensor) {
+// The address of a tensor's first element, null for an empty tensor, as TensorBase::data_ptr() (written:
+// copy-on-write storage is materialized, StorageImpl::mutable_data) or const_data_ptr() (read only) give it;
+// with the typed data_ptr<T>()'s check that storage holding elements has memory (a resized-away storage).
+template <bool kWritten>
+inline auto data_of(const at::TensorBase& tensor) {
+  using Pointer = std::conditional_t<kWritten, char*, const char*>;
   c10::TensorImpl* t = tensor.unsafeGetTensorImpl();
   const c10::Storage& storage = t->unsafe_storage();
   TORCH_CHECK(storage, "a tensor of the step has no storage; the step needs ordinary strided tensors");
-  if (t->numel() == 0) return nullptr;
-  return static_cast<char*>(storage.mutable_data()) + t->itemsize() * t->storage_offset();
+  if (t->numel() == 0) return Pointer(nullptr);
+  Pointer base;
+  if constexpr (kWritten) {
+    base = static_cast<Pointer>(storage.mutable_data());
+  } else {
+    base = static_cast<Pointer>(storage.data());
+  }
+  TORCH_CHECK(base != nullptr, "a tensor of the step has ", t->numel(), " elements but its storage has no memory "
+              "(resized to 0 bytes?)");
+  return base + t->itemsize() * t->storage_offset();
 }
+
+inline void* mutable_data_of(const at::TensorBase& tensor) { return data_of<true>(tensor); }
+inline const void* const_data_of(const at::TensorBase& tensor) { return data_of<false>(tensor); }
 
 }  // namespace adadelta_fused

@@ -89,7 +89,9 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    # device_id binds NCCL to this rank's GPU, so the barrier at the end knows which device it runs on.
+    gpu = torch.device("cuda", torch.cuda.current_device()) if cuda else None
+    dist.init_process_group("nccl" if cuda else "gloo", device_id=gpu)
     rank, world = dist.get_rank(), dist.get_world_size()
     if args.batch % world:
         raise SystemExit(f"--batch {args.batch} does not split evenly over {world} ranks")
@@ -131,9 +133,9 @@ def main() -> None:
         shard = next(iter(optimizer.state.values()))["master_param"]
         print(f"saved {args.checkpoint} at step {first_step + args.steps}; each rank holds {type(shard).__name__} "
               f"shards ({shard.dtype} master copies, placements {tuple(shard.placements)})")
-    # Every rank past its last collective before any tears gloo down: without this barrier 4 of 25 runs of
-    # tests/test_examples.py's 2-rank recipe aborted after saving ("terminate called without an active
-    # exception"), with it 0 of 20.
+    # Every rank past its last collective before any tears the process group down: without this barrier 4 of
+    # 25 runs of tests/test_examples.py's 2-rank recipe aborted after saving ("terminate called without an
+    # active exception"), with it 0 of 20.
     dist.barrier()
     dist.destroy_process_group()
 

@@ -458,6 +458,19 @@ def test_a_gpu_sample_starts_its_clock_behind_one_untimed_step(monkeypatch):
     assert order == [2, "event", 0, 1, 2, "event"]
 
 
+def test_a_cpu_sample_with_a_lead_step_times_the_steps_after_it(monkeypatch):
+    """The host-overhead case over one set: the untimed step runs first, on the set the sample starts at."""
+    order, clock = [], iter([10.0, 10.5])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: (order.append("clock"), next(clock))[1])
+    steps = [lambda i=i: order.append(i) for i in range(3)]
+    assert timing._sample(steps, 2, 3, CPU, lead_step=True) == (0.5, 4)
+    assert order == [2, "clock", 0, 1, 2, "clock"]
+    order.clear()
+    clock = iter([0.0, 0.25])
+    assert timing._sample(steps, 2, 3, CPU) == (0.25, 3)
+    assert order == ["clock", 2, 0, 1, "clock"]
+
+
 def test_measurement_statistics():
     m = Measurement(tuple(float(v) for v in range(1, 11)), steps_per_sample=1, first_call_seconds=0.0)
     assert (m.median, m.p10, m.p90) == pytest.approx((5.5, 1.9, 9.1))

@@ -14,9 +14,10 @@ import torch
 from adadelta_fused.bench import implementations as impls
 from adadelta_fused.bench import sweep as sweep_module
 from adadelta_fused.bench.__main__ import _config, _host_implementations, _implementations, build_parser, main
-from adadelta_fused.bench.cases import Case, Ki, Mi
+from adadelta_fused.bench.cases import Case, Ki, Mi, rotation_sets
 from adadelta_fused.bench.host_overhead import DEFAULT_HOST_CASE, HostCase, HostRow, parse_host_case
 from adadelta_fused.bench.timing import Measurement
+from adadelta_fused.bench.traffic import StepConfig
 
 from conftest import requires_extension
 
@@ -123,6 +124,13 @@ def test_a_run_writes_both_medians_and_their_difference_per_param(tmp_path, tiny
         {row["implementation"]: row["host_us_per_param"] for row in host["rows"]}, abs=1e-3)
 
 
+def test_a_requested_rotation_is_capped_like_every_other():
+    config = StepConfig()
+    assert rotation_sets(Case(4096 * 16, 4096), config, 0, requested=1) == 1
+    assert rotation_sets(Case(4096, 4096), config, 0, requested=100_000) == 16  # 65,536 tensors per role
+    assert rotation_sets(Case(4096, 4096), config, 0) == 2  # no cache to span: the minimum
+
+
 @requires_extension
 def test_one_set_steps_the_same_params_every_sample(tmp_path, monkeypatch):
     made = []
@@ -133,12 +141,22 @@ def test_one_set_steps_the_same_params_every_sample(tmp_path, monkeypatch):
         return original(case, config, device, count, *args, **kwargs)
 
     monkeypatch.setattr(sweep_module, "make_param_sets", recording)
+    rounds = []
+    interleaved = sweep_module.time_interleaved
+
+    def recording_rounds(implementations, device, **kwargs):
+        rounds.append((len(implementations), kwargs.get("lead_step", False)))
+        return interleaved(implementations, device, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "time_interleaved", recording_rounds)
     stdout = run_cli(["--device", "cpu", "--threads", "1", "--repeats", "2", "--host-overhead-only",
                       "--host-overhead", "3x16", "--host-overhead-sets", "1", "--backends", "cpp", "--out",
                       str(tmp_path)])
     assert made == [(3, 1), (1, 1)]  # the many-param and the one-param case, one set each
-    (row,) = json.loads(next(tmp_path.glob("*.json")).read_text())["host_overhead"]["rows"]
-    assert row["rotation_sets"] == 1
+    assert rounds == [(2, True)]  # one implementation: its two steps in a round of their own, behind lead steps
+    host = json.loads(next(tmp_path.glob("*.json")).read_text())["host_overhead"]
+    (row,) = host["rows"]
+    assert row["rotation_sets"] == 1 and host["requested_sets"] == 1
     assert "host overhead: 3 x 16 elements against one param of 48, the same params every step" in stdout
 
 

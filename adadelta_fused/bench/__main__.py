@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time the host-overhead case alone, without the bandwidth sweep")
     parser.add_argument("--host-overhead-sets", type=_positive_int, metavar="K",
                         help="parameter sets the host-overhead case rotates over (default: enough to span 4x the "
-                        "last-level cache, every param's data and metadata evicted; 1: the same params every "
-                        "step, as a training loop that just ran backward over them finds their metadata)")
+                        "last-level cache, at most 16 of 4096 params, every param's data and metadata evicted; 1: "
+                        "the same params every step, each implementation timed alone, as a loop over one model "
+                        "finds their metadata)")
     parser.add_argument("--traffic", action="store_true",
                         help="print bytes per element and launches per step for each configuration; time nothing")
     parser.add_argument("--bandwidth", type=_bandwidth, metavar="B/S",

@@ -88,9 +88,12 @@ def set_bytes(case: Case, config: StepConfig) -> int:
     return case.numel * per_element
 
 
-def rotation_sets(case: Case, config: StepConfig, cache_bytes: int) -> int:
-    wanted = math.ceil(_ROTATION_CACHE_MULTIPLE * cache_bytes / set_bytes(case, config))
+def rotation_sets(case: Case, config: StepConfig, cache_bytes: int, requested: int | None = None) -> int:
+    """The sets a case rotates over: enough to span 4x the cache (at least 2), or ``requested``; either capped."""
     cap = max(2, min(_MAX_SETS, _MAX_ROTATED_TENSORS // case.tensors))
+    if requested is not None:
+        return min(requested, cap)
+    wanted = math.ceil(_ROTATION_CACHE_MULTIPLE * cache_bytes / set_bytes(case, config))
     return max(2, min(wanted, cap))
 
 

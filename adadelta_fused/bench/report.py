@@ -263,6 +263,7 @@ def _host_document(result: SweepResult) -> dict[str, object] | None:
         "params": host.params,
         "param_numel": host.param_numel,
         "definition": DEFINITION,
+        "requested_sets": result.options.host_sets,  # None: the rotation spanning 4x the last-level cache
         "implementations": list(result.options.host_implementations),
         "rows": [
             {**_host_record(row), "many_per_step_s": list(row.many.per_step_seconds),

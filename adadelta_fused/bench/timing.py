@@ -82,12 +82,16 @@ def time_interleaved(
     *,
     warmup_rounds: int,
     repeats: int,
+    lead_step: bool = False,
 ) -> list[Measurement]:
     """Time several implementations of one case (each a rotation of step callables), as ``time_steps`` does
     one, but taking their samples in turn: sample 1 of each, then sample 2 of each, and so on.
 
     The bandwidth a shared machine leaves us drifts by 2x within a minute here; timed one after another,
     two implementations would be compared across different drifts, while interleaved they share them.
+    ``lead_step``: on the CPU too, each sample starts behind one untimed step (a GPU sample always does), so
+    that over a single set its first timed step finds the caches as its own previous step left them, not as
+    the other implementation's samples did.
     """
     prepared = []
     for steps in implementations:
@@ -108,7 +112,7 @@ def time_interleaved(
     positions = [0] * len(prepared)
     for _ in range(repeats):
         for index, (steps, per_sample, _) in enumerate(prepared):
-            elapsed, stepped = _sample(steps, positions[index], per_sample, device)
+            elapsed, stepped = _sample(steps, positions[index], per_sample, device, lead_step)
             seconds[index].append(elapsed)
             positions[index] += stepped
     return [
@@ -117,11 +121,13 @@ def time_interleaved(
     ]
 
 
-def _sample(steps, position: int, per_sample: int, device: torch.device) -> tuple[float, int]:
+def _sample(steps, position: int, per_sample: int, device: torch.device,
+            lead_step: bool = False) -> tuple[float, int]:
     """(seconds for ``per_sample`` consecutive steps of the rotation, steps run), starting at ``position``.
 
     On a GPU, CUDA events bracket the work on the device, behind one untimed lead step (the module's
-    docstring says why); the sync after the end event is not timed.
+    docstring says why); the sync after the end event is not timed. On the CPU, behind one where
+    ``lead_step`` asks for it.
     """
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -133,7 +139,10 @@ def _sample(steps, position: int, per_sample: int, device: torch.device) -> tupl
         end.record()
         synchronize(device)
         return start.elapsed_time(end) / 1e3, per_sample + 1
+    if lead_step:
+        steps[position % len(steps)]()
+        position += 1
     start_seconds = time.perf_counter()
     for offset in range(per_sample):
         steps[(position + offset) % len(steps)]()
-    return time.perf_counter() - start_seconds, per_sample
+    return time.perf_counter() - start_seconds, per_sample + lead_step

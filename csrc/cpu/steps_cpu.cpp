@@ -6,6 +6,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <vector>
+
 #include "../op_host.h"
 #include "../tensor_fields.h"
 
@@ -19,15 +21,17 @@ void advance_steps_cpu(at::TensorList steps, const c10::optional<at::Tensor>& fo
                       "; this loop advances CPU counters");
   }
   if (found_inf.has_value() && found_inf->item<float>() != 0.0f) return;
-  for (const at::Tensor& step : steps) {
+  // Every counter's address first (it raises for storage without memory), so none is advanced alone.
+  std::vector<void*> values(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) values[i] = mutable_data_of(steps[i]);
+  for (size_t i = 0; i < steps.size(); ++i) {
     // fp64 counters are what torch keeps under torch.set_default_dtype(torch.float64).
-    void* value = mutable_data_of(step);  // (one fp32 or fp64 element: check_state_steps)
-    if (step.scalar_type() == at::kDouble) {
-      *static_cast<double*>(value) += 1.0;
+    if (steps[i].scalar_type() == at::kDouble) {
+      *static_cast<double*>(values[i]) += 1.0;
     } else {
-      *static_cast<float*>(value) += 1.0f;
+      *static_cast<float*>(values[i]) += 1.0f;
     }
-    step.unsafeGetTensorImpl()->bump_version();
+    steps[i].unsafeGetTensorImpl()->bump_version();
   }
 }
 
