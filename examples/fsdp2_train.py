@@ -89,13 +89,12 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     # device_id binds NCCL to this rank's GPU, so the barrier at the end knows which device it runs on.
-    gpu = torch.device("cuda", torch.cuda.current_device()) if cuda else None
-    dist.init_process_group("nccl" if cuda else "gloo", device_id=gpu)
+    dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     rank, world = dist.get_rank(), dist.get_world_size()
     if args.batch % world:
         raise SystemExit(f"--batch {args.batch} does not split evenly over {world} ranks")
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
 
     torch.manual_seed(0)
     model = TinyTransformer().to(device=device, dtype=torch.bfloat16)

@@ -124,6 +124,17 @@ def test_a_run_writes_both_medians_and_their_difference_per_param(tmp_path, tiny
         {row["implementation"]: row["host_us_per_param"] for row in host["rows"]}, abs=1e-3)
 
 
+@requires_extension
+def test_the_sweep_caps_a_requested_rotation(tmp_path, monkeypatch):
+    made = []
+    original = sweep_module.make_param_sets
+    monkeypatch.setattr(sweep_module, "make_param_sets", lambda case, config, device, count, *args, **kwargs: (
+        made.append((case.tensors, count)), original(case, config, device, count, *args, **kwargs))[1])
+    run_cli(["--device", "cpu", "--threads", "1", "--repeats", "1", "--host-overhead-only", "--host-overhead",
+             "4096x1", "--host-overhead-sets", "100000", "--backends", "cpp", "--out", str(tmp_path)])
+    assert made == [(4096, 16), (1, 16)]
+
+
 def test_a_requested_rotation_is_capped_like_every_other():
     config = StepConfig()
     assert rotation_sets(Case(4096 * 16, 4096), config, 0, requested=1) == 1
@@ -157,7 +168,8 @@ def test_one_set_steps_the_same_params_every_sample(tmp_path, monkeypatch):
     host = json.loads(next(tmp_path.glob("*.json")).read_text())["host_overhead"]
     (row,) = host["rows"]
     assert row["rotation_sets"] == 1 and host["requested_sets"] == 1
-    assert "host overhead: 3 x 16 elements against one param of 48, the same params every step" in stdout
+    assert ("host overhead: 3 x 16 elements against one param of 48, the same params every step, each "
+            "implementation timed alone") in stdout
 
 
 @requires_extension

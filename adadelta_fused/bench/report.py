@@ -137,7 +137,8 @@ def _host_table(result: SweepResult) -> list[str]:
     sets = ""
     if result.host_rows:
         count = result.host_rows[0].rotation_sets
-        sets = ", the same params every step" if count == 1 else f", rotating {count} parameter sets"
+        sets = (", the same params every step, each implementation timed alone" if count == 1
+                else f", rotating {count} parameter sets")
     lines = ["", f"host overhead: {host.label()} elements against one param of {format_count(host.one.numel)}{sets}"]
     lines += _aligned(columns, body, left_aligned={0})
     lines += [""] + [f"skipped {skip.implementation}: {skip.reason}" for skip in result.host_skipped]

@@ -171,7 +171,8 @@ def run_sweep(options: SweepOptions, progress: tqdm) -> SweepResult:
 def _time_host_overhead(
     options: SweepOptions, host: HostCase, cache_bytes: int
 ) -> tuple[list[HostRow], list[Skip]]:
-    """Each implementation's many-param and one-param steps, all of them interleaved in one round."""
+    """Each implementation's many-param and one-param steps, all of them interleaved in one round; over one
+    set, each implementation's two in a round of their own."""
     device, config = options.device, options.config
     skipped = []
     names = []

@@ -6,8 +6,6 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#include <vector>
-
 #include "../op_host.h"
 #include "../tensor_fields.h"
 
@@ -21,17 +19,18 @@ void advance_steps_cpu(at::TensorList steps, const c10::optional<at::Tensor>& fo
                       "; this loop advances CPU counters");
   }
   if (found_inf.has_value() && found_inf->item<float>() != 0.0f) return;
-  // Every counter's address first (it raises for storage without memory), so none is advanced alone.
-  std::vector<void*> values(steps.size());
-  for (size_t i = 0; i < steps.size(); ++i) values[i] = mutable_data_of(steps[i]);
-  for (size_t i = 0; i < steps.size(); ++i) {
+  // Every counter's address once before any write (it raises for storage without memory), so none is
+  // advanced alone.
+  for (const at::Tensor& step : steps) mutable_data_of(step);
+  for (const at::Tensor& step : steps) {
+    void* value = mutable_data_of(step);
     // fp64 counters are what torch keeps under torch.set_default_dtype(torch.float64).
-    if (steps[i].scalar_type() == at::kDouble) {
-      *static_cast<double*>(values[i]) += 1.0;
+    if (step.scalar_type() == at::kDouble) {
+      *static_cast<double*>(value) += 1.0;
     } else {
-      *static_cast<float*>(values[i]) += 1.0f;
+      *static_cast<float*>(value) += 1.0f;
     }
-    steps[i].unsafeGetTensorImpl()->bump_version();
+    step.unsafeGetTensorImpl()->bump_version();
   }
 }
 
