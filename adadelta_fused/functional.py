@@ -197,14 +197,7 @@ def plan(
         params, grads, square_avgs, acc_deltas, master_params = dtensor.to_local(
             params, grads, square_avgs, acc_deltas, master_params)
     steps_on_cpu = check_steps(state_steps)
-    write_back = []
-    # Under torch.compile every grad goes through resolve_neg: a traced is_neg() would break the graph, and
-    # resolve_neg of a grad without the bit is the grad itself, so it costs nothing there.
-    if torch.compiler.is_compiling() or any(grad.is_neg() for grad in grads):
-        resolved = [grad.resolve_neg() for grad in grads]
-        if scalars.grad_mode != GradMode.KEEP:
-            write_back = [(grad, copy) for grad, copy in zip(grads, resolved) if copy is not grad]
-        grads = resolved
+    grads, write_back = resolve_negated(grads, scalars)
     calls = []
     if params:
         lists = [params, grads, square_avgs, acc_deltas] + ([master_params] if master_params else [])
@@ -218,6 +211,19 @@ def plan(
                 group[4] if master_params else None, place_scalars(scalars, device, copies),
             ))
     return StepPlan(calls, state_steps, step_counters, steps_on_cpu, scalars.found_inf, write_back)
+
+
+def resolve_negated(grads: list[torch.Tensor], scalars: StepScalars) -> tuple[list[torch.Tensor], list]:
+    """(``grads`` with torch's lazy negation bit resolved into copies, the (grad, copy) pairs to write back
+    after a step that writes the grads). An op cannot take a tensor with the bit in a mutable list."""
+    # Under torch.compile every grad goes through resolve_neg: a traced is_neg() would break the graph, and
+    # resolve_neg of a grad without the bit is the grad itself, so it costs nothing there.
+    if not (torch.compiler.is_compiling() or any(grad.is_neg() for grad in grads)):
+        return grads, []
+    resolved = [grad.resolve_neg() for grad in grads]
+    if scalars.grad_mode == GradMode.KEEP:
+        return resolved, []
+    return resolved, [(grad, copy) for grad, copy in zip(grads, resolved) if copy is not grad]
 
 
 def replan(template: StepPlan, scalars: StepScalars, step_counters: torch.Tensor | None) -> StepPlan:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
@@ -104,6 +105,13 @@ class Adadelta(Optimizer):
         step_in_backward: bool = False,
     ) -> None:
         check_hyperparameters(lr, rho, eps, weight_decay)
+        if backend is not None and backend != "auto" and backend not in backends.BACKEND_NAMES:
+            # (the same words as the first step's: whether the backend can run is the device's question)
+            raise ValueError(f"Invalid backend: {backend!r} (expected 'auto' or one of {backends.BACKEND_NAMES})")
+        try:
+            seed = operator.index(seed)
+        except TypeError:
+            raise TypeError(f"Invalid seed: {seed!r} (expected an integer)") from None
         if state_dtype not in _STATE_DTYPES:
             raise ValueError(
                 f"Invalid state_dtype: {state_dtype} (expected None, torch.float32, torch.bfloat16 or torch.uint8)")
@@ -136,7 +144,7 @@ class Adadelta(Optimizer):
             "state_dtype": state_dtype,
             "master_weights": bool(master_weights),
             "stochastic_rounding": bool(stochastic_rounding),
-            "seed": int(seed),
+            "seed": seed,
             "step_in_backward": bool(step_in_backward),
         }
         # Groups are flattened once all are known, so that a group that cannot be flattened raises before
@@ -493,9 +501,10 @@ class Adadelta(Optimizer):
                     sparse.settle(self, p, state)  # a dense step after sparse ones: every row catches up first
                 # Identity tests first: the full rule (_state_dtype_for) only runs when the param's dtype
                 # may have changed since the state was made (model.to(dtype)).
-                held = state["square_avg"].dtype
-                if held is not p.dtype and (held is not state_dtype or p.dtype is torch.float64):
-                    if held != self._state_dtype_for(p):
+                # (acc_delta too: `state["acc_delta"].data = ...double()` changes it alone)
+                held, other = state["square_avg"].dtype, state["acc_delta"].dtype
+                if other is not held or (held is not p.dtype and (held is not state_dtype or p.dtype is torch.float64)):
+                    if held != self._state_dtype_for(p) or other is not held:
                         self._follow_param_dtype(p, state)
                 if state["square_avg"].dtype is quantized.QUANTIZED and not quantized.codes_laid_out(p, state):
                     # model.to(memory_format=...) since the codes were made, or one accumulator's codes replaced

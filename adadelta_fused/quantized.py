@@ -32,7 +32,7 @@ import torch
 
 from . import backends, dtensor
 from .contract import StepScalars
-from .functional import StepPlan, _check_lengths, check_steps, place_scalars
+from .functional import StepPlan, _check_lengths, check_steps, place_scalars, resolve_negated
 from .layout import is_dense
 from .quantized_reference import MIN_SCALE, dequantize, num_blocks, quantize
 
@@ -226,6 +226,7 @@ def plan(params, grads, square_avgs, acc_deltas, state_steps, scalars: StepScala
     """``functional.plan`` for 8-bit state: group by (device, dtype), place the scalars; nothing is written."""
     _check_lengths(params, grads, square_avgs, acc_deltas, master_params)
     check_supported(params)
+    grads, write_back = resolve_negated(grads, scalars)
     groups: dict[tuple, list[int]] = {}
     for index, p in enumerate(params):
         groups.setdefault((p.device, p.dtype), []).append(index)
@@ -237,4 +238,4 @@ def plan(params, grads, square_avgs, acc_deltas, state_steps, scalars: StepScala
             pick(acc_deltas), pick(master_params) if master_params else None, pick(square_avg_scales),
             pick(acc_delta_scales), place_scalars(scalars, device, copies),
         ))
-    return StepPlan(calls, state_steps, step_counters, check_steps(state_steps), scalars.found_inf, [])
+    return StepPlan(calls, state_steps, step_counters, check_steps(state_steps), scalars.found_inf, write_back)

@@ -293,15 +293,17 @@ def test_numpy_lr_trains_like_torch(every_backend, lr, generator):
 
 # 10. a grad with the negative bit ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("state_dtype", [None, torch.uint8], ids=["fp32_state", "8bit_state"])
 @pytest.mark.parametrize("zero_grad_in_step", [False, True])
-def test_a_negated_view_grad_trains_like_torch(every_backend, zero_grad_in_step, generator):
+def test_a_negated_view_grad_trains_like_torch(every_backend, zero_grad_in_step, state_dtype, generator):
+    # (one step from zero state: 8-bit state decodes its zeros exactly, so it steps as fp32 state does)
     z = torch.randn(6, generator=generator, dtype=torch.complex64)
     w = torch.nn.Parameter(torch.randn(6, generator=generator))
     twin = torch.nn.Parameter(w.detach().clone())
     w.grad = z.conj().imag
     twin.grad = z.conj().imag.clone()
     assert w.grad.is_neg()
-    Adadelta([w], backend=every_backend, zero_grad_in_step=zero_grad_in_step).step()
+    Adadelta([w], backend=every_backend, zero_grad_in_step=zero_grad_in_step, state_dtype=state_dtype).step()
     torch.optim.Adadelta([twin]).step()
     torch.testing.assert_close(w, twin, rtol=2e-5, atol=2e-6)
     if zero_grad_in_step:

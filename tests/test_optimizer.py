@@ -317,11 +317,15 @@ def test_triton_on_cpu_without_interpreter_raises_with_reason(monkeypatch):
         Adadelta([param], backend="triton").step()
 
 
-def test_unknown_backend_name():
+def test_unknown_backend_name_and_a_seed_that_is_no_integer_are_refused_when_the_optimizer_is_built():
     param = torch.nn.Parameter(torch.randn(3))
-    param.grad = torch.randn(3)
     with pytest.raises(ValueError, match="Invalid backend: 'fastest'"):
-        Adadelta([param], backend="fastest").step()
+        Adadelta([param], backend="fastest")
+    with pytest.raises(TypeError, match="Invalid seed: 'x' \\(expected an integer\\)"):
+        Adadelta([param], seed="x")
+    with pytest.raises(TypeError, match="Invalid seed: 1.5"):
+        Adadelta([param], seed=1.5)
+    assert Adadelta([param], seed=torch.tensor(7)).defaults["seed"] == 7
 
 
 def test_auto_on_a_gpu_falls_back_with_one_warning(monkeypatch):
@@ -342,3 +346,20 @@ def test_auto_on_a_gpu_falls_back_with_one_warning(monkeypatch):
     finally:
         registry._load.cache_clear()
         registry._auto.cache_clear()
+
+
+@pytest.mark.parametrize("key", ["square_avg", "acc_delta"])
+def test_one_accumulator_cast_to_another_dtype_is_cast_back_as_torch_keeps_stepping(key, generator):
+    ours = torch.nn.Parameter(torch.randn(5, generator=generator))
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    optimizers = [Adadelta([ours]), torch.optim.Adadelta([theirs])]
+    for step in range(3):
+        grad = torch.randn(5, generator=generator)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        for optimizer in optimizers:
+            optimizer.step()
+        if step == 0:
+            for optimizer, p in zip(optimizers, (ours, theirs)):
+                optimizer.state[p][key].data = optimizer.state[p][key].data.double()
+    torch.testing.assert_close(ours, theirs, rtol=2e-5, atol=2e-6)
+    assert optimizers[0].state[ours][key].dtype == torch.float32
