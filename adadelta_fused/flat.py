@@ -33,12 +33,14 @@ ALIGN_BYTES = 16
 
 
 def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, grad_buffer: torch.Tensor,
-                 expected: torch.Tensor, grad_views: list[torch.Tensor]) -> tuple[int, list[int], list[int]]:
-    """(the first param that left the buffer or -1, the params without a grad, those whose grad is not their
+                 expected: torch.Tensor, grad_views: list[torch.Tensor],
+                 frozen_have_none: bool) -> tuple[int, list[int], list[int]]:
+    """(the first param that left the buffer or -1, the params without a grad (with ``frozen_have_none``,
+    also those that no longer require grad and still hold their zeroed view), those whose grad is not their
     view): one native pass when the extension is loaded (csrc/ops.cpp flat_view_status)."""
     ext = _extension.module()
     if ext is not None:
-        return ext.flat_view_status(params, buffer, grad_buffer, expected)
+        return ext.flat_view_status(params, buffer, grad_buffer, expected, frozen_have_none)
 
     def views(t: torch.Tensor, storage: torch.Tensor, offset: int) -> bool:
         return t.untyped_storage().data_ptr() == storage.untyped_storage().data_ptr() and t.storage_offset() == offset
@@ -51,6 +53,8 @@ def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, grad_buffer: 
             skipped.append(index)
         elif p.grad is not grad_views[index] or not views(p.grad, grad_buffer, offset):
             foreign.append(index)
+        elif frozen_have_none and not p.requires_grad:
+            skipped.append(index)
     return -1, skipped, foreign
 
 
@@ -115,6 +119,9 @@ class FlatGroup:
     # checkpoint loaded after the optimizer was built (or a torch state dict, which has no master copies)
     # changed the params, and stepping from the old copy would undo the load.
     stale_masters: set[int] = field(default_factory=set)
+    # zero_grad(set_to_none=True) ran since the last step: torch's would have left every grad None, so a
+    # param frozen since (requires_grad_(False)) gets none from backward and is not stepped.
+    frozen_have_none: bool = False
     # The grad views the optimizer gave the params (held, so each keeps its identity while the param's grad
     # is something else), and per param (its storage offset, its grad view's TensorImpl address).
     _grad_views: list[torch.Tensor] = field(default_factory=list)
@@ -227,13 +234,17 @@ class FlatGroup:
         A grad that is not the param's view of the buffer (autograd made it after the grad was set to None,
         or DDP's bucket view) is copied into the param's slot, and the view becomes the param's grad again.
         """
-        moved, skipped, foreign = _view_status(self.params, self.param, self.grad, self._expected, self._grad_views)
+        moved, skipped, foreign = _view_status(self.params, self.param, self.grad, self._expected, self._grad_views,
+                                               self.frozen_have_none)
+        self.frozen_have_none = False
         if moved >= 0:
             raise RuntimeError(
                 f"flatten=True: param {moved} (shape {tuple(self.params[moved].shape)}) no longer views the "
                 "optimizer's flat buffer; was `param.data` reassigned or the model moved after building the "
                 "optimizer?"
             )
+        for index in skipped:
+            self.params[index].grad = None  # (a frozen param's zeroed view: None, as torch's zero_grad left it)
         if foreign:
             buffer_storage = self.grad.untyped_storage().data_ptr()
             sources = []
@@ -260,5 +271,8 @@ class FlatGroup:
                     p.grad = view
         return skipped
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool) -> None:
+        """Zero the gradient buffer in place; with ``set_to_none``, the next step treats a param that no
+        longer requires grad as torch would find it: without a grad (``frozen_have_none``)."""
         self.grad.zero_()
+        self.frozen_have_none = self.frozen_have_none or set_to_none

@@ -428,9 +428,9 @@ class Adadelta(Optimizer):
     # ---- step ----
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """With ``flatten``, gradients are views of one buffer: always zeroed in place, never set to None, so
-        the next backward accumulates into the buffer (params outside the buffers, the frozen ones, are
-        treated as torch treats them). ``model.zero_grad()`` may still set them to None: see
+        """With ``flatten``, gradients are views of one buffer: zeroed in place, not set to None, so the next
+        backward accumulates into the buffer (params outside the buffers, the frozen ones, are treated as
+        torch treats them, and so are params frozen since: with ``set_to_none`` their grads become None). ``model.zero_grad()`` may still set them to None: see
         ``adadelta_fused.flat`` for what that costs.
 
         With ``step_in_backward``, it ends the iteration as ``step()`` does (so that a loop that skips a
@@ -442,7 +442,7 @@ class Adadelta(Optimizer):
             return super().zero_grad(set_to_none)
         for flats in self._flat_groups:
             for flat in flats:
-                flat.zero_grad()
+                flat.zero_grad(set_to_none)
         for others in self._unflat_params:
             for p in others:
                 if p.grad is None:

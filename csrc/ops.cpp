@@ -103,6 +103,7 @@ struct FlatViews {
   const c10::StorageImpl* storage;
   const c10::StorageImpl* grad_storage;
   const int64_t* expected;
+  bool frozen_have_none;  // zero_grad(set_to_none=True) ran since the last step
 
   bool views(const c10::TensorImpl* t, const c10::StorageImpl* s, int64_t index) const {
     // (the buffers' storages are not null, checked below: a tensor without storage fails the first compare)
@@ -117,6 +118,9 @@ struct FlatViews {
     if (reinterpret_cast<int64_t>(grad) != expected[2 * index + 1] || !views(grad, grad_storage, index)) {
       return ViewStatus::kForeign;
     }
+    // torch's zero_grad would have set this grad to None, and no backward accumulates into the grad of a
+    // param that does not require one: frozen since, it has none, as with torch.
+    if (frozen_have_none && !adadelta_fused::leaf_requires_grad(param)) return ViewStatus::kMissing;
     return ViewStatus::kViews;
   }
 };
@@ -131,18 +135,20 @@ struct FlatViews {
 constexpr int64_t kFlatCheckGrain = 1024;  // at::parallel_for splits a longer list, at most one share a thread
 
 // Returns the first param that no longer views the buffer (-1: none), and before it the params whose grad
-// is None and those whose grad is another tensor (new from autograd, a DDP bucket view, sparse).
+// is None (or, with `frozen_have_none`, is the param's zeroed view while it no longer requires grad) and
+// those whose grad is another tensor (new from autograd, a DDP bucket view, sparse).
 std::tuple<int64_t, std::vector<int64_t>, std::vector<int64_t>> flat_view_status(const py::list& params,
                                                                                 const at::Tensor& buffer,
                                                                                 const at::Tensor& grad_buffer,
-                                                                                const at::Tensor& expected) {
+                                                                                const at::Tensor& expected,
+                                                                                bool frozen_have_none) {
   const int64_t n = static_cast<int64_t>(params.size());
   TORCH_CHECK(expected.scalar_type() == at::kLong && expected.is_cpu() && expected.is_contiguous() &&
                   expected.dim() == 2 && expected.size(0) == n && expected.size(1) == 2,
               "flat_view_status: expected must be a contiguous CPU int64 tensor of shape (", n, ", 2)");
   const FlatViews flat{adadelta_fused::storage_of(buffer.unsafeGetTensorImpl()),
                        adadelta_fused::storage_of(grad_buffer.unsafeGetTensorImpl()),
-                       expected.const_data_ptr<int64_t>()};
+                       expected.const_data_ptr<int64_t>(), frozen_have_none};
   TORCH_CHECK(flat.storage != nullptr && flat.grad_storage != nullptr,
               "flat_view_status: buffer and grad_buffer must have storage");
   std::vector<int64_t> missing, foreign;

@@ -148,7 +148,8 @@ def test_the_view_check_over_thousands_of_params_finds_every_change_and_steps_li
         if not native:
             monkeypatch.setattr(_extension, "module", lambda: None)
         try:
-            found = flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views)
+            found = flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views,
+                                              False)
         finally:
             monkeypatch.undo()
         return found[0], list(found[1]), list(found[2])
@@ -188,10 +189,10 @@ def test_the_view_check_over_thousands_of_params_finds_every_change_and_steps_li
             # An item that is not a tensor: after the moved param it changes nothing, before it it is named.
             items = list(flat.params)
             items[moved + 2] = "not a tensor"
-            assert ext.flat_view_status(items, flat.param, flat.grad, flat._expected)[0] == moved
+            assert ext.flat_view_status(items, flat.param, flat.grad, flat._expected, False)[0] == moved
             items[2] = "not a tensor"
             with pytest.raises(TypeError, match=r"params\[2\] is not a tensor"):
-                ext.flat_view_status(items, flat.param, flat.grad, flat._expected)
+                ext.flat_view_status(items, flat.param, flat.grad, flat._expected, False)
         with pytest.raises(RuntimeError, match=rf"param {moved} \(shape \(3,\)\) no longer views the optimizer's flat"):
             opt.step()
     finally:
@@ -585,3 +586,30 @@ def test_differentiable_runs_torch_implementation():
         results.append((p.detach(), grad_of_base))
     assert_bitwise_equal(results[0][0], results[1][0])
     assert_bitwise_equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_a_layer_frozen_mid_training_is_stepped_as_torch_steps_it(set_to_none):
+    """zero_grad(set_to_none=True) takes a frozen param's grad as torch's does (so it is no longer stepped,
+    its weight decay and counter stop); set_to_none=False leaves it a zero grad, which torch steps too."""
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)), None
+    theirs = copy.deepcopy(ours)
+    optimizers = [Adadelta(ours.parameters(), weight_decay=0.1, flatten=True),
+                  torch.optim.Adadelta(theirs.parameters(), weight_decay=0.1)]
+    data = torch.randn(8, 4)
+    for step in range(4):
+        if step == 2:
+            for model in (ours, theirs):
+                model[0].requires_grad_(False)
+        for model, optimizer in zip((ours, theirs), optimizers):
+            model(data).square().sum().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=set_to_none)
+    for mine, twin in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(mine, twin, **TOLERANCE[torch.float32])
+        assert optimizers[0].state[mine]["step"].item() == optimizers[1].state[twin]["step"].item()
+    assert optimizers[1].state[theirs[0].weight]["step"].item() == (2 if set_to_none else 4)
+    # The frozen layer's grads are None, as torch's zero_grad left them (the others stay zeroed views).
+    assert all((p.grad is None) == set_to_none for p in ours[0].parameters())
+    assert all(p.grad is not None for p in ours[1].parameters())
