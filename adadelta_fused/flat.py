@@ -122,6 +122,8 @@ class FlatGroup:
     # zero_grad(set_to_none=True) ran since the last step: torch's would have left every grad None, so a
     # param frozen since (requires_grad_(False)) gets none from backward and is not stepped.
     frozen_have_none: bool = False
+    # Per param, the views its state dict held when the optimizer installed it (flat_state.sync).
+    installed_views: list[dict[str, torch.Tensor]] = field(default_factory=list)
     # The grad views the optimizer gave the params (held, so each keeps its identity while the param's grad
     # is something else), and per param (its storage offset, its grad view's TensorImpl address).
     _grad_views: list[torch.Tensor] = field(default_factory=list)

@@ -11,7 +11,7 @@ import torch
 from torch.optim.adadelta import adadelta as torch_adadelta
 from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype, _use_grad_for_differentiable
 
-from . import backends, quantized, sparse
+from . import backends, flat_state, quantized, sparse
 from .contract import LOW_PRECISION, GradMode, check_hyperparameters
 from .flat import FlatGroup, check_flattenable
 from .functional import plan, replan, step_scalars
@@ -129,6 +129,7 @@ class Adadelta(Optimizer):
         self._flat_groups: list[list[FlatGroup]] = []  # per param group
         self._unflat_params: list[list[torch.Tensor]] = []  # per param group: params outside the buffers
         self._step_caches: dict[int, GroupCache] = {}  # per param group index (step_cache.py)
+        self._flat_synced_writes: int | None = None  # StateMap's count when flat_state.sync last ran
         defaults = {
             "lr": lr,
             "rho": rho,
@@ -294,7 +295,8 @@ class Adadelta(Optimizer):
                     for key, value in old.items():
                         if key in state:
                             state[key].copy_(value)
-                    self.state[p] = state
+                    flat.installed_views.append(dict(state))
+                    flat_state.install(self, p, state)
                     flat.steps.append(state["step"])
                     if "master_param" in old:
                         flat.stale_masters.discard(index)
@@ -324,6 +326,7 @@ class Adadelta(Optimizer):
                 if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
                     device = p.device if group["capturable"] else None
                     p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_get_scalar_dtype(), device=device)
+        self._flat_synced_writes = None
         if "_flat_groups" not in self.__dict__:
             # A copy (deepcopy, pickle) brings params and state but not the buffers they viewed, and pickle
             # does not even keep the views shared: build the buffers again, around the copied values.
@@ -346,7 +349,12 @@ class Adadelta(Optimizer):
         """torch's, once every sparse-stepped row has caught up on its pending decays: the saved state is
         dense Adadelta's, with torch's keys only (adadelta_fused.sparse)."""
         sparse.settle_all(self)
-        return super().state_dict()
+        saved = super().state_dict()
+        # A flat param's dict as a plain dict: a dict subclass would pickle as a reference to a class, which
+        # torch.load(weights_only=True) refuses, even the builtin dict reached that way.
+        saved["state"] = {key: dict(value) if isinstance(value, flat_state.FlatParamState) else value
+                          for key, value in saved["state"].items()}
+        return saved
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load, checked first, except that accumulators keep this optimizer's state dtype (torch
@@ -356,6 +364,7 @@ class Adadelta(Optimizer):
         The pre-hooks see (and may replace) the whole state dict, and the post-hooks run after the state is
         in place, as with torch. A state dict that does not fit raises before anything changes.
         """
+        self._sync_flat_state()  # a param whose state the user reset has its views again, to load into
         state_dict = state_dict.copy()
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, state_dict)
@@ -426,6 +435,19 @@ class Adadelta(Optimizer):
             hook(self)
 
     # ---- step ----
+
+    @torch.no_grad()
+    def sync_master_weights(self) -> None:
+        """Copy every bf16/fp16 param into its fp32 master copy (exact). With ``master_weights=True`` each step
+        computes from the master copy and writes the param as its rounded copy, so a write to the param
+        itself after the first step (``model.load_state_dict`` of a model checkpoint alone, clamping, an EMA
+        swap) is undone by the next step unless this is called after it."""
+        self._sync_flat_state()  # (a flat param's master_param is then its view of the master buffer)
+        for group in self.param_groups:
+            for p in group["params"]:
+                master = self.state.get(p, {}).get("master_param")
+                if master is not None:
+                    master.copy_(p)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """With ``flatten``, gradients are views of one buffer: zeroed in place, not set to None, so the next
@@ -540,6 +562,8 @@ class Adadelta(Optimizer):
             self._in_backward.end_iteration()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        if not torch.compiler.is_compiling():
+            self._sync_flat_state()
         # StateMap's count when the step begins, for the caches below (a compiled step neither reads nor
         # settles them: Dynamo would guard on the count, which the step itself may change)
         compiling = torch.compiler.is_compiling()
@@ -570,6 +594,19 @@ class Adadelta(Optimizer):
             for group in self.param_groups:
                 group["rounding_step"] = group.get("rounding_step", 0) + 1
         return loss
+
+    def _sync_flat_state(self) -> None:
+        """After a write to ``self.state`` (or a flat param's dict) since the last sync, bring the flat
+        buffers in line with it (adadelta_fused.flat_state); otherwise one compare."""
+        if not self._flat_groups:
+            return
+        writes = getattr(self.state, "writes", None)
+        if writes is not None and writes == self._flat_synced_writes:
+            return
+        for flats in self._flat_groups:
+            for flat in flats:
+                flat_state.sync(self, flat, flat.installed_views)
+        self._flat_synced_writes = getattr(self.state, "writes", None)
 
     def _plan_group(self, index: int, group: dict[str, Any], grad_scale, found_inf) -> list:
         options = self.defaults

@@ -129,7 +129,7 @@ def cpu_isa(request):
     ext.set_float_lanes(True)
 
 
-_SAME_WIDTH_INT = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+_SAME_WIDTH_INT = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
 
 
 def assert_bitwise_equal(got: torch.Tensor, want: torch.Tensor, what: str = "") -> None:

@@ -363,3 +363,18 @@ def test_one_accumulator_cast_to_another_dtype_is_cast_back_as_torch_keeps_stepp
                 optimizer.state[p][key].data = optimizer.state[p][key].data.double()
     torch.testing.assert_close(ours, theirs, rtol=2e-5, atol=2e-6)
     assert optimizers[0].state[ours][key].dtype == torch.float32
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_a_write_to_a_param_with_a_master_copy_survives_the_next_step_after_sync_master_weights(flatten):
+    p = torch.nn.Parameter(torch.full((4,), 3.0, dtype=torch.bfloat16))
+    optimizer = Adadelta([p], lr=1.0, master_weights=True, flatten=flatten)
+    p.grad = torch.ones(4, dtype=torch.bfloat16)
+    optimizer.step()
+    with torch.no_grad():
+        p.clamp_(-1, 1)
+    optimizer.sync_master_weights()
+    p.grad = torch.zeros(4, dtype=torch.bfloat16)  # a zero gradient: the step moves nothing
+    optimizer.step()
+    assert torch.equal(p, torch.ones(4, dtype=torch.bfloat16))
+    assert torch.equal(optimizer.state[p]["master_param"], torch.ones(4))

@@ -1,0 +1,136 @@
+"""A flat param's ``optimizer.state[p]``: views of the flat buffers, kept in step with what the user does to it.
+
+With ``flatten=True`` the step reads and writes the buffers, not ``optimizer.state``. torch users reset or
+replace state through the dict (``opt.state[p] = {}``, ``del opt.state[p]``, ``opt.state[p]["square_avg"] =
+torch.zeros_like(p)``); torch's next step then starts that param afresh or reads the new tensor. So that the
+flat step does the same (and ``state_dict()`` never saves values the step did not use), every write to
+``optimizer.state`` or to a flat param's own dict is counted (``StateMap.writes``; a flat param's dict is a
+``FlatParamState``), and the first step after a write brings the buffers in line (``sync``): a param whose
+state is gone is reset in its slots, a replaced tensor is copied into its slot, and the views go back into
+the dict. Steps with no write in between cost one integer compare.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+
+from .quantized_reference import MIN_SCALE
+
+# Keys a flat param's state holds besides these are the user's: left as they are.
+_SCALE_KEYS = ("square_avg_scale", "acc_delta_scale")
+
+
+class FlatParamState(dict):
+    """A flat param's state dict: a dict whose writes the optimizer counts. ``state_dict()`` hands out plain
+    copies; pickled with the optimizer (torch.save(opt), deepcopy) it becomes a plain dict, and the copy makes
+    its own again around its new buffers."""
+
+    def __init__(self, views: dict[str, torch.Tensor], optimizer) -> None:
+        super().__init__(views)
+        self._optimizer = weakref.ref(optimizer)
+
+    def _wrote(self) -> None:
+        optimizer = self._optimizer()
+        state = None if optimizer is None else optimizer.__dict__.get("state")
+        if hasattr(state, "writes"):
+            state.writes += 1
+
+    def __setitem__(self, key, value):
+        self._wrote()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self._wrote()
+        super().__delitem__(key)
+
+    def __ior__(self, other):
+        self._wrote()
+        return super().__ior__(other)
+
+    def clear(self):
+        self._wrote()
+        super().clear()
+
+    def pop(self, *args):
+        self._wrote()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._wrote()
+        return super().popitem()
+
+    def setdefault(self, key, default=None):
+        self._wrote()
+        return super().setdefault(key, default)
+
+    def update(self, *args, **kwargs):
+        self._wrote()
+        super().update(*args, **kwargs)
+
+    def __reduce__(self):
+        return dict, (), None, None, iter(self.items())
+
+
+def install(optimizer, p: torch.Tensor, views: dict[str, torch.Tensor]) -> FlatParamState:
+    """Make ``views`` (the param's slots of the buffers, its step counter included) ``optimizer.state[p]``."""
+    state = FlatParamState(views, optimizer)
+    optimizer.state[p] = state
+    return state
+
+
+def sync(optimizer, flat, views_of: list[dict[str, torch.Tensor]]) -> None:
+    """Bring ``flat``'s buffers in line with ``optimizer.state`` for each of its params (``views_of[i]``: the
+    views param i's dict held when installed); see the module's docstring."""
+    for index, (p, views) in enumerate(zip(flat.params, views_of, strict=True)):
+        state = optimizer.state.get(p)
+        if isinstance(state, FlatParamState) and all(state.get(key) is view for key, view in views.items()):
+            continue
+        with torch.no_grad():
+            if not state:
+                _reset(flat, index, views)
+            else:
+                _take_values(flat, index, p, state, views)
+        extra = {key: value for key, value in (state or {}).items() if key not in views}
+        install(optimizer, p, {**views, **extra})
+
+
+def _reset(flat, index: int, views: dict[str, torch.Tensor]) -> None:
+    """As torch starts a param whose state is empty: step 0, zero accumulators, a master copy of the param."""
+    for key, view in views.items():
+        if key in _SCALE_KEYS:
+            view.fill_(MIN_SCALE)  # what a fresh optimizer holds
+        elif key != "master_param":
+            view.zero_()
+    if "master_param" in views:
+        flat.stale_masters.add(index)
+
+
+def _take_values(flat, index: int, p: torch.Tensor, state: dict[str, Any], views: dict[str, torch.Tensor]) -> None:
+    """Copy each tensor that replaced a view into the view's slot, after checking all of them."""
+    copies = []
+    for key, view in views.items():
+        value = state.get(key, None)
+        if value is view:
+            continue
+        if value is None:
+            if key == "master_param":
+                flat.stale_masters.add(index)  # made from the param, as for a checkpoint without one
+                continue
+            raise KeyError(key)  # what torch's step raises for a param whose state lacks it
+        if key == "step" and not torch.is_tensor(value):
+            value = torch.tensor(float(value))
+        if not torch.is_tensor(value) or value.shape != view.shape or (view.dtype == torch.uint8) != (
+                value.dtype == torch.uint8):
+            what = f"a {value.dtype} tensor of shape {tuple(value.shape)}" if torch.is_tensor(value) else repr(value)
+            raise ValueError(
+                f"flatten=True: state[{key!r}] of param {index} (shape {tuple(p.shape)}) was replaced by {what}, "
+                f"which does not fit its slot ({view.dtype}, shape {tuple(view.shape)})"
+            )
+        copies.append((view, value))
+    for view, value in copies:
+        view.copy_(value)
+        if view is views.get("master_param"):
+            flat.stale_masters.discard(index)
