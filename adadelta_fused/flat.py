@@ -245,8 +245,7 @@ class FlatGroup:
                 "optimizer's flat buffer; was `param.data` reassigned or the model moved after building the "
                 "optimizer?"
             )
-        for index in skipped:
-            self.params[index].grad = None  # (a frozen param's zeroed view: None, as torch's zero_grad left it)
+        skipped = [index for index in skipped if self._has_no_grad(index)]
         if foreign:
             buffer_storage = self.grad.untyped_storage().data_ptr()
             sources = []
@@ -272,6 +271,20 @@ class FlatGroup:
                     view.copy_(grad)
                     p.grad = view
         return skipped
+
+    def _has_no_grad(self, index: int) -> bool:
+        """Whether param ``index``, reported without a grad, has none as torch would see it. A param frozen
+        since ``zero_grad(set_to_none=True)`` still holds its view: torch's grad is None unless a backward
+        filled it before the freeze, so a view still all zero becomes None (one read of that grad, which
+        syncs with a GPU, once: it is None from then on) and a filled one is stepped. (A backward's grad of
+        exact zeros before the freeze is skipped where torch would step it.)"""
+        p = self.params[index]
+        if p.grad is None:
+            return True
+        if p.grad.any():
+            return False
+        p.grad = None
+        return True
 
     def zero_grad(self, set_to_none: bool) -> None:
         """Zero the gradient buffer in place; with ``set_to_none``, the next step treats a param that no

@@ -3,11 +3,15 @@
 With ``flatten=True`` the step reads and writes the buffers, not ``optimizer.state``. torch users reset or
 replace state through the dict (``opt.state[p] = {}``, ``del opt.state[p]``, ``opt.state[p]["square_avg"] =
 torch.zeros_like(p)``); torch's next step then starts that param afresh or reads the new tensor. So that the
-flat step does the same (and ``state_dict()`` never saves values the step did not use), every write to
+flat step does the same (and ``state_dict()`` saves what the step used), every write to
 ``optimizer.state`` or to a flat param's own dict is counted (``StateMap.writes``; a flat param's dict is a
 ``FlatParamState``), and the first step after a write brings the buffers in line (``sync``): a param whose
 state is gone is reset in its slots, a replaced tensor is copied into its slot, and the views go back into
 the dict. Steps with no write in between cost one integer compare.
+
+Not seen: a state tensor changed in place, which the buffers see anyway, except ``.data = x`` and ``set_``,
+which re-point the view itself (assign the new tensor to the dict instead); and any write while the step is
+compiled (torch.compile traces the buffers, not the dict: the next eager step applies it).
 """
 
 from __future__ import annotations
@@ -81,9 +85,10 @@ def install(optimizer, p: torch.Tensor, views: dict[str, torch.Tensor]) -> FlatP
     return state
 
 
-def sync(optimizer, flat, views_of: list[dict[str, torch.Tensor]]) -> None:
+def sync(optimizer, flat, views_of: list[dict[str, torch.Tensor]], *, repair: bool = False) -> None:
     """Bring ``flat``'s buffers in line with ``optimizer.state`` for each of its params (``views_of[i]``: the
-    views param i's dict held when installed); see the module's docstring."""
+    views param i's dict held when installed); see the module's docstring. ``repair``: a param whose state
+    does not fit (a key missing, a tensor of another shape) is reset instead of refused."""
     for index, (p, views) in enumerate(zip(flat.params, views_of, strict=True)):
         state = optimizer.state.get(p)
         if isinstance(state, FlatParamState) and all(state.get(key) is view for key, view in views.items()):
@@ -92,7 +97,12 @@ def sync(optimizer, flat, views_of: list[dict[str, torch.Tensor]]) -> None:
             if not state:
                 _reset(flat, index, views)
             else:
-                _take_values(flat, index, p, state, views)
+                try:
+                    _take_values(flat, index, p, state, views)
+                except (KeyError, ValueError):
+                    if not repair:
+                        raise
+                    _reset(flat, index, views)
         extra = {key: value for key, value in (state or {}).items() if key not in views}
         install(optimizer, p, {**views, **extra})
 

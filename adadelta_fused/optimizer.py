@@ -109,6 +109,8 @@ class Adadelta(Optimizer):
             # (the same words as the first step's: whether the backend can run is the device's question)
             raise ValueError(f"Invalid backend: {backend!r} (expected 'auto' or one of {backends.BACKEND_NAMES})")
         try:
+            if isinstance(seed, bool):
+                raise TypeError
             seed = operator.index(seed)
         except TypeError:
             raise TypeError(f"Invalid seed: {seed!r} (expected an integer)") from None
@@ -364,7 +366,7 @@ class Adadelta(Optimizer):
         The pre-hooks see (and may replace) the whole state dict, and the post-hooks run after the state is
         in place, as with torch. A state dict that does not fit raises before anything changes.
         """
-        self._sync_flat_state()  # a param whose state the user reset has its views again, to load into
+        self._sync_flat_state(repair=True)  # every flat param has its views again, to load into
         state_dict = state_dict.copy()
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, state_dict)
@@ -595,18 +597,21 @@ class Adadelta(Optimizer):
                 group["rounding_step"] = group.get("rounding_step", 0) + 1
         return loss
 
-    def _sync_flat_state(self) -> None:
+    def _sync_flat_state(self, repair: bool = False) -> None:
         """After a write to ``self.state`` (or a flat param's dict) since the last sync, bring the flat
-        buffers in line with it (adadelta_fused.flat_state); otherwise one compare."""
+        buffers in line with it (adadelta_fused.flat_state); otherwise one compare. ``repair``: a param whose
+        state no longer fits is reset instead of refused (a state dict is about to be loaded over it)."""
         if not self._flat_groups:
             return
-        writes = getattr(self.state, "writes", None)
-        if writes is not None and writes == self._flat_synced_writes:
+        if not isinstance(self.state, StateMap):
+            self.state = StateMap(dict, self.state)  # `opt.state = defaultdict(dict)`: count its writes again
+            self._flat_synced_writes = None
+        if self.state.writes == self._flat_synced_writes:
             return
         for flats in self._flat_groups:
             for flat in flats:
-                flat_state.sync(self, flat, flat.installed_views)
-        self._flat_synced_writes = getattr(self.state, "writes", None)
+                flat_state.sync(self, flat, flat.installed_views, repair=repair)
+        self._flat_synced_writes = self.state.writes
 
     def _plan_group(self, index: int, group: dict[str, Any], grad_scale, found_inf) -> list:
         options = self.defaults

@@ -118,8 +118,9 @@ struct FlatViews {
     if (reinterpret_cast<int64_t>(grad) != expected[2 * index + 1] || !views(grad, grad_storage, index)) {
       return ViewStatus::kForeign;
     }
-    // torch's zero_grad would have set this grad to None, and no backward accumulates into the grad of a
-    // param that does not require one: frozen since, it has none, as with torch.
+    // torch's zero_grad would have set this grad to None, and a param frozen since gets none from a later
+    // backward: reported with the missing, whose caller tells a view still zero (frozen before the backward)
+    // from one the backward filled (frozen after it).
     if (frozen_have_none && !adadelta_fused::leaf_requires_grad(param)) return ViewStatus::kMissing;
     return ViewStatus::kViews;
   }

@@ -129,3 +129,35 @@ def test_a_copied_optimizer_counts_the_edits_of_its_own_state(generator):
     assert twin.state[p]["step"].item() == 2
     # stepped from the zeros it was given: (1 - rho) g^2
     torch.testing.assert_close(twin.state[p]["square_avg"], 0.1 * p.grad.square(), **TOLERANCE[torch.float32])
+
+
+def test_a_state_map_assigned_wholesale_is_counted_again(generator):
+    import collections
+
+    params = [torch.nn.Parameter(torch.randn(4, generator=generator)) for _ in range(2)]
+    optimizer = Adadelta(params, flatten=True)
+    for p in params:
+        p.grad = torch.randn(4, generator=generator)
+    optimizer.step()
+    optimizer.state = collections.defaultdict(dict)  # every param's state gone, as torch reads it
+    optimizer.step()
+    assert [optimizer.state[p]["step"].item() for p in params] == [1.0, 1.0]
+    synced = optimizer._flat_synced_writes
+    optimizer.step()
+    assert optimizer._flat_synced_writes == synced == optimizer.state.writes  # a step without writes: no sync
+
+
+@pytest.mark.parametrize("damage", ["missing_key", "wrong_shape"])
+def test_a_state_dict_loads_over_state_that_no_longer_fits(damage, generator):
+    p = torch.nn.Parameter(torch.randn(4, generator=generator))
+    optimizer = Adadelta([p], flatten=True)
+    p.grad = torch.randn(4, generator=generator)
+    optimizer.step()
+    saved = copy.deepcopy(optimizer.state_dict())
+    if damage == "missing_key":
+        del optimizer.state[p]["acc_delta"]
+    else:
+        optimizer.state[p]["square_avg"] = torch.zeros(9)
+    optimizer.load_state_dict(saved)  # as torch's load replaces whatever state was there
+    for key in KEYS:
+        assert_bitwise_equal(optimizer.state[p][key], saved["state"][0][key], key)

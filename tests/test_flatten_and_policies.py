@@ -613,3 +613,23 @@ def test_a_layer_frozen_mid_training_is_stepped_as_torch_steps_it(set_to_none):
     # The frozen layer's grads are None, as torch's zero_grad left them (the others stay zeroed views).
     assert all((p.grad is None) == set_to_none for p in ours[0].parameters())
     assert all(p.grad is not None for p in ours[1].parameters())
+
+
+def test_a_param_frozen_between_backward_and_step_is_stepped_with_its_gradient_as_torch_steps_it():
+    torch.manual_seed(0)
+    ours = torch.nn.Linear(4, 3)
+    theirs = copy.deepcopy(ours)
+    optimizers = [Adadelta(ours.parameters(), weight_decay=0.1, flatten=True),
+                  torch.optim.Adadelta(theirs.parameters(), weight_decay=0.1)]
+    data = torch.randn(8, 4)
+    for step in range(3):
+        for model, optimizer in zip((ours, theirs), optimizers):
+            optimizer.zero_grad()
+            model(data).square().sum().backward()
+            if step == 1:
+                model.bias.requires_grad_(False)  # after the backward: its gradient is still this step's
+            optimizer.step()
+    for mine, twin in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(mine, twin, **TOLERANCE[torch.float32])
+        assert optimizers[0].state[mine]["step"].item() == optimizers[1].state[twin]["step"].item()
+    assert optimizers[1].state[theirs.bias]["step"].item() == 2

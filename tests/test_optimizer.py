@@ -325,6 +325,8 @@ def test_unknown_backend_name_and_a_seed_that_is_no_integer_are_refused_when_the
         Adadelta([param], seed="x")
     with pytest.raises(TypeError, match="Invalid seed: 1.5"):
         Adadelta([param], seed=1.5)
+    with pytest.raises(TypeError, match="Invalid seed: True"):
+        Adadelta([param], seed=True)
     assert Adadelta([param], seed=torch.tensor(7)).defaults["seed"] == 7
 
 
