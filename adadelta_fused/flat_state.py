@@ -22,12 +22,13 @@ from typing import Any
 import torch
 
 from .quantized_reference import MIN_SCALE
+from .step_cache import CountedWrites
 
 # Keys a flat param's state holds besides these are the user's: left as they are.
 _SCALE_KEYS = ("square_avg_scale", "acc_delta_scale")
 
 
-class FlatParamState(dict):
+class FlatParamState(CountedWrites, dict):
     """A flat param's state dict: a dict whose writes the optimizer counts. ``state_dict()`` hands out plain
     copies; pickled with the optimizer (torch.save(opt), deepcopy) it becomes a plain dict, and the copy makes
     its own again around its new buffers."""
@@ -41,38 +42,6 @@ class FlatParamState(dict):
         state = None if optimizer is None else optimizer.__dict__.get("state")
         if hasattr(state, "writes"):
             state.writes += 1
-
-    def __setitem__(self, key, value):
-        self._wrote()
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key):
-        self._wrote()
-        super().__delitem__(key)
-
-    def __ior__(self, other):
-        self._wrote()
-        return super().__ior__(other)
-
-    def clear(self):
-        self._wrote()
-        super().clear()
-
-    def pop(self, *args):
-        self._wrote()
-        return super().pop(*args)
-
-    def popitem(self):
-        self._wrote()
-        return super().popitem()
-
-    def setdefault(self, key, default=None):
-        self._wrote()
-        return super().setdefault(key, default)
-
-    def update(self, *args, **kwargs):
-        self._wrote()
-        super().update(*args, **kwargs)
 
     def __reduce__(self):
         return dict, (), None, None, iter(self.items())

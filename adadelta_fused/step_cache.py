@@ -43,14 +43,12 @@ _STATE_KEYS = ("step", "square_avg", "acc_delta", "master_param")
 _QUANTIZED_STATE_KEYS = (*_STATE_KEYS, "square_avg_scale", "acc_delta_scale")
 
 
-class StateMap(defaultdict):
-    """``Optimizer.state`` that counts its own writes, so a cache can tell it was changed. Reads are the
-    plain dict's; a param's own state dict is checked entry by entry instead (``_C.cached_grads``)."""
-
-    writes = 0
+class CountedWrites:
+    """A dict mixin that calls ``self._wrote()`` before every write through the dict's methods (reads stay
+    the plain dict's). Writes that bypass them (``dict.__setitem__(d, k, v)``) are not seen."""
 
     def _wrote(self) -> None:
-        self.writes += 1
+        raise NotImplementedError
 
     def __setitem__(self, key, value):
         self._wrote()
@@ -83,6 +81,16 @@ class StateMap(defaultdict):
     def update(self, *args, **kwargs):
         self._wrote()
         super().update(*args, **kwargs)
+
+
+class StateMap(CountedWrites, defaultdict):
+    """``Optimizer.state`` that counts its own writes, so a cache can tell it was changed. Reads are the
+    plain dict's; a param's own state dict is checked entry by entry instead (``_C.cached_grads``)."""
+
+    writes = 0
+
+    def _wrote(self) -> None:
+        self.writes += 1
 
     def __reduce__(self):
         # Pickled (torch.save(opt), deepcopy) as torch's defaultdict: a pickle names no class of ours, so
