@@ -454,8 +454,9 @@ class Adadelta(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """With ``flatten``, gradients are views of one buffer: zeroed in place, not set to None, so the next
         backward accumulates into the buffer (params outside the buffers, the frozen ones, are treated as
-        torch treats them, and so are params frozen since: with ``set_to_none`` their grads become None). ``model.zero_grad()`` may still set them to None: see
-        ``adadelta_fused.flat`` for what that costs.
+        torch treats them). After ``set_to_none``, a param frozen since has no grad at the next step unless
+        a backward filled it before the freeze, as with torch (``FlatGroup._has_no_grad``).
+        ``model.zero_grad()`` may still set them to None: see ``adadelta_fused.flat`` for what that costs.
 
         With ``step_in_backward``, it ends the iteration as ``step()`` does (so that a loop that skips a
         step, ``backward(); opt.zero_grad(); continue``, goes on), but it cannot undo it: the gradients were
