@@ -21,11 +21,9 @@ from typing import Any
 
 import torch
 
+from .quantized import SCALE_KEYS
 from .quantized_reference import MIN_SCALE
 from .step_cache import CountedWrites
-
-# Keys a flat param's state holds besides these are the user's: left as they are.
-_SCALE_KEYS = ("square_avg_scale", "acc_delta_scale")
 
 
 class FlatParamState(CountedWrites, dict):
@@ -64,22 +62,23 @@ def sync(optimizer, flat, views_of: list[dict[str, torch.Tensor]], *, repair: bo
             continue
         with torch.no_grad():
             if not state:
-                _reset(flat, index, views)
+                reset(flat, index, views)
             else:
                 try:
                     _take_values(flat, index, p, state, views)
                 except (KeyError, ValueError):
                     if not repair:
                         raise
-                    _reset(flat, index, views)
+                    reset(flat, index, views)
         extra = {key: value for key, value in (state or {}).items() if key not in views}
         install(optimizer, p, {**views, **extra})
 
 
-def _reset(flat, index: int, views: dict[str, torch.Tensor]) -> None:
-    """As torch starts a param whose state is empty: step 0, zero accumulators, a master copy of the param."""
+def reset(flat, index: int, views: dict[str, torch.Tensor]) -> None:
+    """As torch starts a param whose state is empty, for the slots in ``views`` (param ``index``'s, all or
+    some): step 0, zero accumulators, a master copy of the param."""
     for key, view in views.items():
-        if key in _SCALE_KEYS:
+        if key in SCALE_KEYS.values():
             view.fill_(MIN_SCALE)  # what a fresh optimizer holds
         elif key != "master_param":
             view.zero_()

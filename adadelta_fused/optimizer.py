@@ -399,18 +399,13 @@ class Adadelta(Optimizer):
                 target = self._init_state(p, group_of[p])
                 target.pop("master_param", None)  # made from the param at its next step, unless saved below
             else:
-                # A flat param's state is views of the buffers: reset in place where nothing was saved.
+                # A flat param's state is views of the buffers: reset in place where nothing was saved (a
+                # saved value may be this very view: opt.state_dict()).
                 target = self.state[p]
                 flat, index = where
                 with torch.no_grad():
-                    for key in ("step", "square_avg", "acc_delta"):
-                        if key not in saved:  # (a saved value may be this very view: opt.state_dict())
-                            target[key].zero_()
-                    for key in quantized.SCALE_KEYS.values():
-                        if key in target and key not in saved:
-                            target[key].fill_(quantized.MIN_SCALE)  # what a fresh optimizer holds
-                if flat.master is not None:
-                    flat.stale_masters.add(index)
+                    flat_state.reset(flat, index, {key: view for key, view in flat.installed_views[index].items()
+                                                   if key not in saved})
             with torch.no_grad():
                 for key, value in saved.items():
                     if key == "master_param":
