@@ -560,11 +560,11 @@ class Adadelta(Optimizer):
             self._in_backward.end_iteration()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        if not torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
             self._sync_flat_state()
         # StateMap's count when the step begins, for the caches below (a compiled step neither reads nor
         # settles them: Dynamo would guard on the count, which the step itself may change)
-        compiling = torch.compiler.is_compiling()
         writes = None if compiling else getattr(self.state, "writes", None)
         plans = []
         for index, group in enumerate(self.param_groups):

@@ -48,6 +48,16 @@ def _train(optimizer, params, grads, edit_at, edit):
             edit(optimizer, params[1])
 
 
+def _stepped_once(count, numel, generator):
+    """``count`` params of ``numel`` elements under a flat optimizer, after one step with random grads."""
+    params = [torch.nn.Parameter(torch.randn(numel, generator=generator)) for _ in range(count)]
+    optimizer = Adadelta(params, flatten=True)
+    for p in params:
+        p.grad = torch.randn(numel, generator=generator)
+    optimizer.step()
+    return params, optimizer
+
+
 @pytest.mark.parametrize("edit", EDITS)
 def test_an_edit_of_a_flat_params_state_is_what_the_next_step_uses_and_saves(edit, generator):
     shapes = [(3, 5), (7,), (2, 2)]
@@ -89,11 +99,7 @@ def test_a_reset_flat_param_restarts_as_a_per_tensor_one_does_bit_for_bit(state_
 
 
 def test_a_state_dict_saved_after_a_reset_loads_back_and_keeps_training(generator):
-    params = [torch.nn.Parameter(torch.randn(5, generator=generator)) for _ in range(2)]
-    optimizer = Adadelta(params, flatten=True)
-    for p in params:
-        p.grad = torch.randn(5, generator=generator)
-    optimizer.step()
+    params, optimizer = _stepped_once(2, 5, generator)
     optimizer.state[params[0]] = {}
     saved = optimizer.state_dict()
     assert saved["state"][0] == {}  # as torch's state_dict after the same reset
@@ -103,10 +109,7 @@ def test_a_state_dict_saved_after_a_reset_loads_back_and_keeps_training(generato
 
 
 def test_a_replacement_that_does_not_fit_its_slot_is_refused_naming_it(generator):
-    p = torch.nn.Parameter(torch.randn(4, generator=generator))
-    optimizer = Adadelta([p], flatten=True)
-    p.grad = torch.randn(4, generator=generator)
-    optimizer.step()
+    (p,), optimizer = _stepped_once(1, 4, generator)
     optimizer.state[p]["acc_delta"] = torch.zeros(5)
     with pytest.raises(ValueError, match=r"state\['acc_delta'\] of param 0 \(shape \(4,\)\) was replaced by a "
                                          r"torch.float32 tensor of shape \(5,\)"):
@@ -117,10 +120,7 @@ def test_a_replacement_that_does_not_fit_its_slot_is_refused_naming_it(generator
 
 
 def test_a_copied_optimizer_counts_the_edits_of_its_own_state(generator):
-    params = [torch.nn.Parameter(torch.randn(6, generator=generator))]
-    optimizer = Adadelta(params, flatten=True)
-    params[0].grad = torch.randn(6, generator=generator)
-    optimizer.step()
+    _, optimizer = _stepped_once(1, 6, generator)
     twin = copy.deepcopy(optimizer)
     (p,) = twin.param_groups[0]["params"]
     twin.state[p]["square_avg"] = torch.zeros(6)
@@ -134,11 +134,7 @@ def test_a_copied_optimizer_counts_the_edits_of_its_own_state(generator):
 def test_a_state_map_assigned_wholesale_is_counted_again(generator):
     import collections
 
-    params = [torch.nn.Parameter(torch.randn(4, generator=generator)) for _ in range(2)]
-    optimizer = Adadelta(params, flatten=True)
-    for p in params:
-        p.grad = torch.randn(4, generator=generator)
-    optimizer.step()
+    params, optimizer = _stepped_once(2, 4, generator)
     optimizer.state = collections.defaultdict(dict)  # every param's state gone, as torch reads it
     optimizer.step()
     assert [optimizer.state[p]["step"].item() for p in params] == [1.0, 1.0]
@@ -149,10 +145,7 @@ def test_a_state_map_assigned_wholesale_is_counted_again(generator):
 
 @pytest.mark.parametrize("damage", ["missing_key", "wrong_shape"])
 def test_a_state_dict_loads_over_state_that_no_longer_fits(damage, generator):
-    p = torch.nn.Parameter(torch.randn(4, generator=generator))
-    optimizer = Adadelta([p], flatten=True)
-    p.grad = torch.randn(4, generator=generator)
-    optimizer.step()
+    (p,), optimizer = _stepped_once(1, 4, generator)
     saved = copy.deepcopy(optimizer.state_dict())
     if damage == "missing_key":
         del optimizer.state[p]["acc_delta"]
