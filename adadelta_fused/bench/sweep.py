@@ -206,7 +206,8 @@ def _time_host_overhead(
     else:
         # The same params every step: each implementation's two steps alone in their round, each sample behind
         # a lead step, or another implementation's samples would leave the params' metadata evicted
-        # (4096 x 16, two threads: ours 0.71-0.76 us a param with all four interleaved, 0.34-0.44 alone).
+        # (4096 x 16, two threads: ours read 0.71-0.76 us a param with all four interleaved; a separate A/B
+        # of our step alone read 0.34-0.44 the same evening).
         measurements = [
             measurement
             for _, many, one in timed
