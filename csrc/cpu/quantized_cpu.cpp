@@ -76,9 +76,13 @@ __attribute__((always_inline)) inline void encode_block(const float (&roots)[kQu
   }
 }
 
+// Software prefetch, kPrefetchBlocks blocks ahead (2 KiB of fp32 params) in every per-element buffer.
+constexpr int64_t kPrefetchBlocks = 2;
+
 #if defined(__x86_64__)
 // Where the lanes find a block's old accumulators: with kFromCodes, decoded from the codes as they are loaded (no
-// code of the block is kCodeNaN); else in the tiles decode_block filled.
+// code of the block is kCodeNaN); else in the tiles decode_block filled. The codes' addresses are given either
+// way: the lanes prefetch ahead of them.
 struct BlockCodes {
   const uint8_t* square_avg;
   const uint8_t* acc_delta;
@@ -86,15 +90,32 @@ struct BlockCodes {
   float acc_delta_step;
 };
 
+// The line of `run` (a run of 16 elements in one buffer) kPrefetchBlocks blocks ahead, where that line starts:
+// one prefetch per 64 bytes, so every run for fp32, every other for 16-bit params, every fourth for codes.
+template <typename T>
+__attribute__((always_inline)) inline void prefetch_run_ahead(const T* run, int l) {
+  if ((l * int(sizeof(T))) % 64 == 0) __builtin_prefetch(run + kPrefetchBlocks * kQuantBlock);
+}
+
 // A block's dense update and new roots in 16-lane vectors (float_lanes.h), for the AVX-512 level: the operations
-// of QuantizedLanes::update. Of the four square roots per element, the two of the update run on the FMA ports
-// (square_root) and the two roots to encode on the divider (divider_square_root), which balances the two: one
-// core, 48000 fp32 params in L2, ns per element of the whole step: shared loop 1.25; here, with all four roots on
-// the FMA ports 1.03, with one on the divider 0.93-0.95, with two 0.92 (a later session, 128 Ki: all four on
-// the FMA ports 1.27-1.36 against 1.06-1.15, three of the four on the divider no faster than two). Decoding as
-// they load (where no code of the block is kCodeNaN) spares the tiles a store and a load of each accumulator and
-// GCC's decode loops: with quantized_lanes.h's encode, 1.24-1.40 -> 1.06-1.19 ns (alternating runs, 48 Ki and
-// 128 Ki elements).
+// of QuantizedLanes::update. Decoding as they load (where no code of the block is kCodeNaN) spares the tiles a
+// store and a load of each accumulator and GCC's decode loops: with quantized_lanes.h's encode, 1.24-1.40 ->
+// 1.06-1.19 ns per element (alternating runs, 48 Ki and 128 Ki elements, the Xeon).
+//
+// Where the four square roots per element run. A Zen 4 core issues one 512-bit FMA-unit instruction per cycle
+// (two 256-bit halves), and this loop is bound by that issue in L1 already: per 16 elements about 45 cycles of it
+// (37 instructions, and the divider's operations take slots too). An FMA-port root (square_root) is 8 of those
+// instructions; vsqrtps is 10 cycles of the divider (vdivps 6) and costs the FMA side about 3. So the two roots
+// to encode and acc_delta's root run on the divider (36 divider cycles per 16 elements, about 32 on the FMA
+// side), std's on the FMA ports. With a grad_scale the divider also divides by it (42 cycles), and acc_delta's
+// root stays on the FMA ports (not measured). On the Xeon, with vsqrtps zmm at 12 cycles, three roots on the
+// divider ran no faster than two.
+//
+// The prefetch runs inside this loop, a line per 64 bytes of each buffer kPrefetchBlocks blocks ahead, rather
+// than the 40 prefetches at the start of each block that the hardware then had to absorb in a burst. One core,
+// fp32 params, a standalone copy of this loop (bench/results/quantized-zen4-prefetch-20261204/), ns per element,
+// 32 Ki elements in L2 / 32 Mi: before 0.866 / 1.085; the prefetch spread 0.849 / 0.928; and acc_delta's root
+// on the divider 0.801 / 0.884. Memory now adds 0.08 ns per element, where it added 0.22.
 template <bool kFromCodes, typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled>
 __attribute__((always_inline)) inline void update_block_lanes(ParamT* __restrict__ param, ParamT* __restrict__ grad,
                                                               float* __restrict__ master, int n,
@@ -105,11 +126,17 @@ __attribute__((always_inline)) inline void update_block_lanes(ParamT* __restrict
   const FloatLanes acc_step(codes.acc_delta_step);
   LargestBits sq_max;
   LargestBits acc_max;
+  // No noise: these options round to nearest (stochastic bf16 params take the shared loop).
+  constexpr LaneOptions kOptions{.acc_root_on_divider = !kScaled};
   for (int l = 0; l < n; l += kFloatLanes) {
+    prefetch_run_ahead(param + l, l);
+    prefetch_run_ahead(grad + l, l);
+    if (kHasMaster) prefetch_run_ahead(master + l, l);
+    prefetch_run_ahead(codes.square_avg + l, l);
+    prefetch_run_ahead(codes.acc_delta + l, l);
     const FloatLanes sq_old = kFromCodes ? decode_lanes(codes.square_avg + l, sq_step) : load_lanes(sq + l);
     const FloatLanes acc_old = kFromCodes ? decode_lanes(codes.acc_delta + l, acc_step) : load_lanes(acc + l);
-    // No noise: the default LaneOptions round to nearest (stochastic bf16 params take the shared loop).
-    const UpdatedValues<FloatLanes> u = update_lanes<kScaled, kGradMode, kHasMaster>(
+    const UpdatedValues<FloatLanes> u = update_lanes<kScaled, kGradMode, kHasMaster, kOptions>(
         param + l, grad + l, kHasMaster ? master + l : nullptr, sq_old, acc_old, s, UintLanes(0u));
     const FloatLanes sq_root = divider_square_root(u.square_avg);
     const FloatLanes acc_root = divider_square_root(u.acc_delta);
@@ -150,8 +177,9 @@ __attribute__((always_inline)) inline void update_block(const QuantizedChunk<Par
       }
       decode_block<Lanes>(sq_codes, c.square_avg_scale + block, n, sq);
       decode_block<Lanes>(acc_codes, c.acc_delta_scale + block, n, acc);
-      return update_block_lanes<false, ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, BlockCodes{},
-                                                                               sq, acc, sq_largest, acc_largest);
+      const BlockCodes codes{sq_codes, acc_codes, 0.0f, 0.0f};
+      return update_block_lanes<false, ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, codes, sq,
+                                                                               acc, sq_largest, acc_largest);
     }
   }
 #endif
@@ -162,12 +190,10 @@ __attribute__((always_inline)) inline void update_block(const QuantizedChunk<Par
   Lanes::update(param, grad, master, n, s, c.tensor_key, first, sq, acc, sq_largest, acc_largest);
 }
 
-// Software prefetch, kPrefetchBlocks blocks ahead (4 KiB of fp32 params) in every per-element buffer. A block
-// visits its buffers in turn, in runs of 256 B (codes) to 1 KiB (params), which the hardware prefetchers follow
-// poorly: 32 Mi fp32 params, this project's Xeon, 34 ms a step on two threads without, 25 with (GCC's loop; the
-// lanes then take it to 19.5), 63 -> 38 ms on one. Two to eight blocks ahead time the same.
-constexpr int64_t kPrefetchBlocks = 4;
-
+// GCC's loops prefetch whole blocks, kPrefetchBlocks ahead, at the start of each. A block visits its buffers in
+// turn, in runs of 256 B (codes) to 1 KiB (params), which the hardware prefetchers follow poorly: 32 Mi fp32
+// params, this project's Xeon, 34 ms a step on two threads without, 25 with (GCC's loop), 63 -> 38 ms on one;
+// two to eight blocks ahead timed the same. The lanes prefetch inside their loop (update_block_lanes).
 template <typename ParamT>
 __attribute__((always_inline)) inline void prefetch_block(const QuantizedChunk<ParamT>& c, int64_t first) {
   if (first >= c.end) return;
@@ -190,7 +216,7 @@ __attribute__((always_inline)) inline void update_blocks(const QuantizedChunk<Pa
   for (int64_t first = c.begin; first < c.end; first += kQuantBlock) {
     const int n = int(std::min<int64_t>(kQuantBlock, c.end - first));
     const int64_t block = first / kQuantBlock;
-    prefetch_block(c, first + kPrefetchBlocks * kQuantBlock);
+    if (!kUseFloatLanes || n % kFloatLanes != 0) prefetch_block(c, first + kPrefetchBlocks * kQuantBlock);
     uint32_t sq_largest;
     uint32_t acc_largest;
     update_block<kUseFloatLanes, ParamT, kGradMode, kHasMaster, kScaled>(c, first, n, s, sq, acc, sq_largest,
