@@ -9,7 +9,7 @@
 namespace adadelta_fused {
 
 // How far ahead of the elements being updated each buffer is prefetched by the dense kernel (the 8-bit kernel
-// prefetches whole blocks, quantized_cpu.cpp). 32 Mi elements, 2 threads, ms per step in one window (the VM
+// prefetches two blocks ahead, quantized_cpu.cpp). 32 Mi elements, 2 threads, ms per step in one window (the VM
 // drifts between windows), no prefetch / 1 / 2 / 4 KiB ahead: fp32 21.3-23.9 / 18.7-19.0 / 18.8-18.9 /
 // 19.4-19.9; bf16 params with fp32 state 18.3-18.4 / 14.4-14.6 / 14.4-14.5 / 14.9-15.2; fp16 13.7-14.0 /
 // 11.7-12.0 / 11.9-12.1 / 12.6-13.5 (bench/results/prefetch-20261203/sweeps.md).

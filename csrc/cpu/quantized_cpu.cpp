@@ -91,10 +91,12 @@ struct BlockCodes {
 };
 
 // The line of `run` (a run of 16 elements in one buffer) kPrefetchBlocks blocks ahead, where that line starts:
-// one prefetch per 64 bytes, so every run for fp32, every other for 16-bit params, every fourth for codes.
+// one prefetch per 64 bytes, so every run for fp32, every other for 16-bit params, every fourth for codes. Past
+// a chunk's end too (prefetch.h: an address, never a pointer past the buffer).
 template <typename T>
 __attribute__((always_inline)) inline void prefetch_run_ahead(const T* run, int l) {
-  if ((l * int(sizeof(T))) % 64 == 0) __builtin_prefetch(run + kPrefetchBlocks * kQuantBlock);
+  constexpr int64_t kAheadBytes = kPrefetchBlocks * kQuantBlock * int64_t(sizeof(T));
+  if ((l * int(sizeof(T))) % 64 == 0) prefetch_lines(reinterpret_cast<uintptr_t>(run) + uintptr_t(kAheadBytes), 1);
 }
 
 // A block's dense update and new roots in 16-lane vectors (float_lanes.h), for the AVX-512 level: the operations
@@ -103,13 +105,15 @@ __attribute__((always_inline)) inline void prefetch_run_ahead(const T* run, int 
 // 1.06-1.19 ns per element (alternating runs, 48 Ki and 128 Ki elements, the Xeon).
 //
 // Where the four square roots per element run. A Zen 4 core issues one 512-bit FMA-unit instruction per cycle
-// (two 256-bit halves), and this loop is bound by that issue in L1 already: per 16 elements about 45 cycles of it
-// (37 instructions, and the divider's operations take slots too). An FMA-port root (square_root) is 8 of those
-// instructions; vsqrtps is 10 cycles of the divider (vdivps 6) and costs the FMA side about 3. So the two roots
-// to encode and acc_delta's root run on the divider (36 divider cycles per 16 elements, about 32 on the FMA
-// side), std's on the FMA ports. With a grad_scale the divider also divides by it (42 cycles), and acc_delta's
-// root stays on the FMA ports (not measured). On the Xeon, with vsqrtps zmm at 12 cycles, three roots on the
-// divider ran no faster than two.
+// (two 256-bit halves). Per 16 elements the loop has about 33 of them (4 to decode, 4 for square_avg, an
+// FMA-port root (square_root) of 8 and its range compare for each of the update's two roots, 4 for delta and
+// acc_delta, 1 for the param, 2 to encode), and its divider operations take FMA slots too (vsqrtps is 10 cycles
+// of the divider and about 3 FMA slots, vdivps 6 and about 2): 50.5 cycles measured in L1, as in L2. Moving a
+// root to the divider trades 9 FMA-unit instructions for 10 divider cycles and 3 slots, and the two units
+// interfere, so the split is measured, not derived: here the two roots to encode and acc_delta's root run on the
+// divider, std's on the FMA ports (36 divider cycles per 16 elements; 47 measured in L2). With a grad_scale the
+// divider also divides by it, and acc_delta's root stays on the FMA ports (not measured). On the Xeon, three
+// roots on the divider measured no faster than two (128 Ki elements in L2, 2026-12-03), not slower.
 //
 // The prefetch runs inside this loop, a line per 64 bytes of each buffer kPrefetchBlocks blocks ahead, rather
 // than the 40 prefetches at the start of each block that the hardware then had to absorb in a burst. One core,
@@ -216,7 +220,7 @@ __attribute__((always_inline)) inline void update_blocks(const QuantizedChunk<Pa
   for (int64_t first = c.begin; first < c.end; first += kQuantBlock) {
     const int n = int(std::min<int64_t>(kQuantBlock, c.end - first));
     const int64_t block = first / kQuantBlock;
-    if (!kUseFloatLanes || n % kFloatLanes != 0) prefetch_block(c, first + kPrefetchBlocks * kQuantBlock);
+    if constexpr (!kUseFloatLanes) prefetch_block(c, first + kPrefetchBlocks * kQuantBlock);
     uint32_t sq_largest;
     uint32_t acc_largest;
     update_block<kUseFloatLanes, ParamT, kGradMode, kHasMaster, kScaled>(c, first, n, s, sq, acc, sq_largest,
