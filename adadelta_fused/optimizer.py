@@ -12,7 +12,7 @@ from torch.optim.adadelta import adadelta as torch_adadelta
 from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype, _use_grad_for_differentiable
 
 from . import backends, flat_state, quantized, sparse
-from .contract import LOW_PRECISION, GradMode, check_hyperparameters
+from .contract import LOW_PRECISION, STATE_DTYPES, GradMode, check_hyperparameters
 from .flat import FlatGroup, check_flattenable
 from .functional import plan, replan, step_scalars
 from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken
@@ -20,7 +20,7 @@ from .reference import rounding_key
 from .state_dict import check_loadable, loaded_step
 from .step_cache import GroupCache, StateMap
 
-_STATE_DTYPES = (None, torch.float32, torch.bfloat16, torch.uint8)
+_STATE_DTYPE_OPTIONS = (None, torch.float32, torch.bfloat16, torch.uint8)
 
 
 class Adadelta(Optimizer):
@@ -114,14 +114,9 @@ class Adadelta(Optimizer):
             seed = operator.index(seed)
         except TypeError:
             raise TypeError(f"Invalid seed: {seed!r} (expected an integer)") from None
-        if state_dtype not in _STATE_DTYPES:
+        if state_dtype not in _STATE_DTYPE_OPTIONS:
             raise ValueError(
                 f"Invalid state_dtype: {state_dtype} (expected None, torch.float32, torch.bfloat16 or torch.uint8)")
-        fused_options = (
-            flatten or zero_grad_in_step or state_dtype or master_weights or stochastic_rounding or step_in_backward
-        )
-        if differentiable and fused_options:
-            raise ValueError("differentiable=True runs torch's Adadelta and takes none of the fused options")
         if flatten and step_in_backward:
             raise ValueError(
                 "flatten=True and step_in_backward=True exclude each other: flat gradients are views of one "
@@ -174,8 +169,14 @@ class Adadelta(Optimizer):
 
     # ---- state ----
 
-    def _state_dtype_for(self, p: torch.Tensor) -> torch.dtype:
+    def _state_dtype_for(self, p: torch.Tensor, held: torch.dtype | None = None) -> torch.dtype:
+        """The accumulators' dtype for ``p``: ``state_dtype``, or without one the param's own, as torch makes
+        them. ``held``: the dtype of state made for an earlier dtype of ``p`` (``model.to(dtype)`` since); without
+        ``state_dtype`` it is kept where the kernels take it with the param's new dtype, as torch's in-place ops
+        keep theirs (fp32 state of params now bf16)."""
         state_dtype = self.defaults["state_dtype"]
+        if state_dtype is None and held in STATE_DTYPES.get(p.dtype, ()):
+            return held
         if state_dtype is None or p.dtype == torch.float64 or torch.is_complex(p):
             return p.dtype
         return state_dtype
@@ -200,9 +201,10 @@ class Adadelta(Optimizer):
         return state
 
     def _follow_param_dtype(self, p: torch.Tensor, state: dict[str, Any]) -> None:
-        """After ``model.to(dtype)`` the state takes the dtype the param now needs, as torch keeps stepping
-        (its in-place ops cast); a master copy stays only while the param is bf16/fp16."""
-        dtype = self._state_dtype_for(p)
+        """After ``model.to(dtype)`` the state takes the dtype the param now needs (``_state_dtype_for``: its
+        own where the kernels take it, as torch keeps stepping); a master copy stays only while the param is
+        bf16/fp16."""
+        dtype = self._state_dtype_for(p, state["square_avg"].dtype)
         with torch.no_grad():
             held_quantized = quantized.is_quantized(state)
             if held_quantized and dtype != quantized.QUANTIZED:
@@ -248,6 +250,7 @@ class Adadelta(Optimizer):
         for key in self._OPTIONS:
             group.pop(key, None)
         try:
+            self._check_differentiable(group)
             if self.defaults["flatten"] and not self._flatten_later:
                 self._append_flat(group)
             if self._in_backward is not None:
@@ -256,6 +259,16 @@ class Adadelta(Optimizer):
             # torch appended the group; both refuse before changing anything, so a refused group is not added
             self.param_groups.pop()
             raise
+
+    def _check_differentiable(self, group: dict[str, Any]) -> None:
+        """A differentiable group runs torch's Adadelta on its state, which knows none of the fused options (8-bit
+        or flat buffers, master copies, zeroing in the step...): refused in the constructor, in a new group and
+        at each step (``group["differentiable"] = True`` later), before anything is written."""
+        d = self.defaults
+        fused_options = (d["flatten"] or d["zero_grad_in_step"] or d["state_dtype"] or d["master_weights"]
+                         or d["stochastic_rounding"] or d["step_in_backward"])
+        if group["differentiable"] and fused_options:
+            raise ValueError("differentiable=True runs torch's Adadelta and takes none of the fused options")
 
     def _append_flat(self, group: dict[str, Any]) -> None:
         flats, others = self._flatten_group(group)
@@ -524,7 +537,7 @@ class Adadelta(Optimizer):
                 # (acc_delta too: `state["acc_delta"].data = ...double()` changes it alone)
                 held, other = state["square_avg"].dtype, state["acc_delta"].dtype
                 if other is not held or (held is not p.dtype and (held is not state_dtype or p.dtype is torch.float64)):
-                    if held != self._state_dtype_for(p) or other is not held:
+                    if held != self._state_dtype_for(p, held) or other is not held:
                         self._follow_param_dtype(p, state)
                 if state["square_avg"].dtype is quantized.QUANTIZED and not quantized.codes_laid_out(p, state):
                     # model.to(memory_format=...) since the codes were made, or one accumulator's codes replaced
@@ -569,6 +582,7 @@ class Adadelta(Optimizer):
         plans = []
         for index, group in enumerate(self.param_groups):
             if group["differentiable"]:
+                self._check_differentiable(group)
                 plans.append(group)
                 continue
             plans.extend(self._plan_group(index, group, grad_scale, found_inf))

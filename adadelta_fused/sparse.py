@@ -158,7 +158,7 @@ def _row_state(optimizer, group: dict[str, Any], p: torch.Tensor) -> dict[str, A
     state = optimizer.state[p]
     if not state:
         state.update(optimizer._init_state(p, group))
-    elif state["square_avg"].dtype != optimizer._state_dtype_for(p):
+    elif state["square_avg"].dtype != optimizer._state_dtype_for(p, state["square_avg"].dtype):
         settle(optimizer, p, state)  # the pending decays, in the dtype they were made in
         optimizer._follow_param_dtype(p, state)
     if ROW_STEP in state and state[ROW_RHO] != group["rho"]:

@@ -572,6 +572,38 @@ def test_invalid_options():
         Adadelta(params, differentiable=True, flatten=True)
 
 
+@pytest.mark.parametrize("options", [dict(state_dtype=torch.uint8), dict(zero_grad_in_step=True),
+                                     dict(master_weights=True), dict(flatten=True)], ids=lambda o: next(iter(o)))
+@pytest.mark.parametrize("how", ["constructor group", "add_param_group", "set before a step"])
+def test_a_differentiable_group_is_refused_with_fused_options_before_any_write(options, how):
+    """A param group with differentiable=True runs torch's Adadelta, which knows no 8-bit codes, flat buffers,
+    master copies or zeroing in the step: refused however the group gets it (the constructor's refusal of the
+    option alone was bypassed by a group's own key), and at step time before another group moved."""
+    dtype = torch.bfloat16 if options.get("master_weights") else torch.float32
+    first, second = (torch.nn.Parameter(torch.randn(300, dtype=dtype) + 2) for _ in range(2))
+    for p in (first, second):
+        p.grad = torch.randn(300, dtype=dtype)
+    if how == "set before a step":
+        opt = Adadelta([{"params": [first]}, {"params": [second]}], **options)
+        opt.param_groups[1]["differentiable"] = True
+    elif how == "add_param_group":
+        opt = Adadelta([first], **options)
+        with pytest.raises(ValueError, match="differentiable=True runs torch's Adadelta"):
+            opt.add_param_group({"params": [second], "differentiable": True})
+        assert len(opt.param_groups) == 1
+        return
+    else:
+        with pytest.raises(ValueError, match="differentiable=True runs torch's Adadelta"):
+            Adadelta([{"params": [first]}, {"params": [second], "differentiable": True}], **options)
+        return
+    before = [p.detach().clone() for p in (first, second)]
+    with pytest.raises(ValueError, match="differentiable=True runs torch's Adadelta"):
+        opt.step()
+    for p, was in zip((first, second), before):
+        assert_bitwise_equal(p.detach(), was)
+    assert all(float(state["step"]) == 0 for state in opt.state.values())
+
+
 def test_differentiable_runs_torch_implementation():
     """With differentiable=True the update stays in the autograd graph (non-leaf params, as torch allows)."""
     base = torch.randn(5, requires_grad=True, dtype=torch.float64)

@@ -315,6 +315,48 @@ def test_master_copies_follow_weights_loaded_after_the_optimizer(flatten, order,
         assert (p.float() - loaded[name].float()).abs().max() < 0.05, name
 
 
+@pytest.mark.parametrize("start, end", [(torch.float32, torch.bfloat16), (torch.float32, torch.float16),
+                                        (torch.bfloat16, torch.float16)], ids=str)
+def test_model_to_a_lower_dtype_keeps_the_state_dtype_like_torch(every_backend, start, end, generator):
+    """model.to(bf16) after steps: torch's in-place ops cast into the state it holds, so its fp32 accumulators
+    stay fp32 (and bf16 ones stay bf16 under fp16 params). Ours keeps them too, where the kernels take the pair,
+    and steps as torch does: fp32 state within fp32's tolerance (the params, rounded once from fp32 math by both,
+    agree); bf16 state, which torch rounds after each in-place op and the kernels once, within twice torch's own
+    error against the same model run in fp64."""
+    model = mlp(generator, start)
+    twin, exact = copy.deepcopy(model), copy.deepcopy(model).double()
+    ours = Adadelta(model.parameters(), backend=every_backend)
+    theirs = torch.optim.Adadelta(twin.parameters(), foreach=False)
+    oracle = torch.optim.Adadelta(exact.parameters())
+    for step in range(5):
+        if step == 2:
+            model.to(end)
+            twin.to(end)
+        for m, opt in ((model, ours), (twin, theirs), (exact, oracle)):
+            opt.zero_grad()
+            backward(m, torch.Generator().manual_seed(step))
+            opt.step()
+    pairs = list(zip(model.parameters(), twin.parameters(), exact.parameters()))
+    for p, q, _ in pairs:
+        for key in ("square_avg", "acc_delta"):
+            assert ours.state[p][key].dtype == theirs.state[q][key].dtype == start
+    if start == torch.float32:
+        for p, q, _ in pairs:
+            for key in ("square_avg", "acc_delta"):
+                torch.testing.assert_close(ours.state[p][key], theirs.state[q][key], **TOLERANCE[start])
+            torch.testing.assert_close(p.float(), q.float(), **TOLERANCE[torch.float32])
+        return
+    for what in ("param", "square_avg", "acc_delta"):
+        if what == "param":
+            mine = max((p.double() - e).abs().max().item() for p, _, e in pairs)
+            torch_error = max((q.double() - e).abs().max().item() for _, q, e in pairs)
+        else:
+            mine = max((ours.state[p][what].double() - oracle.state[e][what]).abs().max().item() for p, _, e in pairs)
+            torch_error = max((theirs.state[q][what].double() - oracle.state[e][what]).abs().max().item()
+                              for _, q, e in pairs)
+        assert mine <= TOLERANCE[start]["error_ratio"] * torch_error, (what, mine, torch_error)
+
+
 @pytest.mark.parametrize("start, end", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
 def test_model_to_dtype_with_master_weights_and_fp32_state(start, end, generator):
     model = mlp(generator).to(start)
