@@ -114,6 +114,7 @@ class StepInBackward:
                 "one. Give the param to one of them."
             )
         group = optimizer.param_groups[index]
+        optimizer._check_differentiable(group)  # `group["differentiable"] = True` since the constructor
         with torch.no_grad():
             for step_plan in optimizer._plan_group(index, {**group, "params": [p]}, None, None):
                 for call in step_plan.calls:

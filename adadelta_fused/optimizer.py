@@ -187,8 +187,11 @@ class Adadelta(Optimizer):
     def _new_step(self, p: torch.Tensor, capturable: bool) -> torch.Tensor:
         return torch.zeros((), dtype=_get_scalar_dtype(), device=p.device if capturable else None)
 
-    def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
-        dtype = self._state_dtype_for(p)
+    def _init_state(self, p: torch.Tensor, group: dict[str, Any], held: torch.dtype | None = None
+                    ) -> dict[str, torch.Tensor]:
+        """Fresh state for ``p``; ``held``: the dtype of accumulators about to be loaded into it (kept as
+        ``_state_dtype_for`` keeps a held dtype)."""
+        dtype = self._state_dtype_for(p, held)
         state = {"step": self._new_step(p, group["capturable"])}
         if dtype == quantized.QUANTIZED:
             quantized.check_supported([p])
@@ -262,8 +265,9 @@ class Adadelta(Optimizer):
 
     def _check_differentiable(self, group: dict[str, Any]) -> None:
         """A differentiable group runs torch's Adadelta on its state, which knows none of the fused options (8-bit
-        or flat buffers, master copies, zeroing in the step...): refused in the constructor, in a new group and
-        at each step (``group["differentiable"] = True`` later), before anything is written."""
+        or flat buffers, master copies, zeroing in the step...): refused in the constructor, in a new group, in a
+        loaded state dict's groups, and (``group["differentiable"] = True`` later) first thing in a step or a
+        step-in-backward hook, before anything is written."""
         d = self.defaults
         fused_options = (d["flatten"] or d["zero_grad_in_step"] or d["state_dtype"] or d["master_weights"]
                          or d["stochastic_rounding"] or d["step_in_backward"])
@@ -386,6 +390,8 @@ class Adadelta(Optimizer):
             if result is not None:
                 state_dict = result
         param_of = check_loadable(self.param_groups, state_dict)
+        for group in state_dict["param_groups"]:
+            self._check_differentiable({"differentiable": group.get("differentiable", False)})
         self._step_caches.clear()
         pre_hooks, post_hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
         kept = dict(self.state) if self.defaults["flatten"] else {}
@@ -409,7 +415,8 @@ class Adadelta(Optimizer):
             if where is None:
                 if not saved:
                     continue  # as torch: a param without saved state gets none
-                target = self._init_state(p, group_of[p])
+                held = saved.get("square_avg")
+                target = self._init_state(p, group_of[p], held.dtype if isinstance(held, torch.Tensor) else None)
                 target.pop("master_param", None)  # made from the param at its next step, unless saved below
             else:
                 # A flat param's state is views of the buffers: reset in place where nothing was saved (a
@@ -491,11 +498,14 @@ class Adadelta(Optimizer):
         return GradMode.UNSCALE if grad_scale is not None else GradMode.KEEP
 
     def _gather(self, group):
-        """Per-param lists for one group, split into params with and without an fp32 master copy, and with
-        and without 8-bit state (each set is one kind of op call)."""
+        """Per-param lists for one group, split into params with and without an fp32 master copy, and by the
+        accumulators' dtype (8-bit, or fp32 state kept under params cast to bf16 beside a new param's bf16
+        state): each set is one kind of op call. (Sets of stochastically rounded params share the group's noise
+        stream, each numbering its tensors from 0.)"""
         params, grads, square_avgs, acc_deltas, steps, masters = [], [], [], [], [], []
         self._init_group(group, params, grads, square_avgs, acc_deltas, steps, masters)
-        kinds = [(master is not None, sq.dtype is quantized.QUANTIZED) for master, sq in zip(masters, square_avgs)]
+        # (str: dtypes do not sort)
+        kinds = [(master is not None, str(sq.dtype)) for master, sq in zip(masters, square_avgs)]
         if not params:
             return []
         if all(kind == kinds[0] for kind in kinds):
@@ -562,6 +572,8 @@ class Adadelta(Optimizer):
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
         self._accelerator_graph_capture_health_check()
+        for group in self.param_groups:
+            self._check_differentiable(group)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -582,7 +594,6 @@ class Adadelta(Optimizer):
         plans = []
         for index, group in enumerate(self.param_groups):
             if group["differentiable"]:
-                self._check_differentiable(group)
                 plans.append(group)
                 continue
             plans.extend(self._plan_group(index, group, grad_scale, found_inf))

@@ -604,6 +604,17 @@ def test_a_differentiable_group_is_refused_with_fused_options_before_any_write(o
     assert all(float(state["step"]) == 0 for state in opt.state.values())
 
 
+def test_a_loaded_differentiable_group_is_refused_with_fused_options():
+    """torch.optim.Adadelta(differentiable=True)'s state dict loaded into an optimizer with fused options would
+    make its group differentiable: refused before anything changes."""
+    p = torch.nn.Parameter(torch.randn(6))
+    torch_opt = torch.optim.Adadelta([torch.nn.Parameter(p.detach().clone())], differentiable=True)
+    opt = Adadelta([p], state_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="differentiable=True runs torch's Adadelta"):
+        opt.load_state_dict(torch_opt.state_dict())
+    assert opt.param_groups[0]["differentiable"] is False
+
+
 def test_differentiable_runs_torch_implementation():
     """With differentiable=True the update stays in the autograd graph (non-leaf params, as torch allows)."""
     base = torch.randn(5, requires_grad=True, dtype=torch.float64)

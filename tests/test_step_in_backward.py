@@ -250,6 +250,16 @@ def test_differentiable_is_refused():
         Adadelta([torch.nn.Parameter(torch.randn(5))], differentiable=True, step_in_backward=True)
 
 
+def test_differentiable_set_on_a_group_later_is_refused_before_the_hook_steps():
+    p = torch.nn.Parameter(torch.randn(5) + 2)
+    opt = Adadelta([p], step_in_backward=True)
+    opt.param_groups[0]["differentiable"] = True
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match="takes none of the fused options"):
+        p.square().sum().backward()
+    assert torch.equal(p.detach(), before) and not opt.state[p]
+
+
 def test_gradient_accumulation_over_two_backwards_raises(generator):
     """The second backward raises at its first param, before stepping anything: the params are those of one
     ordinary step."""

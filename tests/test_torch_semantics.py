@@ -357,6 +357,36 @@ def test_model_to_a_lower_dtype_keeps_the_state_dtype_like_torch(every_backend, 
         assert mine <= TOLERANCE[start]["error_ratio"] * torch_error, (what, mine, torch_error)
 
 
+def test_a_param_first_stepped_after_model_to_bf16_steps_beside_kept_fp32_state(every_backend, generator):
+    """A layer without grads until after model.to(bf16): its new state is bf16 (torch's zeros_like), the older
+    layer's stays fp32, in one group; torch steps both, and so do we (one call per state dtype). A round trip
+    of the state dict keeps both dtypes."""
+    model = torch.nn.ModuleDict(dict(used=torch.nn.Linear(4, 4), later=torch.nn.Linear(4, 4)))
+    twin = copy.deepcopy(model)
+    ours = Adadelta(model.parameters(), backend=every_backend)
+    theirs = torch.optim.Adadelta(twin.parameters(), foreach=False)
+    x = torch.randn(3, 4, generator=generator)
+    for m, opt in ((model, ours), (twin, theirs)):
+        for _ in range(2):
+            opt.zero_grad()
+            m["used"](x).square().sum().backward()
+            opt.step()
+        m.to(torch.bfloat16)
+        for _ in range(2):
+            opt.zero_grad()
+            m["later"](m["used"](x.bfloat16())).square().sum().backward()
+            opt.step()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        want = torch.float32 if name.startswith("used") else torch.bfloat16
+        assert ours.state[p]["square_avg"].dtype == theirs.state[q]["square_avg"].dtype == want, name
+        # within one bf16 ulp: torch rounds bf16 state after each in-place op, the kernels once
+        torch.testing.assert_close(p.float(), q.float(), rtol=2 ** -7, atol=1e-6)
+    ours.load_state_dict(copy.deepcopy(ours.state_dict()))
+    for name, p in model.named_parameters():
+        assert ours.state[p]["square_avg"].dtype == (torch.float32 if name.startswith("used") else torch.bfloat16)
+    ours.step()
+
+
 @pytest.mark.parametrize("start, end", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
 def test_model_to_dtype_with_master_weights_and_fp32_state(start, end, generator):
     model = mlp(generator).to(start)
