@@ -187,11 +187,8 @@ class Adadelta(Optimizer):
     def _new_step(self, p: torch.Tensor, capturable: bool) -> torch.Tensor:
         return torch.zeros((), dtype=_get_scalar_dtype(), device=p.device if capturable else None)
 
-    def _init_state(self, p: torch.Tensor, group: dict[str, Any], held: torch.dtype | None = None
-                    ) -> dict[str, torch.Tensor]:
-        """Fresh state for ``p``; ``held``: the dtype of accumulators about to be loaded into it (kept as
-        ``_state_dtype_for`` keeps a held dtype)."""
-        dtype = self._state_dtype_for(p, held)
+    def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        dtype = self._state_dtype_for(p)
         state = {"step": self._new_step(p, group["capturable"])}
         if dtype == quantized.QUANTIZED:
             quantized.check_supported([p])
@@ -415,8 +412,7 @@ class Adadelta(Optimizer):
             if where is None:
                 if not saved:
                     continue  # as torch: a param without saved state gets none
-                held = saved.get("square_avg")
-                target = self._init_state(p, group_of[p], held.dtype if isinstance(held, torch.Tensor) else None)
+                target = self._init_state(p, group_of[p])
                 target.pop("master_param", None)  # made from the param at its next step, unless saved below
             else:
                 # A flat param's state is views of the buffers: reset in place where nothing was saved (a
@@ -714,16 +710,14 @@ class Adadelta(Optimizer):
         return plans
 
     def _torch_step(self, group: dict[str, Any]) -> None:
-        gathered = self._gather(group)  # differentiable takes no master weights: at most one list set
-        if not gathered:
-            return
-        params, grads, square_avgs, acc_deltas, steps, _ = gathered[0]
-        torch_adadelta(
-            params, grads, square_avgs, acc_deltas, steps,
-            lr=group["lr"], rho=group["rho"], eps=group["eps"], weight_decay=group["weight_decay"],
-            maximize=group["maximize"], differentiable=True, capturable=group["capturable"],
-            foreach=False, has_complex=any(torch.is_complex(p) for p in params),
-        )
+        # differentiable takes no master weights: one list set per state dtype
+        for params, grads, square_avgs, acc_deltas, steps, _ in self._gather(group):
+            torch_adadelta(
+                params, grads, square_avgs, acc_deltas, steps,
+                lr=group["lr"], rho=group["rho"], eps=group["eps"], weight_decay=group["weight_decay"],
+                maximize=group["maximize"], differentiable=True, capturable=group["capturable"],
+                foreach=False, has_complex=any(torch.is_complex(p) for p in params),
+            )
 
 
 FusedAdadelta = Adadelta

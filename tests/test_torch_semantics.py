@@ -13,7 +13,7 @@ from torch.optim.adadelta import adadelta as torch_adadelta
 
 from adadelta_fused import Adadelta, adadelta_
 
-from conftest import TOLERANCE
+from conftest import TOLERANCE, assert_bitwise_equal
 
 
 
@@ -359,8 +359,8 @@ def test_model_to_a_lower_dtype_keeps_the_state_dtype_like_torch(every_backend, 
 
 def test_a_param_first_stepped_after_model_to_bf16_steps_beside_kept_fp32_state(every_backend, generator):
     """A layer without grads until after model.to(bf16): its new state is bf16 (torch's zeros_like), the older
-    layer's stays fp32, in one group; torch steps both, and so do we (one call per state dtype). A round trip
-    of the state dict keeps both dtypes."""
+    layer's stays fp32, in one group; torch steps both, and so do we (one call per state dtype). Loading the
+    state dict back casts the accumulators to the params' dtype, as torch's loader does."""
     model = torch.nn.ModuleDict(dict(used=torch.nn.Linear(4, 4), later=torch.nn.Linear(4, 4)))
     twin = copy.deepcopy(model)
     ours = Adadelta(model.parameters(), backend=every_backend)
@@ -381,10 +381,28 @@ def test_a_param_first_stepped_after_model_to_bf16_steps_beside_kept_fp32_state(
         assert ours.state[p]["square_avg"].dtype == theirs.state[q]["square_avg"].dtype == want, name
         # within one bf16 ulp: torch rounds bf16 state after each in-place op, the kernels once
         torch.testing.assert_close(p.float(), q.float(), rtol=2 ** -7, atol=1e-6)
-    ours.load_state_dict(copy.deepcopy(ours.state_dict()))
-    for name, p in model.named_parameters():
-        assert ours.state[p]["square_avg"].dtype == (torch.float32 if name.startswith("used") else torch.bfloat16)
-    ours.step()
+    for opt in (ours, theirs):
+        opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert ours.state[p]["square_avg"].dtype == theirs.state[q]["square_avg"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_differentiable_group_of_several_state_dtypes_steps_every_param_like_torch(dtype):
+    """differentiable=True runs torch's Adadelta over every set of the group (one per state dtype)."""
+    results = []
+    for cls in (Adadelta, torch.optim.Adadelta):
+        base = [torch.full((4,), 1.0, requires_grad=True), torch.full((4,), 1.0, dtype=dtype, requires_grad=True)]
+        params = [b.clone() for b in base]
+        for p in params:
+            p.retain_grad()
+        opt = cls(params, lr=1.0, differentiable=True)
+        sum(p.float().sum() for p in params).backward(retain_graph=True)
+        opt.step()
+        results.append([p.detach() for p in params])
+    for mine, theirs in zip(*results):
+        assert_bitwise_equal(mine, theirs)
+        assert not torch.equal(mine, torch.ones_like(mine))
 
 
 @pytest.mark.parametrize("start, end", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
