@@ -66,15 +66,16 @@ class StepScalars:
 
 def check_lr(lr) -> float | torch.Tensor:
     """lr as the op takes it: a 1-element floating tensor, or a float. Anything Python can read as one real
-    number is a float lr (int, numpy scalars, 0-d arrays), as torch.optim accepts them."""
+    number is a float lr (int, numpy scalars, 0-d arrays), as torch.optim accepts them; an integer tensor
+    becomes fp64 (torch steps with one too)."""
     if type(lr) is float and math.isfinite(lr):
         return lr  # the common case, first: every step of every group comes here
     if isinstance(lr, torch.Tensor):
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        if not lr.is_floating_point():
-            raise ValueError(f"Invalid lr dtype: {lr.dtype} (expected a floating-point tensor)")
-        return lr
+        if lr.dtype == torch.bool or lr.is_complex():
+            raise ValueError(f"Invalid lr dtype: {lr.dtype} (expected a real tensor)")
+        return lr if lr.is_floating_point() else lr.to(torch.float64)
     if isinstance(lr, (bool, complex)) or getattr(lr, "ndim", 0) != 0:
         raise ValueError(f"Invalid learning rate: {lr!r} (expected a real number or a 1-element tensor)")
     try:

@@ -479,3 +479,18 @@ def test_compiling_a_step_traces_no_validator_call(generator):
     frames = " ".join(str(frame) for reason in explanation.break_reasons for frame in reason.user_stack)
     assert "check_state_steps" not in frames and "check_op_args" not in frames and "def check" not in frames
     assert all(float(opt.state[p]["step"]) == 1.0 for p in params)
+
+
+@pytest.mark.parametrize("lr", [torch.tensor(1), torch.tensor([2], dtype=torch.int32)], ids=["int64", "int32"])
+def test_an_integer_tensor_lr_steps_as_torch_steps(every_backend, lr):
+    """torch steps with an integer lr tensor (its value, as a float); so do we (it was refused at the first step)."""
+    results = []
+    for opt_of in (lambda params: Adadelta(params, lr=lr, backend=every_backend),
+                   lambda params: torch.optim.Adadelta(params, lr=lr)):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 7))
+        opt = opt_of([p])
+        for step in range(3):
+            p.grad = torch.linspace(0.5, -0.5, 7) * (step + 1)
+            opt.step()
+        results.append(p.detach())
+    torch.testing.assert_close(results[0], results[1], **TOLERANCE[torch.float32])
