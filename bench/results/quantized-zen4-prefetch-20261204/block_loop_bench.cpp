@@ -43,6 +43,8 @@ enum : int {
   kAccOnDivider = 32768,  // acc_delta's update root on the divider (vsqrtps)
   kSpread = 65536,        // prefetch spread over the block's iterations (1 line of param and grad per 16)
   kPrefetchW = 131072,    // with kSpread: prefetchw for the written buffers (param, codes)
+  kAccAlt = 262144,       // acc root on the divider in even runs only (2.5 roots on the divider)
+  kStdAlt = 524288,       // with kAccOnDivider: std root on the divider in odd runs too (3.5)
 };
 
 
@@ -225,7 +227,8 @@ __attribute__((always_inline, target(TGT))) inline UpdatedValues<FloatLanes> val
 template <int V, bool kAccFast>
 __attribute__((always_inline, target(TGT))) inline UpdatedValues<FloatLanes> values_lean(FloatLanes g, FloatLanes p,
                                                                                         FloatLanes sq, FloatLanes acc,
-                                                                                        const StepScalars<float>& s) {
+                                                                                        const StepScalars<float>& s,
+                                                                                        bool odd = false) {
   using F = FloatLanes;
   const F unscaled = g;
   if constexpr ((V & kSignHoist) == 0) g = g * F(s.grad_sign);
@@ -233,13 +236,17 @@ __attribute__((always_inline, target(TGT))) inline UpdatedValues<FloatLanes> val
   g = s.decays != 0.0f ? F(decayed) : F(g);
   sq = fused_multiply_add(F(s.one_minus_rho) * g, g, sq * F(s.rho));
   F std_dev(0.0f);
-  if constexpr ((V & kSqRangeBits) != 0) {
+  if constexpr ((V & kStdAlt) != 0) {
+    std_dev = odd ? divider_square_root(sq + F(s.eps)) : square_root(sq + F(s.eps));
+  } else if constexpr ((V & kSqRangeBits) != 0) {
     std_dev = root_upper_checked(sq + F(s.eps));
   } else {
     std_dev = square_root(sq + F(s.eps));
   }
   F delta(0.0f);
-  if constexpr ((V & kAccOnDivider) != 0) {
+  if constexpr ((V & kAccAlt) != 0) {
+    delta = odd ? square_root(acc + F(s.eps)) : divider_square_root(acc + F(s.eps));
+  } else if constexpr ((V & kAccOnDivider) != 0) {
     delta = divider_square_root(acc + F(s.eps));
   } else if constexpr (kAccFast) {
     delta = goldschmidt_root(acc + F(s.eps));
@@ -280,8 +287,8 @@ __attribute__((always_inline, target(TGT))) inline void update_block_lanes(float
     const FloatLanes acc_old = kFromCodes ? decode_lanes(codes.acc_delta + l, acc_step) : load_lanes(acc + l);
     const FloatLanes p = load_lanes(param + l);
     UpdatedValues<FloatLanes> u = {p, p, p, p};
-    if constexpr ((V & (kSignHoist | kAccRangeHoist | kSqRangeBits | kAccOnDivider)) != 0) {
-      u = values_lean<V, kAccFast>(load_lanes(grad + l), p, sq_old, acc_old, s);
+    if constexpr ((V & (kSignHoist | kAccRangeHoist | kSqRangeBits | kAccOnDivider | kAccAlt)) != 0) {
+      u = values_lean<V, kAccFast>(load_lanes(grad + l), p, sq_old, acc_old, s, (l & 16) != 0);
     } else {
       u = values_v<false, V>(load_lanes(grad + l), p, sq_old, acc_old, s);
     }
@@ -437,6 +444,8 @@ static const Variant kVariants[] = {
     VAR("P_lean_accdiv_il", kSignHoist | kSqRangeBits | kAccOnDivider | kInterleave, 4),
     VAR("P_lean_accdiv_pf2", kSignHoist | kSqRangeBits | kAccOnDivider, 2),
     VAR("spread2", kSpread, 2),
+    VAR("accalt_spread2", kAccAlt | kSpread, 2),
+    VAR("stdalt_spread2", kAccOnDivider | kStdAlt | kSpread, 2),
     VAR("accdiv_spread2_il", kAccOnDivider | kSpread | kInterleave, 2),
     VAR("P_la_spread2_il", kSignHoist | kSqRangeBits | kAccOnDivider | kSpread | kInterleave, 2),
     VAR("spread1", kSpread, 1),
@@ -537,6 +546,7 @@ static int check_exact(int64_t n, int kind, int steps, uint64_t seed) {
   const StepScalars<float> s = scalars();
   for (const Variant& v : kVariants) {
     if (strncmp(v.name, "P_", 2) != 0 && strncmp(v.name, "spread", 6) != 0 && strncmp(v.name, "accdiv", 6) != 0 &&
+        strncmp(v.name, "accalt", 6) != 0 && strncmp(v.name, "stdalt", 6) != 0 &&
         strcmp(v.name, "pf2") != 0 && strcmp(v.name, "no_prefetch") != 0 && strcmp(v.name, "no_nancheck") != 0 &&
         strcmp(v.name, "no_decays_branch") != 0)
       continue;
