@@ -7,6 +7,7 @@ written, so an error never leaves a step half applied.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 import torch
@@ -169,6 +170,33 @@ def _check_lengths(params, grads, square_avgs, acc_deltas, master_params) -> Non
     raise ValueError("params, grads, square_avgs, acc_deltas and master_params must have equal lengths")
 
 
+def _check_counters_apart(state_steps, params, grads, square_avgs, acc_deltas, master_params) -> None:
+    """A step counter that shares memory with a tensor the step updates (``p[0]``, a view of a state) would be
+    advanced into it: refused, naming both, as the op refuses overlapping tensors of its own lists."""
+    spans: dict[int, list[tuple[int, int, str]]] = {}
+    lists = {"params": params, "grads": grads, "square_avgs": square_avgs, "acc_deltas": acc_deltas,
+             "master_params": master_params}
+    for name, tensors in lists.items():
+        for index, t in enumerate(tensors):
+            if isinstance(t, torch.Tensor) and t.numel() > 0 and t.layout == torch.strided and t.device.type != "meta":
+                spans.setdefault(t.untyped_storage().data_ptr(), []).append((*_byte_span(t), f"{name}[{index}]"))
+    for index, step in enumerate(state_steps):
+        if not isinstance(step, torch.Tensor) or step.layout != torch.strided or step.device.type == "meta":
+            continue  # the counters' own check names what is wrong
+        begin, end = _byte_span(step)
+        for other_begin, other_end, other in spans.get(step.untyped_storage().data_ptr(), []):
+            if begin < other_end and other_begin < end:
+                raise ValueError(f"state_steps[{index}] shares memory with {other}; the step advances the counter "
+                                 "in place and would write into it. Pass counters of their own")
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes of its storage a tensor spans, [begin, end)."""
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    begin = t.storage_offset() * t.element_size()
+    return begin, begin + extent * t.element_size()
+
+
 def check_steps(state_steps: list[torch.Tensor] | None) -> bool:
     """Check the step counters before anything is written; returns whether all are CPU tensors."""
     if not state_steps or torch.compiler.is_compiling():
@@ -260,12 +288,44 @@ def adadelta_(
     given, are advanced by one unless ``found_inf`` is set. Everything is checked before anything is
     written.
     """
+    # Sequences of any kind, as lists: the native calls take lists
+    params, grads, square_avgs, acc_deltas = list(params), list(grads), list(square_avgs), list(acc_deltas)
+    master_params = list(master_params) if master_params is not None else None
+    state_steps = list(state_steps) if state_steps is not None else None
+    lists = {"params": params, "grads": grads, "square_avgs": square_avgs, "acc_deltas": acc_deltas,
+             "master_params": master_params or [], "state_steps": state_steps or []}
+    for name, tensors in lists.items():
+        for index, t in enumerate(tensors):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}[{index}] is {type(t).__name__}, not a tensor")
+    if state_steps is not None:
+        if len(state_steps) != len(params):
+            raise ValueError(f"state_steps has {len(state_steps)} tensors but params has {len(params)}")
+        _check_counters_apart(state_steps, params, grads, square_avgs, acc_deltas, master_params or [])
     scalars = step_scalars(lr, rho, eps, weight_decay, maximize, grad_scale, found_inf, grad_mode,
                            stochastic_rounding, rounding_key)
     step = plan(params, grads, square_avgs, acc_deltas, state_steps, scalars, master_params or None, backend)
     if len(step.calls) > 1 and not torch.compiler.is_compiling():
-        step.check()  # each call checks its own group; a later group's error must come before any write
+        # each call checks its own group; a later group's error must come before any write
+        for call in step.calls:
+            try:
+                call.check()
+            except (ValueError, TypeError) as error:
+                raise type(error)(_numbered_as_given(str(error), call, params)) from None
     step.run()
+
+
+def _numbered_as_given(message: str, call: BackendCall, params: list[torch.Tensor]) -> str:
+    """The validator's message with each ``name[k]`` (k: a position in the call's (device, dtype) group)
+    renumbered to the position the caller gave that row."""
+    position = {id(p): index for index, p in enumerate(params)}
+
+    def renumber(match: re.Match) -> str:
+        k = int(match[2])
+        given = position.get(id(call.params[k])) if k < len(call.params) else None
+        return f"{match[1]}[{given if given is not None else k}]"
+
+    return re.sub(r"\b(params|grads|square_avgs|acc_deltas|master_params)\[(\d+)\]", renumber, message)
 
 
 def step_scalars(lr, rho, eps, weight_decay, maximize, grad_scale, found_inf, grad_mode, stochastic_rounding,

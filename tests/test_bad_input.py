@@ -18,7 +18,7 @@ from torch.optim.adadelta import adadelta as torch_adadelta
 from adadelta_fused import Adadelta, adadelta_
 from adadelta_fused import _extension
 
-from conftest import REQUIRE_EXTENSION
+from conftest import REQUIRE_EXTENSION, assert_bitwise_equal
 
 needs_validator = pytest.mark.skipif(
     _extension.module() is None and not REQUIRE_EXTENSION, reason="the validator lives in the compiled extension"
@@ -262,7 +262,7 @@ def test_errors_leave_every_input_unchanged(every_backend, case, generator):
         params[2], grads[2] = params[2].double(), grads[2].double()
         square_avgs[2] = torch.rand(37, generator=generator, dtype=torch.float64)
         acc_deltas[2] = torch.rand(3, generator=generator, dtype=torch.float64)
-        match = r"acc_deltas\[0\] has shape \[3\] but params\[0\] has \[37\]"
+        match = r"acc_deltas\[2\] has shape \[3\] but params\[2\] has \[37\]"  # the row as given
     assert_refused(every_backend, (params, grads, square_avgs, acc_deltas, steps), match, **kwargs)
 
 
@@ -454,3 +454,53 @@ def test_every_backend_fails_with_the_same_words(case, monkeypatch, generator):
     registry._load.cache_clear()
     registry._auto.cache_clear()
     assert messages["cpp"] == messages["reference"] == messages["triton"], messages
+
+
+# The functional step's counters, sequences and positions (a bug hunt's findings, each refused or run whole) ---
+
+@pytest.mark.parametrize("case", ["one_counter_short", "one_counter_long", "counter_is_a_param_element",
+                                  "counter_views_a_state", "inference_grad", "mixed_dtypes_name_the_given_index",
+                                  "none_grad"])
+def test_functional_step_refuses_before_writing(every_backend, case, generator):
+    params, grads, square_avgs, acc_deltas, steps = group(generator)
+    match, error = {
+        "one_counter_short": (r"state_steps has 2 tensors but params has 3", ValueError),
+        "one_counter_long": (r"state_steps has 4 tensors but params has 3", ValueError),
+        "counter_is_a_param_element": (r"state_steps\[1\] shares memory with params\[1\]", ValueError),
+        "counter_views_a_state": (r"state_steps\[2\] shares memory with square_avgs\[2\]", ValueError),
+        "inference_grad": (r"grads\[1\] is an inference tensor", RuntimeError),
+        "none_grad": (r"grads\[1\] is NoneType, not a tensor", TypeError),
+        "mixed_dtypes_name_the_given_index": (r"square_avgs\[2\] has dtype Float, unsupported with Double", TypeError),
+    }[case]
+    if case == "one_counter_short":
+        steps = steps[:2]
+    elif case == "one_counter_long":
+        steps = steps + [torch.tensor(0.0)]
+    elif case == "counter_is_a_param_element":
+        steps[1] = params[1][4]
+    elif case == "counter_views_a_state":
+        steps[2] = square_avgs[2][5]
+    elif case == "none_grad":
+        grads[1] = None
+    elif case == "inference_grad":
+        with torch.inference_mode():
+            grads[1] = grads[1].clone()
+    else:  # the third row fp64 params and grads, its square_avg fp32: the validator saw it as row 0 of its group
+        params[2], grads[2], acc_deltas[2] = params[2].double(), grads[2].double(), acc_deltas[2].double()
+    if case == "none_grad":  # (no bits to snapshot in a None)
+        before = snapshot(params, square_avgs, acc_deltas, steps)
+        with pytest.raises(error, match=match):
+            adadelta_(params, grads, square_avgs, acc_deltas, steps, backend=every_backend)
+        return assert_unchanged(before, [params, square_avgs, acc_deltas, steps])
+    assert_refused(every_backend, [params, grads, square_avgs, acc_deltas, steps], match, error)
+
+
+def test_functional_step_takes_tuples_like_lists(every_backend, generator):
+    """Tuples ran the update, then failed to advance the counters (a half-applied step)."""
+    lists = group(generator)
+    twins = [[t.clone() for t in tensors] for tensors in lists]
+    adadelta_(*(tuple(tensors) for tensors in lists), backend=every_backend)
+    adadelta_(*twins, backend=every_backend)
+    for tensors, expected in zip(lists, twins):
+        for got, want in zip(tensors, expected):
+            assert_bitwise_equal(got, want)
