@@ -14,7 +14,7 @@ def group_by_device_and_dtype(lists: list[list[torch.Tensor]]) -> dict:
     them. There, group in Python by the param's (device, dtype) instead.
     """
     try:
-        return _group_tensors_by_device_and_dtype(lists, with_indices=False)
+        return _group_tensors_by_device_and_dtype(lists, with_indices=True)
     except RuntimeError as error:
         if "same dtype" not in str(error):
             raise

@@ -31,6 +31,7 @@ class BackendCall:
     acc_deltas: list[torch.Tensor]
     master_params: list[torch.Tensor] | None
     scalars: StepScalars
+    rows: list[int] | None = None  # each tensor's position in the lists the step was given
 
     def check(self) -> None:
         check_group(self.params, self.grads, self.square_avgs, self.acc_deltas, self.master_params, self.scalars,
@@ -44,7 +45,7 @@ class BackendCall:
         """This call with another step's grads and scalars (a cached plan's; ``dataclasses.replace`` takes
         1.1 us here, the constructor 0.2)."""
         return BackendCall(self.module, self.device, self.params, grads, self.square_avgs, self.acc_deltas,
-                           self.master_params, scalars)
+                           self.master_params, scalars, self.rows)
 
 
 @dataclass
@@ -170,33 +171,6 @@ def _check_lengths(params, grads, square_avgs, acc_deltas, master_params) -> Non
     raise ValueError("params, grads, square_avgs, acc_deltas and master_params must have equal lengths")
 
 
-def _check_counters_apart(state_steps, params, grads, square_avgs, acc_deltas, master_params) -> None:
-    """A step counter that shares memory with a tensor the step updates (``p[0]``, a view of a state) would be
-    advanced into it: refused, naming both, as the op refuses overlapping tensors of its own lists."""
-    spans: dict[int, list[tuple[int, int, str]]] = {}
-    lists = {"params": params, "grads": grads, "square_avgs": square_avgs, "acc_deltas": acc_deltas,
-             "master_params": master_params}
-    for name, tensors in lists.items():
-        for index, t in enumerate(tensors):
-            if isinstance(t, torch.Tensor) and t.numel() > 0 and t.layout == torch.strided and t.device.type != "meta":
-                spans.setdefault(t.untyped_storage().data_ptr(), []).append((*_byte_span(t), f"{name}[{index}]"))
-    for index, step in enumerate(state_steps):
-        if not isinstance(step, torch.Tensor) or step.layout != torch.strided or step.device.type == "meta":
-            continue  # the counters' own check names what is wrong
-        begin, end = _byte_span(step)
-        for other_begin, other_end, other in spans.get(step.untyped_storage().data_ptr(), []):
-            if begin < other_end and other_begin < end:
-                raise ValueError(f"state_steps[{index}] shares memory with {other}; the step advances the counter "
-                                 "in place and would write into it. Pass counters of their own")
-
-
-def _byte_span(t: torch.Tensor) -> tuple[int, int]:
-    """The bytes of its storage a tensor spans, [begin, end)."""
-    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-    begin = t.storage_offset() * t.element_size()
-    return begin, begin + extent * t.element_size()
-
-
 def check_steps(state_steps: list[torch.Tensor] | None) -> bool:
     """Check the step counters before anything is written; returns whether all are CPU tensors."""
     if not state_steps or torch.compiler.is_compiling():
@@ -230,13 +204,13 @@ def plan(
     if params:
         lists = [params, grads, square_avgs, acc_deltas] + ([master_params] if master_params else [])
         copies: dict = {}
-        for (device, dtype), (group, _) in _grouped(lists, scalars).items():
+        for (device, dtype), (group, rows) in _grouped(lists, scalars).items():
             group_params, group_grads, group_sq, group_acc = (
                 (_as_real(tensors) for tensors in group[:4]) if dtype.is_complex else group[:4]
             )
             calls.append(BackendCall(
                 backends.resolve(backend, device), device, group_params, group_grads, group_sq, group_acc,
-                group[4] if master_params else None, place_scalars(scalars, device, copies),
+                group[4] if master_params else None, place_scalars(scalars, device, copies), rows,
             ))
     return StepPlan(calls, state_steps, step_counters, steps_on_cpu, scalars.found_inf, write_back)
 
@@ -301,7 +275,6 @@ def adadelta_(
     if state_steps is not None:
         if len(state_steps) != len(params):
             raise ValueError(f"state_steps has {len(state_steps)} tensors but params has {len(params)}")
-        _check_counters_apart(state_steps, params, grads, square_avgs, acc_deltas, master_params or [])
     scalars = step_scalars(lr, rho, eps, weight_decay, maximize, grad_scale, found_inf, grad_mode,
                            stochastic_rounding, rounding_key)
     step = plan(params, grads, square_avgs, acc_deltas, state_steps, scalars, master_params or None, backend)
@@ -310,20 +283,18 @@ def adadelta_(
         for call in step.calls:
             try:
                 call.check()
-            except (ValueError, TypeError) as error:
-                raise type(error)(_numbered_as_given(str(error), call, params)) from None
+            except (ValueError, TypeError, RuntimeError) as error:
+                raise type(error)(_numbered_as_given(str(error), call.rows)) from None
     step.run()
 
 
-def _numbered_as_given(message: str, call: BackendCall, params: list[torch.Tensor]) -> str:
-    """The validator's message with each ``name[k]`` (k: a position in the call's (device, dtype) group)
-    renumbered to the position the caller gave that row."""
-    position = {id(p): index for index, p in enumerate(params)}
+def _numbered_as_given(message: str, rows: list[int] | None) -> str:
+    """The validator's message with each ``name[k]`` (k: a row of the call's (device, dtype) group)
+    renumbered to the row's position in the lists the step was given."""
 
     def renumber(match: re.Match) -> str:
         k = int(match[2])
-        given = position.get(id(call.params[k])) if k < len(call.params) else None
-        return f"{match[1]}[{given if given is not None else k}]"
+        return f"{match[1]}[{rows[k] if rows and k < len(rows) else k}]"
 
     return re.sub(r"\b(params|grads|square_avgs|acc_deltas|master_params)\[(\d+)\]", renumber, message)
 

@@ -258,8 +258,8 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
     if (l < 4 || (l == 4 && has_master) || (l > 4 && a.quantized)) present[list_count++] = l;
   }
   // Written tensors: a stride-0 (expanded) or otherwise self-overlapping tensor cannot hold one result
-  // per element; and no tensor of the call (each gets a new version) may be an inference tensor outside
-  // InferenceMode. Both refused here, before the first write, instead of half-way through the step.
+  // per element, and an inference tensor cannot be updated outside InferenceMode; both refused here,
+  // before the first write, instead of half-way through the step.
   const std::array<bool, 7> written = {true, a.grad_mode != int64_t(GradMode::kKeep), true, true, true, true, true};
   for (size_t k = 0; k < list_count; ++k) check_layout(names[present[k]], 0, lists[present[k]][0]);
   const at::Tensor& first = a.params[0];
@@ -322,11 +322,10 @@ void check_op_args(const OpArgs& a, c10::DeviceType expected_device) {
         TORCH_CHECK_VALUE(t.is_contiguous() || at::has_internal_overlap(t) != at::MemOverlap::Yes, names[l], "[",
                           i, "] has elements that share memory (an expanded tensor with stride 0?) and the step "
                           "writes it; pass a tensor with its own memory per element (e.g. .clone())");
+        TORCH_CHECK(!t.is_inference() || c10::InferenceMode::is_enabled(), names[l], "[", i,
+                    "] is an inference tensor; the step updates it in place, which torch allows only inside "
+                    "InferenceMode");
       }
-      // Every list, grads in the keep mode too: bump_versions bumps them all after the kernel ran.
-      TORCH_CHECK(!t.is_inference() || c10::InferenceMode::is_enabled(), names[l], "[", i,
-                  "] is an inference tensor; the step updates it in place (a grad it only reads gets a new "
-                  "version, as in torch's fused optimizers), which torch allows only inside InferenceMode");
       if (!symbolic) overlap.add(k, names[l], i, written[l], t);
     }
   }
@@ -356,7 +355,11 @@ void bump_versions(const OpArgs& a) {
   // ADInplaceOrView kernels bump every (a!) argument of its own fused optimizers the same way.
   for (at::TensorList list : {a.params, a.grads, a.square_avgs, a.acc_deltas, a.master_params, a.square_avg_scales,
                               a.acc_delta_scales}) {
-    for (const at::Tensor& t : list) t.unsafeGetTensorImpl()->bump_version();
+    // An inference tensor has no version to bump (the validator refuses one the step writes): a grad the step
+    // only reads may be one, as torch's optimizers take it.
+    for (const at::Tensor& t : list) {
+      if (!t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
+    }
   }
 }
 
