@@ -34,8 +34,11 @@ class BackendCall:
     rows: list[int] | None = None  # each tensor's position in the lists the step was given
 
     def check(self) -> None:
-        check_group(self.params, self.grads, self.square_avgs, self.acc_deltas, self.master_params, self.scalars,
-                    self.device.type)
+        try:
+            check_group(self.params, self.grads, self.square_avgs, self.acc_deltas, self.master_params,
+                        self.scalars, self.device.type)
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise type(error)(_numbered_as_given(str(error), self.rows)) from None
 
     def run(self) -> None:
         self.module.step_(self.params, self.grads, self.square_avgs, self.acc_deltas, self.master_params,
@@ -282,12 +285,7 @@ def adadelta_(
                     raise TypeError(f"{name}[{index}] is {type(t).__name__}, not a tensor") from None
         raise
     if len(step.calls) > 1 and not torch.compiler.is_compiling():
-        # each call checks its own group; a later group's error must come before any write
-        for call in step.calls:
-            try:
-                call.check()
-            except (ValueError, TypeError, RuntimeError) as error:
-                raise type(error)(_numbered_as_given(str(error), call.rows)) from None
+        step.check()  # each call checks its own group; a later group's error must come before any write
     step.run()
 
 

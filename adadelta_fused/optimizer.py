@@ -265,10 +265,11 @@ class Adadelta(Optimizer):
         or flat buffers, master copies, zeroing in the step...): refused in the constructor, in a new group, in a
         loaded state dict's groups, and (``group["differentiable"] = True`` later) first thing in a step or a
         step-in-backward hook, before anything is written."""
+        if not group["differentiable"]:
+            return  # (every step asks, for every group)
         d = self.defaults
-        fused_options = (d["flatten"] or d["zero_grad_in_step"] or d["state_dtype"] or d["master_weights"]
-                         or d["stochastic_rounding"] or d["step_in_backward"])
-        if group["differentiable"] and fused_options:
+        if (d["flatten"] or d["zero_grad_in_step"] or d["state_dtype"] or d["master_weights"]
+                or d["stochastic_rounding"] or d["step_in_backward"]):
             raise ValueError("differentiable=True runs torch's Adadelta and takes none of the fused options")
 
     def _append_flat(self, group: dict[str, Any]) -> None:
