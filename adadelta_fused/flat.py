@@ -12,6 +12,11 @@ the param's grad the view again. That is one extra pass over those gradients (8 
 read and write, against the step's 28), once per step while grads keep being set to None. A param still
 without a grad at the step is skipped, as torch skips it: the kernel runs over the ranges around it.
 
+Edits of ``param_groups`` between steps (groups reordered or removed, params moved between groups, a
+group's list replaced) are followed as torch follows them: at the next step each edited group is flattened
+anew, its params and state copied into new buffers. Params left viewing the buffer of a flat optimizer that
+is gone (a second training phase) are flattened again by a new one; those of a living one are refused.
+
 What breaks the views, and raises at the next step instead of silently training a detached copy:
 assigning ``param.data = ...``, ``param.set_(...)``, or moving the model with ``model.to(...)`` after the
 optimizer was built. DTensor params (FSDP2, tensor parallel) cannot be flattened at all: their storage is
@@ -20,6 +25,8 @@ the engine's, which re-shards it and replaces their grads itself.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +37,29 @@ from .quantized_reference import BLOCK as QUANT_BLOCK
 from .quantized_reference import MIN_SCALE, num_blocks
 
 ALIGN_BYTES = 16
+
+# The storage of every flat param buffer this process made, with its FlatGroup while that lives. The params
+# stay views of a buffer after its optimizer is gone (a second training phase, an optimizer made again): such
+# params are flattened again like any others, while those of a living flat optimizer are refused (each
+# would step them in a buffer of its own). Keys are weak: an entry goes with the buffer's last view.
+_FLAT_BUFFERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _flat_owner(p: torch.Tensor) -> "FlatGroup | None":
+    """The living FlatGroup whose buffer ``p`` views, if any. An optimizer just deleted may still wait in a
+    reference cycle: one collection decides."""
+    ref = _FLAT_BUFFERS.get(p.untyped_storage())
+    if ref is None or ref() is None:
+        return None
+    gc.collect()
+    owner = ref()
+    return owner if owner is not None and any(q is p for q in owner.params) else None
+
+
+def _earlier_flat_buffer(p: torch.Tensor) -> bool:
+    """Whether ``p`` views the buffer of a flat optimizer that is gone."""
+    ref = _FLAT_BUFFERS.get(p.untyped_storage())
+    return ref is not None and ref() is None
 
 
 def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, grad_buffer: torch.Tensor,
@@ -74,13 +104,21 @@ def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False) ->
                 f"flatten=True needs dense params; param {index} has shape {tuple(p.shape)} and strides "
                 f"{p.stride()} (make it contiguous before building the optimizer)"
             )
-        # Two params over one storage would each get a copy in the buffer and drift apart.
+        if not shared_ok and _flat_owner(p) is not None:
+            raise ValueError(
+                f"flatten=True: param {index} (shape {tuple(p.shape)}) is in the flat buffer of another "
+                "optimizer built with flatten=True, which still steps it there: delete that optimizer first, "
+                "or use flatten=False"
+            )
+        # Two params over one storage would each get a copy in the buffer and drift apart; the params of a
+        # flat optimizer that is gone share its buffer and move to the new one together.
         storage = p.untyped_storage().data_ptr()
-        if p.numel() and storage in storages and not shared_ok:
+        if p.numel() and storage in storages and not shared_ok and not _earlier_flat_buffer(p):
             raise ValueError(
                 f"flatten=True: params {storages[storage]} and {index} share storage (views of one tensor, "
-                "or two Parameters over the same data); flattening would untie them. Pass each tensor "
-                "once, or use flatten=False"
+                "two Parameters over the same data, or a copy of a model trained with flatten=True); "
+                "flattening would untie them. Pass each tensor once, give each its own storage "
+                "(`p.data = p.data.clone()`), or use flatten=False"
             )
         storages[storage] = index
 
@@ -167,6 +205,7 @@ class FlatGroup:
             acc_delta=torch.zeros(total, dtype=state_dtype, device=first.device),
             master=flat_master,
         )
+        _FLAT_BUFFERS[flat_param.untyped_storage()] = weakref.ref(group)
         if quantized:
             group.square_avg_scale = torch.full((total // QUANT_BLOCK,), MIN_SCALE, device=first.device)
             group.acc_delta_scale = torch.full((total // QUANT_BLOCK,), MIN_SCALE, device=first.device)

@@ -18,7 +18,7 @@ from .functional import plan, replan, step_scalars
 from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken
 from .reference import rounding_key
 from .state_dict import check_loadable, loaded_step
-from .step_cache import GroupCache, StateMap
+from .step_cache import GroupCache, StateMap, same_objects
 
 _STATE_DTYPE_OPTIONS = (None, torch.float32, torch.bfloat16, torch.uint8)
 
@@ -125,6 +125,7 @@ class Adadelta(Optimizer):
         self._in_backward = StepInBackward(self) if step_in_backward else None
         self._flat_groups: list[list[FlatGroup]] = []  # per param group
         self._unflat_params: list[list[torch.Tensor]] = []  # per param group: params outside the buffers
+        self._flat_sources: list[list[torch.Tensor]] = []  # per param group: its params when flattened
         self._step_caches: dict[int, GroupCache] = {}  # per param group index (step_cache.py)
         self._flat_synced_writes: int | None = None  # StateMap's count when flat_state.sync last ran
         defaults = {
@@ -272,10 +273,35 @@ class Adadelta(Optimizer):
                 or d["stochastic_rounding"] or d["step_in_backward"]):
             raise ValueError("differentiable=True runs torch's Adadelta and takes none of the fused options")
 
-    def _append_flat(self, group: dict[str, Any]) -> None:
-        flats, others = self._flatten_group(group)
+    def _append_flat(self, group: dict[str, Any], copied: bool = False) -> None:
+        flats, others = self._flatten_group(group, copied)
         self._flat_groups.append(flats)
         self._unflat_params.append(others)
+        self._flat_sources.append(list(group["params"]))
+
+    def _match_flat_groups(self) -> None:
+        """Pair each param group with the buffers of its params again after ``param_groups`` was edited (groups
+        reordered or removed, params moved between groups or ``group["params"]`` replaced), which torch's step
+        follows: a group whose params were flattened together keeps its buffers, any other is flattened anew
+        (its params and state copied out of the old buffers), so that each param steps with its group's
+        hyperparameters. Otherwise one identity compare of each group's params."""
+        groups, sources = self.param_groups, self._flat_sources
+        if len(groups) == len(sources) and all(
+                len(group["params"]) == len(source) and same_objects(group["params"], source)
+                for group, source in zip(groups, sources)):
+            return
+        old = {tuple(map(id, source)): index for index, source in enumerate(sources)}
+        flat_groups, unflat_params = self._flat_groups, self._unflat_params
+        self._flat_groups, self._unflat_params, self._flat_sources = [], [], []
+        for group in groups:
+            index = old.pop(tuple(map(id, group["params"])), None)
+            if index is None:
+                self._append_flat(group, copied=True)  # (its params may view this optimizer's old buffers)
+            else:
+                self._flat_groups.append(flat_groups[index])
+                self._unflat_params.append(unflat_params[index])
+                self._flat_sources.append(sources[index])
+        self._flat_synced_writes = None
 
     @staticmethod
     def _flattenable(group: dict[str, Any]) -> tuple[dict[tuple, list[torch.Tensor]], list[torch.Tensor]]:
@@ -347,12 +373,10 @@ class Adadelta(Optimizer):
         if "_flat_groups" not in self.__dict__:
             # A copy (deepcopy, pickle) brings params and state but not the buffers they viewed, and pickle
             # does not even keep the views shared: build the buffers again, around the copied values.
-            self._flat_groups, self._unflat_params = [], []
+            self._flat_groups, self._unflat_params, self._flat_sources = [], [], []
             if self.defaults["flatten"]:
                 for group in self.param_groups:
-                    flats, others = self._flatten_group(group, copied=True)
-                    self._flat_groups.append(flats)
-                    self._unflat_params.append(others)
+                    self._append_flat(group, copied=True)
         if "_in_backward" not in self.__dict__:
             # Hooks are not copied with tensors (deepcopy and pickle drop them): the copy hooks its own
             # params, which are the copied model's when model and optimizer are copied together.
@@ -477,6 +501,7 @@ class Adadelta(Optimizer):
             self._in_backward.end_iteration()
         if not self.defaults["flatten"]:
             return super().zero_grad(set_to_none)
+        self._match_flat_groups()
         for flats in self._flat_groups:
             for flat in flats:
                 flat.zero_grad(set_to_none)
@@ -619,8 +644,9 @@ class Adadelta(Optimizer):
         """After a write to ``self.state`` (or a flat param's dict) since the last sync, bring the flat
         buffers in line with it (adadelta_fused.flat_state); otherwise one compare. ``repair``: a param whose
         state no longer fits is reset instead of refused (a state dict is about to be loaded over it)."""
-        if not self._flat_groups:
+        if not self.defaults["flatten"]:
             return
+        self._match_flat_groups()
         if not isinstance(self.state, StateMap):
             self.state = StateMap(dict, self.state)  # `opt.state = defaultdict(dict)`: count its writes again
             self._flat_synced_writes = None

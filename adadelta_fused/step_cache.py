@@ -109,11 +109,12 @@ class _CachedCall:
     quantized: bool  # 8-bit state: each param's codes must stay laid out as it is walked
 
 
-def _same_objects(params, cached: list) -> bool:
+def same_objects(params, cached: list) -> bool:
     """Whether ``params`` (a group's, of ``cached``'s length) holds ``cached``'s objects in order: natively for
     the list torch.optim keeps (15 ns a param in Python)."""
-    if type(params) is list:
-        return _extension.module().same_objects(params, cached)
+    ext = _extension.module()
+    if type(params) is list and ext is not None:
+        return ext.same_objects(params, cached)
     return all(map(operator.is_, params, cached))
 
 
@@ -184,7 +185,7 @@ class GroupCache:
             or state is not self.state
             or state.writes != self.writes
             or len(params) != len(self.params)
-            or not _same_objects(params, self.params)
+            or not same_objects(params, self.params)
             or any(p.grad is not None for p in self.idle)
         ):
             return None
