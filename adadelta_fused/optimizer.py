@@ -390,11 +390,21 @@ class Adadelta(Optimizer):
         """torch's, once every sparse-stepped row has caught up on its pending decays: the saved state is
         dense Adadelta's, with torch's keys only (adadelta_fused.sparse)."""
         sparse.settle_all(self)
-        saved = super().state_dict()
+        # The post-hooks run last, on the finished dict, as torch's run (one may return another object).
+        post_hooks = self._optimizer_state_dict_post_hooks
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        try:
+            saved = super().state_dict()
+        finally:
+            self._optimizer_state_dict_post_hooks = post_hooks
         # A flat param's dict as a plain dict: a dict subclass would pickle as a reference to a class, which
         # torch.load(weights_only=True) refuses, even the builtin dict reached that way.
         saved["state"] = {key: dict(value) if isinstance(value, flat_state.FlatParamState) else value
                           for key, value in saved["state"].items()}
+        for hook in post_hooks.values():
+            result = hook(self, saved)
+            if result is not None:
+                saved = result
         return saved
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -208,6 +208,27 @@ def test_load_state_dict_hooks_see_what_torch_hooks_see(optimizer_class, generat
     assert opt.param_groups[0]["lr"] == 0.25
 
 
+@pytest.mark.parametrize("options", [None, {}, {"flatten": True}], ids=["torch", "ours", "ours-flat"])
+def test_state_dict_hooks_see_and_return_what_torch_hooks_do(options, generator):
+    """A post-hook gets the finished dict and may return another object, which state_dict() returns (failed
+    before: our plain-dict pass over "state" ran after the hooks, a KeyError once a hook dropped it)."""
+    model = mlp(generator)
+    opt = torch.optim.Adadelta(model.parameters()) if options is None else Adadelta(model.parameters(), **options)
+    backward(model, generator)
+    opt.step()
+    seen = []
+    opt.register_state_dict_pre_hook(lambda optimizer: seen.append("pre"))
+    opt.register_state_dict_post_hook(lambda optimizer, saved: seen.append(sorted(saved)))
+    wrap = opt.register_state_dict_post_hook(lambda optimizer, saved: {"wrapped": saved, "version": 2})
+    saved = opt.state_dict()
+    assert seen == ["pre", ["param_groups", "state"]]
+    assert sorted(saved) == ["version", "wrapped"]
+    assert all(type(state) is dict for state in saved["wrapped"]["state"].values())
+    wrap.remove()
+    opt.register_state_dict_post_hook(lambda optimizer, saved: {"param_groups": saved["param_groups"]})
+    assert sorted(opt.state_dict()) == ["param_groups"]
+
+
 # 7. stochastic rounding: every group and buffer draws its own noise -----------------------------------------
 
 @pytest.mark.parametrize("flatten", [False, True])
