@@ -603,6 +603,17 @@ class Adadelta(Optimizer):
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
+        try:
+            return self._step(closure)
+        except BaseException:
+            # GradScaler sets grad_scale and found_inf before the step and deletes them after one that returns.
+            # After one that raised it would leave them, and its retry would multiply the old grad_scale by
+            # the scale again (a later plain step would read the old found_inf): the step used them up.
+            self.__dict__.pop("grad_scale", None)
+            self.__dict__.pop("found_inf", None)
+            raise
+
+    def _step(self, closure):
         self._accelerator_graph_capture_health_check()
         for group in self.param_groups:
             self._check_differentiable(group)

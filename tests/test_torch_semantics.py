@@ -66,6 +66,36 @@ def test_zero_grad_in_step_recovers_after_a_skipped_step(every_backend, flatten,
     assert steps == {3.0}
 
 
+@pytest.mark.parametrize("flatten", [False, True])
+def test_a_gradscaler_step_retried_after_an_error_unscales_once(flatten, generator):
+    """GradScaler leaves grad_scale and found_inf on an optimizer whose step raised, and its retry multiplies
+    the old grad_scale by the scale again: the step drops them when it raises (failed before: the retry
+    divided the grads by the scale squared). A bad lr is refused before anything is written, so the retry
+    steps as a loop that never failed, and as torch's Adadelta under the same scaler."""
+    first = mlp(generator)
+    models = [first, copy.deepcopy(first), copy.deepcopy(first)]
+    retried = Adadelta(models[0].parameters(), lr=0.7, flatten=flatten)
+    clean = Adadelta(models[1].parameters(), lr=0.7, flatten=flatten)
+    theirs = torch.optim.Adadelta(models[2].parameters(), lr=0.7)
+    for model, opt in zip(models, (retried, clean, theirs)):
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        for step in range(3):
+            opt.zero_grad()
+            loss = model(torch.randn(5, 7, generator=torch.Generator().manual_seed(step))).square().mean()
+            scaler.scale(loss).backward()
+            if opt is retried and step == 1:
+                opt.param_groups[0]["lr"] = float("nan")
+                with pytest.raises(ValueError, match="Invalid learning rate: nan"):
+                    scaler.step(opt)
+                assert not hasattr(opt, "grad_scale") and not hasattr(opt, "found_inf")
+                opt.param_groups[0]["lr"] = 0.7
+            scaler.step(opt)
+            scaler.update()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert_bitwise_equal(a.detach(), b.detach())
+    assert_same_params(models[0], models[2])
+
+
 # 2. flatten=True keeps counting steps after load_state_dict ------------------------------------------------
 
 def test_flatten_counts_steps_after_load_state_dict(generator):
