@@ -39,6 +39,7 @@ class StepInBackward:
         # A weak reference: the hooks live on the params, which outlive an optimizer that is dropped.
         self._optimizer = weakref.ref(optimizer)
         self._stepped: set[int] = set()  # ids of the params stepped in this iteration
+        self._refused: set[int] = set()  # ids of those whose hook refused a second gradient in it
         self._places: dict[int, tuple[int, int, int]] | None = None  # this iteration's id(param) -> place
         self._handles: list = []
         # The hooks go with the optimizer, so that a new optimizer can take the params over.
@@ -47,6 +48,11 @@ class StepInBackward:
     @property
     def live(self) -> bool:
         return self._finalizer.alive
+
+    @property
+    def stepped_any(self) -> bool:
+        """Whether a hook stepped a param in this iteration."""
+        return bool(self._stepped)
 
     def register(self, params) -> None:
         """Hooks on the params that require grad; the others never get a gradient from backward (one that is
@@ -70,6 +76,14 @@ class StepInBackward:
             return
         for index, group in enumerate(param_groups):
             for position, p in enumerate(group["params"]):
+                if p.grad is not None and id(p) in self._refused:
+                    raise RuntimeError(
+                        f"step_in_backward: param {position} of param group {index} (shape {tuple(p.shape)}) "
+                        "holds the second gradient its hook refused in backward (the error raised there): that "
+                        "gradient was not applied, and optimizer.step() cannot apply it either, since the param "
+                        "was stepped in this iteration already, so it steps nothing. Call optimizer.zero_grad() "
+                        "to drop it and begin the next iteration."
+                    )
                 if p.grad is not None and id(p) in self._stepped:
                     raise RuntimeError(
                         f"step_in_backward: param {position} of param group {index} (shape {tuple(p.shape)}) was "
@@ -84,6 +98,7 @@ class StepInBackward:
         """``step()`` or ``zero_grad()`` was called: every param may be stepped again, and param groups edited since the last
         iteration (params moved, lists changed) are read anew."""
         self._stepped.clear()
+        self._refused.clear()
         self._places = None
 
     def _step_param(self, p: torch.Tensor) -> None:
@@ -97,6 +112,7 @@ class StepInBackward:
             return  # taken out of every param group: not this optimizer's any more
         index, position, tensor_index = place
         if id(p) in self._stepped:
+            self._refused.add(id(p))
             raise RuntimeError(
                 f"step_in_backward: param {position} of param group {index} got a second "
                 "gradient before optimizer.step(); it was already stepped with the first one. Each param is "

@@ -116,7 +116,7 @@ class Adadelta(Optimizer):
             raise TypeError(f"Invalid seed: {seed!r} (expected an integer)") from None
         if state_dtype not in _STATE_DTYPE_OPTIONS:
             raise ValueError(
-                f"Invalid state_dtype: {state_dtype} (expected None, torch.float32, torch.bfloat16 or torch.uint8)")
+                f"Invalid state_dtype: {state_dtype!r} (expected None, torch.float32, torch.bfloat16 or torch.uint8)")
         if flatten and step_in_backward:
             raise ValueError(
                 "flatten=True and step_in_backward=True exclude each other: flat gradients are views of one "
@@ -508,6 +508,8 @@ class Adadelta(Optimizer):
         step, ``backward(); opt.zero_grad(); continue``, goes on), but it cannot undo it: the gradients were
         applied inside backward."""
         if self._in_backward is not None:
+            if self._in_backward.stepped_any:
+                self._advance_rounding_step()  # the hooks stepped with this iteration's noise, as step() counts
             self._in_backward.end_iteration()
         if not self.defaults["flatten"]:
             return super().zero_grad(set_to_none)
@@ -656,10 +658,14 @@ class Adadelta(Optimizer):
                 self._torch_step(step_plan)
             else:
                 step_plan.run()
+        self._advance_rounding_step()
+        return loss
+
+    def _advance_rounding_step(self) -> None:
+        """The next step's stochastic rounding draws new noise (the key counts steps, ``reference.rounding_key``)."""
         if self.defaults["stochastic_rounding"]:
             for group in self.param_groups:
                 group["rounding_step"] = group.get("rounding_step", 0) + 1
-        return loss
 
     def _sync_flat_state(self, repair: bool = False) -> None:
         """After a write to ``self.state`` (or a flat param's dict) since the last sync, bring the flat

@@ -351,14 +351,17 @@ def test_a_second_live_optimizer_on_the_same_params_raises(generator):
     assert_same_training(model, ours, twin, theirs)
 
 
-def test_zero_grad_ends_the_iteration(generator):
+@pytest.mark.parametrize("option", ["fp32", "bf16_stochastic_rounding"])
+def test_zero_grad_ends_the_iteration(option, generator):
     """The skip-the-step pattern (backward; on a bad loss, zero_grad() and no step()) goes on without an
     error; the skipped iteration's gradients were already applied in backward, as two steps would apply
-    them."""
-    model = Net(generator, torch.float32)
+    them, and with stochastic rounding the next iteration draws new noise, as after a step (failed before:
+    the iteration after the skipped one rounded with the skipped one's noise)."""
+    dtype, options = OPTIONS[option]
+    model = Net(generator, dtype)
     twin = copy.deepcopy(model)
-    ours = Adadelta(model.param_groups(), step_in_backward=True)
-    theirs = Adadelta(twin.param_groups())
+    ours = Adadelta(model.param_groups(), step_in_backward=True, **options)
+    theirs = Adadelta(twin.param_groups(), **options)
     for step in range(3):
         loss_of(model, step).backward()
         if step == 1:
@@ -374,11 +377,23 @@ def test_zero_grad_ends_the_iteration(generator):
 
 
 def test_the_second_gradient_error_names_the_skip_pattern(generator):
+    """After it, step() names the refused gradient (not a reducer that wrote one after the hooks: failed
+    before) and steps nothing; zero_grad() drops it and the loop goes on."""
     model = Net(generator, torch.float32)
     opt = Adadelta(model.parameters(), step_in_backward=True)
     loss_of(model, 0).backward()
     with pytest.raises(RuntimeError, match=r"optimizer.zero_grad\(\) to skip a step"):
         loss_of(model, 1).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match=r"holds the second gradient its hook refused in backward.*"
+                                           r"Call optimizer.zero_grad\(\) to drop it"):
+        opt.step()
+    for p, q in zip(model.parameters(), before):
+        assert_bitwise_equal(p.detach(), q)
+    opt.zero_grad()
+    loss_of(model, 2).backward()
+    opt.step()
+    assert all(p.grad is None for p in model.parameters())
     del opt
 
 
