@@ -99,6 +99,13 @@ def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False) ->
                 "(they re-shard it and replace its grad each step). Use flatten=False: a DTensor group's "
                 "step is already one fused kernel call per (device, dtype) over the local shards"
             )
+        grad_dtype = getattr(p, "grad_dtype", p.dtype)  # (torch 2.10 and later)
+        if grad_dtype != p.dtype:
+            raise ValueError(
+                f"flatten=True cannot take param {index} (shape {tuple(p.shape)}): its grad_dtype is {grad_dtype}, "
+                f"not its dtype {p.dtype}, and the flat gradient buffer holds gradients of the params' dtype. "
+                "Leave grad_dtype unset, or use flatten=False"
+            )
         if not is_dense(p):
             raise ValueError(
                 f"flatten=True needs dense params; param {index} has shape {tuple(p.shape)} and strides "

@@ -133,6 +133,9 @@ class StepInBackward:
         optimizer._check_differentiable(group)  # `group["differentiable"] = True` since the constructor
         with torch.no_grad():
             for step_plan in optimizer._plan_group(index, {**group, "params": [p]}, None, None):
+                if isinstance(step_plan, dict):
+                    optimizer._torch_step(step_plan)  # a gradient of another dtype (Adadelta._other_grad_dtypes)
+                    continue
                 for call in step_plan.calls:
                     if call.scalars.stochastic_rounding:
                         key = key_as_tensor_zero(call.scalars.rounding_key, tensor_index)

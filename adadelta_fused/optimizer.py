@@ -9,7 +9,13 @@ from typing import Any
 
 import torch
 from torch.optim.adadelta import adadelta as torch_adadelta
-from torch.optim.optimizer import Optimizer, ParamsT, _get_scalar_dtype, _use_grad_for_differentiable
+from torch.optim.optimizer import (
+    Optimizer,
+    ParamsT,
+    _get_capturable_supported_devices,
+    _get_scalar_dtype,
+    _use_grad_for_differentiable,
+)
 
 from . import backends, flat_state, quantized, sparse
 from .contract import LOW_PRECISION, STATE_DTYPES, GradMode, check_hyperparameters
@@ -738,7 +744,21 @@ class Adadelta(Optimizer):
                 if keepable and all(g is flat.grad for call in plans[-1].calls for g in call.grads):
                     flat.planned = (backend, plans[-1])  # its calls hold the buffers themselves
             unflat = {**group, "params": self._unflat_params[index]}  # usually none: frozen params
+            if group["capturable"] and not compiling:
+                _check_capturable({flat.param.device for flat in self._flat_groups[index]})
+        by_torch = []  # params with gradients of another dtype (grad_dtype): torch's Adadelta steps them
         for params, grads, square_avgs, acc_deltas, steps, masters in self._gather(unflat):
+            if group["capturable"] and not compiling:  # (as torch's: the compiler checks graph capture)
+                _check_capturable({p.device for p in params})
+            # (not traced: Dynamo breaks the graph on this loop; a compiled step's kernel refuses such grads)
+            if not compiling and any(g.dtype != p.dtype for p, g in zip(params, grads)):
+                kept = [i for i, (p, g) in enumerate(zip(params, grads)) if g.dtype == p.dtype]
+                by_torch += self._other_grad_dtypes(index, group, params, grads)
+                if not kept:
+                    continue
+                params, grads, square_avgs, acc_deltas, steps = (
+                    [tensors[i] for i in kept] for tensors in (params, grads, square_avgs, acc_deltas, steps))
+                masters = [masters[i] for i in kept] if masters else masters
             if square_avgs[0].dtype is quantized.QUANTIZED:
                 states = [self.state[p] for p in params]
                 plans.append(quantized.plan(
@@ -752,9 +772,11 @@ class Adadelta(Optimizer):
                 options["backend"],
             ))
         deferred = sparse.plan_deferred(self, index, unflat, scalars)
+        if by_torch:
+            deferred.append({**group, "params": by_torch})
         if cacheable:
             # A group with sparse grads is planned every step: its sparse params are stepped row by row
-            # (adadelta_fused.sparse), which the cache does not describe.
+            # (adadelta_fused.sparse), which the cache does not describe; so is one with grads of other dtypes.
             cache = None if deferred else GroupCache.build(group, self.state, plans, backend)
             if cache is None:
                 self._step_caches.pop(index, None)
@@ -763,15 +785,46 @@ class Adadelta(Optimizer):
         plans.extend(deferred)
         return plans
 
+    def _other_grad_dtypes(self, index: int, group: dict[str, Any], params, grads) -> list[torch.Tensor]:
+        """The params of ``params`` whose gradient has another dtype than theirs (``param.grad_dtype``: fp32
+        gradients of bf16 params), which the kernels do not read: without fused options torch's Adadelta steps
+        them, as it would; with one, refused before anything is written."""
+        odd = [(p, g) for p, g in zip(params, grads) if g.dtype != p.dtype]
+        d = self.defaults
+        fused = [key for key in ("state_dtype", "master_weights", "zero_grad_in_step", "stochastic_rounding") if d[key]]
+        if fused:
+            p, g = odd[0]
+            position = next(i for i, q in enumerate(group["params"]) if q is p)
+            raise TypeError(
+                f"param {position} of param group {index} has a {g.dtype} gradient for its {p.dtype} data "
+                f"(its grad_dtype), which the fused kernels do not read, and {fused[0]}={d[fused[0]]!r} needs "
+                "them: leave grad_dtype unset, or drop the option (torch's Adadelta then steps such params)"
+            )
+        return [p for p, _ in odd]
+
     def _torch_step(self, group: dict[str, Any]) -> None:
-        # differentiable takes no master weights: one list set per state dtype
+        """torch's Adadelta over ``group``: a differentiable group, or params with gradients of another dtype
+        (torch then picks its implementation as torch.optim.Adadelta does). Neither takes master weights: one
+        list set per state dtype."""
+        differentiable = group["differentiable"]
         for params, grads, square_avgs, acc_deltas, steps, _ in self._gather(group):
             torch_adadelta(
                 params, grads, square_avgs, acc_deltas, steps,
                 lr=group["lr"], rho=group["rho"], eps=group["eps"], weight_decay=group["weight_decay"],
-                maximize=group["maximize"], differentiable=True, capturable=group["capturable"],
-                foreach=False, has_complex=any(torch.is_complex(p) for p in params),
+                maximize=group["maximize"], differentiable=differentiable, capturable=group["capturable"],
+                foreach=False if differentiable else group["foreach"],
+                has_complex=any(torch.is_complex(p) for p in params),
             )
+
+
+def _check_capturable(devices) -> None:
+    """torch's Adadelta asserts, once the state is made, that a capturable group's params are where CUDA graphs
+    (or another accelerator's) can capture them: the same error. (Planning only, as the step cache allows: a
+    graph replays no Python.)"""
+    supported = _get_capturable_supported_devices(supports_xla=False)
+    if any(device.type not in supported for device in devices):
+        raise AssertionError(
+            f"If capturable=True, params and state_steps must be on supported devices: {supported}.")
 
 
 FusedAdadelta = Adadelta

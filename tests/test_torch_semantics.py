@@ -552,3 +552,77 @@ def test_an_integer_tensor_lr_steps_as_torch_steps(every_backend, lr):
             opt.step()
         results.append(p.detach())
     torch.testing.assert_close(results[0], results[1], **TOLERANCE[torch.float32])
+
+
+def _bf16_model_with_fp32_grads(generator, *, every_param=True) -> torch.nn.Module:
+    model = mlp(generator, torch.bfloat16)
+    for p in list(model.parameters())[: None if every_param else 2]:
+        p.grad_dtype = torch.float32
+    return model
+
+
+@pytest.mark.parametrize("mode", ["step", "step_in_backward", "some params"])
+def test_fp32_gradients_of_bf16_params_step_as_torch_steps_them(every_backend, mode, generator):
+    """``param.grad_dtype = torch.float32`` (fp32 gradients of bf16 params): torch's Adadelta steps such a
+    param, and so do we, with torch's own implementation, which the bits then equal (refused before, a
+    TypeError at the first step); the group's other params keep the fused kernel, stepped as without them."""
+    model = _bf16_model_with_fp32_grads(generator, every_param=mode != "some params")
+    twin, plain = copy.deepcopy(model), copy.deepcopy(model)
+    for p, q, r in zip(model.parameters(), twin.parameters(), plain.parameters()):
+        q.grad_dtype = p.grad_dtype
+        r.grad_dtype = None  # back to the param's dtype
+    options = dict(lr=0.5, weight_decay=0.01)
+    ours = Adadelta(model.parameters(), backend=every_backend, step_in_backward=mode == "step_in_backward", **options)
+    theirs = torch.optim.Adadelta(twin.parameters(), **options)
+    fused = Adadelta(plain.parameters(), backend=every_backend, **options)
+    for step in range(3):
+        for m, opt in ((model, ours), (twin, theirs), (plain, fused)):
+            # each param's gradient depends on itself alone, so that params stepped apart stay comparable
+            targets = torch.Generator().manual_seed(step)
+            sum((p.float() - torch.randn(p.shape, generator=targets)).square().sum() for p in m.parameters()).backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, p), q, r in zip(model.named_parameters(), twin.parameters(), plain.parameters()):
+        if p.grad_dtype == p.dtype:
+            assert_bitwise_equal(p.detach(), r.detach(), name)
+            continue
+        assert_bitwise_equal(p.detach(), q.detach(), name)
+        for key in ("square_avg", "acc_delta", "step"):
+            assert_bitwise_equal(ours.state[p][key], theirs.state[q][key], f"{name} {key}")
+
+
+@pytest.mark.parametrize("option", [{"master_weights": True}, {"state_dtype": torch.float32},
+                                    {"stochastic_rounding": True}, {"zero_grad_in_step": True}])
+def test_fp32_gradients_of_bf16_params_are_refused_with_fused_options(option, generator):
+    model = _bf16_model_with_fp32_grads(generator)
+    opt = Adadelta(model.parameters(), **option)
+    backward(model, generator)
+    before = [p.detach().clone() for p in model.parameters()]
+    name = next(iter(option))
+    with pytest.raises(TypeError, match=rf"param 0 of param group 0 has a torch.float32 gradient for its "
+                                        rf"torch.bfloat16 data \(its grad_dtype\).*{name}="):
+        opt.step()
+    for p, q in zip(model.parameters(), before):
+        assert_bitwise_equal(p.detach(), q)
+    with pytest.raises(ValueError, match=r"flatten=True cannot take param 0 \(shape \(13, 7\)\): its grad_dtype "
+                                         r"is torch.float32, not its dtype torch.bfloat16"):
+        Adadelta(_bf16_model_with_fp32_grads(generator).parameters(), flatten=True)
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_capturable_params_on_the_cpu_raise_torchs_error(flatten, generator):
+    """torch's Adadelta makes the state and then asserts that a capturable group's params are on a device that
+    captures graphs: the same error (a CPU step went on before)."""
+    errors = []
+    for make in (torch.optim.Adadelta, lambda params, **kw: Adadelta(params, flatten=flatten, **kw)):
+        model = mlp(generator)
+        opt = make(model.parameters(), capturable=True)
+        backward(model, generator)
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(AssertionError) as error:
+            opt.step()
+        errors.append(str(error.value))
+        for p, q in zip(model.parameters(), before):
+            assert_bitwise_equal(p.detach(), q)
+    assert errors[0] == errors[1]
+    assert errors[0].startswith("If capturable=True, params and state_steps must be on supported devices: ")
