@@ -199,6 +199,41 @@ def test_cpu_kernel_nan_code_in_a_block_without_code_254(block, n, generator, cp
     assert bool(torch.isnan(actual[0][0][n - 1]))
 
 
+
+@requires_extension
+@pytest.mark.parametrize("feature", ["default", "grad_scale_unscale"])
+@pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True),
+                                          (torch.float16, True)], ids=str)
+def test_cpu_kernel_specials_between_blocks(feature, dtype, master, generator, cpu_isa):
+    """The AVX-512 lanes encode block k-1 inside block k's loop where block k-1's roots are finite and block k has
+    no NaN code, and otherwise encode it on its own first. Two chunks (65536 elements each) of blocks with a NaN
+    code, an inf or a NaN gradient, an all-zero block (the smallest scale), specials at a chunk's last and first
+    blocks, one accumulator's roots infinite while the other's are finite, a last block of whole vectors (48) and
+    one of 255 elements: every way in and out of that path."""
+    block = Q.BLOCK
+    first = 65536 + 3 * block + 48
+    group = quantized_group((first, 1023), dtype, generator, master=master)
+    params, grads, sq, acc, _, sq_scales, acc_scales = group
+    sq[0][3 * block + 17] = Q.CODE_NAN  # block 3: k has a NaN code; block 4: k-1 is not ordinary
+    acc[0][7 * block + 255] = Q.CODE_NAN
+    grads[0][10 * block + 100] = math.inf  # block 10 fused with block 9, then not ordinary for block 11
+    grads[0][12 * block] = math.nan
+    sq[0][20 * block:21 * block] = 0  # block 20: roots of zero only (block_scale's smallest scale)
+    grads[0][20 * block:21 * block] = 0
+    sq_scales[0][20] = Q.MIN_SCALE
+    # Blocks 30 and 40: one accumulator's roots not all finite, the other's are (an old square_avg or acc_delta of
+    # inf, decoded from a scale whose top codes square past fp32's range: std = inf and delta = 0; delta = inf).
+    sq_scales[0][30] = 3e38
+    acc_scales[0][40] = 3e38
+    acc[0][255 * block + 5] = Q.CODE_NAN  # chunk 0's last block, then chunk 1's first
+    grads[0][256 * block + 200] = -math.inf
+    acc[1][block + 40] = Q.CODE_NAN
+    actual, expected = run_both(group, scalars_for(feature), poison_params=master)
+    assert_same(actual, expected)
+    for position in (3 * block + 17, 7 * block + 255, 10 * block + 100, 12 * block, 255 * block + 5):
+        assert bool(torch.isnan(actual[0][0][position])), position
+    assert float(actual[5][0][20]) == Q.MIN_SCALE
+
 _GUARDED_STEP = """
 import ctypes, mmap, sys, torch
 sys.path.insert(0, {tests!r})

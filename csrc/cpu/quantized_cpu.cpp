@@ -3,7 +3,7 @@
 // elements is decoded, updated and reduced into two L1 tiles of new roots, then encoded, so the block's scale
 // never costs a second pass over memory. The shared lanes (quantized_state.h) run every step; at the AVX-512 level
 // the update runs on float_lanes.h's vectors, decoding the codes as it loads them, and the encode on
-// quantized_lanes.h's.
+// quantized_lanes.h's, spread over the next block's loop (update_block_lanes says why).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -99,35 +99,63 @@ __attribute__((always_inline)) inline void prefetch_run_ahead(const T* run, int 
   if ((l * int(sizeof(T))) % 64 == 0) prefetch_lines(reinterpret_cast<uintptr_t>(run) + uintptr_t(kAheadBytes), 1);
 }
 
+// The previous block's encode, spread over a block's lanes loop (update_blocks_lanes): its two tiles of roots,
+// where its codes go, and each accumulator's encode factor (its scale is stored after the loop).
+struct PendingEncode {
+  const float* square_avg_roots;
+  const float* acc_delta_roots;
+  uint8_t* square_avg;
+  uint8_t* acc_delta;
+  float square_avg_factor;
+  float acc_delta_factor;
+};
+
 // A block's dense update and new roots in 16-lane vectors (float_lanes.h), for the AVX-512 level: the operations
 // of QuantizedLanes::update. Decoding as they load (where no code of the block is kCodeNaN) spares the tiles a
 // store and a load of each accumulator and GCC's decode loops: with quantized_lanes.h's encode, 1.24-1.40 ->
 // 1.06-1.19 ns per element (alternating runs, 48 Ki and 128 Ki elements, the Xeon).
 //
 // Where the four square roots per element run. A Zen 4 core issues one 512-bit FMA-unit instruction per cycle
-// (two 256-bit halves). Per 16 elements the loop has about 33 of them (4 to decode, 4 for square_avg, an
-// FMA-port root (square_root) of 8 and its range compare for each of the update's two roots, 4 for delta and
-// acc_delta, 1 for the param, 2 to encode), and its divider operations take FMA slots too (vsqrtps is 10 cycles
-// of the divider and about 3 FMA slots, vdivps 6 and about 2): 50.5 cycles measured in L1, as in L2. Moving a
-// root to the divider trades 9 FMA-unit instructions for 10 divider cycles and 3 slots, and the two units
+// (two 256-bit halves), and its divider operations take FMA slots too (vsqrtps is 10 cycles of the divider and
+// about 3 FMA slots, vdivps 6 and about 2). Moving a root to the divider trades 9 FMA-unit instructions (an
+// FMA-port root, square_root, and its range compare) for 10 divider cycles and 3 slots, and the two units
 // interfere, so the split is measured, not derived: here the two roots to encode and acc_delta's root run on the
-// divider, std's on the FMA ports (36 divider cycles per 16 elements; 47 measured in L2). With a grad_scale the
-// divider also divides by it, and acc_delta's root stays on the FMA ports (not measured). On the Xeon, three
-// roots on the divider measured no faster than two (128 Ki elements in L2, 2026-12-03), not slower.
+// divider, std's on the FMA ports. The loop is then bound by the divider, not by FMA issue: 3 vsqrtps + 1 vdivps
+// = 36 cycles per 16 elements, and probes that add the loop's FMA-unit mix to those four measured 36.1-36.5; the
+// loop body over one long run (no block boundaries) 38.2. With a grad_scale the divider also divides by it, and
+// acc_delta's root stays on the FMA ports (not measured). On the Xeon, three roots on the divider measured no
+// faster than two (128 Ki elements in L2, 2026-12-03), not slower.
+//
+// The time lost is at the block boundaries: a block's encode waits on its last root, the max reductions, the
+// scale and a scalar division, and the divider idles meanwhile, about 145 cycles per block of 256. So the loop of
+// block k also encodes block k-1 (kEncodePrevious), one vector of each of its two tiles at the end of each pass:
+// one core, fp32 params, a standalone copy of these loops (Zen 4, the block loop study), ns per element, 32 Ki
+// elements in L2 / 32 Mi: 0.801 / 0.883 -> 0.709 / 0.847, the same bits. Encoding at the start of each pass
+// measured 0.716 in L2; encoding block k-1 after block k's loop (two tile pairs, no spreading) 0.775; pipelining
+// or unrolling the loop within a block 0.793-0.817 (out-of-order execution already covers its dependence chain).
 //
 // The prefetch runs inside this loop, a line per 64 bytes of each buffer kPrefetchBlocks blocks ahead, rather
 // than the 40 prefetches at the start of each block that the hardware then had to absorb in a burst. One core,
 // fp32 params, a standalone copy of this loop (bench/results/quantized-zen4-prefetch-20261204/), ns per element,
 // 32 Ki elements in L2 / 32 Mi: before 0.866 / 1.085; the prefetch spread 0.849 / 0.928; and acc_delta's root
 // on the divider 0.801 / 0.884. Memory now adds 0.08 ns per element, where it added 0.22.
-template <bool kFromCodes, typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled>
+template <bool kFromCodes, bool kEncodePrevious, typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled>
 __attribute__((always_inline)) inline void update_block_lanes(ParamT* __restrict__ param, ParamT* __restrict__ grad,
                                                               float* __restrict__ master, int n,
                                                               const StepScalars<float>& s, const BlockCodes& codes,
                                                               float (&sq)[kQuantBlock], float (&acc)[kQuantBlock],
-                                                              uint32_t& sq_largest, uint32_t& acc_largest) {
+                                                              uint32_t& sq_largest, uint32_t& acc_largest,
+                                                              const PendingEncode& previous = {}) {
   const FloatLanes sq_step(codes.square_avg_step);
   const FloatLanes acc_step(codes.acc_delta_step);
+  const FloatLanes previous_sq_factor(previous.square_avg_factor);
+  const FloatLanes previous_acc_factor(previous.acc_delta_factor);
+  // Block k-1's tiles and codes: other buffers than block k's (restrict tells GCC so; the codes are bytes, which
+  // alias everything else).
+  const float* __restrict__ previous_sq = previous.square_avg_roots;
+  const float* __restrict__ previous_acc = previous.acc_delta_roots;
+  uint8_t* __restrict__ previous_sq_codes = previous.square_avg;
+  uint8_t* __restrict__ previous_acc_codes = previous.acc_delta;
   LargestBits sq_max;
   LargestBits acc_max;
   // No noise: these options round to nearest (stochastic bf16 params take the shared loop).
@@ -148,6 +176,10 @@ __attribute__((always_inline)) inline void update_block_lanes(ParamT* __restrict
     store_lanes(acc + l, acc_root);
     sq_max.fold(sq_root);
     acc_max.fold(acc_root);
+    if constexpr (kEncodePrevious) {  // at the end of the pass: 0.709 ns per element in L2, at its start 0.716
+      encode_lanes(load_lanes(previous_sq + l), previous_sq_factor, previous_sq_codes + l);
+      encode_lanes(load_lanes(previous_acc + l), previous_acc_factor, previous_acc_codes + l);
+    }
   }
   sq_largest = sq_max.largest();
   acc_largest = acc_max.largest();
@@ -176,13 +208,13 @@ __attribute__((always_inline)) inline void update_block(const QuantizedChunk<Par
       if (!has_nan_code(sq_codes, n) && !has_nan_code(acc_codes, n)) {
         const BlockCodes codes{sq_codes, acc_codes, decode_step(c.square_avg_scale[block]),
                                decode_step(c.acc_delta_scale[block])};
-        return update_block_lanes<true, ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, codes, sq,
+        return update_block_lanes<true, false, ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, codes, sq,
                                                                                 acc, sq_largest, acc_largest);
       }
       decode_block<Lanes>(sq_codes, c.square_avg_scale + block, n, sq);
       decode_block<Lanes>(acc_codes, c.acc_delta_scale + block, n, acc);
       const BlockCodes codes{sq_codes, acc_codes, 0.0f, 0.0f};
-      return update_block_lanes<false, ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, codes, sq,
+      return update_block_lanes<false, false, ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, codes, sq,
                                                                                acc, sq_largest, acc_largest);
     }
   }
@@ -209,7 +241,8 @@ __attribute__((always_inline)) inline void prefetch_block(const QuantizedChunk<P
   if (c.master != nullptr) prefetch_lines(c.master + first, n * 4);
 }
 
-template <typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled, bool kUseFloatLanes = false>
+// The shared levels' block loop (GCC's loops over QuantizedLanes): each block decoded, updated, then encoded.
+template <typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled>
 __attribute__((always_inline)) inline void update_blocks(const QuantizedChunk<ParamT>& c,
                                                          const StepScalars<float>& scalars) {
   using Lanes = QuantizedLanes<ParamT, kGradMode, kHasMaster, kScaled, kQuantBlock>;
@@ -220,17 +253,84 @@ __attribute__((always_inline)) inline void update_blocks(const QuantizedChunk<Pa
   for (int64_t first = c.begin; first < c.end; first += kQuantBlock) {
     const int n = int(std::min<int64_t>(kQuantBlock, c.end - first));
     const int64_t block = first / kQuantBlock;
-    if constexpr (!kUseFloatLanes) prefetch_block(c, first + kPrefetchBlocks * kQuantBlock);
+    prefetch_block(c, first + kPrefetchBlocks * kQuantBlock);
     uint32_t sq_largest;
     uint32_t acc_largest;
-    update_block<kUseFloatLanes, ParamT, kGradMode, kHasMaster, kScaled>(c, first, n, s, sq, acc, sq_largest,
-                                                                         acc_largest);
-    encode_block<Lanes, kUseFloatLanes>(sq, n, sq_largest, c.square_avg + first, c.square_avg_scale + block);
-    encode_block<Lanes, kUseFloatLanes>(acc, n, acc_largest, c.acc_delta + first, c.acc_delta_scale + block);
+    update_block<false, ParamT, kGradMode, kHasMaster, kScaled>(c, first, n, s, sq, acc, sq_largest, acc_largest);
+    encode_block<Lanes, false>(sq, n, sq_largest, c.square_avg + first, c.square_avg_scale + block);
+    encode_block<Lanes, false>(acc, n, acc_largest, c.acc_delta + first, c.acc_delta_scale + block);
   }
 }
 
 #if defined(__x86_64__)
+// The float lanes' block loop: block k's loop also encodes block k-1 (update_block_lanes says why: 0.801 -> 0.709
+// ns per element in L2), so the tiles of the two alternate. It does so when both blocks are whole (every block of
+// a chunk but a tensor's last), block k-1's roots are all finite (ordinary_block: its encode is the lanes' one of
+// encode_block) and block k decodes as it loads (no kCodeNaN in its codes). Otherwise block k-1 is encoded on its
+// own first, as the shared loop does, and block k takes update_block. The chunk's last block is encoded after the
+// loop. Block k-1's codes are written while block k reads its own, other codes; nothing reads them after its
+// update; its scales are stored after block k's loop, which read block k's.
+template <typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled>
+__attribute__((always_inline)) inline void update_blocks_lanes(const QuantizedChunk<ParamT>& c,
+                                                               const StepScalars<float>& scalars) {
+  using Lanes = QuantizedLanes<ParamT, kGradMode, kHasMaster, kScaled, kQuantBlock>;
+  const StepScalars<float> s = scalars;  // a local copy: stores through the buffers cannot alias it
+  // Two pairs of tiles, blocks k and k-1 (tile k & 1): 4 KiB of L1.
+  alignas(64) float sq[2][kQuantBlock];
+  alignas(64) float acc[2][kQuantBlock];
+  uint32_t sq_largest[2] = {0, 0};
+  uint32_t acc_largest[2] = {0, 0};
+  int64_t previous = -1;  // block k-1's first element, -1 before the chunk's first block
+  int previous_n = 0;
+  int tile = 0;
+  for (int64_t first = c.begin; first < c.end; first += kQuantBlock, tile ^= 1) {
+    const int n = int(std::min<int64_t>(kQuantBlock, c.end - first));
+    const int64_t block = first / kQuantBlock;
+    const uint8_t* sq_codes = c.square_avg + first;
+    const uint8_t* acc_codes = c.acc_delta + first;
+    const int p = tile ^ 1;
+    const int64_t previous_block = previous / kQuantBlock;
+    if (previous >= 0 && n == kQuantBlock && previous_n == kQuantBlock && ordinary_block(sq_largest[p]) &&
+        ordinary_block(acc_largest[p]) && !has_nan_code(sq_codes, n) && !has_nan_code(acc_codes, n)) {
+      const float sq_scale = block_scale(sq_largest[p]);
+      const float acc_scale = block_scale(acc_largest[p]);
+      const BlockCodes codes{sq_codes, acc_codes, decode_step(c.square_avg_scale[block]),
+                             decode_step(c.acc_delta_scale[block])};
+      const PendingEncode pending{sq[p],
+                                  acc[p],
+                                  c.square_avg + previous,
+                                  c.acc_delta + previous,
+                                  encode_factor(sq_scale),
+                                  encode_factor(acc_scale)};
+      float* master = kHasMaster ? c.master + first : nullptr;
+      update_block_lanes<true, true, ParamT, kGradMode, kHasMaster, kScaled>(
+          c.param + first, c.grad + first, master, n, s, codes, sq[tile], acc[tile], sq_largest[tile],
+          acc_largest[tile], pending);
+      c.square_avg_scale[previous_block] = sq_scale;
+      c.acc_delta_scale[previous_block] = acc_scale;
+    } else {
+      if (previous >= 0) {
+        encode_block<Lanes, true>(sq[p], previous_n, sq_largest[p], c.square_avg + previous,
+                                  c.square_avg_scale + previous_block);
+        encode_block<Lanes, true>(acc[p], previous_n, acc_largest[p], c.acc_delta + previous,
+                                  c.acc_delta_scale + previous_block);
+      }
+      update_block<true, ParamT, kGradMode, kHasMaster, kScaled>(c, first, n, s, sq[tile], acc[tile],
+                                                                 sq_largest[tile], acc_largest[tile]);
+    }
+    previous = first;
+    previous_n = n;
+  }
+  if (previous >= 0) {  // the chunk's last block
+    const int p = tile ^ 1;
+    const int64_t previous_block = previous / kQuantBlock;
+    encode_block<Lanes, true>(sq[p], previous_n, sq_largest[p], c.square_avg + previous,
+                              c.square_avg_scale + previous_block);
+    encode_block<Lanes, true>(acc[p], previous_n, acc_largest[p], c.acc_delta + previous,
+                              c.acc_delta_scale + previous_block);
+  }
+}
+
 template <typename P, GradMode kMode, bool kMaster, bool kScaled>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,bmi2,f16c,prefer-vector-width=512"))) void
 update_blocks_avx512(const QuantizedChunk<P>& c, const StepScalars<float>& s) {
@@ -244,7 +344,7 @@ update_blocks_avx512_lanes(const QuantizedChunk<P>& c, const StepScalars<float>&
   if (is_bf16_v<P> && !kMaster && s.stochastic_mask != 0) return update_blocks<P, kMode, kMaster, kScaled>(c, s);
   StepScalars<float> nearest = s;
   nearest.stochastic_mask = 0;
-  update_blocks<P, kMode, kMaster, kScaled, true>(c, nearest);
+  update_blocks_lanes<P, kMode, kMaster, kScaled>(c, nearest);
 }
 
 template <typename P, GradMode kMode, bool kMaster, bool kScaled>
