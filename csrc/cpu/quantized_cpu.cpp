@@ -208,14 +208,14 @@ __attribute__((always_inline)) inline void update_block(const QuantizedChunk<Par
       if (!has_nan_code(sq_codes, n) && !has_nan_code(acc_codes, n)) {
         const BlockCodes codes{sq_codes, acc_codes, decode_step(c.square_avg_scale[block]),
                                decode_step(c.acc_delta_scale[block])};
-        return update_block_lanes<true, false, ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, codes, sq,
-                                                                                acc, sq_largest, acc_largest);
+        return update_block_lanes<true, false, ParamT, kGradMode, kHasMaster, kScaled>(
+            param, grad, master, n, s, codes, sq, acc, sq_largest, acc_largest);
       }
       decode_block<Lanes>(sq_codes, c.square_avg_scale + block, n, sq);
       decode_block<Lanes>(acc_codes, c.acc_delta_scale + block, n, acc);
       const BlockCodes codes{sq_codes, acc_codes, 0.0f, 0.0f};
-      return update_block_lanes<false, false, ParamT, kGradMode, kHasMaster, kScaled>(param, grad, master, n, s, codes, sq,
-                                                                               acc, sq_largest, acc_largest);
+      return update_block_lanes<false, false, ParamT, kGradMode, kHasMaster, kScaled>(
+          param, grad, master, n, s, codes, sq, acc, sq_largest, acc_largest);
     }
   }
 #endif
