@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import weakref
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
@@ -244,6 +245,8 @@ class Adadelta(Optimizer):
                         "list each param once"
                     )
                 seen[id(p)] = index
+        if self.defaults.get("flatten") and not self._flatten_later:
+            self._match_flat_groups()  # edits since the last step first: their old buffers are let go
         if isinstance(param_group, dict):
             for key in self._OPTIONS:
                 if key in param_group and param_group[key] != self.defaults[key]:
@@ -279,8 +282,9 @@ class Adadelta(Optimizer):
                 or d["stochastic_rounding"] or d["step_in_backward"]):
             raise ValueError("differentiable=True runs torch's Adadelta and takes none of the fused options")
 
-    def _append_flat(self, group: dict[str, Any], copied: bool = False) -> None:
-        flats, others = self._flatten_group(group, copied)
+    def _append_flat(self, group: dict[str, Any], copied: bool = False,
+                     stale_masters: frozenset[int] = frozenset()) -> None:
+        flats, others = self._flatten_group(group, copied, stale_masters)
         self._flat_groups.append(flats)
         self._unflat_params.append(others)
         self._flat_sources.append(list(group["params"]))
@@ -298,11 +302,31 @@ class Adadelta(Optimizer):
             return
         old = {tuple(map(id, source)): index for index, source in enumerate(sources)}
         flat_groups, unflat_params = self._flat_groups, self._unflat_params
+        listed: dict[int, int] = {}
+        for index, group in enumerate(groups):
+            for p in group["params"]:
+                if listed.setdefault(id(p), index) != index:
+                    raise ValueError(
+                        f"flatten=True: a param of shape {tuple(p.shape)} is in param groups {listed[id(p)]} and "
+                        f"{index}; a flat param lives in one group's buffer: list it in one group"
+                    )
+        stale = frozenset(id(flat.params[i]) for flats in flat_groups for flat in flats for i in flat.stale_masters)
+        frozen_have_none = False
+        for flats in flat_groups:
+            for flat in flats:
+                frozen_have_none |= flat.frozen_have_none
+                if flat.frozen_have_none:  # a param frozen since zero_grad() leaves the buffers, as at a step
+                    for i, p in enumerate(flat.params):
+                        if not p.requires_grad and p.grad is not None:
+                            flat._has_no_grad(i)
         self._flat_groups, self._unflat_params, self._flat_sources = [], [], []
         for group in groups:
             index = old.pop(tuple(map(id, group["params"])), None)
             if index is None:
-                self._append_flat(group, copied=True)  # (its params may view this optimizer's old buffers)
+                # (its params may view this optimizer's old buffers)
+                self._append_flat(group, copied=True, stale_masters=stale)
+                for flat in self._flat_groups[-1]:
+                    flat.frozen_have_none = frozen_have_none
             else:
                 self._flat_groups.append(flat_groups[index])
                 self._unflat_params.append(unflat_params[index])
@@ -325,10 +349,13 @@ class Adadelta(Optimizer):
                 others.append(p)
         return by_kind, others
 
-    def _flatten_group(self, group: dict[str, Any], copied: bool = False) -> tuple[list[FlatGroup], list]:
+    def _flatten_group(self, group: dict[str, Any], copied: bool = False,
+                       stale_masters: frozenset[int] = frozenset()) -> tuple[list[FlatGroup], list]:
         """Move the group's trainable params (and any state they have) into flat buffers; ``copied``: the
-        params come out of a copy of this optimizer, still views of its old buffers. Returns the buffers and
-        the params left out (the frozen ones, stepped as torch steps them if they ever get a grad)."""
+        params come out of a copy of this optimizer or of its old buffers, still views of them;
+        ``stale_masters``: ids of params whose master copy was still to be taken from the param (a loaded
+        checkpoint), which the new buffers take from it too. Returns the buffers and the params left out (the
+        frozen ones, stepped as torch steps them if they ever get a grad)."""
         by_kind, others = self._flattenable(group)
         flats = []
         for params in by_kind.values():
@@ -336,21 +363,37 @@ class Adadelta(Optimizer):
             flat = FlatGroup.build(
                 params, self._state_dtype_for(params[0]), self._wants_master(params[0]), shared_ok=copied
             )
+            flat.owner = weakref.ref(self)
             flat.counters = torch.zeros(len(params), dtype=_get_scalar_dtype(),
                                         device=params[0].device if group["capturable"] else None)
             with torch.no_grad():
                 for index, (p, offset, old) in enumerate(zip(params, flat.offsets, old_state)):
-                    state = {"step": flat.counters[index], **flat.state_views(p, offset)}
+                    views = {"step": flat.counters[index], **flat.state_views(p, offset)}
+                    stale = id(p) in stale_masters
                     for key, value in old.items():
-                        if key in state:
-                            state[key].copy_(value)
-                    flat.installed_views.append(dict(state))
-                    flat_state.install(self, p, state)
-                    flat.steps.append(state["step"])
-                    if "master_param" in old:
+                        if key in views and not (stale and key == "master_param"):
+                            views[key].copy_(value)
+                    flat.installed_views.append(dict(views))
+                    # keys of the user's or a library's own stay in the dict, as in flat_state.sync
+                    flat_state.install(self, p, {**views, **{k: v for k, v in old.items() if k not in views}})
+                    flat.steps.append(views["step"])
+                    if "master_param" in old and not stale:
                         flat.stale_masters.discard(index)
             flats.append(flat)
         return flats, others
+
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's (defaults, state, param groups), where a flat param's master copy that was still to be taken
+        from the param (a checkpoint loaded since the buffers were made) is left out: the copy then takes it
+        from its copied param at its first step, as this optimizer would."""
+        state = super().__getstate__()
+        stale = {id(flat.params[i]) for flats in self.__dict__.get("_flat_groups", ()) for flat in flats
+                 for i in flat.stale_masters}
+        if stale:
+            state = {**state, "state": {
+                p: {k: v for k, v in s.items() if k != "master_param"} if id(p) in stale else s
+                for p, s in self.state.items()}}
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -661,7 +704,7 @@ class Adadelta(Optimizer):
                 step_plan.check()
         for step_plan in plans:
             if isinstance(step_plan, dict):
-                self._torch_step(step_plan)
+                self._torch_step(step_plan, grad_scale, found_inf)
             else:
                 step_plan.run()
         self._advance_rounding_step()
@@ -745,11 +788,12 @@ class Adadelta(Optimizer):
                     flat.planned = (backend, plans[-1])  # its calls hold the buffers themselves
             unflat = {**group, "params": self._unflat_params[index]}  # usually none: frozen params
             if group["capturable"] and not compiling:
-                _check_capturable({flat.param.device for flat in self._flat_groups[index]})
+                flats = self._flat_groups[index]
+                _check_capturable([flat.param for flat in flats], [flat.counters for flat in flats])
         by_torch = []  # params with gradients of another dtype (grad_dtype): torch's Adadelta steps them
         for params, grads, square_avgs, acc_deltas, steps, masters in self._gather(unflat):
             if group["capturable"] and not compiling:  # (as torch's: the compiler checks graph capture)
-                _check_capturable({p.device for p in params})
+                _check_capturable(params, steps)
             # (not traced: Dynamo breaks the graph on this loop; a compiled step's kernel refuses such grads)
             if not compiling and any(g.dtype != p.dtype for p, g in zip(params, grads)):
                 kept = [i for i, (p, g) in enumerate(zip(params, grads)) if g.dtype == p.dtype]
@@ -794,7 +838,7 @@ class Adadelta(Optimizer):
         fused = [key for key in ("state_dtype", "master_weights", "zero_grad_in_step", "stochastic_rounding") if d[key]]
         if fused:
             p, g = odd[0]
-            position = next(i for i, q in enumerate(group["params"]) if q is p)
+            position = next(i for i, q in enumerate(self.param_groups[index]["params"]) if q is p)
             raise TypeError(
                 f"param {position} of param group {index} has a {g.dtype} gradient for its {p.dtype} data "
                 f"(its grad_dtype), which the fused kernels do not read, and {fused[0]}={d[fused[0]]!r} needs "
@@ -802,10 +846,21 @@ class Adadelta(Optimizer):
             )
         return [p for p, _ in odd]
 
-    def _torch_step(self, group: dict[str, Any]) -> None:
+    def _torch_step(self, group: dict[str, Any], grad_scale=None, found_inf=None) -> None:
         """torch's Adadelta over ``group``: a differentiable group, or params with gradients of another dtype
         (torch then picks its implementation as torch.optim.Adadelta does). Neither takes master weights: one
-        list set per state dtype."""
+        list set per state dtype. Under a GradScaler, as the scaler's own path for optimizers without fused
+        scaling: the gradients unscaled in place (times the scale's reciprocal), and no step where found_inf
+        is set (one read of it, a host sync on a GPU)."""
+        if grad_scale is not None:
+            grads = [p.grad for p in group["params"] if p.grad is not None]
+            inv_scale = grad_scale.double().reciprocal().float()
+            for device_grads in _by_device(grads).values():
+                found = torch.zeros(1, device=device_grads[0].device)
+                scale = inv_scale.to(device_grads[0].device)
+                torch._amp_foreach_non_finite_check_and_unscale_(device_grads, found, scale)
+        if found_inf is not None and float(found_inf) != 0.0:
+            return
         differentiable = group["differentiable"]
         for params, grads, square_avgs, acc_deltas, steps, _ in self._gather(group):
             torch_adadelta(
@@ -817,14 +872,21 @@ class Adadelta(Optimizer):
             )
 
 
-def _check_capturable(devices) -> None:
-    """torch's Adadelta asserts, once the state is made, that a capturable group's params are where CUDA graphs
-    (or another accelerator's) can capture them: the same error. (Planning only, as the step cache allows: a
-    graph replays no Python.)"""
+def _check_capturable(params, steps) -> None:
+    """torch's Adadelta asserts, once the state is made, that a capturable group's params and step counters are
+    on one device where CUDA graphs (or another accelerator's) can capture them: the same error. (Planning
+    only, as the step cache allows: a graph replays no Python.)"""
     supported = _get_capturable_supported_devices(supports_xla=False)
-    if any(device.type not in supported for device in devices):
+    if any(p.device.type not in supported or s.device.type != p.device.type for p, s in zip(params, steps)):
         raise AssertionError(
             f"If capturable=True, params and state_steps must be on supported devices: {supported}.")
+
+
+def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t)
+    return by_device
 
 
 FusedAdadelta = Adadelta

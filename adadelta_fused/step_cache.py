@@ -131,6 +131,7 @@ class GroupCache:
     state_steps: list[torch.Tensor]
     steps_on_cpu: bool
     backend: str  # backends.requested_backend at build
+    capturable: bool  # group["capturable"] at build (planning checks the devices: Adadelta._check_capturable)
 
     @classmethod
     def build(cls, group: dict, state, plans: list[StepPlan], backend: str) -> GroupCache | None:
@@ -164,7 +165,8 @@ class GroupCache:
             steps += plan.state_steps or []
         idle = [p for p in params if id(p) not in stepped]
         steps_on_cpu = all(plan.steps_on_cpu for plan in plans)
-        return cls(group, params, idle, state, state.writes, calls, steps, steps_on_cpu, backend)
+        return cls(group, params, idle, state, state.writes, calls, steps, steps_on_cpu, backend,
+                   bool(group["capturable"]))
 
     def settle(self, state: StateMap, before: int | None) -> None:
         """After a step's planning: the state writes it made (a new param's state, made by planning
@@ -182,6 +184,7 @@ class GroupCache:
         if (
             backend != self.backend
             or group is not self.group
+            or bool(group["capturable"]) is not self.capturable
             or state is not self.state
             or state.writes != self.writes
             or len(params) != len(self.params)

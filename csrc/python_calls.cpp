@@ -179,6 +179,8 @@ py::object cached_grads(const py::list& params, const py::list& states, const py
     if (param.scalar_type() != dtype || param.device() != device) return py::none();
     const at::Tensor* grad = grad_of(param.unsafeGetTensorImpl());
     if (grad == nullptr || grad->layout() != at::kStrided || grad->is_neg()) return py::none();
+    // A grad of another dtype (param.grad_dtype) is stepped by torch's Adadelta, which a plan does not describe.
+    if (grad->scalar_type() != dtype || grad->device() != device) return py::none();
     PyObject* state = PyList_GET_ITEM(states.ptr(), i);
     if (!PyDict_Check(state)) return py::none();
     const at::Tensor* laid_out_as = codes_follow_params ? &param : nullptr;

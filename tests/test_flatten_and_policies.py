@@ -770,3 +770,42 @@ def test_a_param_frozen_between_backward_and_step_is_stepped_with_its_gradient_a
         torch.testing.assert_close(mine, twin, **TOLERANCE[torch.float32])
         assert optimizers[0].state[mine]["step"].item() == optimizers[1].state[twin]["step"].item()
     assert optimizers[1].state[theirs.bias]["step"].item() == 2
+
+
+def test_an_edited_group_flattened_anew_keeps_what_its_params_carried():
+    """What a param brings into a new buffer when its group is flattened anew: a master copy still to be
+    taken from a loaded checkpoint (not the stale copy: the load would be undone), keys of its own in its
+    state dict, and (after zero_grad) a param frozen since stays out, unmoved by weight decay, as torch leaves
+    it. A deepcopy leaves the stale master copy behind too. An add_param_group right after an edit, and a
+    param listed in two groups by an edit (refused, naming both)."""
+    model = Net(torch.bfloat16)
+    opt = Adadelta(_two_groups(model), flatten=True, master_weights=True, weight_decay=0.1)
+    train(model, opt, batches(1, torch.bfloat16))
+    opt.state[model.fc2.bias]["ema"] = torch.ones(7)
+    checkpoint = {name: torch.full_like(p, 0.5) for name, p in model.named_parameters()}
+    model.load_state_dict(checkpoint)
+    opt.load_state_dict(torch.optim.Adadelta(_two_groups(Net(torch.bfloat16))).state_dict())  # no masters
+    copied = copy.deepcopy((model, opt))
+    opt.param_groups.reverse()
+    opt.zero_grad()
+    model.fc1.weight.requires_grad_(False)
+    frozen = model.fc1.weight.detach().clone()
+    for m, o in ((model, opt), copied):
+        o.zero_grad()
+        for p in m.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        o.step()
+        for name, p in m.named_parameters():
+            # a zero gradient moves a param only by weight decay: 0.5 * (1 - lr * decay * ...), never back
+            assert (p.float() - 0.5).abs().max() < 0.05, name
+    assert_bitwise_equal(model.fc1.weight.detach(), frozen)
+    assert model.fc1.weight.grad is None
+    assert torch.equal(opt.state[model.fc2.bias]["ema"], torch.ones(7))
+    groups = opt.param_groups
+    groups[0]["params"] = groups[0]["params"][1:]
+    opt.add_param_group({"params": [model.fc1.bias], "lr": 0.1})
+    opt.step()
+    groups[1]["params"].append(groups[0]["params"][0])
+    with pytest.raises(ValueError, match=r"a param of shape \(7, 33\) is in param groups 0 and 1"):
+        opt.step()

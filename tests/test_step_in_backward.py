@@ -430,3 +430,12 @@ def test_ddp_raises_in_step_before_stepping_twice():
     theirs.step()
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.equal(p, q)
+
+
+def test_a_refused_fp32_gradient_names_its_place_in_the_group(generator):
+    model = Net(generator, torch.bfloat16)
+    model.last.bias.grad_dtype = torch.float32
+    opt = Adadelta(model.param_groups(), step_in_backward=True, master_weights=True)
+    with pytest.raises(TypeError, match=r"param 3 of param group 1 has a torch.float32 gradient"):
+        loss_of(model, 0).backward()
+    del opt

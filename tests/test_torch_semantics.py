@@ -626,3 +626,68 @@ def test_capturable_params_on_the_cpu_raise_torchs_error(flatten, generator):
             assert_bitwise_equal(p.detach(), q)
     assert errors[0] == errors[1]
     assert errors[0].startswith("If capturable=True, params and state_steps must be on supported devices: ")
+
+
+@pytest.mark.parametrize("overflow", [False, True], ids=["finite", "inf"])
+@pytest.mark.parametrize("unscale_first", [False, True])
+def test_fp32_gradients_of_bf16_params_under_a_gradscaler_step_as_torch_steps_them(overflow, unscale_first):
+    """The scaler leaves unscaling and skipping to an optimizer with fused scaling: the params our kernels do
+    not take are unscaled and skipped as the scaler's own path does it for torch's Adadelta (failed before:
+    stepped with the scaled gradients, and with NaN past an inf)."""
+    results = []
+    for make in (torch.optim.Adadelta, Adadelta):
+        model = torch.nn.Linear(4, 3).to(torch.bfloat16)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.linspace(-1, 1, p.numel()).reshape(p.shape))
+                p.grad_dtype = torch.float32
+        opt = make(model.parameters(), lr=1.0, eps=1.0)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        for step in range(2):
+            x = torch.randn(8, 4, generator=torch.Generator().manual_seed(step)).to(torch.bfloat16)
+            loss = model(x).float().square().sum() * (float("inf") if overflow and step == 1 else 1.0)
+            scaler.scale(loss).backward()
+            if unscale_first:
+                scaler.unscale_(opt)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for ours, theirs in zip(results[1], results[0]):
+        assert_bitwise_equal(ours, theirs)
+
+
+def test_a_grad_dtype_set_after_steps_is_planned_again(generator):
+    """The step cache checks each grad's dtype: one made fp32 by grad_dtype after cached steps is stepped by
+    torch's Adadelta at the next step, bit for bit (failed before: the cached plan ran, the kernel refused it)."""
+    model = mlp(generator, torch.bfloat16)
+    opt = Adadelta(model.parameters(), lr=0.5)
+    weight = model[0].weight
+    for step in range(3):
+        if step == 2:
+            weight.grad_dtype = torch.float32
+        targets = torch.Generator().manual_seed(step)
+        sum((p.float() - torch.randn(p.shape, generator=targets)).square().sum() for p in model.parameters()).backward()
+        if step == 2:
+            state = opt.state[weight]
+            expected = [t.detach().clone() for t in (weight, weight.grad, state["square_avg"], state["acc_delta"],
+                                                       state["step"])]
+            torch_adadelta(*[[t] for t in expected], lr=0.5, rho=0.9, eps=1e-6, weight_decay=0.0, foreach=False,
+                           maximize=False, capturable=False, differentiable=False, has_complex=False)
+        opt.step()
+        opt.zero_grad()
+    for name, got, want in zip(("param", "square_avg", "acc_delta", "step"),
+                               (weight, state["square_avg"], state["acc_delta"], state["step"]),
+                               (expected[0], *expected[2:])):
+        assert_bitwise_equal(got.detach(), want, name)
+
+
+def test_capturable_set_on_a_group_after_cached_steps_raises_torchs_error(generator):
+    model = mlp(generator)
+    opt = Adadelta(model.parameters())
+    for _ in range(2):
+        backward(model, generator)
+        opt.step()
+    opt.param_groups[0]["capturable"] = True
+    with pytest.raises(AssertionError, match="If capturable=True, params and state_steps must be on supported"):
+        opt.step()
