@@ -59,6 +59,19 @@ def _flat_owner(p: torch.Tensor) -> "FlatGroup | None":
     return owner
 
 
+def check_not_flattened_elsewhere(params: list[torch.Tensor], optimizer) -> None:
+    """Raise, naming the param, if one of ``params`` (a group ``optimizer`` flattens anew after an edit) is in the
+    flat buffer of another living optimizer that still lists it."""
+    for index, p in enumerate(params):
+        owner = _flat_owner(p)
+        if owner is not None and owner.owner() is not optimizer:
+            raise ValueError(
+                f"flatten=True: param {index} (shape {tuple(p.shape)}) of an edited param group is in the flat "
+                "buffer of another optimizer built with flatten=True, which still steps it there: take it out "
+                "of that optimizer's groups first, or use flatten=False"
+            )
+
+
 def _collect_if_owned(params: list[torch.Tensor]) -> None:
     """An optimizer just deleted may still wait in a reference cycle: one collection before its params are
     judged (about 0.2 s on a large heap, only where a param views a buffer whose group still lives)."""

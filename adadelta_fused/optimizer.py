@@ -20,7 +20,7 @@ from torch.optim.optimizer import (
 
 from . import backends, flat_state, quantized, sparse
 from .contract import LOW_PRECISION, STATE_DTYPES, GradMode, check_hyperparameters
-from .flat import FlatGroup, check_flattenable
+from .flat import FlatGroup, check_flattenable, check_not_flattened_elsewhere
 from .functional import plan, replan, step_scalars
 from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken
 from .reference import rounding_key
@@ -310,7 +310,7 @@ class Adadelta(Optimizer):
                         f"flatten=True: a param of shape {tuple(p.shape)} is in param groups {listed[id(p)]} and "
                         f"{index}; a flat param lives in one group's buffer: list it in one group"
                     )
-        stale = frozenset(id(flat.params[i]) for flats in flat_groups for flat in flats for i in flat.stale_masters)
+        stale = frozenset(self._stale_masters())
         frozen_have_none = False
         for flats in flat_groups:
             for flat in flats:
@@ -323,6 +323,7 @@ class Adadelta(Optimizer):
         for group in groups:
             index = old.pop(tuple(map(id, group["params"])), None)
             if index is None:
+                check_not_flattened_elsewhere(group["params"], self)
                 # (its params may view this optimizer's old buffers)
                 self._append_flat(group, copied=True, stale_masters=stale)
                 for flat in self._flat_groups[-1]:
@@ -387,13 +388,19 @@ class Adadelta(Optimizer):
         from the param (a checkpoint loaded since the buffers were made) is left out: the copy then takes it
         from its copied param at its first step, as this optimizer would."""
         state = super().__getstate__()
-        stale = {id(flat.params[i]) for flats in self.__dict__.get("_flat_groups", ()) for flat in flats
-                 for i in flat.stale_masters}
+        stale = self._stale_masters()
         if stale:
             state = {**state, "state": {
                 p: {k: v for k, v in s.items() if k != "master_param"} if id(p) in stale else s
                 for p, s in self.state.items()}}
         return state
+
+    def _stale_masters(self) -> set[int]:
+        """Ids of the flat params whose master copy is still to be taken from the param (``stale_masters``) and
+        whose state dict still holds the buffer's view (a master copy the user assigned since is current)."""
+        return {id(flat.params[i]) for flats in self.__dict__.get("_flat_groups", ()) for flat in flats
+                for i in flat.stale_masters
+                if self.state.get(flat.params[i], {}).get("master_param") is flat.installed_views[i].get("master_param")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -450,6 +457,13 @@ class Adadelta(Optimizer):
         # torch.load(weights_only=True) refuses, even the builtin dict reached that way.
         saved["state"] = {key: dict(value) if isinstance(value, flat_state.FlatParamState) else value
                           for key, value in saved["state"].items()}
+        stale = self._stale_masters()
+        if stale:
+            # a master copy still to be taken from the param is not saved, as a per-tensor optimizer has none yet
+            ids = [id(p) for group in self.param_groups for p in group["params"]]
+            for key, value in saved["state"].items():
+                if ids[key] in stale:
+                    saved["state"][key] = {k: v for k, v in value.items() if k != "master_param"}
         for hook in post_hooks.values():
             result = hook(self, saved)
             if result is not None:

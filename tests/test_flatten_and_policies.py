@@ -809,3 +809,50 @@ def test_an_edited_group_flattened_anew_keeps_what_its_params_carried():
     groups[1]["params"].append(groups[0]["params"][0])
     with pytest.raises(ValueError, match=r"a param of shape \(7, 33\) is in param groups 0 and 1"):
         opt.step()
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_a_checkpoint_loaded_before_the_first_step_survives_a_state_dict_round_trip(flatten):
+    """With master weights, a model checkpoint and a torch state dict (no master copies) loaded into a built
+    optimizer: its state_dict saves no master copy yet, as a per-tensor optimizer has none (failed before with
+    flatten: the buffer's old copy was saved, and a load of it stepped from the weights before the checkpoint).
+    A master copy the user assigns since is current, and a deepcopy keeps it."""
+    model = Net(torch.bfloat16)
+    opt = Adadelta(model.parameters(), flatten=flatten, master_weights=True)
+    train(model, opt, batches(1, torch.bfloat16))
+    model.load_state_dict({name: torch.full_like(p, 0.5) for name, p in model.named_parameters()})
+    torch_model = Net(torch.bfloat16)
+    torch_opt = torch.optim.Adadelta(torch_model.parameters())
+    train(torch_model, torch_opt, batches(1, torch.bfloat16))
+    opt.load_state_dict(torch_opt.state_dict())
+    saved = opt.state_dict()
+    assert not any("master_param" in state for state in saved["state"].values())
+    fresh_model = copy.deepcopy(model)
+    fresh = Adadelta(fresh_model.parameters(), flatten=flatten, master_weights=True)
+    fresh.load_state_dict(copy.deepcopy(saved))
+    opt.load_state_dict(saved)
+    chosen = model.fc2.bias
+    opt.state[chosen]["master_param"] = torch.full((7,), 0.25)
+    copied_model, copied = copy.deepcopy((model, opt))
+    for m, o in ((model, opt), (fresh_model, fresh), (copied_model, copied)):
+        for p in m.parameters():
+            p.grad = torch.zeros_like(p)
+        o.step()
+    for m in (model, fresh_model, copied_model):
+        for name, p in m.named_parameters():
+            expected = 0.25 if m is not fresh_model and name == "fc2.bias" else 0.5
+            assert torch.equal(p.float(), torch.full(p.shape, expected)), name
+
+
+def test_an_edit_cannot_take_back_a_param_another_flat_optimizer_steps():
+    model = Net()
+    first = Adadelta(_two_groups(model), flatten=True)
+    head = first.param_groups[1]["params"].pop()
+    second = Adadelta([head], flatten=True)  # taken out of the first optimizer's groups: the second may take it
+    first.param_groups[0]["params"].append(head)
+    with pytest.raises(ValueError, match=r"param 3 \(shape \(7,\)\) of an edited param group is in the flat buffer "
+                                         r"of another optimizer"):
+        first.step()
+    first.param_groups[0]["params"].pop()
+    train(model, first, batches(1))
+    second.step()
