@@ -395,6 +395,21 @@ class Adadelta(Optimizer):
                 for p, s in self.state.items()}}
         return state
 
+    def _fill_stale_masters(self) -> None:
+        """Write each flat master copy still to be taken from its param (``_stale_masters``) with the param's
+        value, the copy the next step will take, keeping it to be taken again: a state dict then saves the
+        master copy that step would use (a loaded model checkpoint, not the copy before it), under the key a
+        distributed checkpoint loads into, and a model loaded after it still reaches the step."""
+        stale = self._stale_masters()
+        if not stale:
+            return
+        with torch.no_grad():
+            for flats in self._flat_groups:
+                for flat in flats:
+                    for i in flat.stale_masters:
+                        if id(flat.params[i]) in stale:
+                            flat.installed_views[i]["master_param"].copy_(flat.params[i])
+
     def _stale_masters(self) -> set[int]:
         """Ids of the flat params whose master copy is still to be taken from the param (``stale_masters``) and
         whose state dict still holds the buffer's view (a master copy the user assigned since is current)."""
@@ -446,6 +461,7 @@ class Adadelta(Optimizer):
         """torch's, once every sparse-stepped row has caught up on its pending decays: the saved state is
         dense Adadelta's, with torch's keys only (adadelta_fused.sparse)."""
         sparse.settle_all(self)
+        self._fill_stale_masters()
         # The post-hooks run last, on the finished dict, as torch's run (one may return another object).
         post_hooks = self._optimizer_state_dict_post_hooks
         self._optimizer_state_dict_post_hooks = OrderedDict()
@@ -457,13 +473,6 @@ class Adadelta(Optimizer):
         # torch.load(weights_only=True) refuses, even the builtin dict reached that way.
         saved["state"] = {key: dict(value) if isinstance(value, flat_state.FlatParamState) else value
                           for key, value in saved["state"].items()}
-        stale = self._stale_masters()
-        if stale:
-            # a master copy still to be taken from the param is not saved, as a per-tensor optimizer has none yet
-            ids = [id(p) for group in self.param_groups for p in group["params"]]
-            for key, value in saved["state"].items():
-                if ids[key] in stale:
-                    saved["state"][key] = {k: v for k, v in value.items() if k != "master_param"}
         for hook in post_hooks.values():
             result = hook(self, saved)
             if result is not None:

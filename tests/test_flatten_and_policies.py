@@ -814,7 +814,7 @@ def test_an_edited_group_flattened_anew_keeps_what_its_params_carried():
 @pytest.mark.parametrize("flatten", [False, True])
 def test_a_checkpoint_loaded_before_the_first_step_survives_a_state_dict_round_trip(flatten):
     """With master weights, a model checkpoint and a torch state dict (no master copies) loaded into a built
-    optimizer: its state_dict saves no master copy yet, as a per-tensor optimizer has none (failed before with
+    optimizer: its state_dict saves the master copy the next step will take from the param (failed before with
     flatten: the buffer's old copy was saved, and a load of it stepped from the weights before the checkpoint).
     A master copy the user assigns since is current, and a deepcopy keeps it."""
     model = Net(torch.bfloat16)
@@ -826,7 +826,13 @@ def test_a_checkpoint_loaded_before_the_first_step_survives_a_state_dict_round_t
     train(torch_model, torch_opt, batches(1, torch.bfloat16))
     opt.load_state_dict(torch_opt.state_dict())
     saved = opt.state_dict()
-    assert not any("master_param" in state for state in saved["state"].values())
+    for index, p in enumerate(model.parameters()):
+        # with flatten, the copy the next step takes from the param (a distributed checkpoint loads into this
+        # key); a per-tensor optimizer has none yet
+        if flatten:
+            assert_bitwise_equal(saved["state"][index]["master_param"], p.detach().float())
+        else:
+            assert "master_param" not in saved["state"][index]
     fresh_model = copy.deepcopy(model)
     fresh = Adadelta(fresh_model.parameters(), flatten=flatten, master_weights=True)
     fresh.load_state_dict(copy.deepcopy(saved))
@@ -856,3 +862,34 @@ def test_an_edit_cannot_take_back_a_param_another_flat_optimizer_steps():
     first.param_groups[0]["params"].pop()
     train(model, first, batches(1))
     second.step()
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_a_distributed_checkpoint_resumes_master_weights_bit_for_bit(flatten, tmp_path):
+    """get_state_dict / dcp.save, then a fresh model and optimizer: get_state_dict / dcp.load / set_state_dict.
+    DCP loads the keys of the fresh optimizer's state dict, which with flatten has state (and master copies
+    still to be taken from the params) from the constructor: they must be saved under their key, or the
+    checkpoint's fp32 copies are never read (failed so once: the resumed run drifted by a bf16 ulp)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    data = batches(6, torch.bfloat16)
+    model = Net(torch.bfloat16)
+    opt = Adadelta(model.parameters(), master_weights=True, flatten=flatten)
+    train(model, opt, data[:3])
+    model_state, optim_state = get_state_dict(model, opt)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp_path))
+    masters = [opt.state[p]["master_param"].clone() for p in model.parameters()]
+    train(model, opt, data[3:])
+
+    resumed = Net(torch.bfloat16, seed=1)
+    resumed_opt = Adadelta(resumed.parameters(), master_weights=True, flatten=flatten)
+    model_state, optim_state = get_state_dict(resumed, resumed_opt)
+    loaded = {"model": model_state, "optim": optim_state}
+    dcp.load(loaded, checkpoint_id=str(tmp_path))
+    set_state_dict(resumed, resumed_opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+    for p, master in zip(resumed.parameters(), masters):
+        assert_bitwise_equal(resumed_opt.state[p]["master_param"], master)
+    train(resumed, resumed_opt, data[3:])
+    for (name, p), q in zip(resumed.named_parameters(), model.parameters()):
+        assert_bitwise_equal(p.detach(), q.detach(), name)
