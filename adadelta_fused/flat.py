@@ -62,8 +62,13 @@ def _flat_owner(p: torch.Tensor) -> "FlatGroup | None":
 def check_not_flattened_elsewhere(params: list[torch.Tensor], optimizer) -> None:
     """Raise, naming the param, if one of ``params`` (a group ``optimizer`` flattens anew after an edit) is in the
     flat buffer of another living optimizer that still lists it."""
+    collected = False
     for index, p in enumerate(params):
         owner = _flat_owner(p)
+        if owner is not None and owner.owner() is not optimizer and not collected:
+            gc.collect()  # (that optimizer may be gone, waiting in a reference cycle)
+            collected = True
+            owner = _flat_owner(p)
         if owner is not None and owner.owner() is not optimizer:
             raise ValueError(
                 f"flatten=True: param {index} (shape {tuple(p.shape)}) of an edited param group is in the flat "
@@ -200,6 +205,9 @@ class FlatGroup:
     planned: tuple | None = field(default=None, repr=False, compare=False)
     # A weak reference to the optimizer whose buffers these are (a living one keeps its params).
     owner: Any = field(default=None, repr=False, compare=False)
+    # The master buffer's version counter when a state dict filled its stale copies with the params
+    # (Adadelta._fill_stale_masters): a load of that same dict, unwritten since, leaves them stale.
+    filled_version: int | None = None
 
     @classmethod
     def build(cls, params: list[torch.Tensor], state_dtype: torch.dtype, master: bool, *,

@@ -310,6 +310,9 @@ class Adadelta(Optimizer):
                         f"flatten=True: a param of shape {tuple(p.shape)} is in param groups {listed[id(p)]} and "
                         f"{index}; a flat param lives in one group's buffer: list it in one group"
                     )
+        for group in groups:  # refused before anything is rebuilt
+            if tuple(map(id, group["params"])) not in old:
+                check_not_flattened_elsewhere(group["params"], self)
         stale = frozenset(self._stale_masters())
         frozen_have_none = False
         for flats in flat_groups:
@@ -323,7 +326,6 @@ class Adadelta(Optimizer):
         for group in groups:
             index = old.pop(tuple(map(id, group["params"])), None)
             if index is None:
-                check_not_flattened_elsewhere(group["params"], self)
                 # (its params may view this optimizer's old buffers)
                 self._append_flat(group, copied=True, stale_masters=stale)
                 for flat in self._flat_groups[-1]:
@@ -399,7 +401,8 @@ class Adadelta(Optimizer):
         """Write each flat master copy still to be taken from its param (``_stale_masters``) with the param's
         value, the copy the next step will take, keeping it to be taken again: a state dict then saves the
         master copy that step would use (a loaded model checkpoint, not the copy before it), under the key a
-        distributed checkpoint loads into, and a model loaded after it still reaches the step."""
+        distributed checkpoint loads into (writing the views: loaded masters), and a model loaded after it
+        still reaches the step, also through a load of that very dict unwritten since (``filled_version``)."""
         stale = self._stale_masters()
         if not stale:
             return
@@ -409,6 +412,8 @@ class Adadelta(Optimizer):
                     for i in flat.stale_masters:
                         if id(flat.params[i]) in stale:
                             flat.installed_views[i]["master_param"].copy_(flat.params[i])
+                    if flat.master is not None:
+                        flat.filled_version = flat.master._version
 
     def _stale_masters(self) -> set[int]:
         """Ids of the flat params whose master copy is still to be taken from the param (``stale_masters``) and
@@ -487,6 +492,10 @@ class Adadelta(Optimizer):
         The pre-hooks see (and may replace) the whole state dict, and the post-hooks run after the state is
         in place, as with torch. A state dict that does not fit raises before anything changes.
         """
+        # Master buffers as the last state_dict() filled them: a load of that very dict keeps them to be taken
+        # from the params (a model checkpoint loaded since must reach the step).
+        filled = {id(flat) for flats in self._flat_groups for flat in flats
+                  if flat.master is not None and flat.filled_version == flat.master._version}
         self._sync_flat_state(repair=True)  # every flat param has its views again, to load into
         state_dict = state_dict.copy()
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -537,7 +546,7 @@ class Adadelta(Optimizer):
                         if where is None:
                             target[key] = value.to(device=p.device, dtype=torch.float32,
                                                    memory_format=torch.preserve_format, copy=True)
-                        else:
+                        elif not (value is target[key] and id(flat) in filled and index in flat.stale_masters):
                             target[key].copy_(value)
                             flat.stale_masters.discard(index)
                     elif key == "step":

@@ -819,7 +819,11 @@ def test_a_checkpoint_loaded_before_the_first_step_survives_a_state_dict_round_t
     A master copy the user assigns since is current, and a deepcopy keeps it."""
     model = Net(torch.bfloat16)
     opt = Adadelta(model.parameters(), flatten=flatten, master_weights=True)
+    before_any_step = opt.state_dict()
+    model.load_state_dict({name: torch.full_like(p, 0.25) for name, p in model.named_parameters()})
+    opt.load_state_dict(before_any_step)  # taken before the model load: its master copies are not current
     train(model, opt, batches(1, torch.bfloat16))
+    assert all((p.float() - 0.25).abs().max() < 0.05 for p in model.parameters())
     model.load_state_dict({name: torch.full_like(p, 0.5) for name, p in model.named_parameters()})
     torch_model = Net(torch.bfloat16)
     torch_opt = torch.optim.Adadelta(torch_model.parameters())
