@@ -76,23 +76,21 @@ class StepInBackward:
             return
         for index, group in enumerate(param_groups):
             for position, p in enumerate(group["params"]):
-                if p.grad is not None and id(p) in self._refused:
-                    raise RuntimeError(
-                        f"step_in_backward: param {position} of param group {index} (shape {tuple(p.shape)}) "
-                        "holds the second gradient its hook refused in backward (the error raised there): that "
-                        "gradient was not applied, and optimizer.step() cannot apply it either, since the param "
-                        "was stepped in this iteration already, so it steps nothing. Call optimizer.zero_grad() "
-                        "to drop it and begin the next iteration."
-                    )
-                if p.grad is not None and id(p) in self._stepped:
-                    raise RuntimeError(
-                        f"step_in_backward: param {position} of param group {index} (shape {tuple(p.shape)}) was "
-                        "stepped in backward by its hook, which freed its gradient, and has a gradient again: "
-                        "something wrote a gradient after the hook (DistributedDataParallel's reducer writes "
-                        "the averaged gradients back after backward, when the params were already stepped with "
-                        "their local ones). optimizer.step() would step it a second time, so it steps nothing. "
-                        "step_in_backward cannot work with DistributedDataParallel: use step_in_backward=False."
-                    )
+                if p.grad is None or id(p) not in self._stepped:
+                    continue
+                if id(p) in self._refused:
+                    why = ("holds the second gradient its hook refused in backward (the error raised there): that "
+                           "gradient was not applied, and optimizer.step() cannot apply it either, since the param "
+                           "was stepped in this iteration already, so it steps nothing. Call optimizer.zero_grad() "
+                           "to drop it and begin the next iteration.")
+                else:
+                    why = ("was stepped in backward by its hook, which freed its gradient, and has a gradient again: "
+                           "something wrote a gradient after the hook (DistributedDataParallel's reducer writes "
+                           "the averaged gradients back after backward, when the params were already stepped with "
+                           "their local ones). optimizer.step() would step it a second time, so it steps nothing. "
+                           "step_in_backward cannot work with DistributedDataParallel: use step_in_backward=False.")
+                raise RuntimeError(
+                    f"step_in_backward: param {position} of param group {index} (shape {tuple(p.shape)}) {why}")
 
     def end_iteration(self) -> None:
         """``step()`` or ``zero_grad()`` was called: every param may be stepped again, and param groups edited since the last
