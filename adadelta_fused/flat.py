@@ -46,10 +46,10 @@ ALIGN_BYTES = 16
 _FLAT_BUFFERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _flat_owner(p: torch.Tensor) -> "FlatGroup | None":
-    """The living FlatGroup whose buffer ``p`` views, while its optimizer still lists ``p`` (one that took it out
-    of its groups lets the buffer go at its next step)."""
-    ref = _FLAT_BUFFERS.get(p.untyped_storage())
+def _listed_owner(p: torch.Tensor, storage) -> "FlatGroup | None":
+    """The living FlatGroup whose buffer (``storage``) ``p`` views, while its optimizer still lists ``p`` (one
+    that took it out of its groups lets the buffer go at its next step)."""
+    ref = _FLAT_BUFFERS.get(storage)
     owner = None if ref is None else ref()
     if owner is None or not any(q is p for q in owner.params):
         return None
@@ -59,32 +59,28 @@ def _flat_owner(p: torch.Tensor) -> "FlatGroup | None":
     return owner
 
 
+def _foreign_owner(p: torch.Tensor, storage, optimizer=None) -> "FlatGroup | None":
+    """``_listed_owner`` of ``p``, unless it is ``optimizer``'s. An optimizer just deleted may still wait in a
+    reference cycle: one collection decides (about 0.2 s on a large heap, only where such an owner is found,
+    and then once: the next params of a collected buffer find it gone)."""
+    owner = _listed_owner(p, storage)
+    if owner is None or owner.owner() is optimizer:
+        return None
+    gc.collect()
+    owner = _listed_owner(p, storage)
+    return None if owner is None or owner.owner() is optimizer else owner
+
+
 def check_not_flattened_elsewhere(params: list[torch.Tensor], optimizer) -> None:
     """Raise, naming the param, if one of ``params`` (a group ``optimizer`` flattens anew after an edit) is in the
     flat buffer of another living optimizer that still lists it."""
-    collected = False
     for index, p in enumerate(params):
-        owner = _flat_owner(p)
-        if owner is not None and owner.owner() is not optimizer and not collected:
-            gc.collect()  # (that optimizer may be gone, waiting in a reference cycle)
-            collected = True
-            owner = _flat_owner(p)
-        if owner is not None and owner.owner() is not optimizer:
+        if _foreign_owner(p, p.untyped_storage(), optimizer) is not None:
             raise ValueError(
                 f"flatten=True: param {index} (shape {tuple(p.shape)}) of an edited param group is in the flat "
                 "buffer of another optimizer built with flatten=True, which still steps it there: take it out "
                 "of that optimizer's groups first, or use flatten=False"
             )
-
-
-def _collect_if_owned(params: list[torch.Tensor]) -> None:
-    """An optimizer just deleted may still wait in a reference cycle: one collection before its params are
-    judged (about 0.2 s on a large heap, only where a param views a buffer whose group still lives)."""
-    for p in params:
-        ref = _FLAT_BUFFERS.get(p.untyped_storage())
-        if ref is not None and ref() is not None:
-            gc.collect()
-            return
 
 
 def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, grad_buffer: torch.Tensor,
@@ -116,8 +112,6 @@ def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, grad_buffer: 
 def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False) -> None:
     """Raise, naming the param, if ``params`` (one buffer's worth) cannot be moved into a flat buffer."""
     storages: dict[int, int] = {}
-    if not shared_ok:
-        _collect_if_owned(params)
     for index, p in enumerate(params):
         if dtensor.any_dtensor([p]):
             raise ValueError(
@@ -138,7 +132,8 @@ def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False) ->
                 f"flatten=True needs dense params; param {index} has shape {tuple(p.shape)} and strides "
                 f"{p.stride()} (make it contiguous before building the optimizer)"
             )
-        if not shared_ok and _flat_owner(p) is not None:
+        storage = p.untyped_storage()
+        if not shared_ok and _foreign_owner(p, storage) is not None:
             raise ValueError(
                 f"flatten=True: param {index} (shape {tuple(p.shape)}) is in the flat buffer of another "
                 "optimizer built with flatten=True, which still steps it there: delete that optimizer first, "
@@ -146,15 +141,15 @@ def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False) ->
             )
         # Two params over one storage would each get a copy in the buffer and drift apart; the params of a
         # flat buffer no optimizer steps any more share it and move to the new one together.
-        storage = p.untyped_storage().data_ptr()
-        if p.numel() and storage in storages and not shared_ok and p.untyped_storage() not in _FLAT_BUFFERS:
+        address = storage.data_ptr()
+        if p.numel() and address in storages and not shared_ok and storage not in _FLAT_BUFFERS:
             raise ValueError(
-                f"flatten=True: params {storages[storage]} and {index} share storage (views of one tensor, "
+                f"flatten=True: params {storages[address]} and {index} share storage (views of one tensor, "
                 "two Parameters over the same data, or a copy of a model trained with flatten=True); "
                 "flattening would untie them. Pass each tensor once, give each its own storage "
                 "(`p.data = p.data.clone()`), or use flatten=False"
             )
-        storages[storage] = index
+        storages[address] = index
 
 
 def _padded(numel: int, element_size: int, quantized: bool = False) -> int:
