@@ -19,6 +19,7 @@ from torch.optim.optimizer import (
 )
 
 from . import backends, flat_state, quantized, sparse
+from ._compat import group_by_device_and_dtype
 from .contract import LOW_PRECISION, STATE_DTYPES, GradMode, check_hyperparameters
 from .flat import FlatGroup, check_flattenable, check_not_flattened_elsewhere
 from .functional import plan, replan, step_scalars
@@ -28,6 +29,9 @@ from .state_dict import check_loadable, loaded_step
 from .step_cache import GroupCache, StateMap, same_objects
 
 _STATE_DTYPE_OPTIONS = (None, torch.float32, torch.bfloat16, torch.uint8)
+# The options only the fused kernels carry out, which a param stepped by torch's Adadelta cannot take (a
+# differentiable group, a gradient of another dtype than its param's).
+_KERNEL_OPTIONS = ("state_dtype", "master_weights", "zero_grad_in_step", "stochastic_rounding")
 
 
 class Adadelta(Optimizer):
@@ -277,9 +281,7 @@ class Adadelta(Optimizer):
         step-in-backward hook, before anything is written."""
         if not group["differentiable"]:
             return  # (every step asks, for every group)
-        d = self.defaults
-        if (d["flatten"] or d["zero_grad_in_step"] or d["state_dtype"] or d["master_weights"]
-                or d["stochastic_rounding"] or d["step_in_backward"]):
+        if any(self.defaults[key] for key in (*_KERNEL_OPTIONS, "flatten", "step_in_backward")):
             raise ValueError("differentiable=True runs torch's Adadelta and takes none of the fused options")
 
     def _append_flat(self, group: dict[str, Any], copied: bool = False,
@@ -301,6 +303,7 @@ class Adadelta(Optimizer):
                 for group, source in zip(groups, sources)):
             return
         old = {tuple(map(id, source)): index for index, source in enumerate(sources)}
+        keys = [tuple(map(id, group["params"])) for group in groups]
         flat_groups, unflat_params = self._flat_groups, self._unflat_params
         listed: dict[int, int] = {}
         for index, group in enumerate(groups):
@@ -310,8 +313,8 @@ class Adadelta(Optimizer):
                         f"flatten=True: a param of shape {tuple(p.shape)} is in param groups {listed[id(p)]} and "
                         f"{index}; a flat param lives in one group's buffer: list it in one group"
                     )
-        for group in groups:  # refused before anything is rebuilt
-            if tuple(map(id, group["params"])) not in old:
+        for group, key in zip(groups, keys):  # refused before anything is rebuilt
+            if key not in old:
                 check_not_flattened_elsewhere(group["params"], self)
         stale = frozenset(self._stale_masters())
         frozen_have_none = False
@@ -323,8 +326,8 @@ class Adadelta(Optimizer):
                         if not p.requires_grad and p.grad is not None:
                             flat._has_no_grad(i)
         self._flat_groups, self._unflat_params, self._flat_sources = [], [], []
-        for group in groups:
-            index = old.pop(tuple(map(id, group["params"])), None)
+        for group, key in zip(groups, keys):
+            index = old.pop(key, None)
             if index is None:
                 # (its params may view this optimizer's old buffers)
                 self._append_flat(group, copied=True, stale_masters=stale)
@@ -827,9 +830,11 @@ class Adadelta(Optimizer):
             if group["capturable"] and not compiling:  # (as torch's: the compiler checks graph capture)
                 _check_capturable(params, steps)
             # (not traced: Dynamo breaks the graph on this loop; a compiled step's kernel refuses such grads)
-            if not compiling and any(g.dtype != p.dtype for p, g in zip(params, grads)):
-                kept = [i for i, (p, g) in enumerate(zip(params, grads)) if g.dtype == p.dtype]
-                by_torch += self._other_grad_dtypes(index, group, params, grads)
+            fits = [] if compiling else [g.dtype == p.dtype for p, g in zip(params, grads)]
+            if not all(fits):
+                by_torch += self._other_grad_dtypes(index, [p for p, fit in zip(params, fits) if not fit],
+                                                    [g for g, fit in zip(grads, fits) if not fit])
+                kept = [i for i, fit in enumerate(fits) if fit]
                 if not kept:
                     continue
                 params, grads, square_avgs, acc_deltas, steps = (
@@ -861,22 +866,21 @@ class Adadelta(Optimizer):
         plans.extend(deferred)
         return plans
 
-    def _other_grad_dtypes(self, index: int, group: dict[str, Any], params, grads) -> list[torch.Tensor]:
-        """The params of ``params`` whose gradient has another dtype than theirs (``param.grad_dtype``: fp32
-        gradients of bf16 params), which the kernels do not read: without fused options torch's Adadelta steps
-        them, as it would; with one, refused before anything is written."""
-        odd = [(p, g) for p, g in zip(params, grads) if g.dtype != p.dtype]
+    def _other_grad_dtypes(self, index: int, params, grads) -> list[torch.Tensor]:
+        """``params`` of param group ``index``, whose ``grads`` have another dtype than theirs (``param.grad_dtype``:
+        fp32 gradients of bf16 params), which the kernels do not read: without fused options torch's Adadelta
+        steps them, as it would; with one, refused before anything is written."""
         d = self.defaults
-        fused = [key for key in ("state_dtype", "master_weights", "zero_grad_in_step", "stochastic_rounding") if d[key]]
+        fused = [key for key in _KERNEL_OPTIONS if d[key]]
         if fused:
-            p, g = odd[0]
+            p, g = params[0], grads[0]
             position = next(i for i, q in enumerate(self.param_groups[index]["params"]) if q is p)
             raise TypeError(
                 f"param {position} of param group {index} has a {g.dtype} gradient for its {p.dtype} data "
                 f"(its grad_dtype), which the fused kernels do not read, and {fused[0]}={d[fused[0]]!r} needs "
                 "them: leave grad_dtype unset, or drop the option (torch's Adadelta then steps such params)"
             )
-        return [p for p, _ in odd]
+        return params
 
     def _torch_step(self, group: dict[str, Any], grad_scale=None, found_inf=None) -> None:
         """torch's Adadelta over ``group``: a differentiable group, or params with gradients of another dtype
@@ -887,10 +891,9 @@ class Adadelta(Optimizer):
         if grad_scale is not None:
             grads = [p.grad for p in group["params"] if p.grad is not None]
             inv_scale = grad_scale.double().reciprocal().float()
-            for device_grads in _by_device(grads).values():
-                found = torch.zeros(1, device=device_grads[0].device)
-                scale = inv_scale.to(device_grads[0].device)
-                torch._amp_foreach_non_finite_check_and_unscale_(device_grads, found, scale)
+            for (device, _), ([same_kind], _) in group_by_device_and_dtype([grads]).items():
+                found = torch.zeros(1, device=device)
+                torch._amp_foreach_non_finite_check_and_unscale_(same_kind, found, inv_scale.to(device))
         if found_inf is not None and float(found_inf) != 0.0:
             return
         differentiable = group["differentiable"]
@@ -912,13 +915,6 @@ def _check_capturable(params, steps) -> None:
     if any(p.device.type not in supported or s.device.type != p.device.type for p, s in zip(params, steps)):
         raise AssertionError(
             f"If capturable=True, params and state_steps must be on supported devices: {supported}.")
-
-
-def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:
-    by_device: dict[torch.device, list[torch.Tensor]] = {}
-    for t in tensors:
-        by_device.setdefault(t.device, []).append(t)
-    return by_device
 
 
 FusedAdadelta = Adadelta
