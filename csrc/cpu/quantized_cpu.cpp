@@ -282,6 +282,14 @@ __attribute__((always_inline)) inline void update_blocks_lanes(const QuantizedCh
   uint32_t acc_largest[2] = {0, 0};
   int64_t previous = -1;  // block k-1's first element, -1 before the chunk's first block
   int previous_n = 0;
+  // Block k-1 (in tile t) encoded on its own, as the shared loop encodes each block.
+  const auto encode_previous = [&](int t) {
+    const int64_t previous_block = previous / kQuantBlock;
+    encode_block<Lanes, true>(sq[t], previous_n, sq_largest[t], c.square_avg + previous,
+                              c.square_avg_scale + previous_block);
+    encode_block<Lanes, true>(acc[t], previous_n, acc_largest[t], c.acc_delta + previous,
+                              c.acc_delta_scale + previous_block);
+  };
   int tile = 0;
   for (int64_t first = c.begin; first < c.end; first += kQuantBlock, tile ^= 1) {
     const int n = int(std::min<int64_t>(kQuantBlock, c.end - first));
@@ -289,7 +297,6 @@ __attribute__((always_inline)) inline void update_blocks_lanes(const QuantizedCh
     const uint8_t* sq_codes = c.square_avg + first;
     const uint8_t* acc_codes = c.acc_delta + first;
     const int p = tile ^ 1;
-    const int64_t previous_block = previous / kQuantBlock;
     if (previous >= 0 && n == kQuantBlock && previous_n == kQuantBlock && ordinary_block(sq_largest[p]) &&
         ordinary_block(acc_largest[p]) && !has_nan_code(sq_codes, n) && !has_nan_code(acc_codes, n)) {
       const float sq_scale = block_scale(sq_largest[p]);
@@ -306,29 +313,17 @@ __attribute__((always_inline)) inline void update_blocks_lanes(const QuantizedCh
       update_block_lanes<true, true, ParamT, kGradMode, kHasMaster, kScaled>(
           c.param + first, c.grad + first, master, n, s, codes, sq[tile], acc[tile], sq_largest[tile],
           acc_largest[tile], pending);
-      c.square_avg_scale[previous_block] = sq_scale;
-      c.acc_delta_scale[previous_block] = acc_scale;
+      c.square_avg_scale[previous / kQuantBlock] = sq_scale;
+      c.acc_delta_scale[previous / kQuantBlock] = acc_scale;
     } else {
-      if (previous >= 0) {
-        encode_block<Lanes, true>(sq[p], previous_n, sq_largest[p], c.square_avg + previous,
-                                  c.square_avg_scale + previous_block);
-        encode_block<Lanes, true>(acc[p], previous_n, acc_largest[p], c.acc_delta + previous,
-                                  c.acc_delta_scale + previous_block);
-      }
+      if (previous >= 0) encode_previous(p);
       update_block<true, ParamT, kGradMode, kHasMaster, kScaled>(c, first, n, s, sq[tile], acc[tile],
                                                                  sq_largest[tile], acc_largest[tile]);
     }
     previous = first;
     previous_n = n;
   }
-  if (previous >= 0) {  // the chunk's last block
-    const int p = tile ^ 1;
-    const int64_t previous_block = previous / kQuantBlock;
-    encode_block<Lanes, true>(sq[p], previous_n, sq_largest[p], c.square_avg + previous,
-                              c.square_avg_scale + previous_block);
-    encode_block<Lanes, true>(acc[p], previous_n, acc_largest[p], c.acc_delta + previous,
-                              c.acc_delta_scale + previous_block);
-  }
+  if (previous >= 0) encode_previous(tile ^ 1);  // the chunk's last block
 }
 
 template <typename P, GradMode kMode, bool kMaster, bool kScaled>
