@@ -392,6 +392,10 @@ def _worker(rank: int, port: int, workdir) -> None:
             failures[name] = traceback.format_exc()
         dist.barrier()
     (workdir / f"failures_rank{rank}.json").write_text(json.dumps(failures))
+    # Both ranks past their last file write before either tears gloo down: without it, rank 1 aborted here
+    # in two of this project's CI runs ("terminate called without an active exception"), as
+    # examples/fsdp2_train.py's recipe did before its own barrier.
+    dist.barrier()
     dist.destroy_process_group()
 
 
