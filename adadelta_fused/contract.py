@@ -76,6 +76,9 @@ def check_lr(lr) -> float | torch.Tensor:
         if lr.dtype == torch.bool or lr.is_complex():
             raise ValueError(f"Invalid lr dtype: {lr.dtype} (expected a real tensor)")
         return lr if lr.is_floating_point() else lr.to(torch.float64)
+    if isinstance(lr, (str, bytes, bytearray)):
+        # float() would read one; torch's step fails on it (-lr: "bad operand type"), so a TypeError here too
+        raise TypeError(f"Invalid learning rate: {lr!r} (expected a real number or a 1-element tensor)")
     if isinstance(lr, (bool, complex)) or getattr(lr, "ndim", 0) != 0:
         raise ValueError(f"Invalid learning rate: {lr!r} (expected a real number or a 1-element tensor)")
     try:
@@ -85,6 +88,14 @@ def check_lr(lr) -> float | torch.Tensor:
     if not math.isfinite(value):
         raise ValueError(f"Invalid learning rate: {value} (must be a finite number)")
     return value
+
+
+def real_hyperparameter(name: str, value) -> float:
+    """rho, eps or weight_decay as a step uses it: a float from anything Python reads as a real number, but
+    not from text (float() would read it; torch's step fails on it with a TypeError)."""
+    if isinstance(value, (str, bytes, bytearray)):
+        raise TypeError(f"Invalid {name}: {value!r} (expected a real number)")
+    return float(value)
 
 
 def check_hyperparameters(lr, rho: float, eps: float, weight_decay: float) -> None:

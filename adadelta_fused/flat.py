@@ -120,6 +120,20 @@ def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False) ->
                 "(they re-shard it and replace its grad each step). Use flatten=False: a DTensor group's "
                 "step is already one fused kernel call per (device, dtype) over the local shards"
             )
+        if p.is_meta:
+            raise ValueError(
+                f"flatten=True cannot take param {index} (shape {tuple(p.shape)}): it is on the meta device, whose "
+                "tensors have no memory to move into a buffer. Build the optimizer after the model has its "
+                "memory (`model.to_empty(device=...)` and its initialization), or use flatten=False"
+            )
+        if not p.is_leaf:
+            # (torch's optimizers take a non-leaf that retains its grad; autograd gives it a new grad each
+            # backward, which a flat buffer cannot hold, and grad_dtype below is for leaves only)
+            raise ValueError(
+                f"flatten=True cannot take param {index} (shape {tuple(p.shape)}): it is not a leaf tensor "
+                "(retain_grad), and autograd replaces a non-leaf's grad each backward instead of accumulating "
+                "into the flat gradient buffer. Optimize leaf tensors, or use flatten=False"
+            )
         grad_dtype = getattr(p, "grad_dtype", p.dtype)  # (torch 2.10 and later)
         if grad_dtype != p.dtype:
             raise ValueError(

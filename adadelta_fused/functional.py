@@ -15,7 +15,7 @@ import torch
 from . import _extension, backends
 from . import dtensor
 from ._compat import group_by_device_and_dtype
-from .contract import GradMode, StepScalars, check_group, check_lr
+from .contract import GradMode, StepScalars, check_group, check_lr, real_hyperparameter
 from .reference import mix32
 
 
@@ -211,8 +211,10 @@ def plan(
             group_params, group_grads, group_sq, group_acc = (
                 (_as_real(tensors) for tensors in group[:4]) if dtype.is_complex else group[:4]
             )
+            traced_complex = dtype.is_complex and torch.compiler.is_compiling()
+            resolve = backends.resolve_traced_complex if traced_complex else backends.resolve
             calls.append(BackendCall(
-                backends.resolve(backend, device), device, group_params, group_grads, group_sq, group_acc,
+                resolve(backend, device), device, group_params, group_grads, group_sq, group_acc,
                 group[4] if master_params else None, place_scalars(scalars, device, copies), rows,
             ))
     return StepPlan(calls, state_steps, step_counters, steps_on_cpu, scalars.found_inf, write_back)
@@ -304,9 +306,9 @@ def step_scalars(lr, rho, eps, weight_decay, maximize, grad_scale, found_inf, gr
                  rounding_key) -> StepScalars:
     return StepScalars(
         lr=check_lr(lr),
-        rho=float(rho),
-        eps=float(eps),
-        weight_decay=float(weight_decay),
+        rho=real_hyperparameter("rho", rho),
+        eps=real_hyperparameter("eps", eps),
+        weight_decay=real_hyperparameter("weight_decay", weight_decay),
         maximize=bool(maximize),
         grad_scale=grad_scale,
         found_inf=found_inf,

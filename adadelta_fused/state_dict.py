@@ -1,4 +1,4 @@
-"""Loading an optimizer state dict: what must hold before anything is changed, and the step counter's form.
+"""Loading an optimizer state dict: what must hold before anything is changed, and the forms saved values take.
 
 A checkpoint that does not fit the optimizer (a state id no param group lists, an accumulator of another
 shape, a missing key) is refused with the param and the key named, before the optimizer is touched.
@@ -95,3 +95,18 @@ def loaded_step(value, current: torch.Tensor, capturable: bool, device: torch.de
     if capturable:
         return value.to(dtype=torch.float32, device=device, copy=True)
     return value.to(dtype=current.dtype, device=current.device, copy=True)
+
+
+def cast_like_torch(value, param: torch.Tensor):
+    """A saved value of a key the optimizer does not keep itself, as torch's load casts it
+    (``Optimizer._process_value_according_to_param_policy``): a tensor moves to the param's device, and to
+    its dtype when the param is floating; dicts, lists and tuples are rebuilt around their cast values."""
+    if isinstance(value, torch.Tensor):
+        if param.is_floating_point():
+            return value.to(dtype=param.dtype, device=param.device)
+        return value.to(device=param.device)
+    if isinstance(value, dict):
+        return {key: cast_like_torch(item, param) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(cast_like_torch(item, param) for item in value)
+    return value

@@ -1,0 +1,223 @@
+"""load_state_dict that fails part-way, state a load must drop, saved values torch casts, text hyperparameters,
+complex params under torch.compile, and params flatten=True cannot move: each next to torch.optim.Adadelta in
+the same situation (bug hunts of 2026-12-05)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from adadelta_fused import Adadelta
+from adadelta_fused.backends import BackendUnavailableError
+
+OPTIONS = [{}, {"flatten": True}, {"state_dtype": torch.uint8}, {"state_dtype": torch.bfloat16}]
+
+
+def trained(make, generator, steps=3):
+    params = [torch.nn.Parameter(torch.randn(5, generator=generator)), torch.nn.Parameter(torch.randn(300, generator=generator))]
+    opt = make(params)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator)
+        opt.step()
+    return params, opt
+
+
+def snapshot(params, opt):
+    return ([p.detach().clone() for p in params], copy.deepcopy(opt.state_dict()))
+
+
+def assert_unchanged(before, params, opt):
+    old_params, old_state = before
+    for old, p in zip(old_params, params):
+        assert torch.equal(old, p)
+    new_state = opt.state_dict()
+    assert new_state["param_groups"] == old_state["param_groups"]
+    for key, saved in old_state["state"].items():
+        for name, value in saved.items():
+            assert torch.equal(new_state["state"][key][name], value), (key, name)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+def test_a_load_that_fails_on_a_value_changes_nothing(options):
+    """A saved accumulator on the meta device cannot be read: torch's load raises and leaves the optimizer as
+    it was (lr and every state); so does ours, the flat buffers included."""
+    outcomes = []
+    for make in (lambda ps: torch.optim.Adadelta(ps, lr=0.5), lambda ps: Adadelta(ps, lr=0.5, **options)):
+        params, opt = trained(make, torch.Generator().manual_seed(0))
+        saved = copy.deepcopy(opt.state_dict())
+        saved["param_groups"][0]["lr"] = 0.01
+        saved["state"][0]["step"] = torch.tensor(40.0)
+        saved["state"][1]["acc_delta"] = torch.empty(300, device="meta")
+        saved["state"][1].pop("acc_delta_scale", None)  # (8-bit: a floating accumulator, quantized on load)
+        before = snapshot(params, opt)
+        with pytest.raises(NotImplementedError, match="meta"):
+            opt.load_state_dict(saved)
+        assert_unchanged(before, params, opt)
+        assert opt.param_groups[0]["lr"] == 0.5
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()  # and it still steps
+        outcomes.append([p.detach().clone() for p in params])
+    if not options:
+        for theirs, ours in zip(*outcomes):
+            torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_a_load_drops_the_state_of_a_param_the_checkpoint_lacks(flatten):
+    """A param frozen when the optimizer is built (flatten=True leaves it outside the buffers), unfrozen and
+    stepped, then a checkpoint from before without its state: torch drops its state, and so does ours."""
+    states = []
+    for make in (torch.optim.Adadelta, lambda ps: Adadelta(ps, flatten=flatten)):
+        g = torch.Generator().manual_seed(1)
+        params = [torch.nn.Parameter(torch.randn(4, generator=g)), torch.nn.Parameter(torch.randn(3, generator=g))]
+        params[0].requires_grad_(False)
+        opt = make(params)
+        checkpoint = copy.deepcopy(opt.state_dict())
+        params[0].requires_grad_(True)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, 0.5)
+            opt.step()
+        opt.load_state_dict(checkpoint)
+        states.append(dict(opt.state.get(params[0], {})))
+    assert states[0] == {}
+    assert states[1] == {}
+
+
+@pytest.mark.parametrize("state_dtype", [None, torch.bfloat16, torch.uint8], ids=str)
+def test_integer_accumulators_load_as_their_values(state_dtype):
+    """torch casts a saved accumulator to the param's dtype (int64 ones load as 1.0); 8-bit state quantizes
+    the cast values instead of copying the integers into its codes."""
+    source = torch.nn.Parameter(torch.ones(300))
+    torch_opt = torch.optim.Adadelta([source])
+    source.grad = torch.ones(300)
+    torch_opt.step()
+    saved = copy.deepcopy(torch_opt.state_dict())
+    saved["state"][0]["square_avg"] = torch.full((300,), 4, dtype=torch.int64)
+    theirs = torch.nn.Parameter(torch.ones(300))
+    torch.optim.Adadelta([theirs]).load_state_dict(copy.deepcopy(saved))
+    ours = torch.nn.Parameter(torch.ones(300))
+    opt = Adadelta([ours], state_dtype=state_dtype)
+    opt.load_state_dict(copy.deepcopy(saved))
+    loaded = opt.state_dict()
+    if state_dtype is torch.uint8:
+        from adadelta_fused.quantized import dequantize_state_dict
+
+        loaded = dequantize_state_dict(loaded)
+    assert torch.equal(loaded["state"][0]["square_avg"].float(), torch.full((300,), 4.0))
+
+
+def test_complex_accumulators_do_not_load_into_eight_bit_state():
+    saved = {"state": {0: {"step": torch.tensor(1.0), "square_avg": torch.ones(300, dtype=torch.complex64),
+                           "acc_delta": torch.ones(300)}},
+             "param_groups": [{**Adadelta([torch.zeros(1)]).defaults, "params": [0]}]}
+    p = torch.nn.Parameter(torch.ones(300))
+    opt = Adadelta([p], state_dtype=torch.uint8)
+    with pytest.raises(ValueError, match="'square_avg' is torch.complex64: 8-bit state holds real"):
+        opt.load_state_dict(saved)
+    assert opt.state.get(p, {}) == {}
+
+
+@pytest.mark.parametrize("options", [{}, {"flatten": True}], ids=str)
+def test_a_saved_key_of_no_ones_is_cast_as_torch_casts_it(options):
+    """A key the optimizer does not keep (an "ema" a user stored, nested ones too) moves to the param's dtype
+    and device on load, as torch's _process_value_according_to_param_policy moves it."""
+    loaded = []
+    for make in (torch.optim.Adadelta, lambda ps: Adadelta(ps, **options)):
+        p = torch.nn.Parameter(torch.ones(4))
+        opt = make([p])
+        p.grad = torch.ones(4)
+        opt.step()
+        saved = copy.deepcopy(opt.state_dict())
+        ema = torch.arange(4, dtype=torch.float64)
+        saved["state"][0]["ema"] = ema
+        saved["state"][0]["history"] = {"last": [torch.ones(2, dtype=torch.float64), 3]}
+        opt.load_state_dict(saved)
+        state = opt.state[p]
+        assert state["ema"] is not ema
+        loaded.append((state["ema"], state["history"]))
+    (their_ema, their_history), (our_ema, our_history) = loaded
+    assert our_ema.dtype == their_ema.dtype == torch.float32
+    assert torch.equal(our_ema, their_ema)
+    assert our_history["last"][0].dtype == their_history["last"][0].dtype == torch.float32
+    assert our_history["last"][1] == their_history["last"][1] == 3
+
+
+@pytest.mark.parametrize("key, value", [("lr", "0.1"), ("lr", b"1"), ("rho", "0.9"), ("eps", "1e-6"),
+                                        ("weight_decay", "0")])
+def test_text_hyperparameters_raise_a_type_error_as_torch_does(key, value):
+    """float() reads "0.1"; torch's step fails on it with a TypeError, and ours now refuses it with one,
+    naming the hyperparameter, before anything is written."""
+    for make in (torch.optim.Adadelta, Adadelta):
+        p = torch.nn.Parameter(torch.ones(4))
+        opt = make([p])
+        opt.param_groups[0][key] = value
+        p.grad = torch.ones(4)
+        with pytest.raises(TypeError) as raised:
+            opt.step()
+        if make is Adadelta:
+            assert {"lr": "learning rate"}.get(key, key) in str(raised.value)
+            assert torch.equal(p, torch.ones(4))
+
+
+def test_differentiable_names_the_fused_option_it_cannot_take():
+    p = torch.nn.Parameter(torch.ones(4))
+    with pytest.raises(ValueError, match=r"takes none of the fused options \(this optimizer has flatten=True\)"):
+        Adadelta([p], flatten=True, differentiable=True)
+
+
+def test_complex_params_step_under_torch_compile_as_torch_steps_them():
+    """Inductor's auto_functionalized_v2 cannot rebuild the view_as_real views the fused op takes (the compile
+    failed in the fake kernel); a compiled step of complex params runs the reference's torch ops, and steps as
+    torch's compiled step and our eager one do."""
+    results = []
+    for make, compiled in ((torch.optim.Adadelta, True), (Adadelta, True), (Adadelta, False)):
+        torch._dynamo.reset()
+        g = torch.Generator().manual_seed(3)
+        p = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.complex64, generator=g))
+        opt = make([p], lr=0.5, weight_decay=0.1)
+        step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
+        for _ in range(3):
+            p.grad = torch.randn(4, 3, dtype=torch.complex64, generator=g)
+            step()
+        results.append((p.detach().clone(), opt.state[p]["acc_delta"].clone()))
+    (theirs, their_acc), (compiled, compiled_acc), (eager, eager_acc) = results
+    torch.testing.assert_close(compiled, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled_acc, their_acc, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(eager, theirs, rtol=1e-5, atol=1e-6)  # (traced ops may round apart from eager)
+
+
+def test_an_explicit_fused_backend_says_why_it_cannot_compile_complex_params():
+    torch._dynamo.reset()
+    p = torch.nn.Parameter(torch.randn(4, dtype=torch.complex64))
+    p.grad = torch.randn(4, dtype=torch.complex64)
+    with pytest.raises(Exception, match="backend 'cpp' cannot step complex params in a step torch.compile traces") as raised:
+        torch.compile(Adadelta([p], backend="cpp").step, backend="aot_eager")()
+    assert isinstance(raised.value, BackendUnavailableError) or "BackendUnavailableError" in str(raised.value)
+
+
+def test_flatten_refuses_meta_params_naming_the_device():
+    """torch (and ours per tensor) build over meta params; flatten=True cannot move them into a buffer and says
+    so, where it used to say they share storage (every meta tensor's data_ptr is 0)."""
+    with torch.device("meta"):
+        model = torch.nn.Linear(4, 3)
+    torch.optim.Adadelta(model.parameters())
+    Adadelta(model.parameters())
+    with pytest.raises(ValueError, match="param 0 .* is on the meta device"):
+        Adadelta(model.parameters(), flatten=True)
+
+
+def test_flatten_refuses_a_non_leaf_param_clearly():
+    """torch optimizes a non-leaf that retains its grad; flatten=True refuses it by name, where it raised
+    torch's internal "grad_dtype can only be accessed on leaf tensors"."""
+    leaf = torch.nn.Parameter(torch.ones(4))
+    non_leaf = leaf * 2
+    non_leaf.retain_grad()
+    torch.optim.Adadelta([non_leaf])
+    Adadelta([non_leaf])
+    with pytest.raises(ValueError, match="param 0 .* is not a leaf tensor"):
+        Adadelta([non_leaf], flatten=True)
