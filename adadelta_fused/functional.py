@@ -120,9 +120,20 @@ def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Ten
     return grouped
 
 
-def _as_real(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Adadelta treats a complex number as two real ones (as torch does with view_as_real)."""
-    return [torch.view_as_real(t) for t in tensors]
+def _as_real(lists: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """Adadelta treats a complex number as two real ones (as torch does with view_as_real).
+
+    In a step that torch.compile traces, each row whose tensors all have a unit last stride is viewed as the
+    real dtype instead (``t.view(torch.float32)``: the last dim doubled, the same memory in the same order):
+    Inductor's auto_functionalized_v2 rebuilds a view_as_real view from its complex base without the dtype
+    change, and the op's fake kernel then saw complex tensors (torch 2.14.1: the compile failed)."""
+    compiling = torch.compiler.is_compiling()
+    real = [[] for _ in lists]
+    for row in zip(*lists):
+        as_dtype = compiling and all(t.dim() > 0 and t.stride(-1) == 1 for t in row)
+        for column, t in zip(real, row):
+            column.append(t.view(t.dtype.to_real()) if as_dtype else torch.view_as_real(t))
+    return real
 
 
 def _on_device(value: torch.Tensor | None, device: torch.device, copies: dict) -> torch.Tensor | None:
@@ -208,13 +219,9 @@ def plan(
         lists = [params, grads, square_avgs, acc_deltas] + ([master_params] if master_params else [])
         copies: dict = {}
         for (device, dtype), (group, rows) in _grouped(lists, scalars).items():
-            group_params, group_grads, group_sq, group_acc = (
-                (_as_real(tensors) for tensors in group[:4]) if dtype.is_complex else group[:4]
-            )
-            traced_complex = dtype.is_complex and torch.compiler.is_compiling()
-            resolve = backends.resolve_traced_complex if traced_complex else backends.resolve
+            group_params, group_grads, group_sq, group_acc = _as_real(group[:4]) if dtype.is_complex else group[:4]
             calls.append(BackendCall(
-                resolve(backend, device), device, group_params, group_grads, group_sq, group_acc,
+                backends.resolve(backend, device), device, group_params, group_grads, group_sq, group_acc,
                 group[4] if master_params else None, place_scalars(scalars, device, copies), rows,
             ))
     return StepPlan(calls, state_steps, step_counters, steps_on_cpu, scalars.found_inf, write_back)

@@ -25,7 +25,7 @@ from .flat import FlatGroup, check_flattenable, check_not_flattened_elsewhere
 from .functional import plan, replan, step_scalars
 from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken
 from .reference import rounding_key
-from .state_dict import cast_like_torch, check_loadable, loaded_step
+from .state_dict import cast_like_torch, check_installable, check_loadable, loaded_step
 from .step_cache import GroupCache, StateMap, same_objects
 
 _STATE_DTYPE_OPTIONS = (None, torch.float32, torch.bfloat16, torch.uint8)
@@ -514,13 +514,12 @@ class Adadelta(Optimizer):
         located = {
             p: (flat, index) for flats in self._flat_groups for flat in flats for index, p in enumerate(flat.params)
         }
-        capturable = {saved_id: group.get("capturable", False)  # (__setstate__'s default for a loaded group)
-                      for group in state_dict["param_groups"] for saved_id in group["params"]}
-        # Every saved value converted before anything changes: one that cannot be (a meta tensor, 8-bit codes
-        # of a complex accumulator) raises with the optimizer as it was, as torch's load leaves it.
-        staged = {p: self._staged_state(state_dict["state"].get(saved_id) or {}, p, capturable[saved_id],
-                                        located.get(p))
-                  for saved_id, p in param_of.items()}
+        # What could fail while the values are installed is checked first, so that a state dict that cannot load
+        # raises with the optimizer as it was, as torch's load leaves it; each param's values are then converted
+        # as they are installed, one param at a time (no converted copy of the whole state is held).
+        for saved_id, p in param_of.items():
+            check_installable(saved_id, state_dict["state"].get(saved_id) or {}, p,
+                              self._state_dtype_for(p) == quantized.QUANTIZED)
         self._step_caches.clear()
         pre_hooks, post_hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
         # A flat param's state is views of the buffers, kept and loaded into; any other param's is dropped, as
@@ -535,72 +534,51 @@ class Adadelta(Optimizer):
             self._optimizer_load_state_dict_post_hooks = post_hooks
         self.state.update(kept)
         group_of = {p: group for group in self.param_groups for p in group["params"]}
-        for p, saved in staged.items():
+        for saved_id, p in param_of.items():
+            saved = state_dict["state"].get(saved_id) or {}
+            # 8-bit state loads into floating state and the other way round, converted.
+            saved = quantized.convert_saved(saved, p, self._state_dtype_for(p) == quantized.QUANTIZED)
             where = located.get(p)
             if where is None:
                 if not saved:
                     continue  # as torch: a param without saved state gets none
                 target = self._init_state(p, group_of[p])
                 target.pop("master_param", None)  # made from the param at its next step, unless saved below
+                own = set(target)
             else:
                 # A flat param's state is views of the buffers: reset in place where nothing was saved (a
-                # saved value may be this very view: opt.state_dict()).
+                # saved value may be this very view: opt.state_dict()); a key of its own the checkpoint lacks
+                # is dropped, as torch's load drops it.
                 target = self.state[p]
                 flat, index = where
+                own = set(flat.installed_views[index])
                 with torch.no_grad():
                     flat_state.reset(flat, index, {key: view for key, view in flat.installed_views[index].items()
                                                    if key not in saved})
+                for key in [key for key in target if key not in own and key not in saved]:
+                    del target[key]
             with torch.no_grad():
                 for key, value in saved.items():
                     if key == "master_param":
                         if not self._wants_master(p):
                             continue  # saved with master weights, loaded without: the param itself is the value
                         if where is None:
-                            target[key] = value
+                            target[key] = value.to(device=p.device, dtype=torch.float32,
+                                                   memory_format=torch.preserve_format, copy=True)
                         elif not (value is target[key] and id(flat) in filled and index in flat.stale_masters):
                             target[key].copy_(value)
                             flat.stale_masters.discard(index)
                     elif key == "step":
+                        step = loaded_step(value, target["step"], group_of[p]["capturable"], p.device)
                         if where is not None:
-                            target["step"].copy_(value)  # the flat buffer advances this very tensor
+                            target["step"].copy_(step)  # the flat buffer advances this very tensor
                         else:
-                            target["step"] = value
-                    elif key in target and isinstance(value, torch.Tensor):
+                            target["step"] = step
+                    elif key in own:
                         target[key].copy_(value)  # casts into our dtype; a flat view stays a view
-                    elif key not in target:
-                        target[key] = value
+                    else:
+                        target[key] = cast_like_torch(value, p)
             self.state[p] = target
-        for hook in post_hooks.values():
-            hook(self)
-
-    def _staged_state(self, saved: dict[str, Any], p: torch.Tensor, capturable: bool, where) -> dict[str, Any]:
-        """A param's saved state as load_state_dict installs it, every conversion done: 8-bit or floating
-        accumulators as this optimizer keeps them, on the param's device (the copy into the state casts their
-        dtype), the step in its counter's form, a master copy in fp32, and a key of no one's as torch casts it.
-        ``where``: the param's (flat buffer, index), or None."""
-        quantized_state = self._state_dtype_for(p) == quantized.QUANTIZED
-        saved = quantized.convert_saved(saved, p, quantized_state)
-        if where is not None:
-            own, step = set(self.state[p]), self.state[p]["step"]
-        else:
-            own = {"step", *quantized.ACCUMULATORS, *(quantized.SCALE_KEYS.values() if quantized_state else ())}
-            step = self._new_step(p, capturable)
-        staged = {}
-        for key, value in saved.items():
-            if key == "step":
-                value = loaded_step(value, step, capturable, p.device)
-            elif key == "master_param":
-                # (a flat load keeps the saved tensor itself where it is already fp32 on the device: it may be the
-                # buffer's own view, from this optimizer's state_dict())
-                value = value.to(device=p.device, dtype=torch.float32, memory_format=torch.preserve_format,
-                                 copy=where is None)
-            elif key in own:
-                if isinstance(value, torch.Tensor):
-                    value = value.to(device=p.device)
-            else:
-                value = cast_like_torch(value, p)
-            staged[key] = value
-        return staged
         for hook in post_hooks.values():
             hook(self)
 

@@ -149,10 +149,6 @@ def convert_saved(saved: dict[str, Any], p: torch.Tensor, quantized: bool) -> di
     converted = dict(saved)
     state = {key: saved[key].to(p.device) for key in ACCUMULATORS}
     if quantized:
-        complex_keys = [key for key in ACCUMULATORS if saved[key].is_complex()]
-        if complex_keys:
-            raise ValueError(f"loaded {complex_keys[0]!r} is {saved[complex_keys[0]].dtype}: 8-bit state holds real "
-                             "accumulators")
         to_quantized(p, state)  # (integer accumulators too, cast to fp32 as torch casts them to the param's dtype)
     else:
         for key in ACCUMULATORS:

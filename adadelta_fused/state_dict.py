@@ -16,6 +16,7 @@ from .dtensor import describe, is_dtensor
 
 REQUIRED_KEYS = ("step", "square_avg", "acc_delta")
 SHAPED_KEYS = ("square_avg", "acc_delta", "master_param")
+STATE_KEYS = ("step", "square_avg", "acc_delta", "master_param", "square_avg_scale", "acc_delta_scale")
 
 
 def check_loadable(param_groups: list[dict[str, Any]], state_dict: dict[str, Any]) -> dict[Any, torch.Tensor]:
@@ -70,6 +71,12 @@ def check_loadable(param_groups: list[dict[str, Any]], state_dict: dict[str, Any
 
 def _check_eight_bit(where: str, saved: dict[str, Any], param: torch.Tensor) -> None:
     """8-bit accumulators (adadelta_fused.quantized) come as uint8 codes with their scales, or not at all."""
+    both_coded = [isinstance(saved[key], torch.Tensor) and saved[key].dtype == torch.uint8
+                  for key in ("square_avg", "acc_delta")]
+    if both_coded[0] != both_coded[1]:
+        coded = "square_avg" if both_coded[0] else "acc_delta"
+        raise ValueError(f"{where}: only {coded!r} is uint8 codes; 8-bit state holds both accumulators as codes "
+                         "(with their scales), floating state neither")
     for key, scale_key in (("square_avg", "square_avg_scale"), ("acc_delta", "acc_delta_scale")):
         codes, scales = saved[key], saved.get(scale_key)
         coded = isinstance(codes, torch.Tensor) and codes.dtype == torch.uint8
@@ -84,6 +91,33 @@ def _check_eight_bit(where: str, saved: dict[str, Any], param: torch.Tensor) -> 
             described = f"{scales.dtype} of shape {tuple(scales.shape)}" if isinstance(scales, torch.Tensor) else (
                 type(scales).__name__)
             raise ValueError(f"{where}: {scale_key!r} is {described}, expected float32 of shape ({blocks},)")
+
+
+def check_installable(saved_id, saved: dict[str, Any], param: torch.Tensor, quantized: bool) -> None:
+    """Raise for a saved param state (one ``check_loadable`` took) whose values would fail while they are
+    installed: a meta tensor anywhere (torch's load raises NotImplementedError on one too), a state tensor of
+    a layout other than strided (a sparse ``square_avg``), complex accumulators for 8-bit state."""
+    where = f"loaded state of param {saved_id!r} (shape {tuple(param.shape)})"
+    for key, value in saved.items():
+        if any(tensor.is_meta for tensor in _tensors_in(value)):
+            raise NotImplementedError(f"{where}: {key!r} holds a meta tensor, which has no values to load")
+        if key in STATE_KEYS and isinstance(value, torch.Tensor) and value.layout != torch.strided:
+            raise ValueError(f"{where}: {key!r} has layout {value.layout}; optimizer state is strided tensors")
+    if quantized:
+        for key in ("square_avg", "acc_delta"):
+            if saved.get(key) is not None and saved[key].is_complex():
+                raise ValueError(f"{where}: {key!r} is {saved[key].dtype}; 8-bit state holds real accumulators")
+
+
+def _tensors_in(value) -> list[torch.Tensor]:
+    """The tensors of a saved value, in dicts, lists and tuples too (as torch's load walks them)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in _tensors_in(item)]
+    return []
 
 
 def loaded_step(value, current: torch.Tensor, capturable: bool, device: torch.device) -> torch.Tensor:

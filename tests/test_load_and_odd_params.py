@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from adadelta_fused import Adadelta
-from adadelta_fused.backends import BackendUnavailableError
 
 OPTIONS = [{}, {"flatten": True}, {"state_dtype": torch.uint8}, {"state_dtype": torch.bfloat16}]
 
@@ -50,8 +49,9 @@ def test_a_load_that_fails_on_a_value_changes_nothing(options):
         saved = copy.deepcopy(opt.state_dict())
         saved["param_groups"][0]["lr"] = 0.01
         saved["state"][0]["step"] = torch.tensor(40.0)
-        saved["state"][1]["acc_delta"] = torch.empty(300, device="meta")
-        saved["state"][1].pop("acc_delta_scale", None)  # (8-bit: a floating accumulator, quantized on load)
+        coded = "acc_delta_scale" in saved["state"][1]
+        saved["state"][1]["acc_delta"] = torch.empty(300, dtype=torch.uint8 if coded else torch.float32,
+                                                     device="meta")
         before = snapshot(params, opt)
         with pytest.raises(NotImplementedError, match="meta"):
             opt.load_state_dict(saved)
@@ -117,7 +117,7 @@ def test_complex_accumulators_do_not_load_into_eight_bit_state():
              "param_groups": [{**Adadelta([torch.zeros(1)]).defaults, "params": [0]}]}
     p = torch.nn.Parameter(torch.ones(300))
     opt = Adadelta([p], state_dtype=torch.uint8)
-    with pytest.raises(ValueError, match="'square_avg' is torch.complex64: 8-bit state holds real"):
+    with pytest.raises(ValueError, match="'square_avg' is torch.complex64; 8-bit state holds real"):
         opt.load_state_dict(saved)
     assert opt.state.get(p, {}) == {}
 
@@ -170,34 +170,80 @@ def test_differentiable_names_the_fused_option_it_cannot_take():
         Adadelta([p], flatten=True, differentiable=True)
 
 
-def test_complex_params_step_under_torch_compile_as_torch_steps_them():
-    """Inductor's auto_functionalized_v2 cannot rebuild the view_as_real views the fused op takes (the compile
-    failed in the fake kernel); a compiled step of complex params runs the reference's torch ops, and steps as
-    torch's compiled step and our eager one do."""
+@pytest.mark.parametrize("backend", ["auto", "cpp", "reference"])
+@pytest.mark.parametrize("flatten", [False, True])
+def test_complex_params_step_under_torch_compile_as_torch_steps_them(backend, flatten):
+    """Inductor's auto_functionalized_v2 rebuilt the view_as_real views a fused op took without their dtype
+    change, and the compile failed in the fake kernel; a compiled step now hands the op real dtype views, and
+    steps as torch's compiled step and our eager one do."""
     results = []
-    for make, compiled in ((torch.optim.Adadelta, True), (Adadelta, True), (Adadelta, False)):
+    for make, compiled in ((torch.optim.Adadelta, True),
+                           (lambda ps, **kw: Adadelta(ps, backend=backend, flatten=flatten, **kw), True),
+                           (lambda ps, **kw: Adadelta(ps, backend=backend, flatten=flatten, **kw), False)):
         torch._dynamo.reset()
         g = torch.Generator().manual_seed(3)
-        p = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.complex64, generator=g))
-        opt = make([p], lr=0.5, weight_decay=0.1)
+        params = [torch.nn.Parameter(torch.randn(4, 3, dtype=torch.complex64, generator=g)),
+                  torch.nn.Parameter(torch.randn(5, dtype=torch.complex128, generator=g))]
+        opt = make(params, lr=0.5, weight_decay=0.1)
         step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
         for _ in range(3):
-            p.grad = torch.randn(4, 3, dtype=torch.complex64, generator=g)
+            for p in params:
+                p.grad = torch.randn(p.shape, dtype=p.dtype, generator=g)
             step()
-        results.append((p.detach().clone(), opt.state[p]["acc_delta"].clone()))
-    (theirs, their_acc), (compiled, compiled_acc), (eager, eager_acc) = results
-    torch.testing.assert_close(compiled, theirs, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(compiled_acc, their_acc, rtol=1e-5, atol=1e-9)
-    torch.testing.assert_close(eager, theirs, rtol=1e-5, atol=1e-6)  # (traced ops may round apart from eager)
+        results.append([t.detach().clone() for p in params for t in (p, opt.state[p]["acc_delta"])])
+    theirs, compiled, eager = results
+    for ours_compiled, ours_eager, torch_compiled in zip(compiled, eager, theirs):
+        torch.testing.assert_close(ours_compiled, torch_compiled, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(ours_eager, torch_compiled, rtol=1e-5, atol=1e-7)
 
 
-def test_an_explicit_fused_backend_says_why_it_cannot_compile_complex_params():
-    torch._dynamo.reset()
-    p = torch.nn.Parameter(torch.randn(4, dtype=torch.complex64))
-    p.grad = torch.randn(4, dtype=torch.complex64)
-    with pytest.raises(Exception, match="backend 'cpp' cannot step complex params in a step torch.compile traces") as raised:
-        torch.compile(Adadelta([p], backend="cpp").step, backend="aot_eager")()
-    assert isinstance(raised.value, BackendUnavailableError) or "BackendUnavailableError" in str(raised.value)
+def test_a_half_eight_bit_state_is_refused():
+    """One accumulator as codes with its scale, the other floating: it loaded as if both were codes (a saved
+    0.25 came back 0.0); refused by name."""
+    p = torch.nn.Parameter(torch.ones(300))
+    opt = Adadelta([p], state_dtype=torch.uint8)
+    p.grad = torch.ones(300)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    saved["state"][0]["acc_delta"] = torch.full((300,), 0.25)
+    del saved["state"][0]["acc_delta_scale"]
+    with pytest.raises(ValueError, match="only 'square_avg' is uint8 codes"):
+        opt.load_state_dict(saved)
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_a_sparse_accumulator_is_refused_before_anything_changes(flatten):
+    params, opt = trained(lambda ps: Adadelta(ps, lr=0.5, flatten=flatten), torch.Generator().manual_seed(4))
+    saved = copy.deepcopy(opt.state_dict())
+    saved["param_groups"][0]["lr"] = 0.01
+    saved["state"][1]["square_avg"] = saved["state"][1]["square_avg"].to_sparse()
+    before = snapshot(params, opt)
+    with pytest.raises(ValueError, match="'square_avg' has layout torch.sparse_coo"):
+        opt.load_state_dict(saved)
+    assert_unchanged(before, params, opt)
+
+
+def test_a_flat_params_own_keys_follow_the_checkpoint_as_torch_s_do():
+    """Keys a user stored in a param's state: torch's load drops one the checkpoint lacks and takes the
+    checkpoint's value (cast) for one it has, whatever shape or kind the old one was; so does a flat one."""
+    states = []
+    for make in (torch.optim.Adadelta, lambda ps: Adadelta(ps, flatten=True)):
+        p = torch.nn.Parameter(torch.ones(4))
+        opt = make([p])
+        p.grad = torch.ones(4)
+        opt.step()
+        saved = copy.deepcopy(opt.state_dict())
+        saved["state"][0]["ema"] = torch.arange(6, dtype=torch.float64)
+        saved["state"][0]["count"] = 7
+        opt.state[p]["ema"] = torch.zeros(4)
+        opt.state[p]["count"] = 3
+        opt.state[p]["stale"] = torch.ones(1)
+        opt.load_state_dict(saved)
+        states.append(opt.state[p])
+    theirs, ours = states
+    assert set(ours) == set(theirs) == {"step", "square_avg", "acc_delta", "ema", "count"}
+    assert torch.equal(ours["ema"], theirs["ema"]) and ours["ema"].dtype == theirs["ema"].dtype == torch.float32
+    assert ours["count"] == theirs["count"] == 7
 
 
 def test_flatten_refuses_meta_params_naming_the_device():

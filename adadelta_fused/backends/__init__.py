@@ -106,41 +106,9 @@ def _resolve_name(backend: str | None, device: torch.device) -> str:
     return module.NAME
 
 
-def resolve_traced_complex(backend: str | None, device: torch.device):
-    """The backend module for complex params in a step that torch.compile traces: the reference's torch ops.
-
-    A fused op takes a complex param as its view_as_real view, and Inductor's auto_functionalized_v2 (its
-    default in torch 2.14) rebuilds such a view from the complex base without the dtype change: the op's fake
-    kernel then sees complex tensors and the compile fails. The reference's in-place torch ops on the same
-    views trace as aten ops, which functionalization rebuilds correctly. ``auto`` takes it (warning once on a
-    GPU, as any fallback from a fused path); an explicit other backend raises with this reason."""
-    return _loaded[_traced_complex_name(backend, device)]
-
-
-def _traced_complex_name(backend: str | None, device: torch.device) -> str:
-    name = requested_backend(backend)
-    if name not in ("auto", "reference"):
-        raise BackendUnavailableError(
-            f"backend {name!r} cannot step complex params in a step torch.compile traces (torch's "
-            "auto_functionalized_v2 cannot rebuild their view_as_real views); use backend='auto' or 'reference'"
-        )
-    module = _explicit("reference", device)
-    if name == "auto" and device.type == "cuda":
-        _warn_traced_complex_fallback(str(device))
-    return module.NAME
-
-
-@cache
-def _warn_traced_complex_fallback(device: str) -> None:
-    warnings.warn(f"adadelta_fused: complex params in a compiled step on {device} run the reference backend "
-                  "(torch's auto_functionalized_v2 cannot trace the fused ops over their view_as_real views)",
-                  RuntimeWarning, stacklevel=5)
-
-
 # torch.compile calls _resolve_name() once while tracing and keeps the name as a constant of the graph
 # (traced line by line, the cached probes above would re-run importlib and break the graph); the module
 # is then read from ``_loaded``, which it can guard. This is the mark that
 # torch.compiler.assume_constant_result sets (tests/test_compile.py checks it still is); calling that here
 # would import torch._dynamo, 4 s, into every eager user's import.
 _resolve_name._dynamo_marked_constant = True
-_traced_complex_name._dynamo_marked_constant = True
