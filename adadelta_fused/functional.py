@@ -120,20 +120,32 @@ def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Ten
     return grouped
 
 
-def _as_real(lists: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
-    """Adadelta treats a complex number as two real ones (as torch does with view_as_real).
+def _as_real(lists: list[list[torch.Tensor]], grads_written: bool) -> tuple[list[list[torch.Tensor]], list]:
+    """Adadelta treats a complex number as two real ones (as torch does with view_as_real): ``lists`` (params,
+    grads, square_avgs, acc_deltas) as real tensors, and the (tensor, copy) pairs to write back after the step.
 
-    In a step that torch.compile traces, each row whose tensors all have a unit last stride is viewed as the
-    real dtype instead (``t.view(torch.float32)``: the last dim doubled, the same memory in the same order):
-    Inductor's auto_functionalized_v2 rebuilds a view_as_real view from its complex base without the dtype
-    change, and the op's fake kernel then saw complex tensors (torch 2.14.1: the compile failed)."""
-    compiling = torch.compiler.is_compiling()
-    real = [[] for _ in lists]
-    for row in zip(*lists):
-        as_dtype = compiling and all(t.dim() > 0 and t.stride(-1) == 1 for t in row)
-        for column, t in zip(real, row):
-            column.append(t.view(t.dtype.to_real()) if as_dtype else torch.view_as_real(t))
-    return real
+    A step that torch.compile traces views each tensor as the real dtype instead (``t.view(torch.float32)``: the
+    last dim doubled, the same memory in the same order): Inductor's auto_functionalized_v2 rebuilds a
+    view_as_real view from its complex base without the dtype change, and the op's fake kernel then saw complex
+    tensors (torch 2.14.1: the compile failed). Such a view needs a unit last stride: a tensor that is not
+    contiguous is stepped as a contiguous copy, written back where the step writes it; a 0-d one as its
+    1-element view."""
+    if not torch.compiler.is_compiling():
+        return [[torch.view_as_real(t) for t in tensors] for tensors in lists], []
+    real, write_back = [], []
+    for column, tensors in enumerate(lists):
+        written = column != 1 or grads_written
+        viewed = []
+        for t in tensors:
+            t = t.reshape(1) if t.dim() == 0 else t
+            if not t.is_contiguous():
+                copy = t.contiguous()
+                if written:
+                    write_back.append((t, copy))
+                t = copy
+            viewed.append(t.view(t.dtype.to_real()))
+        real.append(viewed)
+    return real, write_back
 
 
 def _on_device(value: torch.Tensor | None, device: torch.device, copies: dict) -> torch.Tensor | None:
@@ -219,7 +231,11 @@ def plan(
         lists = [params, grads, square_avgs, acc_deltas] + ([master_params] if master_params else [])
         copies: dict = {}
         for (device, dtype), (group, rows) in _grouped(lists, scalars).items():
-            group_params, group_grads, group_sq, group_acc = _as_real(group[:4]) if dtype.is_complex else group[:4]
+            group_params, group_grads, group_sq, group_acc = group[:4]
+            if dtype.is_complex:
+                (group_params, group_grads, group_sq, group_acc), copies_back = _as_real(
+                    group[:4], scalars.grad_mode != GradMode.KEEP)
+                write_back = copies_back + write_back  # (a copy of a resolved grad goes back into it first)
             calls.append(BackendCall(
                 backends.resolve(backend, device), device, group_params, group_grads, group_sq, group_acc,
                 group[4] if master_params else None, place_scalars(scalars, device, copies), rows,

@@ -62,6 +62,9 @@ def check_loadable(param_groups: list[dict[str, Any]], state_dict: dict[str, Any
                 )
         _check_eight_bit(where, saved, param)
         step = saved["step"]
+        if is_dtensor(step):
+            # (torch keeps a plain step beside DTensor accumulators; ours advances plain counters only)
+            raise ValueError(f"{where}: 'step' is {describe(step)}, expected a plain tensor or a number")
         if isinstance(step, torch.Tensor) and step.numel() != 1:
             raise ValueError(f"{where}: 'step' has {step.numel()} elements, expected 1")
         if not isinstance(step, (torch.Tensor, int, float)):
@@ -95,11 +98,12 @@ def _check_eight_bit(where: str, saved: dict[str, Any], param: torch.Tensor) -> 
 
 def check_installable(saved_id, saved: dict[str, Any], param: torch.Tensor, quantized: bool) -> None:
     """Raise for a saved param state (one ``check_loadable`` took) whose values would fail while they are
-    installed: a meta tensor anywhere (torch's load raises NotImplementedError on one too), a state tensor of
-    a layout other than strided (a sparse ``square_avg``), complex accumulators for 8-bit state."""
+    installed: a meta tensor for a param that is not (torch's load raises NotImplementedError there too), a
+    state tensor of a layout other than strided (a sparse ``square_avg``), complex accumulators for 8-bit state."""
     where = f"loaded state of param {saved_id!r} (shape {tuple(param.shape)})"
     for key, value in saved.items():
-        if any(tensor.is_meta for tensor in _tensors_in(value)):
+        # (a meta param takes meta values: an optimizer built over a model not yet materialized loads its own)
+        if not param.is_meta and any(tensor.is_meta for tensor in _tensors_in(value)):
             raise NotImplementedError(f"{where}: {key!r} holds a meta tensor, which has no values to load")
         if key in STATE_KEYS and isinstance(value, torch.Tensor) and value.layout != torch.strided:
             raise ValueError(f"{where}: {key!r} has layout {value.layout}; optimizer state is strided tensors")

@@ -5,11 +5,14 @@ the same situation (bug hunts of 2026-12-05)."""
 from __future__ import annotations
 
 import copy
+import datetime
+import socket
 
 import pytest
 import torch
+import torch.distributed as dist
 
-from adadelta_fused import Adadelta
+from adadelta_fused import Adadelta, adadelta_
 
 OPTIONS = [{}, {"flatten": True}, {"state_dtype": torch.uint8}, {"state_dtype": torch.bfloat16}]
 
@@ -197,6 +200,56 @@ def test_complex_params_step_under_torch_compile_as_torch_steps_them(backend, fl
         torch.testing.assert_close(ours_eager, torch_compiled, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("layout", ["zero_d", "transposed", "grad_strided"])
+def test_complex_params_of_any_layout_step_under_torch_compile(layout):
+    """A 0-d complex param, a transposed one and a grad with other strides than its param: a compiled step
+    (real dtype views need a unit last stride: contiguous copies, written back) steps as torch's does."""
+    results = []
+    for make, compiled in ((torch.optim.Adadelta, True), (Adadelta, True), (Adadelta, False)):
+        torch._dynamo.reset()
+        g = torch.Generator().manual_seed(5)
+        if layout == "zero_d":
+            p = torch.nn.Parameter(torch.randn((), dtype=torch.complex64, generator=g))
+        elif layout == "transposed":
+            p = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.complex64, generator=g).t())
+        else:
+            p = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.complex64, generator=g))
+        opt = make([p], lr=0.5, weight_decay=0.1)
+        step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
+        for _ in range(3):
+            grad = torch.randn(p.shape[::-1], dtype=p.dtype, generator=g)
+            p.grad = grad.t() if layout != "zero_d" else grad
+            step()
+        results.append((p.detach().clone(), opt.state[p]["square_avg"].clone()))
+    (theirs, their_sq), (compiled, compiled_sq), (eager, eager_sq) = results
+    for ours, our_sq in ((compiled, compiled_sq), (eager, eager_sq)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(our_sq, their_sq, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("grad_mode", ["keep", "unscale", "zero"])
+def test_a_compiled_complex_step_writes_non_contiguous_tensors_back_bit_for_bit(grad_mode):
+    """The contiguous copies of a compiled complex step go back into the caller's tensors (params, state, and
+    the grads where the step writes them): compiled equals eager bit for bit."""
+    def run(compiled):
+        torch._dynamo.reset()
+        g = torch.Generator().manual_seed(6)
+        lists = [[torch.randn(3, 4, dtype=torch.complex64, generator=g).t(),
+                  torch.randn((), dtype=torch.complex64, generator=g)] for _ in range(2)]
+        lists += [[torch.rand(3, 4, generator=g).to(torch.complex64).t(),
+                   torch.rand((), generator=g).to(torch.complex64)] for _ in range(2)]
+        scale = torch.tensor(4.0)
+
+        def step():
+            adadelta_(*lists, lr=0.5, grad_scale=scale, grad_mode=grad_mode)
+
+        (torch.compile(step, backend="aot_eager") if compiled else step)()
+        return [t.clone() for tensors in lists for t in tensors]
+
+    for eager, compiled in zip(run(False), run(True)):
+        assert torch.equal(compiled, eager)
+
+
 def test_a_half_eight_bit_state_is_refused():
     """One accumulator as codes with its scale, the other floating: it loaded as if both were codes (a saved
     0.25 came back 0.0); refused by name."""
@@ -267,3 +320,45 @@ def test_flatten_refuses_a_non_leaf_param_clearly():
     Adadelta([non_leaf])
     with pytest.raises(ValueError, match="param 0 .* is not a leaf tensor"):
         Adadelta([non_leaf], flatten=True)
+
+
+def test_an_optimizer_over_meta_params_loads_its_own_meta_state():
+    """Deferred initialization: built and stepped over meta params, its state is meta too, and loads back as
+    torch's does (meta values are refused only for params that hold memory)."""
+    for make in (torch.optim.Adadelta, Adadelta):
+        with torch.device("meta"):
+            model = torch.nn.Linear(4, 3)
+        opt = make(model.parameters())
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+        opt.load_state_dict(opt.state_dict())
+        assert all(state["square_avg"].is_meta for state in opt.state.values())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_a_dtensor_step_is_refused_before_anything_changes(flatten):
+    """A DTensor 'step' (torch keeps a plain one beside DTensor accumulators) failed at the next step, or
+    half way through a flat load; refused by name now, the optimizer unchanged."""
+    from torch.distributed.tensor import DTensor, Replicate, init_device_mesh
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        params, opt = trained(lambda ps: Adadelta(ps, lr=0.5, flatten=flatten), torch.Generator().manual_seed(7))
+        saved = copy.deepcopy(opt.state_dict())
+        saved["param_groups"][0]["lr"] = 0.01
+        saved["state"][1]["step"] = DTensor.from_local(torch.tensor(5.0), mesh, [Replicate()])
+        before = snapshot(params, opt)
+        with pytest.raises(ValueError, match="'step' is a DTensor"):
+            opt.load_state_dict(saved)
+        assert_unchanged(before, params, opt)
+    finally:
+        dist.destroy_process_group()
