@@ -120,32 +120,34 @@ def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Ten
     return grouped
 
 
+# A complex dtype's real dtype, as a constant Dynamo reads (it cannot trace torch.dtype.to_real: a graph break)
+_REAL_OF = {torch.complex32: torch.float16, torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
 def _as_real(lists: list[list[torch.Tensor]], grads_written: bool) -> tuple[list[list[torch.Tensor]], list]:
     """Adadelta treats a complex number as two real ones (as torch does with view_as_real): ``lists`` (params,
-    grads, square_avgs, acc_deltas) as real tensors, and the (tensor, copy) pairs to write back after the step
-    (the step writes params and state, and grads where ``grads_written``).
+    grads, square_avgs, acc_deltas) as real tensors, and the (tensor, copy) pairs to write back after the step.
 
-    A tensor with torch's lazy conjugate bit (``z.conj()``) has no real view: it is stepped as its resolved
-    copy, as torch's own ops resolve it. A step that torch.compile traces views each tensor as the real dtype
-    (``t.view(torch.float32)``: the last dim doubled, the same memory in the same order), since Inductor's
-    auto_functionalized_v2 rebuilds a view_as_real view from its complex base without the dtype change (the
-    op's fake kernel then saw complex tensors, and the compile failed in torch 2.14.1). Such a view needs a unit
-    last stride: a tensor that is not contiguous is stepped as a contiguous copy there, a 0-d one as its
-    1-element view. (Identity, not is_conj(), tells a copy: a traced is_conj() breaks the graph.)"""
-    compiling = torch.compiler.is_compiling()
+    A step that torch.compile traces views each tensor as the real dtype instead (``t.view(torch.float32)``: the
+    last dim doubled, the same memory in the same order): Inductor's auto_functionalized_v2 rebuilds a
+    view_as_real view from its complex base without the dtype change, and the op's fake kernel then saw complex
+    tensors (torch 2.14.1: the compile failed). Such a view needs a unit last stride: a tensor that is not
+    contiguous is stepped as a contiguous copy, written back where the step writes it; a 0-d one as its
+    1-element view."""
+    if not torch.compiler.is_compiling():
+        return [[torch.view_as_real(t) for t in tensors] for tensors in lists], []
     real, write_back = [], []
     for column, tensors in enumerate(lists):
         written = column != 1 or grads_written
         viewed = []
         for t in tensors:
-            if compiling and t.dim() == 0:
-                t = t.reshape(1)  # (a view: the step's writes reach the 0-d tensor)
-            copy = t.resolve_conj()  # t itself without the bit
-            if compiling and not copy.is_contiguous():
-                copy = copy.contiguous()
-            if copy is not t and written:
-                write_back.append((t, copy))
-            viewed.append(copy.view(copy.dtype.to_real()) if compiling else torch.view_as_real(copy))
+            t = t.reshape(1) if t.dim() == 0 else t
+            if not t.is_contiguous():
+                copy = t.contiguous()
+                if written:
+                    write_back.append((t, copy))
+                t = copy
+            viewed.append(t.view(_REAL_OF[t.dtype]))
         real.append(viewed)
     return real, write_back
 

@@ -250,31 +250,6 @@ def test_a_compiled_complex_step_writes_non_contiguous_tensors_back_bit_for_bit(
         assert torch.equal(compiled, eager)
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-@pytest.mark.parametrize("where", ["grad", "param"])
-def test_complex_tensors_with_the_conjugate_bit_step_as_torch_steps_them(where, compiled):
-    """``z.conj()`` is lazy: view_as_real refused it ("unresolved conjugated tensors"); a param or grad with
-    the bit is stepped as its resolved copy (a param written back through its conjugate view), as torch's ops
-    resolve it."""
-    results = []
-    for make in (torch.optim.Adadelta, Adadelta):
-        torch._dynamo.reset()
-        g = torch.Generator().manual_seed(8)
-        z = torch.randn(4, 3, dtype=torch.complex64, generator=g)
-        p = torch.nn.Parameter(z.conj() if where == "param" else z)
-        opt = make([p], lr=0.5, weight_decay=0.1)
-        step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
-        for _ in range(2):
-            grad = torch.randn(4, 3, dtype=torch.complex64, generator=g)
-            p.grad = grad.conj() if where == "grad" else grad
-            step()
-        assert p.is_conj() == (where == "param")
-        results.append((p.detach().resolve_conj(), opt.state[p]["acc_delta"].resolve_conj()))
-    (theirs, their_acc), (ours, our_acc) = results
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(our_acc, their_acc, rtol=1e-5, atol=1e-9)
-
-
 def test_a_half_eight_bit_state_is_refused():
     """One accumulator as codes with its scale, the other floating: it loaded as if both were codes (a saved
     0.25 came back 0.0); refused by name."""
