@@ -18,7 +18,7 @@ OPTIONS = [{}, {"flatten": True}, {"state_dtype": torch.uint8}, {"state_dtype": 
 
 
 def trained(make, generator, steps=3):
-    params = [torch.nn.Parameter(torch.randn(5, generator=generator)), torch.nn.Parameter(torch.randn(300, generator=generator))]
+    params = [torch.nn.Parameter(torch.randn(n, generator=generator)) for n in (5, 300)]
     opt = make(params)
     for _ in range(steps):
         for p in params:
