@@ -46,29 +46,31 @@ ALIGN_BYTES = 16
 _FLAT_BUFFERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _listed_owner(p: torch.Tensor, storage) -> "FlatGroup | None":
-    """The living FlatGroup whose buffer (``storage``) ``p`` views, while its optimizer still lists ``p`` (one
-    that took it out of its groups lets the buffer go at its next step)."""
+def _listed_owner(p: torch.Tensor, storage, optimizer) -> "FlatGroup | None":
+    """The living FlatGroup whose buffer (``storage``) ``p`` views, unless it is ``optimizer``'s, while its own
+    optimizer still lists ``p`` (one that took it out of its groups lets the buffer go at its next step). The
+    owning optimizer is asked first: the listing scans are the params' and the groups' whole lists, which a
+    re-flattening of this optimizer's own edited group would otherwise run for each of its params."""
     ref = _FLAT_BUFFERS.get(storage)
     owner = None if ref is None else ref()
-    if owner is None or not any(q is p for q in owner.params):
+    owning = None if owner is None or owner.owner is None else owner.owner()
+    if owning is None or owning is optimizer:
         return None
-    optimizer = owner.owner() if owner.owner is not None else None
-    if optimizer is None or not any(q is p for group in optimizer.param_groups for q in group["params"]):
+    if not any(q is p for q in owner.params):
+        return None
+    if not any(q is p for group in owning.param_groups for q in group["params"]):
         return None
     return owner
 
 
 def _foreign_owner(p: torch.Tensor, storage, optimizer=None) -> "FlatGroup | None":
-    """``_listed_owner`` of ``p``, unless it is ``optimizer``'s. An optimizer just deleted may still wait in a
-    reference cycle: one collection decides (about 0.2 s on a large heap, only where such an owner is found,
-    and then once: the next params of a collected buffer find it gone)."""
-    owner = _listed_owner(p, storage)
-    if owner is None or owner.owner() is optimizer:
+    """``_listed_owner`` of ``p``. An optimizer just deleted may still wait in a reference cycle: one collection
+    decides (about 0.2 s on a large heap, only where such an owner is found, and then once: the next params of a
+    collected buffer find it gone)."""
+    if _listed_owner(p, storage, optimizer) is None:
         return None
     gc.collect()
-    owner = _listed_owner(p, storage)
-    return None if owner is None or owner.owner() is optimizer else owner
+    return _listed_owner(p, storage, optimizer)
 
 
 def check_not_flattened_elsewhere(params: list[torch.Tensor], optimizer) -> None:
