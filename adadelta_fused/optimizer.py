@@ -517,9 +517,9 @@ class Adadelta(Optimizer):
         # What could fail while the values are installed is checked first, so that a state dict that cannot load
         # raises with the optimizer as it was, as torch's load leaves it; each param's values are then converted
         # as they are installed, one param at a time (no converted copy of the whole state is held).
+        eight_bit = {p: self._state_dtype_for(p) == quantized.QUANTIZED for p in param_of.values()}
         for saved_id, p in param_of.items():
-            check_installable(saved_id, state_dict["state"].get(saved_id) or {}, p,
-                              self._state_dtype_for(p) == quantized.QUANTIZED)
+            check_installable(saved_id, state_dict["state"].get(saved_id) or {}, p, eight_bit[p])
         self._step_caches.clear()
         pre_hooks, post_hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
         # A flat param's state is views of the buffers, kept and loaded into; any other param's is dropped, as
@@ -537,7 +537,7 @@ class Adadelta(Optimizer):
         for saved_id, p in param_of.items():
             saved = state_dict["state"].get(saved_id) or {}
             # 8-bit state loads into floating state and the other way round, converted.
-            saved = quantized.convert_saved(saved, p, self._state_dtype_for(p) == quantized.QUANTIZED)
+            saved = quantized.convert_saved(saved, p, eight_bit[p])
             where = located.get(p)
             if where is None:
                 if not saved:

@@ -74,15 +74,14 @@ def check_loadable(param_groups: list[dict[str, Any]], state_dict: dict[str, Any
 
 def _check_eight_bit(where: str, saved: dict[str, Any], param: torch.Tensor) -> None:
     """8-bit accumulators (adadelta_fused.quantized) come as uint8 codes with their scales, or not at all."""
-    both_coded = [isinstance(saved[key], torch.Tensor) and saved[key].dtype == torch.uint8
-                  for key in ("square_avg", "acc_delta")]
-    if both_coded[0] != both_coded[1]:
-        coded = "square_avg" if both_coded[0] else "acc_delta"
-        raise ValueError(f"{where}: only {coded!r} is uint8 codes; 8-bit state holds both accumulators as codes "
+    keys = (("square_avg", "square_avg_scale"), ("acc_delta", "acc_delta_scale"))
+    coded_keys = [isinstance(saved[key], torch.Tensor) and saved[key].dtype == torch.uint8 for key, _ in keys]
+    if coded_keys[0] != coded_keys[1]:
+        only = keys[0][0] if coded_keys[0] else keys[1][0]
+        raise ValueError(f"{where}: only {only!r} is uint8 codes; 8-bit state holds both accumulators as codes "
                          "(with their scales), floating state neither")
-    for key, scale_key in (("square_avg", "square_avg_scale"), ("acc_delta", "acc_delta_scale")):
-        codes, scales = saved[key], saved.get(scale_key)
-        coded = isinstance(codes, torch.Tensor) and codes.dtype == torch.uint8
+    for (key, scale_key), coded in zip(keys, coded_keys):
+        scales = saved.get(scale_key)
         if coded != (scale_key in saved):
             raise ValueError(
                 f"{where}: {key!r} is {'uint8 codes without' if coded else 'not uint8 codes but has'} {scale_key!r}; "
