@@ -1,11 +1,15 @@
-"""Shared fixtures: fresh random data (never zeros), poisoning, and the backends under test."""
+"""Shared fixtures: fresh random data (never zeros), poisoning, the backends under test, and gloo groups."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
+import socket
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from adadelta_fused import _extension
 from adadelta_fused.contract import STATE_DTYPES, GradMode, StepScalars
@@ -246,3 +250,21 @@ def interpreter_fma_rounds_once(monkeypatch):
     except pytest.skip.Exception:
         return  # no triton: no interpreter to patch
     monkeypatch.setattr(triton_interpreter.InterpreterBuilder, "create_fma", _fma_rounded_once)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a gloo process group."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def one_rank_process_group():
+    """A gloo process group of this process alone, destroyed on the way out."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

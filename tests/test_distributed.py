@@ -13,7 +13,6 @@ import copy
 import datetime
 import json
 import os
-import socket
 import time
 import traceback
 
@@ -22,6 +21,8 @@ import torch
 import torch.distributed as dist
 
 from adadelta_fused import Adadelta
+
+from conftest import free_port
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
@@ -399,12 +400,6 @@ def _worker(rank: int, port: int, workdir) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _single_process_checkpoint(workdir) -> None:
     """1 rank: a plain model (no FSDP, no process group) trains 2 steps, saves with DCP, trains 2 more."""
     model = make_model()
@@ -423,7 +418,7 @@ def workdir(tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("distributed")
     _single_process_checkpoint(workdir)
-    context = mp.start_processes(_worker, args=(_free_port(), workdir), nprocs=WORLD, join=False,
+    context = mp.start_processes(_worker, args=(free_port(), workdir), nprocs=WORLD, join=False,
                                  start_method="spawn")
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
     while not context.join(timeout=max(deadline - time.monotonic(), 0)):  # True once all have exited

@@ -5,14 +5,13 @@ the same situation (bug hunts of 2026-12-05)."""
 from __future__ import annotations
 
 import copy
-import datetime
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from adadelta_fused import Adadelta, adadelta_
+
+from conftest import one_rank_process_group
 
 OPTIONS = [{}, {"flatten": True}, {"state_dtype": torch.uint8}, {"state_dtype": torch.bfloat16}]
 
@@ -336,21 +335,13 @@ def test_an_optimizer_over_meta_params_loads_its_own_meta_state():
         assert len(opt.state) == 2 and all(state["square_avg"].is_meta for state in opt.state.values())
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("flatten", [False, True])
 def test_a_dtensor_step_is_refused_before_anything_changes(flatten):
     """A DTensor 'step' (torch keeps a plain one beside DTensor accumulators) failed at the next step, or
     half way through a flat load; refused by name now, the optimizer unchanged."""
     from torch.distributed.tensor import DTensor, Replicate, init_device_mesh
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                            timeout=datetime.timedelta(seconds=30))
-    try:
+    with one_rank_process_group():
         mesh = init_device_mesh("cpu", (1,))
         params, opt = trained(lambda ps: Adadelta(ps, lr=0.5, flatten=flatten), torch.Generator().manual_seed(7))
         saved = copy.deepcopy(opt.state_dict())
@@ -360,5 +351,3 @@ def test_a_dtensor_step_is_refused_before_anything_changes(flatten):
         with pytest.raises(ValueError, match="'step' is a DTensor"):
             opt.load_state_dict(saved)
         assert_unchanged(before, params, opt)
-    finally:
-        dist.destroy_process_group()

@@ -4,21 +4,18 @@
 from __future__ import annotations
 
 import copy
-import datetime
 import gc
 import io
 import pickle
-import socket
 import weakref
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.utils.checkpoint
 
 from adadelta_fused import Adadelta
 
-from conftest import TOLERANCE, assert_bitwise_equal
+from conftest import TOLERANCE, assert_bitwise_equal, one_rank_process_group
 
 
 class Net(torch.nn.Module):
@@ -397,12 +394,6 @@ def test_the_second_gradient_error_names_the_skip_pattern(generator):
     del opt
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_raises_in_step_before_stepping_twice():
     """DDP's reducer writes the averaged gradient into p.grad after backward, when the hook has already
     stepped the param with its local gradient: step() refuses to step it a second time, and writes
@@ -411,11 +402,7 @@ def test_ddp_raises_in_step_before_stepping_twice():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
     twin = copy.deepcopy(model)
     x = torch.randn(5, 3)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-        timeout=datetime.timedelta(seconds=30),
-    )
-    try:
+    with one_rank_process_group():
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         opt = Adadelta(model.parameters(), step_in_backward=True)
         ddp(x).square().mean().backward()
@@ -423,8 +410,6 @@ def test_ddp_raises_in_step_before_stepping_twice():
         with pytest.raises(RuntimeError, match=r"param 0 of param group 0 \(shape \(4, 3\)\) was stepped in "
                                                r"backward.*gradient again.*DistributedDataParallel"):
             opt.step()
-    finally:
-        dist.destroy_process_group()
     theirs = Adadelta(twin.parameters())
     twin(x).square().mean().backward()
     theirs.step()
