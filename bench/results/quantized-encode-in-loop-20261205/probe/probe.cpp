@@ -1,7 +1,6 @@
 #include <cstdio>
-#include <ctime>
+#include "timing.h"
 #include <cstdint>
-static double now() { timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e9 + t.tv_nsec; }
 #define R(x) x x x x
 // body macros: independent ops on separate registers; inputs zmm0..; outputs to distinct regs
 #define SQ(d) "vsqrtps %%zmm1, %%zmm" #d "\n"
@@ -34,11 +33,9 @@ template <int K> __attribute__((noinline)) void run(long n) {
   }
 }
 template <int K> void t(const char* name, int ops) {
-  asm volatile("vbroadcastss %0, %%zmm1\n vbroadcastss %1, %%zmm2" :: "m"(*(const float[]){1.7f}), "m"(*(const float[]){1.3f}) : "xmm1", "xmm2");
-  const long n = 2000000;
-  double best = 1e30;
-  for (int r = 0; r < 5; ++r) { double t0 = now(); run<K>(n); double t1 = now(); if (t1 - t0 < best) best = t1 - t0; }
-  printf("%-40s %7.2f cycles/iter (@3.67GHz), %5.2f per op-group\n", name, best / n * 3.67, best / n * 3.67 / ops);
+  set_asm_operands();
+  const double cycles = best_cycles_per_iteration(run<K>, 2000000);
+  printf("%-40s %7.2f cycles/iter (@3.67GHz), %5.2f per op-group\n", name, cycles, cycles / ops);
 }
 int main() {
   t<0>("4 vsqrtps zmm", 4);

@@ -1,6 +1,5 @@
 #include <cstdio>
-#include <ctime>
-static double now() { timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e9 + t.tv_nsec; }
+#include "timing.h"
 alignas(64) static char buf[4096];
 #define SQ(d) "vsqrtps %%zmm1, %%zmm" #d "\n"
 #define DV(d) "vdivps %%zmm2, %%zmm1, %%zmm" #d "\n"
@@ -27,11 +26,9 @@ template <int K> __attribute__((noinline)) void run(long n) {
   }
 }
 template <int K> void t(const char* name, int ops) {
-  asm volatile("vbroadcastss %0, %%zmm1\n vbroadcastss %1, %%zmm2" :: "m"(*(const float[]){1.7f}), "m"(*(const float[]){1.3f}) : "xmm1", "xmm2");
-  const long n = 2000000;
-  double best = 1e30;
-  for (int r = 0; r < 5; ++r) { double t0 = now(); run<K>(n); double t1 = now(); if (t1 - t0 < best) best = t1 - t0; }
-  printf("%-40s %7.2f cycles/iter (@3.67GHz), %5.2f per op-group\n", name, best / n * 3.67, best / n * 3.67 / ops);
+  set_asm_operands();
+  const double cycles = best_cycles_per_iteration(run<K>, 2000000);
+  printf("%-40s %7.2f cycles/iter (@3.67GHz), %5.2f per op-group\n", name, cycles, cycles / ops);
 }
 int main() {
   t<0>("4 vpmovdb zmm->xmm", 4);

@@ -1,8 +1,7 @@
 #include <cstdio>
-#include <ctime>
+#include "timing.h"
 #include <random>
 #include <immintrin.h>
-static double now() { timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e9 + t.tv_nsec; }
 alignas(64) float buf[1 << 12];
 template <int K> __attribute__((noinline, target("avx512f"))) void run(long n) {
   const int m = 1 << 12;
@@ -17,10 +16,8 @@ template <int K> __attribute__((noinline, target("avx512f"))) void run(long n) {
   }
 }
 template <int K> void t(const char* name, int ops) {
-  const long n = 2000000;
-  double best = 1e30;
-  for (int r = 0; r < 5; ++r) { double t0 = now(); run<K>(n); double t1 = now(); if (t1 - t0 < best) best = t1 - t0; }
-  printf("%-40s %7.2f cycles/iter, %5.2f per op\n", name, best / n * 3.67, best / n * 3.67 / ops);
+  const double cycles = best_cycles_per_iteration(run<K>, 2000000);
+  printf("%-40s %7.2f cycles/iter, %5.2f per op\n", name, cycles, cycles / ops);
 }
 int main() {
   std::mt19937 rng(1); std::uniform_real_distribution<float> u(1e-8f, 1e-2f);
