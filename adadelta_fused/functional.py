@@ -230,6 +230,8 @@ def plan(
             params, grads, square_avgs, acc_deltas, master_params)
     steps_on_cpu = check_steps(state_steps)
     grads, write_back = resolve_negated(grads, scalars)
+    if scalars.grad_mode == GradMode.KEEP and torch.compiler.is_compiling():
+        grads = [_with_own_memory(grad) for grad in grads]
     calls = []
     if params:
         lists = [params, grads, square_avgs, acc_deltas] + ([master_params] if master_params else [])
@@ -258,6 +260,24 @@ def resolve_negated(grads: list[torch.Tensor], scalars: StepScalars) -> tuple[li
     if scalars.grad_mode == GradMode.KEEP:
         return resolved, []
     return resolved, [(grad, copy) for grad, copy in zip(grads, resolved) if copy is not grad]
+
+
+def _with_own_memory(grad: torch.Tensor) -> torch.Tensor:
+    """An expanded grad (a stride 0 over a dim of more than one element) as a contiguous copy, in a step that
+    torch.compile traces and that keeps its grads. The op's schema declares grads mutable (the "unscale" and
+    "zero" modes write them), and aot_autograd refuses to write such a tensor back even where the step only
+    reads it (torch 2.14.1: "more than one element of the written-to tensor refers to a single memory
+    location"); torch.optim.Adadelta compiles it. Eager steps read the grad in place.
+
+    A contiguous grad is returned before its strides are read: once a recompile has made shapes dynamic,
+    Dynamo (torch 2.14.1) fails on ``stride()`` of a grad that is a view of a larger buffer ("Cannot construct
+    `ConstantVariable` for value of type SymInt"), and such grads are common."""
+    if grad.is_contiguous():
+        return grad
+    for stride, size in zip(grad.stride(), grad.shape):
+        if stride == 0 and size > 1:
+            return grad.contiguous()
+    return grad
 
 
 def replan(template: StepPlan, scalars: StepScalars, step_counters: torch.Tensor | None) -> StepPlan:

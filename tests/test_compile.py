@@ -112,3 +112,38 @@ def test_eager_steps_then_compiled_steps_make_no_more_graphs_than_torch():
     train(eager_model, eager_opt, 3)  # the same batches as the compiled run's
     for (name, p), q in zip(model.named_parameters(), eager_model.parameters()):
         assert_bitwise_equal(p.detach(), q.detach(), f"compiled after eager vs eager: {name}")
+
+
+@pytest.mark.parametrize("kind", ["expanded", "one expanded grad twice", "views of one buffer", "transposed slices"])
+def test_a_compiled_step_reads_expanded_and_view_grads_as_torch_does(kind):
+    """A step that keeps its grads reads a hand-assigned expanded grad (stride 0) under torch.compile, as
+    torch's compiled step does; the op's schema declares grads mutable, which aot_autograd refused for such a
+    tensor. Views of one buffer went through before; the stride check must not break them."""
+    def grads(generator):
+        buffer = torch.randn(3, 8, generator=generator)
+        if kind == "expanded":
+            return torch.randn(1, 3, generator=generator).expand(4, 3), buffer[:, :4].t().contiguous()
+        if kind == "one expanded grad twice":
+            expanded = torch.randn(1, 3, generator=generator).expand(4, 3)
+            return expanded, expanded
+        if kind == "views of one buffer":
+            return buffer.view(-1)[:12].view(4, 3), buffer.view(-1)[3:15].view(4, 3)
+        return buffer[:, :4].t(), buffer[:, 4:].t()
+
+    def run(make_optimizer):
+        generator = torch.Generator().manual_seed(5)
+        params = [torch.nn.Parameter(torch.randn(4, 3, generator=generator)) for _ in range(2)]
+        opt = make_optimizer(params)
+        step = torch.compile(opt.step, backend="aot_eager")
+        for _ in range(3):
+            for param, grad in zip(params, grads(generator)):
+                param.grad = grad
+            step()
+        return params, opt
+
+    torch._dynamo.reset()  # (once: our step then recompiles torch's wrapper of step, with dynamic shapes)
+    theirs, _ = run(lambda params: torch.optim.Adadelta(params, lr=0.5))
+    ours, opt = run(lambda params: Adadelta(params, lr=0.5))
+    for index, (mine, torchs) in enumerate(zip(ours, theirs)):
+        assert_bitwise_equal(mine.detach(), torchs.detach(), f"params[{index}]")
+        assert int(opt.state[mine]["step"]) == 3
