@@ -918,7 +918,7 @@ class Adadelta(Optimizer):
                 params, grads, square_avgs, acc_deltas, steps,
                 lr=group["lr"], rho=group["rho"], eps=group["eps"], weight_decay=group["weight_decay"],
                 maximize=group["maximize"], differentiable=differentiable, capturable=group["capturable"],
-                foreach=False if differentiable else group["foreach"],
+                foreach=group["foreach"],  # (differentiable with foreach=True: torch's AssertionError, as torch)
                 has_complex=any(torch.is_complex(p) for p in params),
             )
 

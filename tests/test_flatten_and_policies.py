@@ -725,6 +725,27 @@ def test_differentiable_runs_torch_implementation():
     assert_bitwise_equal(results[0][1], results[1][1])
 
 
+@pytest.mark.parametrize("foreach", [None, False, True])
+def test_differentiable_takes_foreach_as_torch_does(foreach):
+    """torch's foreach ops have no autograd: differentiable=True with foreach=True raises torch's
+    AssertionError at the step, and foreach=None picks the single-tensor loop."""
+    outcomes = []
+    for cls in (Adadelta, torch.optim.Adadelta):
+        generator = torch.Generator().manual_seed(3)
+        p = torch.randn(5, dtype=torch.float64, generator=generator).requires_grad_().clone()
+        p.grad = torch.randn(5, dtype=torch.float64, generator=generator)
+        opt = cls([p], differentiable=True, lr=0.3, foreach=foreach)
+        try:
+            opt.step()
+            outcomes.append(p.detach().clone())
+        except AssertionError as error:
+            outcomes.append(str(error))
+    if foreach:
+        assert outcomes[0] == outcomes[1] == "_foreach ops don't support autograd"
+    else:
+        assert_bitwise_equal(outcomes[0], outcomes[1])
+
+
 @pytest.mark.parametrize("set_to_none", [True, False])
 def test_a_layer_frozen_mid_training_is_stepped_as_torch_steps_it(set_to_none):
     """zero_grad(set_to_none=True) takes a frozen param's grad as torch's does (so it is no longer stepped,
