@@ -85,6 +85,13 @@ def check_not_flattened_elsewhere(params: list[torch.Tensor], optimizer) -> None
             )
 
 
+@torch.compiler.disable
+def _untraced_view_status(*arguments) -> tuple[int, list[int], list[int]]:
+    """The native check in a traced step: a graph break Dynamo is told about, where calling the pybind function
+    itself broke the graph with a warning that asked the user to report it (torch 2.14.1)."""
+    return _extension.module().flat_view_status(*arguments)
+
+
 def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, grad_buffer: torch.Tensor,
                  expected: torch.Tensor, grad_views: list[torch.Tensor],
                  frozen_have_none: bool) -> tuple[int, list[int], list[int]]:
@@ -93,6 +100,8 @@ def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, grad_buffer: 
     view): one native pass when the extension is loaded (csrc/ops.cpp flat_view_status)."""
     ext = _extension.module()
     if ext is not None:
+        if torch.compiler.is_compiling():
+            return _untraced_view_status(params, buffer, grad_buffer, expected, frozen_have_none)
         return ext.flat_view_status(params, buffer, grad_buffer, expected, frozen_have_none)
 
     def views(t: torch.Tensor, storage: torch.Tensor, offset: int) -> bool:
