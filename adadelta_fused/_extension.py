@@ -105,8 +105,19 @@ def check_op_args(*args) -> None:
     errors, and ``available_backends()`` reports the missing build.
     """
     ext = module()
-    if ext is not None:
+    if ext is None:
+        return
+    if torch.compiler.is_compiling():
+        _untraced_check_op_args(*args)
+    else:
         ext.check_op_args(*args)
+
+
+@torch.compiler.disable
+def _untraced_check_op_args(*args) -> None:
+    """The validator in a step Dynamo traces (the reference backend's): a graph break Dynamo is told about,
+    where calling the pybind function itself warned and asked the user to report it (torch 2.14.1)."""
+    module().check_op_args(*args)
 
 
 def check_state_steps(steps) -> bool | None:

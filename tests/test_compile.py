@@ -151,11 +151,11 @@ def test_a_compiled_step_reads_expanded_and_view_grads_as_torch_does(kind):
         assert int(opt.state[mine]["step"]) == 3
 
 
-@pytest.mark.parametrize("options", [{"flatten": True}, {"stochastic_rounding": True}],
-                         ids=["flatten", "stochastic_rounding"])
+@pytest.mark.parametrize("options", [{"flatten": True}, {"stochastic_rounding": True}, {"backend": "reference"}],
+                         ids=["flatten", "stochastic_rounding", "reference"])
 def test_options_with_python_bookkeeping_compile_to_the_eager_numbers_without_warnings(options):
-    """flatten=True and stochastic_rounding=True break the graph for their bookkeeping (README: 4 to 7 graphs)
-    and give the eager numbers. Their native checks are breaks Dynamo is told about: calling the pybind
+    """flatten=True, stochastic_rounding=True and the reference backend (its validator) break the graph
+    (README: 4 to 7 graphs) and give the eager numbers. Their native checks are breaks Dynamo is told about: calling the pybind
     functions themselves warned "Dynamo does not know how to trace the builtin" and asked the user to file an
     issue."""
     with warnings.catch_warnings(record=True) as caught:
