@@ -155,7 +155,8 @@ def test_a_compiled_step_reads_expanded_and_view_grads_as_torch_does(kind):
                          ids=["flatten", "stochastic_rounding", "reference"])
 def test_options_with_python_bookkeeping_compile_to_the_eager_numbers_without_warnings(options):
     """flatten=True, stochastic_rounding=True and the reference backend (its validator) break the graph
-    (README: 4 to 7 graphs) and give the eager numbers. Their native checks are breaks Dynamo is told about: calling the pybind
+    (README: 4 to 7 graphs) and give the eager numbers (the reference's traced torch ops to within rounding:
+    aot_autograd decomposes them). Their native checks are breaks Dynamo is told about: calling the pybind
     functions themselves warned "Dynamo does not know how to trace the builtin" and asked the user to file an
     issue."""
     with warnings.catch_warnings(record=True) as caught:
@@ -166,6 +167,12 @@ def test_options_with_python_bookkeeping_compile_to_the_eager_numbers_without_wa
     eager_model = mlp(0)
     eager_opt = Adadelta(eager_model.parameters(), lr=0.5, **options)
     train(eager_model, eager_opt, 4)
+    def same(got, want, what):
+        if "backend" in options:
+            torch.testing.assert_close(got, want, msg=what)
+        else:
+            assert_bitwise_equal(got, want, what)
+
     for (name, p), q in zip(model.named_parameters(), eager_model.parameters()):
-        assert_bitwise_equal(p.detach(), q.detach(), f"compiled vs eager: {name}")
-        assert_bitwise_equal(opt.state[p]["acc_delta"], eager_opt.state[q]["acc_delta"], name)
+        same(p.detach(), q.detach(), f"compiled vs eager: {name}")
+        same(opt.state[p]["acc_delta"], eager_opt.state[q]["acc_delta"], name)
