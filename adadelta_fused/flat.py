@@ -85,6 +85,16 @@ def check_not_flattened_elsewhere(params: list[torch.Tensor], optimizer) -> None
             )
 
 
+def zero_as_torch_does(grad: torch.Tensor) -> None:
+    """``Optimizer.zero_grad(set_to_none=False)`` on one grad: out of autograd (``detach_`` only where it has
+    a grad_fn: a view grad, DDP's bucket view say, cannot be detached in place), then zeroed in place."""
+    if grad.grad_fn is not None:
+        grad.detach_()
+    else:
+        grad.requires_grad_(False)
+    grad.zero_()
+
+
 @torch.compiler.disable
 def _untraced_view_status(*arguments) -> tuple[int, list[int], list[int]]:
     """The native check in a traced step: a graph break Dynamo is told about, where calling the pybind function
@@ -386,6 +396,23 @@ class FlatGroup:
 
     def zero_grad(self, set_to_none: bool) -> None:
         """Zero the gradient buffer in place; with ``set_to_none``, the next step treats a param that no
-        longer requires grad as torch would find it: without a grad (``frozen_have_none``)."""
+        longer requires grad as torch would find it: without a grad (``frozen_have_none``).
+
+        A grad that is not the param's view of the buffer (autograd made it after ``model.zero_grad()`` set
+        grads to None, or it was assigned) is only brought into the buffer by the next step, so it is zeroed
+        here as torch zeroes it (set to None, or zeroed in place): a batch dropped with ``opt.zero_grad()``
+        must not reach the next step. Finding them is the step's native check (about 45 us for 4096 params
+        here; torch's own zero_grad takes a Python loop over the params)."""
         self.grad.zero_()
         self.frozen_have_none = self.frozen_have_none or set_to_none
+        moved, _, foreign = _view_status(self.params, self.param, self.grad, self._expected, self._grad_views,
+                                         False)
+        if moved >= 0:  # (the next step raises for it; the check stopped there, so look at every param)
+            foreign = [index for index, p in enumerate(self.params)
+                       if p.grad is not None and p.grad is not self._grad_views[index]]
+        for index in foreign:
+            p = self.params[index]
+            if set_to_none:
+                p.grad = None
+            else:
+                zero_as_torch_does(p.grad)

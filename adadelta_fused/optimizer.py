@@ -21,7 +21,7 @@ from torch.optim.optimizer import (
 from . import backends, flat_state, quantized, sparse
 from ._compat import group_by_device_and_dtype
 from .contract import LOW_PRECISION, STATE_DTYPES, GradMode, check_hyperparameters
-from .flat import FlatGroup, check_flattenable, check_not_flattened_elsewhere
+from .flat import FlatGroup, check_flattenable, check_not_flattened_elsewhere, zero_as_torch_does
 from .functional import plan, replan, step_scalars
 from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken
 from .reference import rounding_key
@@ -624,7 +624,7 @@ class Adadelta(Optimizer):
                 if set_to_none:
                     p.grad = None
                 else:
-                    p.grad.detach_().requires_grad_(False).zero_()
+                    zero_as_torch_does(p.grad)
 
     def _grad_mode(self, grad_scale) -> GradMode:
         if self.defaults["zero_grad_in_step"]:
