@@ -138,6 +138,10 @@ class Adadelta(Optimizer):
         self._unflat_params: list[list[torch.Tensor]] = []  # per param group: params outside the buffers
         self._flat_sources: list[list[torch.Tensor]] = []  # per param group: its params when flattened
         self._step_caches: dict[int, GroupCache] = {}  # per param group index (step_cache.py)
+        # Master copies made by a first step with every lr zero (DCP's get_optimizer_state_dict makes state so):
+        # copies of the params, nothing more, keyed by id(param); with, once a state dict saved them, each
+        # copy's version counter then (``_unloaded_masters``).
+        self._fresh_masters: dict[int, int | None] = {}
         self._flat_synced_writes: int | None = None  # StateMap's count when flat_state.sync last ran
         defaults = {
             "lr": lr,
@@ -452,6 +456,7 @@ class Adadelta(Optimizer):
                     device = p.device if group["capturable"] else None
                     p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_get_scalar_dtype(), device=device)
         self._flat_synced_writes = None
+        self._fresh_masters = {}  # (a copy's params are other objects)
         if "_flat_groups" not in self.__dict__:
             # A copy (deepcopy, pickle) brings params and state but not the buffers they viewed, and pickle
             # does not even keep the views shared: build the buffers again, around the copied values.
@@ -473,6 +478,11 @@ class Adadelta(Optimizer):
         dense Adadelta's, with torch's keys only (adadelta_fused.sparse)."""
         sparse.settle_all(self)
         self._fill_stale_masters()
+        for key in self._fresh_masters:
+            self._fresh_masters[key] = None
+        for p, state in self.state.items():
+            if id(p) in self._fresh_masters and "master_param" in state:
+                self._fresh_masters[id(p)] = state["master_param"]._version
         # The post-hooks run last, on the finished dict, as torch's run (one may return another object).
         post_hooks = self._optimizer_state_dict_post_hooks
         self._optimizer_state_dict_post_hooks = OrderedDict()
@@ -518,6 +528,7 @@ class Adadelta(Optimizer):
         # raises with the optimizer as it was, as torch's load leaves it; each param's values are then converted
         # as they are installed, one param at a time (no converted copy of the whole state is held).
         eight_bit = {p: self._state_dtype_for(p) == quantized.QUANTIZED for p in param_of.values()}
+        unloaded = self._unloaded_masters(param_of, state_dict["state"])
         for saved_id, p in param_of.items():
             check_installable(saved_id, state_dict["state"].get(saved_id) or {}, p, eight_bit[p])
         self._step_caches.clear()
@@ -560,8 +571,10 @@ class Adadelta(Optimizer):
             with torch.no_grad():
                 for key, value in saved.items():
                     if key == "master_param":
-                        if not self._wants_master(p):
-                            continue  # saved with master weights, loaded without: the param itself is the value
+                        if not self._wants_master(p) or p in unloaded:
+                            # Saved with master weights and loaded without: the param itself is the value. A
+                            # copy nothing was loaded into: made from the (loaded) param at the next step.
+                            continue
                         if where is None:
                             target[key] = value.to(device=p.device, dtype=torch.float32,
                                                    memory_format=torch.preserve_format, copy=True)
@@ -579,8 +592,26 @@ class Adadelta(Optimizer):
                     else:
                         target[key] = cast_like_torch(value, p)
             self.state[p] = target
+        self._fresh_masters = {}
         for hook in post_hooks.values():
             hook(self)
+
+    def _unloaded_masters(self, param_of: dict, saved_state: dict) -> set:
+        """The params whose saved master copy is their own fresh copy (``_fresh_masters``) unwritten since
+        ``state_dict()`` saved it: DCP's get_optimizer_state_dict makes one with a zero-lr step, and a
+        checkpoint without master copies (torch.optim.Adadelta's, loaded with ``allow_partial_load``) leaves
+        it as it was, a copy of the params from before the load. Such a copy is made from the loaded param
+        instead, as for any checkpoint without master copies (it held nothing the param does not)."""
+        unloaded = set()
+        for saved_id, p in param_of.items():
+            version = self._fresh_masters.get(id(p))
+            if version is None:
+                continue
+            master = self.state.get(p, {}).get("master_param")
+            saved = (saved_state.get(saved_id) or {}).get("master_param")
+            if master is not None and saved is master and master._version == version:
+                unloaded.add(p)
+        return unloaded
 
     # ---- step ----
 
@@ -733,6 +764,8 @@ class Adadelta(Optimizer):
         compiling = torch.compiler.is_compiling()
         if not compiling:
             self._sync_flat_state()
+        makes_fresh_masters = (not compiling and not self.state and self.defaults["master_weights"]
+                               and all(_is_zero(group["lr"]) for group in self.param_groups))
         # StateMap's count when the step begins, for the caches below (a compiled step neither reads nor
         # settles them: Dynamo would guard on the count, which the step itself may change)
         writes = None if compiling else getattr(self.state, "writes", None)
@@ -759,6 +792,10 @@ class Adadelta(Optimizer):
             else:
                 step_plan.run()
         self._advance_rounding_step()
+        if makes_fresh_masters:
+            self._fresh_masters = {id(p): None for p, state in self.state.items() if "master_param" in state}
+        elif self._fresh_masters and not all(_is_zero(group["lr"]) for group in self.param_groups):
+            self._fresh_masters = {}
         return loss
 
     def _advance_rounding_step(self) -> None:
@@ -921,6 +958,12 @@ class Adadelta(Optimizer):
                 foreach=group["foreach"],  # (differentiable with foreach=True: torch's AssertionError, as torch)
                 has_complex=any(torch.is_complex(p) for p in params),
             )
+
+
+def _is_zero(lr) -> bool:
+    """Whether a group's lr is zero (a tensor lr is read: only on a first step, or while fresh master copies
+    are kept, ``Adadelta._fresh_masters``)."""
+    return bool(lr == 0)
 
 
 def _check_capturable(params, steps) -> None:

@@ -73,3 +73,70 @@ def test_zero_grad_keeps_a_view_grad_of_a_param_outside_the_flat_buffers():
         opt.zero_grad(set_to_none=False)
         grads.append((b.grad.tolist(), bucket[2:5].tolist()))
     assert grads[0] == grads[1] == ([0.0] * 3, [0.0] * 3)
+
+
+def bf16_mlp(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).to(torch.bfloat16)
+
+
+def train_steps(model, opt, steps: int, first: int = 0) -> None:
+    for seed in range(first, first + steps):
+        x = torch.randn(4, 6, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16)
+        opt.zero_grad()
+        model(x).float().square().mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("saved_by", ["torch", "ours"])
+def test_dcp_resume_into_master_weights_takes_the_checkpoint(tmp_path, saved_by):
+    """DCP's get_optimizer_state_dict makes state with a zero-lr step, whose master copies are copies of the
+    params from before the load. A checkpoint of torch.optim.Adadelta (no master copies, loaded with
+    allow_partial_load) left them so, and the next step wrote the pre-load weights back into the model: the
+    copies are now made from the loaded params, as a plain load_state_dict of that checkpoint makes them. A
+    checkpoint with master copies (ours) loads them."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+
+    source = bf16_mlp(0)
+    make_source = {"torch": lambda ps: torch.optim.Adadelta(ps),
+                   "ours": lambda ps: Adadelta(ps, master_weights=True)}[saved_by]
+    source_opt = make_source(source.parameters())
+    train_steps(source, source_opt, 3)
+    dcp.save({"model": get_model_state_dict(source), "optim": get_optimizer_state_dict(source, source_opt)},
+             checkpoint_id=str(tmp_path))
+
+    resumed = bf16_mlp(1)  # other weights: the load must replace them, in the masters too
+    opt = Adadelta(resumed.parameters(), master_weights=True)
+    state = {"model": get_model_state_dict(resumed), "optim": get_optimizer_state_dict(resumed, opt)}
+    dcp.load(state, checkpoint_id=str(tmp_path), planner=DefaultLoadPlanner(allow_partial_load=True))
+    set_model_state_dict(resumed, state["model"])
+    set_optimizer_state_dict(resumed, opt, state["optim"])
+
+    oracle = bf16_mlp(1)
+    oracle.load_state_dict(source.state_dict())
+    oracle_opt = Adadelta(oracle.parameters(), master_weights=True)
+    oracle_opt.load_state_dict(source_opt.state_dict())
+    for model, optimizer in ((resumed, opt), (oracle, oracle_opt)):
+        train_steps(model, optimizer, 2, first=3)
+    for (name, got), want in zip(resumed.named_parameters(), oracle.parameters()):
+        assert torch.equal(got, want), name
+        assert torch.equal(opt.state[got]["master_param"], oracle_opt.state[want]["master_param"]), name
+
+
+def test_master_copies_are_kept_by_a_round_trip_once_a_step_moved_them():
+    """Only copies nothing but zero-lr steps touched are made again from the params: after a real step, a
+    state dict loaded back keeps its master copies (the bits the bf16 params lack)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    model = bf16_mlp(0)
+    opt = Adadelta(model.parameters(), master_weights=True)
+    get_optimizer_state_dict(model, opt)  # its zero-lr step makes the state
+    train_steps(model, opt, 2)
+    masters = [opt.state[p]["master_param"].clone() for p in model.parameters()]
+    assert any(not torch.equal(m, p.float()) for m, p in zip(masters, model.parameters()))
+    opt.load_state_dict(opt.state_dict())
+    for master, p in zip(masters, model.parameters()):
+        assert torch.equal(opt.state[p]["master_param"], master)
