@@ -108,16 +108,23 @@ def check_op_args(*args) -> None:
     if ext is None:
         return
     if torch.compiler.is_compiling():
-        _untraced_check_op_args(*args)
+        untraced("check_op_args")(*args)  # (the reference backend's validator, traced)
     else:
         ext.check_op_args(*args)
 
 
-@torch.compiler.disable
-def _untraced_check_op_args(*args) -> None:
-    """The validator in a step Dynamo traces (the reference backend's): a graph break Dynamo is told about,
-    where calling the pybind function itself warned and asked the user to report it (torch 2.14.1)."""
-    module().check_op_args(*args)
+_UNTRACED: dict = {}
+
+
+def untraced(name: str):
+    """The extension's function ``name`` for a step Dynamo traces: wrapped in torch.compiler.disable, a graph
+    break Dynamo is told about, where calling the pybind function itself breaks the graph with a warning that
+    asks the user to report it (torch 2.14.1). Wrapped on first use: the wrapper imports torch._dynamo, which
+    ``import adadelta_fused`` must not (seconds)."""
+    wrapped = _UNTRACED.get(name)
+    if wrapped is None:
+        wrapped = _UNTRACED[name] = torch.compiler.disable(getattr(_MODULE, name))
+    return wrapped
 
 
 def check_state_steps(steps) -> bool | None:

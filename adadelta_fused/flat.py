@@ -95,13 +95,6 @@ def zero_as_torch_does(grad: torch.Tensor) -> None:
     grad.zero_()
 
 
-@torch.compiler.disable
-def _untraced_view_status(*arguments) -> tuple[int, list[int], list[int]]:
-    """The native check in a traced step: a graph break Dynamo is told about, where calling the pybind function
-    itself broke the graph with a warning that asked the user to report it (torch 2.14.1)."""
-    return _extension.module().flat_view_status(*arguments)
-
-
 def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, grad_buffer: torch.Tensor,
                  expected: torch.Tensor, grad_views: list[torch.Tensor],
                  frozen_have_none: bool) -> tuple[int, list[int], list[int]]:
@@ -111,7 +104,7 @@ def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, grad_buffer: 
     ext = _extension.module()
     if ext is not None:
         if torch.compiler.is_compiling():
-            return _untraced_view_status(params, buffer, grad_buffer, expected, frozen_have_none)
+            return _extension.untraced("flat_view_status")(params, buffer, grad_buffer, expected, frozen_have_none)
         return ext.flat_view_status(params, buffer, grad_buffer, expected, frozen_have_none)
 
     def views(t: torch.Tensor, storage: torch.Tensor, offset: int) -> bool:
@@ -130,20 +123,23 @@ def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, grad_buffer: 
     return -1, skipped, foreign
 
 
-def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False) -> None:
-    """Raise, naming the param, if ``params`` (one buffer's worth) cannot be moved into a flat buffer."""
+def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False, labels: list[str] | None = None) -> None:
+    """Raise, naming the param, if ``params`` (one buffer's worth) cannot be moved into a flat buffer.
+    ``labels``: how each param is named (``param k of param group g``: a buffer holds one (device, dtype)
+    of a group, so its own numbering is not the user's)."""
     storages: dict[int, int] = {}
     for index, p in enumerate(params):
+        name = labels[index] if labels else f"param {index}"
         if dtensor.any_dtensor([p]):
             raise ValueError(
-                f"flatten=True cannot take param {index} (shape {tuple(p.shape)}): it is a DTensor with "
+                f"flatten=True cannot take {name} (shape {tuple(p.shape)}): it is a DTensor with "
                 f"placements {tuple(p.placements)}, whose local storage belongs to FSDP2 or tensor parallel "
                 "(they re-shard it and replace its grad each step). Use flatten=False: a DTensor group's "
                 "step is already one fused kernel call per (device, dtype) over the local shards"
             )
         if p.is_meta:
             raise ValueError(
-                f"flatten=True cannot take param {index} (shape {tuple(p.shape)}): it is on the meta device, whose "
+                f"flatten=True cannot take {name} (shape {tuple(p.shape)}): it is on the meta device, whose "
                 "tensors have no memory to move into a buffer. Build the optimizer after the model has its "
                 "memory (`model.to_empty(device=...)` and its initialization), or use flatten=False"
             )
@@ -151,26 +147,26 @@ def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False) ->
             # (torch's optimizers take a non-leaf that retains its grad; autograd gives it a new grad each
             # backward, which a flat buffer cannot hold, and grad_dtype below is for leaves only)
             raise ValueError(
-                f"flatten=True cannot take param {index} (shape {tuple(p.shape)}): it is not a leaf tensor "
+                f"flatten=True cannot take {name} (shape {tuple(p.shape)}): it is not a leaf tensor "
                 "(retain_grad), and autograd replaces a non-leaf's grad each backward instead of accumulating "
                 "into the flat gradient buffer. Optimize leaf tensors, or use flatten=False"
             )
         grad_dtype = getattr(p, "grad_dtype", p.dtype)  # (torch 2.10 and later)
         if grad_dtype != p.dtype:
             raise ValueError(
-                f"flatten=True cannot take param {index} (shape {tuple(p.shape)}): its grad_dtype is {grad_dtype}, "
+                f"flatten=True cannot take {name} (shape {tuple(p.shape)}): its grad_dtype is {grad_dtype}, "
                 f"not its dtype {p.dtype}, and the flat gradient buffer holds gradients of the params' dtype. "
                 "Leave grad_dtype unset, or use flatten=False"
             )
         if not is_dense(p):
             raise ValueError(
-                f"flatten=True needs dense params; param {index} has shape {tuple(p.shape)} and strides "
+                f"flatten=True needs dense params; {name} has shape {tuple(p.shape)} and strides "
                 f"{p.stride()} (make it contiguous before building the optimizer)"
             )
         storage = p.untyped_storage()
         if not shared_ok and _foreign_owner(p, storage) is not None:
             raise ValueError(
-                f"flatten=True: param {index} (shape {tuple(p.shape)}) is in the flat buffer of another "
+                f"flatten=True: {name} (shape {tuple(p.shape)}) is in the flat buffer of another "
                 "optimizer built with flatten=True, which still steps it there: delete that optimizer first, "
                 "or use flatten=False"
             )
@@ -179,12 +175,16 @@ def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False) ->
         address = storage.data_ptr()
         if p.numel() and address in storages and not shared_ok and storage not in _FLAT_BUFFERS:
             raise ValueError(
-                f"flatten=True: params {storages[address]} and {index} share storage (views of one tensor, "
+                f"flatten=True: {_label(labels, storages[address])} and {name} share storage (views of one tensor, "
                 "two Parameters over the same data, or a copy of a model trained with flatten=True); "
                 "flattening would untie them. Pass each tensor once, give each its own storage "
                 "(`p.data = p.data.clone()`), or use flatten=False"
             )
         storages[address] = index
+
+
+def _label(labels: list[str] | None, index: int) -> str:
+    return labels[index] if labels else f"param {index}"
 
 
 def _padded(numel: int, element_size: int, quantized: bool = False) -> int:
@@ -238,13 +238,16 @@ class FlatGroup:
     # The master buffer's version counter when a state dict filled its stale copies with the params
     # (Adadelta._fill_stale_masters): a load of that same dict, unwritten since, leaves them stale.
     filled_version: int | None = None
+    # How the step's messages name each param (``param k of param group g``); empty: by its index here.
+    labels: list[str] = field(default_factory=list)
 
     @classmethod
     def build(cls, params: list[torch.Tensor], state_dtype: torch.dtype, master: bool, *,
-              shared_ok: bool = False) -> "FlatGroup":
+              shared_ok: bool = False, labels: list[str] | None = None) -> "FlatGroup":
         """``shared_ok``: the params are a copy of an optimizer's own flat params (deepcopy, torch.save keep
-        them views of one storage), not a user's tied tensors."""
-        check_flattenable(params, shared_ok=shared_ok)
+        them views of one storage), not a user's tied tensors. ``labels``: check_flattenable's, kept for the
+        step's messages."""
+        check_flattenable(params, shared_ok=shared_ok, labels=labels)
         quantized = state_dtype == torch.uint8
         offsets, total = [], 0
         for p in params:
@@ -273,6 +276,7 @@ class FlatGroup:
             square_avg=torch.zeros(total, dtype=state_dtype, device=first.device),
             acc_delta=torch.zeros(total, dtype=state_dtype, device=first.device),
             master=flat_master,
+            labels=list(labels) if labels else [],
         )
         _FLAT_BUFFERS[flat_param.untyped_storage()] = weakref.ref(group)
         if quantized:
@@ -349,7 +353,8 @@ class FlatGroup:
         self.frozen_have_none = False
         if moved >= 0:
             raise RuntimeError(
-                f"flatten=True: param {moved} (shape {tuple(self.params[moved].shape)}) no longer views the "
+                f"flatten=True: {_label(self.labels, moved)} (shape {tuple(self.params[moved].shape)}) no longer "
+                "views the "
                 "optimizer's flat buffer; was `param.data` reassigned or the model moved after building the "
                 "optimizer?"
             )
@@ -361,7 +366,8 @@ class FlatGroup:
                 grad = self.params[index].grad
                 if grad.layout != torch.strided:
                     raise RuntimeError(
-                        f"Adadelta does not support sparse gradients with flatten=True (param {index}): the flat "
+                        "Adadelta does not support sparse gradients with flatten=True "
+                        f"({_label(self.labels, index)}): the flat "
                         "buffers hold dense gradients; use flatten=False, whose step takes them row by row"
                     )
                 # A grad viewing another slot of this buffer would be overwritten before it is read.

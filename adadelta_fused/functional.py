@@ -263,21 +263,20 @@ def resolve_negated(grads: list[torch.Tensor], scalars: StepScalars) -> tuple[li
 
 
 def _with_own_memory(grad: torch.Tensor) -> torch.Tensor:
-    """An expanded grad (a stride 0 over a dim of more than one element) as a contiguous copy, in a step that
-    torch.compile traces and that keeps its grads. The op's schema declares grads mutable (the "unscale" and
-    "zero" modes write them), and aot_autograd refuses to write such a tensor back even where the step only
-    reads it (torch 2.14.1: "more than one element of the written-to tensor refers to a single memory
-    location"); torch.optim.Adadelta compiles it. Eager steps read the grad in place.
+    """A grad that may be expanded (a stride 0 over more than one element) as a contiguous copy, in a step
+    that torch.compile traces and that keeps its grads. The op's schema declares grads mutable (the "unscale"
+    and "zero" modes write them), and aot_autograd refuses to write an expanded tensor back even where the
+    step only reads it (torch 2.14.1: "more than one element of the written-to tensor refers to a single
+    memory location"); torch.optim.Adadelta compiles it. Eager steps read the grad in place.
 
-    A contiguous grad is returned before its strides are read: once a recompile has made shapes dynamic,
-    Dynamo (torch 2.14.1) fails on ``stride()`` of a grad that is a view of a larger buffer ("Cannot construct
-    `ConstantVariable` for value of type SymInt"), and such grads are common."""
-    if grad.is_contiguous():
+    Which grads are expanded is not asked of their strides: once a recompile has made shapes dynamic, Dynamo
+    (torch 2.14.1) fails on ``stride()`` of some grads (views of a larger buffer, transposed complex grads:
+    "Cannot construct `ConstantVariable` for value of type SymInt"). A grad contiguous in a standard layout
+    (autograd's, a param's channels_last) is read in place; any other, rare, is copied."""
+    if (grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last)
+            or grad.is_contiguous(memory_format=torch.channels_last_3d)):
         return grad
-    for stride, size in zip(grad.stride(), grad.shape):
-        if stride == 0 and size > 1:
-            return grad.contiguous()
-    return grad
+    return grad.contiguous()
 
 
 def replan(template: StepPlan, scalars: StepScalars, step_counters: torch.Tensor | None) -> StepPlan:

@@ -177,9 +177,9 @@ class Adadelta(Optimizer):
                 check_not_taken(group["params"], f"param group {index}")
         if flatten:
             kinds = [self._flattenable(group) for group in self.param_groups]
-            for by_kind, _ in kinds:
+            for group, (by_kind, _) in zip(self.param_groups, kinds):
                 for params in by_kind.values():
-                    check_flattenable(params)
+                    check_flattenable(params, labels=self._param_labels(group, params))
             for group in self.param_groups:
                 self._append_flat(group)
 
@@ -362,6 +362,13 @@ class Adadelta(Optimizer):
                 others.append(p)
         return by_kind, others
 
+    def _param_labels(self, group: dict[str, Any], params: list[torch.Tensor]) -> list[str]:
+        """``param k of param group g`` for each of ``params`` (some of ``group``'s), as a message names them."""
+        position = {id(p): k for k, p in enumerate(group["params"])}
+        index = next((i for i, g in enumerate(self.param_groups) if g is group), None)
+        where = f" of param group {index}" if index is not None else ""
+        return [f"param {position[id(p)]}{where}" for p in params]
+
     def _flatten_group(self, group: dict[str, Any], copied: bool = False,
                        stale_masters: frozenset[int] = frozenset()) -> tuple[list[FlatGroup], list]:
         """Move the group's trainable params (and any state they have) into flat buffers; ``copied``: the
@@ -374,7 +381,8 @@ class Adadelta(Optimizer):
         for params in by_kind.values():
             old_state = [self.state.get(p, {}) for p in params]
             flat = FlatGroup.build(
-                params, self._state_dtype_for(params[0]), self._wants_master(params[0]), shared_ok=copied
+                params, self._state_dtype_for(params[0]), self._wants_master(params[0]), shared_ok=copied,
+                labels=self._param_labels(group, params),
             )
             flat.owner = weakref.ref(self)
             flat.counters = torch.zeros(len(params), dtype=_get_scalar_dtype(),

@@ -115,17 +115,9 @@ def same_objects(params, cached: list) -> bool:
     ext = _extension.module()
     if type(params) is list and ext is not None:
         if torch.compiler.is_compiling():
-            return _untraced_same_objects(params, cached)
+            return _extension.untraced("same_objects")(params, cached)  # (Python's loop: one graph more)
         return ext.same_objects(params, cached)
     return all(map(operator.is_, params, cached))
-
-
-@torch.compiler.disable
-def _untraced_same_objects(params: list, cached: list) -> bool:
-    """The native comparison in a traced step: a graph break Dynamo is told about, where calling the pybind
-    function itself broke the graph with a warning that asked the user to report it (torch 2.14.1); tracing
-    the Python loop instead made one graph more."""
-    return _extension.module().same_objects(params, cached)
 
 
 @dataclass

@@ -229,7 +229,7 @@ def test_corrupt_state_is_refused_before_anything_changes(corruption, match, gen
 def test_flatten_refuses_params_that_share_storage(generator):
     base = torch.randn(10, generator=generator)
     a, b = torch.nn.Parameter(base[:5]), torch.nn.Parameter(base[5:])
-    with pytest.raises(ValueError, match="params 0 and 1 share storage"):
+    with pytest.raises(ValueError, match="param 0 of param group 0 and param 1 of param group 0 share storage"):
         Adadelta([a, b], flatten=True)
     tied = torch.randn(6, generator=generator)
     with pytest.raises(ValueError, match="share storage"):

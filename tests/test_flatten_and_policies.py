@@ -154,9 +154,9 @@ def test_a_model_flattened_by_an_optimizer_that_is_gone_flattens_again():
     opt = Adadelta(model.parameters(), flatten=True)
     train(model, opt, batches(2))
     first_buffer = flat_storage(opt)
-    with pytest.raises(ValueError, match=r"param 0 \(shape \(5, 3, 3, 3\)\) is in the flat buffer of another"):
+    with pytest.raises(ValueError, match=r"param 0 of param group 0 \(shape \(5, 3, 3, 3\)\) is in the flat buffer"):
         Adadelta(model.parameters(), flatten=True)
-    with pytest.raises(ValueError, match=r"param 0 \(shape \(7,\)\) is in the flat buffer of another"):
+    with pytest.raises(ValueError, match=r"param 0 of param group 0 \(shape \(7,\)\) is in the flat buffer of another"):
         Adadelta([model.fc2.bias], flatten=True)
     train(model, opt, batches(1))  # the refused constructors took nothing from it
     del opt
@@ -214,7 +214,7 @@ def test_broken_views_are_detected():
     opt = Adadelta(model.parameters(), flatten=True)
     train(model, opt, batches(1))
     model.fc1.weight.data = model.fc1.weight.data.clone()
-    with pytest.raises(RuntimeError, match=r"param 2 \(shape \(33, 45\)\) no longer views the optimizer's flat buffer"):
+    with pytest.raises(RuntimeError, match=r"param 2 of param group 0 \(shape \(33, 45\)\) no longer views the"):
         opt.step()
 
 
@@ -287,7 +287,7 @@ def test_the_view_check_over_thousands_of_params_finds_every_change_and_steps_li
             items[2] = "not a tensor"
             with pytest.raises(TypeError, match=r"params\[2\] is not a tensor"):
                 ext.flat_view_status(items, flat.param, flat.grad, flat._expected, False)
-        with pytest.raises(RuntimeError, match=rf"param {moved} \(shape \(3,\)\) no longer views the optimizer's flat"):
+        with pytest.raises(RuntimeError, match=rf"param {moved} of param group 0 \(shape \(3,\)\) no longer views"):
             opt.step()
     finally:
         torch.set_num_threads(default_threads)
@@ -380,7 +380,7 @@ def test_flatten_steps_grads_assigned_by_hand_and_refuses_sparse_ones():
 def test_a_group_that_cannot_be_flattened_is_not_added():
     """add_param_group after construction: the refused group leaves no trace, and later groups step."""
     opt = Adadelta([torch.nn.Parameter(torch.randn(4))], flatten=True)
-    with pytest.raises(ValueError, match=r"param 0 has shape \(6, 4\)"):
+    with pytest.raises(ValueError, match=r"param 0 of param group 1 has shape \(6, 4\)"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(6, 8)[:, ::2])]})
     assert len(opt.param_groups) == len(opt._flat_groups) == 1
     later = torch.nn.Parameter(torch.randn(3))
@@ -488,19 +488,28 @@ def test_loading_its_own_live_state_dict_changes_nothing(flatten):
             assert torch.equal(after["state"][key][name], value), f"{name} of param {key}"
 
 
+def test_flatten_names_a_refused_param_by_its_place_in_its_group():
+    """A buffer holds one (device, dtype) of a group: its messages counted within it (a bf16 param before the
+    strided fp32 one made this "param 1")."""
+    params = [torch.nn.Parameter(torch.randn(3, dtype=torch.bfloat16)), torch.nn.Parameter(torch.randn(4)),
+              torch.nn.Parameter(torch.randn(10, 12)[:, :4])]
+    with pytest.raises(ValueError, match=r"param 2 of param group 1 has shape \(10, 4\)"):
+        Adadelta([{"params": [torch.nn.Parameter(torch.randn(2))]}, {"params": params}], flatten=True)
+
+
 def test_flatten_checks_every_group_before_moving_any():
     """A group that cannot be flattened raises before an earlier group's params moved into a buffer."""
     good = torch.nn.Parameter(torch.randn(5, 3))
     strided = torch.nn.Parameter(torch.randn(6, 8)[:, ::2])
     address = good.data_ptr()
-    with pytest.raises(ValueError, match=r"param 0 has shape \(6, 4\)"):
+    with pytest.raises(ValueError, match=r"param 0 of param group 1 has shape \(6, 4\)"):
         Adadelta([{"params": [good]}, {"params": [strided]}], flatten=True)
     assert good.data_ptr() == address and good.grad is None
 
 
 def test_flatten_rejects_a_non_dense_param():
     weight = torch.nn.Parameter(torch.randn(6, 8)[:, ::2])
-    with pytest.raises(ValueError, match=r"flatten=True needs dense params; param 0 has shape \(6, 4\)"):
+    with pytest.raises(ValueError, match=r"needs dense params; param 0 of param group 0 has shape \(6, 4\)"):
         Adadelta([weight], flatten=True)
 
 

@@ -87,5 +87,5 @@ def test_a_param_swapped_out_of_the_flat_buffer_is_detected(generator):
     optimizer.step()
     outsider = torch.nn.Parameter(torch.randn(5, generator=generator))
     torch.utils.swap_tensors(params[1], outsider)  # params[1] now holds another TensorImpl
-    with pytest.raises(RuntimeError, match=r"param 1 \(shape \(5,\)\) no longer views the optimizer's flat buffer"):
+    with pytest.raises(RuntimeError, match=r"param 1 of param group 0 \(shape \(5,\)\) no longer views the optimizer"):
         optimizer.step()
