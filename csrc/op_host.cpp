@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -104,13 +105,56 @@ void check_fits_param_dtype(const char* name, double value, at::ScalarType dtype
 
 // Two tensors of one call that share memory would race (the kernels read and write every element of
 // every tensor in parallel), so any overlap that involves a written tensor is refused. Only tensors that
-// share a storage are compared. Byte ranges decide, so two interleaved views (x[::2], x[1::2]) count as
-// overlapping too. Storages are visited in the order the arguments first name them, and ties in a sweep
+// share a storage are compared, first by byte ranges; where ranges meet, elements_meet decides whether an
+// element is shared (views that interleave, x[::2] and x[1::2] or two column blocks of one matrix, share
+// none, and torch steps them). Storages are visited in the order the arguments first name them, and ties in a sweep
 // go to the earlier argument, so every backend reports the same pair. The storages are found through one
 // open-addressing table with a linked list of spans per storage: no allocation per tensor (a node-based
 // map and a vector per storage cost about 1 us a param at 4096 params, 5 tensors each). Tensors are added
 // row by row, as the validator reads them (each TensorImpl is a cache miss; one pass misses once), and
 // kept in argument order: list by list, each in index order.
+// Whether two tensors over one storage whose byte ranges meet share an element. Decided exactly where both have
+// one element size and, in every dim where both have more than one element, one stride (views that slice one
+// tensor): x + sum(i_d s_d) = y + sum(j_d s_d) has a solution with 0 <= i_d < n_d, 0 <= j_d < m_d exactly when
+// y - x is a sum of k_d s_d with -(m_d - 1) <= k_d <= n_d - 1, searched from the largest stride down with the
+// range the smaller ones can still add (one or two candidates a dim for a slicing's strides). Anything else,
+// or a search past kBudget nodes, counts as sharing: refused as before, never a race let through.
+bool elements_meet(const at::TensorImpl& x, const at::TensorImpl& y) {
+  if (x.itemsize() != y.itemsize() || x.dim() != y.dim()) return true;
+  struct Digit {
+    int64_t stride, low, high;
+  };
+  std::vector<Digit> digits;
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    const int64_t n = x.size(d), m = y.size(d);
+    if (n > 1 && m > 1 && x.stride(d) != y.stride(d)) return true;
+    const int64_t stride = n > 1 ? x.stride(d) : y.stride(d);
+    if (stride != 0 && (n > 1 || m > 1)) digits.push_back({stride, -(m - 1), n - 1});
+  }
+  std::sort(digits.begin(), digits.end(), [](const Digit& a, const Digit& b) { return a.stride > b.stride; });
+  // What the digits after k can add at least and at most.
+  std::vector<int64_t> least(digits.size() + 1, 0), most(digits.size() + 1, 0);
+  for (size_t k = digits.size(); k-- > 0;) {
+    least[k] = least[k + 1] + digits[k].low * digits[k].stride;
+    most[k] = most[k + 1] + digits[k].high * digits[k].stride;
+  }
+  constexpr int64_t kBudget = 1 << 16;
+  int64_t nodes = 0;
+  const auto floor_div = [](int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); };
+  const std::function<bool(size_t, int64_t)> solvable = [&](size_t k, int64_t rest) -> bool {
+    if (++nodes > kBudget) return true;
+    if (k == digits.size()) return rest == 0;
+    const Digit& digit = digits[k];
+    const int64_t low = std::max(digit.low, -floor_div(-(rest - most[k + 1]), digit.stride));
+    const int64_t high = std::min(digit.high, floor_div(rest - least[k + 1], digit.stride));
+    for (int64_t value = low; value <= high; ++value) {
+      if (solvable(k + 1, rest - value * digit.stride)) return true;
+    }
+    return false;
+  };
+  return solvable(0, y.storage_offset() - x.storage_offset());
+}
+
 class OverlapCheck {
  public:
   OverlapCheck(size_t lists, size_t rows) : rows_(rows), spans_(lists * rows) {
@@ -120,6 +164,7 @@ class OverlapCheck {
   }
 
   void add(size_t list, const char* name, size_t index, bool written, const at::Tensor& t) {
+    const at::TensorImpl* impl = t.unsafeGetTensorImpl();
     const void* storage = storage_of(t.unsafeGetTensorImpl());
     if (t.numel() == 0 || storage == nullptr) return;
     const uintptr_t item = uintptr_t(t.itemsize());
@@ -133,7 +178,7 @@ class OverlapCheck {
     Slot& entry = table_[slot];
     entry.storage = storage;
     const int32_t position = int32_t(list * rows_ + index);
-    spans_[position] = {name, index, written, begin, begin + extent * item, entry.head, int32_t(slot)};
+    spans_[position] = {name, index, written, begin, begin + extent * item, impl, entry.head, int32_t(slot)};
     entry.head = position;
     if (++entry.count > 1) shared_ = true;  // (not `shared_ || ++count`: every count must advance)
   }
@@ -141,6 +186,7 @@ class OverlapCheck {
   void check() {
     if (!shared_) return;
     std::vector<int32_t> group;
+    std::vector<int32_t> active;
     for (int32_t first = 0; first < int32_t(spans_.size()); ++first) {
       if (spans_[first].slot < 0) continue;  // an empty tensor, or none added there
       Slot& entry = table_[size_t(spans_[first].slot)];
@@ -152,17 +198,22 @@ class OverlapCheck {
       std::sort(group.begin(), group.end(), [&](int32_t x, int32_t y) {
         return spans_[x].begin != spans_[y].begin ? spans_[x].begin < spans_[y].begin : x < y;
       });
-      // Sweep: the span reaching furthest so far is the one any later span could overlap first.
-      size_t reach = 0;
-      for (size_t k = 1; k < group.size(); ++k) {
-        const Span& a = spans_[group[reach]];
-        const Span& b = spans_[group[k]];
-        if (b.begin < a.end && (a.written || b.written)) {
-          TORCH_CHECK_VALUE(false, b.name, "[", b.index, "] and ", a.name, "[", a.index,
-                            "] share memory (the same tensor twice, or overlapping views); the step writes ",
-                            a.written ? a.name : b.name, " and would race. Pass tensors that do not overlap");
+      // Sweep: each span against the earlier ones whose range it starts inside (one, for spans that do not
+      // overlap: a flat buffer's ranges between params without grads).
+      active.clear();
+      for (const int32_t k : group) {
+        const Span& b = spans_[k];
+        active.erase(std::remove_if(active.begin(), active.end(), [&](int32_t j) { return spans_[j].end <= b.begin; }),
+                     active.end());
+        for (const int32_t j : active) {
+          const Span& a = spans_[j];
+          if ((a.written || b.written) && elements_meet(*a.impl, *b.impl)) {
+            TORCH_CHECK_VALUE(false, b.name, "[", b.index, "] and ", a.name, "[", a.index,
+                              "] share memory (the same tensor twice, or overlapping views); the step writes ",
+                              a.written ? a.name : b.name, " and would race. Pass tensors that do not overlap");
+          }
         }
-        if (b.end > a.end) reach = k;
+        active.push_back(k);
       }
     }
   }
@@ -174,6 +225,7 @@ class OverlapCheck {
     bool written = false;
     uintptr_t begin = 0;  // bytes within the storage
     uintptr_t end = 0;
+    const at::TensorImpl* impl = nullptr;  // (the call's tensors outlive the check)
     int32_t previous = -1;  // the storage's span added before this one (-1: none)
     int32_t slot = -1;      // its storage's slot in table_ (-1: no span here)
   };

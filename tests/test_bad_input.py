@@ -128,6 +128,56 @@ def test_overlapping_tensors_are_refused(every_backend, case, generator):
     assert_refused(every_backend, (params, grads, square_avgs, acc_deltas, steps), match, ValueError)
 
 
+@pytest.mark.parametrize("case", ["column blocks", "interleaved rows", "interleaved columns", "3-d slices"])
+def test_interleaved_views_that_share_no_element_step_as_torch_steps_them(every_backend, case, generator):
+    """Views whose byte ranges interleave without a common element (two column blocks of one matrix) were
+    refused as overlapping; torch steps them, and so does every backend now, to torch's numbers."""
+    def views(base):
+        if case == "column blocks":
+            return [base.view(8, 10)[:, :3], base.view(8, 10)[:, 3:]]
+        if case == "interleaved rows":
+            return [base.view(8, 10)[::2], base.view(8, 10)[1::2]]
+        if case == "interleaved columns":
+            return [base.view(8, 10)[:, ::2], base.view(8, 10)[:, 1::2]]
+        return [base.view(2, 4, 10)[:, :, 1:4], base.view(2, 4, 10)[:, 1:, 5:]]
+
+    base = torch.randn(80, generator=generator)
+    twin = base.clone()
+    grads = [torch.randn(v.shape, generator=generator) for v in views(base)]
+    ours = [torch.nn.Parameter(v) for v in views(base)]
+    theirs = [torch.nn.Parameter(v) for v in views(twin)]
+    for make, params in ((lambda ps: Adadelta(ps, lr=0.5, backend=every_backend), ours),
+                         (lambda ps: torch.optim.Adadelta(ps, lr=0.5), theirs)):
+        opt = make(params)
+        for _ in range(2):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    torch.testing.assert_close(base, twin, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(base, base.clone().zero_())
+
+
+@pytest.mark.parametrize("pair", ["columns 0-3 and 3-9", "every 2nd from 0 and from 2", "every 2nd and 3rd",
+                                  "a row and a column"])
+def test_strided_views_that_share_an_element_are_refused(every_backend, pair, generator):
+    """The exact check still refuses views that share even one element (and any pair it cannot decide)."""
+    base = torch.randn(80, generator=generator)
+    matrix = base.view(8, 10)
+    first, second = {
+        "columns 0-3 and 3-9": (matrix[:, :4], matrix[:, 3:]),
+        "every 2nd from 0 and from 2": (base[0:70:2], base[2:72:2]),
+        "every 2nd and 3rd": (base[::2], base[::3]),
+        "a row and a column": (matrix[2], matrix[:, 5]),
+    }[pair]
+    params = [torch.nn.Parameter(first), torch.nn.Parameter(second)]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator)
+    before = base.clone()
+    with pytest.raises(ValueError, match="share memory"):
+        Adadelta(params, backend=every_backend).step()
+    assert torch.equal(base, before)
+
+
 def test_disjoint_views_of_one_storage_are_fine(every_backend, generator):
     base = torch.randn(80, generator=generator)
     params = [base[:37], base[40:77]]
