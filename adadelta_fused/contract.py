@@ -83,7 +83,10 @@ def check_lr(lr) -> float | torch.Tensor:
         raise ValueError(f"Invalid learning rate: {lr!r} (expected a real number or a 1-element tensor)")
     try:
         value = float(lr)
-    except (TypeError, ValueError):
+    except TypeError:
+        # (None, say: torch's step fails on -lr with a TypeError too)
+        raise TypeError(f"Invalid learning rate: {lr!r} (expected a real number or a 1-element tensor)") from None
+    except ValueError:
         raise ValueError(f"Invalid learning rate: {lr!r} (expected a real number or a 1-element tensor)") from None
     if not math.isfinite(value):
         raise ValueError(f"Invalid learning rate: {value} (must be a finite number)")

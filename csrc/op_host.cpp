@@ -95,6 +95,9 @@ bool dense_like(const at::Tensor& t, const at::Tensor& layout) {
 // converted to type c10::Half without overflow"): the kernels would turn it into inf and every weight
 // into inf or NaN. The same bound here, per param dtype; fp64 params take any finite double.
 void check_fits_param_dtype(const char* name, double value, at::ScalarType dtype) {
+  // (torch steps an inf or NaN weight_decay into NaN params; this project refuses non-finite hyperparameters)
+  TORCH_CHECK_VALUE(std::isfinite(value), "Invalid ", name, ": ", value,
+                    " (not finite: the step would turn every param it reaches into inf or NaN)");
   double largest = std::numeric_limits<double>::max();
   if (dtype == at::kFloat) largest = double(std::numeric_limits<float>::max());
   if (dtype == at::kBFloat16) largest = double(std::numeric_limits<c10::BFloat16>::max());

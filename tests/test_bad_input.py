@@ -316,6 +316,30 @@ def test_errors_leave_every_input_unchanged(every_backend, case, generator):
     assert_refused(every_backend, (params, grads, square_avgs, acc_deltas, steps), match, **kwargs)
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_non_finite_weight_decay_is_refused_by_name(every_backend, value, generator):
+    """torch steps it into NaN params; refused here (the project's rule for non-finite hyperparameters), with
+    what is wrong with it, not as an overflow."""
+    w = torch.nn.Parameter(torch.randn(9, generator=generator))
+    w.grad = torch.randn(9, generator=generator)
+    before = w.detach().clone()
+    opt = Adadelta([w], backend=every_backend)
+    opt.param_groups[0]["weight_decay"] = value
+    with pytest.raises(ValueError, match=r"Invalid weight_decay value: (inf|nan) \(not finite"):
+        opt.step()
+    assert torch.equal(w, before)
+
+
+def test_an_lr_of_none_set_in_a_group_raises_a_type_error_as_torch():
+    for optimizer in (torch.optim.Adadelta, Adadelta):
+        w = torch.nn.Parameter(torch.ones(3))
+        w.grad = torch.ones(3)
+        opt = optimizer([w])
+        opt.param_groups[0]["lr"] = None
+        with pytest.raises(TypeError):
+            opt.step()
+
+
 def test_a_bad_param_group_leaves_the_other_groups_unchanged(every_backend, generator):
     good = torch.nn.Parameter(torch.randn(8, generator=generator))
     bad = torch.nn.Parameter(torch.randn(8, generator=generator))
