@@ -187,6 +187,15 @@ def _label(labels: list[str] | None, index: int) -> str:
     return labels[index] if labels else f"param {index}"
 
 
+def label_in_groups(param: torch.Tensor, param_groups: list[dict]) -> str | None:
+    """``param k of param group g`` for where ``param`` is now (None: in no group)."""
+    for g, group in enumerate(param_groups):
+        for k, p in enumerate(group["params"]):
+            if p is param:
+                return f"param {k} of param group {g}"
+    return None
+
+
 def _padded(numel: int, element_size: int, quantized: bool = False) -> int:
     """A param's slot: whole 16-byte lines, and with 8-bit state whole 256-element blocks, so that each param's
     blocks are its own (its state views are then what a per-param step keeps, bit for bit)."""
@@ -238,15 +247,12 @@ class FlatGroup:
     # The master buffer's version counter when a state dict filled its stale copies with the params
     # (Adadelta._fill_stale_masters): a load of that same dict, unwritten since, leaves them stale.
     filled_version: int | None = None
-    # How the step's messages name each param (``param k of param group g``); empty: by its index here.
-    labels: list[str] = field(default_factory=list)
 
     @classmethod
     def build(cls, params: list[torch.Tensor], state_dtype: torch.dtype, master: bool, *,
               shared_ok: bool = False, labels: list[str] | None = None) -> "FlatGroup":
         """``shared_ok``: the params are a copy of an optimizer's own flat params (deepcopy, torch.save keep
-        them views of one storage), not a user's tied tensors. ``labels``: check_flattenable's, kept for the
-        step's messages."""
+        them views of one storage), not a user's tied tensors. ``labels``: check_flattenable's."""
         check_flattenable(params, shared_ok=shared_ok, labels=labels)
         quantized = state_dtype == torch.uint8
         offsets, total = [], 0
@@ -276,7 +282,6 @@ class FlatGroup:
             square_avg=torch.zeros(total, dtype=state_dtype, device=first.device),
             acc_delta=torch.zeros(total, dtype=state_dtype, device=first.device),
             master=flat_master,
-            labels=list(labels) if labels else [],
         )
         _FLAT_BUFFERS[flat_param.untyped_storage()] = weakref.ref(group)
         if quantized:
@@ -353,7 +358,7 @@ class FlatGroup:
         self.frozen_have_none = False
         if moved >= 0:
             raise RuntimeError(
-                f"flatten=True: {_label(self.labels, moved)} (shape {tuple(self.params[moved].shape)}) no longer "
+                f"flatten=True: {self._label(moved)} (shape {tuple(self.params[moved].shape)}) no longer "
                 "views the "
                 "optimizer's flat buffer; was `param.data` reassigned or the model moved after building the "
                 "optimizer?"
@@ -367,7 +372,7 @@ class FlatGroup:
                 if grad.layout != torch.strided:
                     raise RuntimeError(
                         "Adadelta does not support sparse gradients with flatten=True "
-                        f"({_label(self.labels, index)}): the flat "
+                        f"({self._label(index)}): the flat "
                         "buffers hold dense gradients; use flatten=False, whose step takes them row by row"
                     )
                 # A grad viewing another slot of this buffer would be overwritten before it is read.
@@ -385,6 +390,13 @@ class FlatGroup:
                     view.copy_(grad)
                     p.grad = view
         return skipped
+
+    def _label(self, index: int) -> str:
+        """How a message names param ``index``: by its place in the owner's param groups now (groups may have
+        been reordered or removed since the buffers were built), else by its index here."""
+        optimizer = self.owner() if self.owner is not None else None
+        found = label_in_groups(self.params[index], optimizer.param_groups) if optimizer is not None else None
+        return found or f"param {index}"
 
     def _has_no_grad(self, index: int) -> bool:
         """Whether param ``index``, reported without a grad, has none as torch would see it. A param frozen

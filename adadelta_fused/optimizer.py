@@ -18,7 +18,7 @@ from torch.optim.optimizer import (
     _use_grad_for_differentiable,
 )
 
-from . import backends, flat_state, quantized, sparse
+from . import backends, dtensor, flat_state, quantized, sparse
 from ._compat import group_by_device_and_dtype
 from .contract import LOW_PRECISION, STATE_DTYPES, GradMode, check_hyperparameters
 from .flat import FlatGroup, check_flattenable, check_not_flattened_elsewhere, zero_as_torch_does
@@ -490,7 +490,7 @@ class Adadelta(Optimizer):
             self._fresh_masters[key] = None
         for p, state in self.state.items():
             if id(p) in self._fresh_masters and "master_param" in state:
-                self._fresh_masters[id(p)] = state["master_param"]._version
+                self._fresh_masters[id(p)] = _written_version(state["master_param"])
         # The post-hooks run last, on the finished dict, as torch's run (one may return another object).
         post_hooks = self._optimizer_state_dict_post_hooks
         self._optimizer_state_dict_post_hooks = OrderedDict()
@@ -617,7 +617,7 @@ class Adadelta(Optimizer):
                 continue
             master = self.state.get(p, {}).get("master_param")
             saved = (saved_state.get(saved_id) or {}).get("master_param")
-            if master is not None and saved is master and master._version == version:
+            if master is not None and saved is master and _written_version(master) == version:
                 unloaded.add(p)
         return unloaded
 
@@ -802,8 +802,8 @@ class Adadelta(Optimizer):
         self._advance_rounding_step()
         if makes_fresh_masters:
             self._fresh_masters = {id(p): None for p, state in self.state.items() if "master_param" in state}
-        elif self._fresh_masters and not all(_is_zero(group["lr"]) for group in self.param_groups):
-            self._fresh_masters = {}
+        elif self._fresh_masters and (compiling or not all(_is_zero(group["lr"]) for group in self.param_groups)):
+            self._fresh_masters = {}  # (a traced tensor lr's value would break the graph: counted as moved)
         return loss
 
     def _advance_rounding_step(self) -> None:
@@ -958,6 +958,8 @@ class Adadelta(Optimizer):
         if found_inf is not None and float(found_inf) != 0.0:
             return
         differentiable = group["differentiable"]
+        if differentiable and group["foreach"]:
+            raise AssertionError("_foreach ops don't support autograd")  # torch's, with grads or without
         for params, grads, square_avgs, acc_deltas, steps, _ in self._gather(group):
             torch_adadelta(
                 params, grads, square_avgs, acc_deltas, steps,
@@ -966,6 +968,12 @@ class Adadelta(Optimizer):
                 foreach=group["foreach"],  # (differentiable with foreach=True: torch's AssertionError, as torch)
                 has_complex=any(torch.is_complex(p) for p in params),
             )
+
+
+def _written_version(t: torch.Tensor) -> int:
+    """The version counter a write into ``t`` advances: a DTensor's local tensor's (DCP loads a sharded state
+    into the local shards, which leaves the DTensor's own counter where it was)."""
+    return (t.to_local() if dtensor.is_dtensor(t) else t)._version
 
 
 def _is_zero(lr) -> bool:

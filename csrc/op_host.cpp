@@ -110,7 +110,8 @@ void check_fits_param_dtype(const char* name, double value, at::ScalarType dtype
 // every tensor in parallel), so any overlap that involves a written tensor is refused. Only tensors that
 // share a storage are compared, first by byte ranges; where ranges meet, elements_meet decides whether an
 // element is shared (views that interleave, x[::2] and x[1::2] or two column blocks of one matrix, share
-// none, and torch steps them). Storages are visited in the order the arguments first name them, and ties in a sweep
+// none, and torch steps them; n views that all interleave cost n^2 / 2 such checks: 256 views of one tensor,
+// 2.2 ms a step here). Storages are visited in the order the arguments first name them, and ties in a sweep
 // go to the earlier argument, so every backend reports the same pair. The storages are found through one
 // open-addressing table with a linked list of spans per storage: no allocation per tensor (a node-based
 // map and a vector per storage cost about 1 us a param at 4096 params, 5 tensors each). Tensors are added
@@ -189,7 +190,7 @@ class OverlapCheck {
   void check() {
     if (!shared_) return;
     std::vector<int32_t> group;
-    std::vector<int32_t> active;
+    std::vector<int32_t> written_active, read_active;
     for (int32_t first = 0; first < int32_t(spans_.size()); ++first) {
       if (spans_[first].slot < 0) continue;  // an empty tensor, or none added there
       Slot& entry = table_[size_t(spans_[first].slot)];
@@ -201,22 +202,29 @@ class OverlapCheck {
       std::sort(group.begin(), group.end(), [&](int32_t x, int32_t y) {
         return spans_[x].begin != spans_[y].begin ? spans_[x].begin < spans_[y].begin : x < y;
       });
-      // Sweep: each span against the earlier ones whose range it starts inside (one, for spans that do not
-      // overlap: a flat buffer's ranges between params without grads).
-      active.clear();
+      // Sweep: each span against the earlier ones whose range it starts inside, the written ones, and the
+      // read-only ones too if it is written (many params reading one grad stay one comparison each; spans
+      // that do not overlap, a flat buffer's ranges between params without grads, meet at most one).
+      written_active.clear();
+      read_active.clear();
       for (const int32_t k : group) {
         const Span& b = spans_[k];
-        active.erase(std::remove_if(active.begin(), active.end(), [&](int32_t j) { return spans_[j].end <= b.begin; }),
-                     active.end());
-        for (const int32_t j : active) {
-          const Span& a = spans_[j];
-          if ((a.written || b.written) && elements_meet(*a.impl, *b.impl)) {
-            TORCH_CHECK_VALUE(false, b.name, "[", b.index, "] and ", a.name, "[", a.index,
-                              "] share memory (the same tensor twice, or overlapping views); the step writes ",
-                              a.written ? a.name : b.name, " and would race. Pass tensors that do not overlap");
+        // (a list is pruned only when it is compared with: read-only spans are pruned by written ones)
+        for (std::vector<int32_t>* active : {&written_active, &read_active}) {
+          if (active == &read_active && !b.written) break;
+          active->erase(std::remove_if(active->begin(), active->end(),
+                                       [&](int32_t j) { return spans_[j].end <= b.begin; }),
+                        active->end());
+          for (const int32_t j : *active) {
+            const Span& a = spans_[j];
+            if (elements_meet(*a.impl, *b.impl)) {
+              TORCH_CHECK_VALUE(false, b.name, "[", b.index, "] and ", a.name, "[", a.index,
+                                "] share memory (the same tensor twice, or overlapping views); the step writes ",
+                                a.written ? a.name : b.name, " and would race. Pass tensors that do not overlap");
+            }
           }
         }
-        active.push_back(k);
+        (b.written ? written_active : read_active).push_back(k);
       }
     }
   }

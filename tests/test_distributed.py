@@ -301,6 +301,36 @@ def scenario_dcp_resumes_bf16_master_weights_and_fp32_state(rank, workdir):
         assert state["master_param"].dtype == state["square_avg"].dtype == torch.float32
 
 
+def scenario_dcp_loads_a_torch_checkpoint_into_master_weights(rank, workdir):
+    """torch.optim.Adadelta's sharded bf16 checkpoint has no master copies: loaded with allow_partial_load, the
+    copies come from the loaded params. (get_optimizer_state_dict's zero-lr step made copies of the params from
+    before the load, and the next step wrote those back into the model.)"""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+    )
+
+    model = _sharded(torch.bfloat16)
+    train(model, torch.optim.Adadelta(model.parameters()), range(2), rank, torch.bfloat16)
+    _save(model, torch.optim.Adadelta(model.parameters()), workdir / "ckpt_torch_bf16")
+    saved = full_params(model)
+    resumed = _sharded(torch.bfloat16)
+    with torch.no_grad():
+        for p in resumed.parameters():
+            p.fill_(0.25)  # other weights than the checkpoint's
+    opt = Adadelta(resumed.parameters(), master_weights=True)
+    state = {"model": get_model_state_dict(resumed), "optim": get_optimizer_state_dict(resumed, opt)}
+    dcp.load(state, checkpoint_id=str(workdir / "ckpt_torch_bf16"),
+             planner=DefaultLoadPlanner(allow_partial_load=True))
+    set_model_state_dict(resumed, state["model"])
+    set_optimizer_state_dict(resumed, opt, state["optim"])
+    for group in opt.param_groups:
+        group["lr"] = 1e-30  # a step that leaves a bf16 param where its master copy is
+    train(resumed, opt, range(2, 3), rank, torch.bfloat16)
+    assert_equal_maps(full_params(resumed), saved, "param")
+
+
 def scenario_dcp_loads_a_single_process_checkpoint(rank, workdir):
     """1 -> 2: the parent saved from one process, without FSDP; two ranks resume it."""
     saved = torch.load(workdir / "ckpt_1rank_full.pt")

@@ -373,9 +373,9 @@ def test_model_to_a_lower_dtype_keeps_the_state_dtype_like_torch(every_backend, 
     stay fp32 (and bf16 ones stay bf16 under fp16 params). Ours keeps them too, where the kernels take the pair,
     and steps as torch does: fp32 state within fp32's tolerance (the params, rounded once from fp32 math by both,
     agree); bf16 state, which torch rounds after each in-place op and the kernels once, within twice torch's own
-    error against the same model run in fp64. The error is the mean over the elements: the largest one of
-    ~130 elements is noise-dominated (over 60 seeds ours/torch's largest reached 2.02 for square_avg, where
-    the means stayed within 0.84-1.13)."""
+    error against the same model run in fp64, as the mean over the elements, and the largest within four times
+    torch's largest: the largest of ~130 elements is noise-dominated (over 60 seeds ours/torch's largest
+    reached 2.02 for square_avg, where the means stayed within 0.84-1.13)."""
     model = mlp(generator, start)
     twin, exact = copy.deepcopy(model), copy.deepcopy(model).double()
     ours = Adadelta(model.parameters(), backend=every_backend)
@@ -399,18 +399,20 @@ def test_model_to_a_lower_dtype_keeps_the_state_dtype_like_torch(every_backend, 
                 torch.testing.assert_close(ours.state[p][key], theirs.state[q][key], **TOLERANCE[start])
             torch.testing.assert_close(p.float(), q.float(), **TOLERANCE[torch.float32])
         return
-    def mean_error(got, want) -> float:
-        return torch.cat([(g.double() - w).abs().flatten() for g, w in zip(got, want)]).mean().item()
+    def errors(got, want) -> torch.Tensor:
+        return torch.cat([(g.double() - w).abs().flatten() for g, w in zip(got, want)])
 
     for what in ("param", "square_avg", "acc_delta"):
         if what == "param":
-            mine = mean_error([p for p, _, _ in pairs], [e for _, _, e in pairs])
-            torch_error = mean_error([q for _, q, _ in pairs], [e for _, _, e in pairs])
+            mine = errors([p for p, _, _ in pairs], [e for _, _, e in pairs])
+            torch_error = errors([q for _, q, _ in pairs], [e for _, _, e in pairs])
         else:
             exact_state = [oracle.state[e][what] for _, _, e in pairs]
-            mine = mean_error([ours.state[p][what] for p, _, _ in pairs], exact_state)
-            torch_error = mean_error([theirs.state[q][what] for _, q, _ in pairs], exact_state)
-        assert mine <= TOLERANCE[start]["error_ratio"] * torch_error, (what, mine, torch_error)
+            mine = errors([ours.state[p][what] for p, _, _ in pairs], exact_state)
+            torch_error = errors([theirs.state[q][what] for _, q, _ in pairs], exact_state)
+        ratio = TOLERANCE[start]["error_ratio"]
+        assert mine.mean() <= ratio * torch_error.mean(), (what, mine.mean(), torch_error.mean())
+        assert mine.max() <= 2 * ratio * torch_error.max(), (what, mine.max(), torch_error.max())
 
 
 def test_a_param_first_stepped_after_model_to_bf16_steps_beside_kept_fp32_state(every_backend, generator):
