@@ -358,9 +358,8 @@ class FlatGroup:
         self.frozen_have_none = False
         if moved >= 0:
             raise RuntimeError(
-                f"flatten=True: {self._label(moved)} (shape {tuple(self.params[moved].shape)}) no longer "
-                "views the "
-                "optimizer's flat buffer; was `param.data` reassigned or the model moved after building the "
+                f"flatten=True: {self._label(moved)} (shape {tuple(self.params[moved].shape)}) no longer views "
+                "the optimizer's flat buffer; was `param.data` reassigned or the model moved after building the "
                 "optimizer?"
             )
         skipped = [index for index in skipped if self._has_no_grad(index)]
@@ -371,9 +370,8 @@ class FlatGroup:
                 grad = self.params[index].grad
                 if grad.layout != torch.strided:
                     raise RuntimeError(
-                        "Adadelta does not support sparse gradients with flatten=True "
-                        f"({self._label(index)}): the flat "
-                        "buffers hold dense gradients; use flatten=False, whose step takes them row by row"
+                        f"Adadelta does not support sparse gradients with flatten=True ({self._label(index)}): "
+                        "the flat buffers hold dense gradients; use flatten=False, whose step takes them row by row"
                     )
                 # A grad viewing another slot of this buffer would be overwritten before it is read.
                 sources.append(grad.clone() if grad.untyped_storage().data_ptr() == buffer_storage else grad)
@@ -419,8 +417,8 @@ class FlatGroup:
         A grad that is not the param's view of the buffer (autograd made it after ``model.zero_grad()`` set
         grads to None, or it was assigned) is only brought into the buffer by the next step, so it is zeroed
         here as torch zeroes it (set to None, or zeroed in place): a batch dropped with ``opt.zero_grad()``
-        must not reach the next step. Finding them is the step's native check (about 45 us for 4096 params
-        here; torch's own zero_grad takes a Python loop over the params)."""
+        must not reach the next step. Finding them is the step's native check (40 us for 4096 params here,
+        where the memset takes 5; torch's own zero_grad is a Python loop over the params)."""
         self.grad.zero_()
         self.frozen_have_none = self.frozen_have_none or set_to_none
         moved, _, foreign = _view_status(self.params, self.param, self.grad, self._expected, self._grad_views,
