@@ -85,6 +85,20 @@ def check_not_flattened_elsewhere(params: list[torch.Tensor], optimizer) -> None
             )
 
 
+def check_not_shared_by_copy(param_groups: list[dict], optimizer) -> None:
+    """A copy of a flat optimizer builds buffers of its own around its params; raise if those are still the
+    params a living optimizer steps in its buffers: ``copy.copy`` shares the original's params, and moving them
+    into the copy's buffers would take them out of the original's (its next step raised)."""
+    for group in param_groups:
+        for p in group["params"]:
+            if _foreign_owner(p, p.untyped_storage(), optimizer) is not None:
+                raise TypeError(
+                    "a shallow copy (copy.copy) of an Adadelta with flatten=True would share the original's "
+                    "params and move them out of its flat buffers: use copy.deepcopy (of the model and the "
+                    "optimizer together, to train the copy)"
+                )
+
+
 def zero_as_torch_does(grad: torch.Tensor) -> None:
     """``Optimizer.zero_grad(set_to_none=False)`` on one grad: out of autograd (``detach_`` only where it has
     a grad_fn: a view grad, DDP's bucket view say, cannot be detached in place), then zeroed in place."""

@@ -23,7 +23,6 @@ import weakref
 from dataclasses import replace
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .reference import key_as_tensor_zero
 
@@ -62,7 +61,6 @@ class StepInBackward:
             if not p.requires_grad:
                 continue
             self._handles.append(p.register_post_accumulate_grad_hook(self._step_param))
-            _owners[p] = self
 
     def remove(self) -> None:
         """Removes the hooks now (an optimizer whose construction failed must not step anything)."""
@@ -163,11 +161,6 @@ def _places(param_groups) -> dict[int, tuple[int, int, int]]:
     return places
 
 
-# Which StepInBackward hooks each param. Weak keys: the entry goes with the param; by id, since a tensor's
-# == is elementwise.
-_owners: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
 def _remove_hooks(handles: list) -> None:
     for handle in handles:
         handle.remove()
@@ -178,14 +171,21 @@ def check_not_taken(params, group: str = "the new param group") -> None:
     """Raises if a param is hooked by a live step_in_backward optimizer: its hooks would keep stepping the
     param next to any new optimizer (of either mode), which would step it a second time."""
     for position, p in enumerate(params):
-        owner = _owners.get(p)
-        if owner is not None and owner.live:
+        if any(owner.live for owner in _hooked_by(p)):
             raise ValueError(
                 f"param {position} of {group} (shape {tuple(p.shape)}) is stepped in backward by "
                 "another live Adadelta(step_in_backward=True), whose hooks would go on stepping it next to "
                 "this optimizer: drop it first (del it, and every reference to it, such as an LR scheduler's); "
                 "its hooks go with it"
             )
+
+
+def _hooked_by(p: torch.Tensor) -> list[StepInBackward]:
+    """The StepInBackward objects whose hooks ``p`` holds, read from the param's own hook dict: a table of its
+    own keyed by the param would hold a weak reference to it, which torch.utils.swap_tensors refuses
+    (``model.to()`` and ``load_state_dict`` under torch.__future__.set_swap_module_params_on_conversion)."""
+    hooks = getattr(p, "_post_accumulate_grad_hooks", None) or {}
+    return [hook.__self__ for hook in hooks.values() if isinstance(getattr(hook, "__self__", None), StepInBackward)]
 
 
 def check_no_grad_scaler(optimizer) -> None:

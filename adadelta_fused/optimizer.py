@@ -21,7 +21,8 @@ from torch.optim.optimizer import (
 from . import backends, dtensor, flat_state, quantized, sparse
 from ._compat import group_by_device_and_dtype
 from .contract import LOW_PRECISION, STATE_DTYPES, GradMode, check_hyperparameters
-from .flat import FlatGroup, check_flattenable, check_not_flattened_elsewhere, zero_as_torch_does
+from .flat import (FlatGroup, check_flattenable, check_not_flattened_elsewhere, check_not_shared_by_copy,
+                   zero_as_torch_does)
 from .functional import plan, replan, step_scalars
 from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken
 from .reference import rounding_key
@@ -470,6 +471,7 @@ class Adadelta(Optimizer):
             # does not even keep the views shared: build the buffers again, around the copied values.
             self._flat_groups, self._unflat_params, self._flat_sources = [], [], []
             if self.defaults["flatten"]:
+                check_not_shared_by_copy(self.param_groups, self)
                 for group in self.param_groups:
                     self._append_flat(group, copied=True)
         if "_in_backward" not in self.__dict__:

@@ -216,8 +216,7 @@ def assert_groups_equal(actual, expected) -> None:
 def _clear_backend_registry() -> None:
     from adadelta_fused import backends as registry
 
-    registry._load.cache_clear()
-    registry._auto.cache_clear()
+    registry.reprobe()
 
 
 @pytest.fixture

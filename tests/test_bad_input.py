@@ -518,8 +518,7 @@ def test_every_backend_fails_with_the_same_words(case, monkeypatch, generator):
     from adadelta_fused import backends as registry
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    registry._load.cache_clear()
-    registry._auto.cache_clear()
+    registry.reprobe()
     messages = {}
     for backend in ("cpp", "reference", "triton"):
         params, grads, square_avgs, acc_deltas, steps = group(torch.Generator().manual_seed(3))
@@ -528,8 +527,7 @@ def test_every_backend_fails_with_the_same_words(case, monkeypatch, generator):
         with pytest.raises(Exception) as error:
             adadelta_(**arguments, backend=backend)
         messages[backend] = (type(error.value).__name__, str(error.value).split("\nException raised from")[0])
-    registry._load.cache_clear()
-    registry._auto.cache_clear()
+    registry.reprobe()
     assert messages["cpp"] == messages["reference"] == messages["triton"], messages
 
 

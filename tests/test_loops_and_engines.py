@@ -140,3 +140,44 @@ def test_master_copies_are_kept_by_a_round_trip_once_a_step_moved_them():
     opt.load_state_dict(opt.state_dict())
     for master, p in zip(masters, model.parameters()):
         assert torch.equal(opt.state[p]["master_param"], master)
+
+
+@pytest.mark.parametrize("step_in_backward", [False, True])
+def test_params_of_a_step_in_backward_optimizer_can_be_swapped(step_in_backward):
+    """torch.utils.swap_tensors refuses a tensor with a weak reference; step_in_backward kept one to every
+    hooked param (a table of owners), so model.double() and load_state_dict failed under
+    set_swap_module_params_on_conversion(True), even after the optimizer was gone. torch's optimizer keeps none."""
+    results = []
+    for make in (lambda ps: torch.optim.Adadelta(ps), lambda ps: Adadelta(ps, step_in_backward=step_in_backward)):
+        model = torch.nn.Linear(3, 2)
+        opt = make(model.parameters())
+        model(torch.randn(4, 3)).square().sum().backward()
+        opt.step()
+        saved = {name: t.detach().clone() + 1 for name, t in model.state_dict().items()}
+        previous = torch.__future__.get_swap_module_params_on_conversion()
+        torch.__future__.set_swap_module_params_on_conversion(True)
+        try:
+            model.load_state_dict(saved)
+            model.double()
+        finally:
+            torch.__future__.set_swap_module_params_on_conversion(previous)
+        results.append({name: t.dtype for name, t in model.state_dict().items()})
+    assert results[0] == results[1] == {"weight": torch.float64, "bias": torch.float64}
+
+
+def test_a_shallow_copy_of_a_flat_optimizer_is_refused_and_leaves_the_original_stepping():
+    """copy.copy shares the original's params; building the copy's buffers around them took them out of the
+    original's, whose next step raised as if param.data had been reassigned. Refused, with the way out."""
+    import copy
+
+    model = torch.nn.Linear(4, 3)
+    opt = Adadelta(model.parameters(), flatten=True)
+    model(torch.randn(6, 4)).square().mean().backward()
+    opt.step()
+    with pytest.raises(TypeError, match=r"shallow copy \(copy.copy\) of an Adadelta with flatten=True"):
+        copy.copy(opt)
+    before = model.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(model.weight, before)
+    twin = copy.deepcopy(opt)  # a deep copy has params of its own
+    twin.step()

@@ -291,10 +291,40 @@ def test_environment_variable_changed_between_steps_takes_effect_in_the_next_ste
     assert used == ["cpp", "cpp", "reference", "reference", "cpp", "cpp"]  # one (device, dtype) group: a call a step
 
 
+def test_an_invalid_backend_in_the_environment_is_named(monkeypatch):
+    monkeypatch.setenv(registry.ENV_VAR, "CPP")
+    param = torch.nn.Parameter(torch.randn(3))
+    param.grad = torch.randn(3)
+    with pytest.raises(ValueError, match="Invalid ADADELTA_FUSED_BACKEND='CPP' in the environment"):
+        Adadelta([param]).step()
+
+
+def test_a_backend_that_could_not_run_is_asked_again(monkeypatch):
+    """The triton backend's error says to set TRITON_INTERPRET=1 on a machine without a GPU; set later in
+    the same process, the next step runs (the failed probe was kept, with its stale reason)."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU runs the triton backend without the interpreter")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    registry.reprobe()
+    try:
+        param = torch.nn.Parameter(torch.randn(3))
+        param.grad = torch.randn(3)
+        with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET is not set"):
+            Adadelta([param], backend="triton").step()
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        before = param.detach().clone()
+        Adadelta([param], backend="triton").step()
+        assert not torch.equal(param, before)
+        assert available_backends()["triton"] == "available"
+    finally:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        registry.reprobe()
+
+
 def test_missing_backend_raises_with_reason(monkeypatch):
     monkeypatch.setitem(registry._MODULES, "cpp", "adadelta_fused.backends.does_not_exist")
-    registry._load.cache_clear()
-    registry._auto.cache_clear()
+    registry.reprobe()
     try:
         param = torch.nn.Parameter(torch.randn(3))
         param.grad = torch.randn(3)
@@ -305,8 +335,7 @@ def test_missing_backend_raises_with_reason(monkeypatch):
             warnings.simplefilter("error")  # auto falls back on CPU without a warning
             Adadelta([param]).step()
     finally:
-        registry._load.cache_clear()
-        registry._auto.cache_clear()
+        registry.reprobe()
 
 
 def test_triton_on_cpu_without_interpreter_raises_with_reason(monkeypatch):
@@ -335,8 +364,7 @@ def test_auto_on_a_gpu_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setitem(registry._MODULES, "cpp", "adadelta_fused.backends.not_built")
     monkeypatch.setitem(registry._MODULES, "triton", "adadelta_fused.backends.not_installed")
     monkeypatch.delenv(registry.ENV_VAR, raising=False)
-    registry._load.cache_clear()
-    registry._auto.cache_clear()
+    registry.reprobe()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -346,8 +374,7 @@ def test_auto_on_a_gpu_falls_back_with_one_warning(monkeypatch):
         assert len(caught) == 1
         assert "'cpp' unavailable" in str(caught[0].message) and "'triton' unavailable" in str(caught[0].message)
     finally:
-        registry._load.cache_clear()
-        registry._auto.cache_clear()
+        registry.reprobe()
 
 
 @pytest.mark.parametrize("key", ["square_avg", "acc_delta"])

@@ -72,8 +72,7 @@ def _fma_rounded_once(self, x, y, z):
 
 
 def _clear_registry() -> None:
-    registry._load.cache_clear()
-    registry._auto.cache_clear()
+    registry.reprobe()
 
 
 @pytest.fixture

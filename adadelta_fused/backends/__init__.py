@@ -39,9 +39,12 @@ class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run; the message says why."""
 
 
-@cache
 def _load(name: str):
-    """Import a backend module once; returns (module, None) or (None, reason)."""
+    """Import a backend module; returns (module, None) or (None, reason). A backend that can run is kept; one
+    that cannot is asked again next time, since its reason may pass (TRITON_INTERPRET set later in the
+    process: its error says to set it)."""
+    if name in _loaded:
+        return _loaded[name], None
     try:
         module = importlib.import_module(_MODULES[name])
     except Exception as error:  # an optional dependency may fail in any way on import
@@ -51,6 +54,12 @@ def _load(name: str):
         return None, reason
     _loaded[name] = module
     return module, None
+
+
+def reprobe() -> None:
+    """Forget which backends loaded and what ``auto`` chose (tests that change TRITON_INTERPRET)."""
+    _loaded.clear()
+    _auto.cache_clear()
 
 
 def available_backends() -> dict[str, str]:
@@ -102,6 +111,9 @@ def resolve(backend: str | None, device: torch.device):
 
 def _resolve_name(backend: str | None, device: torch.device) -> str:
     name = requested_backend(backend)
+    if name not in _MODULES and name != "auto" and (backend is None or backend == "auto"):
+        raise ValueError(f"Invalid {ENV_VAR}={name!r} in the environment (expected 'auto' or one of "
+                         f"{BACKEND_NAMES})")
     module = _auto(device.type, device) if name == "auto" else _explicit(name, device)
     return module.NAME
 
