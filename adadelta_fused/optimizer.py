@@ -270,6 +270,8 @@ class Adadelta(Optimizer):
             group.pop(key, None)
         try:
             self._check_differentiable(group)
+            if self._in_backward is None and not self._flatten_later:
+                check_not_taken(group["params"])  # (as the constructor: another optimizer's hooks step them)
             if self.defaults["flatten"] and not self._flatten_later:
                 self._append_flat(group)
             if self._in_backward is not None:

@@ -181,3 +181,16 @@ def test_a_shallow_copy_of_a_flat_optimizer_is_refused_and_leaves_the_original_s
     assert not torch.equal(model.weight, before)
     twin = copy.deepcopy(opt)  # a deep copy has params of its own
     twin.step()
+
+
+def test_a_new_group_of_params_another_optimizer_steps_in_backward_is_refused_as_in_the_constructor():
+    model = torch.nn.Linear(3, 2)
+    hooked = Adadelta(model.parameters(), step_in_backward=True)
+    other = Adadelta([torch.nn.Parameter(torch.randn(2))])
+    with pytest.raises(ValueError, match="is stepped in backward by another live Adadelta"):
+        Adadelta(model.parameters())
+    with pytest.raises(ValueError, match="is stepped in backward by another live Adadelta"):
+        other.add_param_group({"params": list(model.parameters())})
+    assert len(other.param_groups) == 1
+    del hooked
+    other.add_param_group({"params": list(model.parameters())})  # its hooks went with it
