@@ -139,10 +139,11 @@ class Adadelta(Optimizer):
         self._unflat_params: list[list[torch.Tensor]] = []  # per param group: params outside the buffers
         self._flat_sources: list[list[torch.Tensor]] = []  # per param group: its params when flattened
         self._step_caches: dict[int, GroupCache] = {}  # per param group index (step_cache.py)
-        # Master copies made by a first step with every lr zero (DCP's get_optimizer_state_dict makes state so):
-        # copies of the params, nothing more, keyed by id(param); with, once a state dict saved them, each
-        # copy's version counter then (``_unloaded_masters``).
-        self._fresh_masters: dict[int, int | None] = {}
+        # Master copies made by a first step with every lr zero (DCP's get_optimizer_state_dict makes state so),
+        # copies of the params and nothing more while unwritten since: id(param) -> the copy's version counter
+        # after that step (``_unloaded_masters``). Decided in an eager step; nothing here is written while a
+        # step is traced (Dynamo does not keep such a write on the optimizer).
+        self._fresh_masters: dict[int, int] = {}
         self._flat_synced_writes: int | None = None  # StateMap's count when flat_state.sync last ran
         defaults = {
             "lr": lr,
@@ -490,11 +491,6 @@ class Adadelta(Optimizer):
         dense Adadelta's, with torch's keys only (adadelta_fused.sparse)."""
         sparse.settle_all(self)
         self._fill_stale_masters()
-        for key in self._fresh_masters:
-            self._fresh_masters[key] = None
-        for p, state in self.state.items():
-            if id(p) in self._fresh_masters and "master_param" in state:
-                self._fresh_masters[id(p)] = _written_version(state["master_param"])
         # The post-hooks run last, on the finished dict, as torch's run (one may return another object).
         post_hooks = self._optimizer_state_dict_post_hooks
         self._optimizer_state_dict_post_hooks = OrderedDict()
@@ -609,8 +605,8 @@ class Adadelta(Optimizer):
             hook(self)
 
     def _unloaded_masters(self, param_of: dict, saved_state: dict) -> set:
-        """The params whose saved master copy is their own fresh copy (``_fresh_masters``) unwritten since
-        ``state_dict()`` saved it: DCP's get_optimizer_state_dict makes one with a zero-lr step, and a
+        """The params whose saved master copy is their own fresh copy (``_fresh_masters``), unwritten since the
+        zero-lr step made it (no step, load or DCP read into it): DCP's get_optimizer_state_dict makes one so, and a
         checkpoint without master copies (torch.optim.Adadelta's, loaded with ``allow_partial_load``) leaves
         it as it was, a copy of the params from before the load. Such a copy is made from the loaded param
         instead, as for any checkpoint without master copies (it held nothing the param does not)."""
@@ -805,9 +801,8 @@ class Adadelta(Optimizer):
                 step_plan.run()
         self._advance_rounding_step()
         if makes_fresh_masters:
-            self._fresh_masters = {id(p): None for p, state in self.state.items() if "master_param" in state}
-        elif self._fresh_masters and (compiling or not all(_is_zero(group["lr"]) for group in self.param_groups)):
-            self._fresh_masters = {}  # (a traced tensor lr's value would break the graph: counted as moved)
+            self._fresh_masters = {id(p): _written_version(state["master_param"])
+                                   for p, state in self.state.items() if "master_param" in state}
         return loss
 
     def _advance_rounding_step(self) -> None:
@@ -981,8 +976,7 @@ def _written_version(t: torch.Tensor) -> int:
 
 
 def _is_zero(lr) -> bool:
-    """Whether a group's lr is zero (a tensor lr is read: only on a first step, or while fresh master copies
-    are kept, ``Adadelta._fresh_masters``)."""
+    """Whether a group's lr is zero (a tensor lr is read: only on an eager first step with master weights)."""
     return bool(lr == 0)
 
 

@@ -1,8 +1,8 @@
 """The Triton kernel (adadelta_fused.triton_kernel), through the op ``adadelta_fused::triton_adadelta_``.
 
 Runs on CUDA devices, and on CPU tensors in Triton's interpreter when TRITON_INTERPRET=1 (slow; for tests
-and debugging). The registry probes a backend once per process, so set TRITON_INTERPRET before the first
-step that asks for "triton". Importing this module imports neither triton nor the op: both load on first use.
+and debugging). The registry asks again after a probe that failed, so TRITON_INTERPRET set any time before a
+step takes effect. Importing this module imports neither triton nor the op: both load on first use.
 """
 
 from __future__ import annotations
