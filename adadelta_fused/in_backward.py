@@ -171,13 +171,18 @@ def check_not_taken(params, group: str = "the new param group") -> None:
     """Raises if a param is hooked by a live step_in_backward optimizer: its hooks would keep stepping the
     param next to any new optimizer (of either mode), which would step it a second time."""
     for position, p in enumerate(params):
-        if any(owner.live for owner in _hooked_by(p)):
+        if is_taken(p):
             raise ValueError(
                 f"param {position} of {group} (shape {tuple(p.shape)}) is stepped in backward by "
                 "another live Adadelta(step_in_backward=True), whose hooks would go on stepping it next to "
                 "this optimizer: drop it first (del it, and every reference to it, such as an LR scheduler's); "
                 "its hooks go with it"
             )
+
+
+def is_taken(p: torch.Tensor) -> bool:
+    """Whether a live step_in_backward optimizer hooks ``p``."""
+    return any(owner.live for owner in _hooked_by(p))
 
 
 def _hooked_by(p: torch.Tensor) -> list[StepInBackward]:

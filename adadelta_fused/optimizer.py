@@ -24,7 +24,7 @@ from .contract import LOW_PRECISION, STATE_DTYPES, GradMode, check_hyperparamete
 from .flat import (FlatGroup, check_flattenable, check_not_flattened_elsewhere, check_not_shared_by_copy,
                    zero_as_torch_does)
 from .functional import plan, replan, step_scalars
-from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken
+from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken, is_taken
 from .reference import rounding_key
 from .state_dict import cast_like_torch, check_installable, check_loadable, loaded_step
 from .step_cache import GroupCache, StateMap, same_objects
@@ -482,6 +482,12 @@ class Adadelta(Optimizer):
             # params, which are the copied model's when model and optimizer are copied together.
             self._in_backward = None
             if self.defaults["step_in_backward"]:
+                if any(is_taken(p) for group in self.param_groups for p in group["params"]):
+                    raise TypeError(
+                        "a shallow copy (copy.copy) of an Adadelta with step_in_backward=True would hook the "
+                        "original's params a second time: use copy.deepcopy (of the model and the optimizer "
+                        "together, to train the copy)"
+                    )
                 self._in_backward = StepInBackward(self)
                 for group in self.param_groups:
                     self._in_backward.register(group["params"])

@@ -199,3 +199,16 @@ def test_a_new_group_of_params_another_optimizer_steps_in_backward_is_refused_as
     assert len(other.param_groups) == 1
     del hooked
     other.add_param_group({"params": list(model.parameters())})  # its hooks went with it
+
+
+def test_a_shallow_copy_of_a_step_in_backward_optimizer_is_refused_as_a_shallow_copy():
+    """It would hook the original's params a second time; the error said "the new param group"."""
+    import copy
+
+    model = torch.nn.Linear(3, 2)
+    opt = Adadelta(model.parameters(), step_in_backward=True)
+    with pytest.raises(TypeError, match=r"shallow copy \(copy.copy\) of an Adadelta with step_in_backward=True"):
+        copy.copy(opt)
+    twin_model, twin = copy.deepcopy((model, opt))
+    twin_model(torch.randn(4, 3)).square().sum().backward()  # the copy's hooks step the copied params
+    assert all(p.grad is None for p in twin_model.parameters())
