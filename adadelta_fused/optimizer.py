@@ -431,6 +431,11 @@ class Adadelta(Optimizer):
         with torch.no_grad():
             for flats in self._flat_groups:
                 for flat in flats:
+                    if flat.filled_version is not None and flat.master._version != flat.filled_version:
+                        # Written since the last fill: a load into the views (DCP reads a checkpoint's master
+                        # copies into the dict the last state_dict() gave), whose values are the copies now.
+                        flat.stale_masters.clear()
+                        continue
                     for i in flat.stale_masters:
                         if id(flat.params[i]) in stale:
                             flat.installed_views[i]["master_param"].copy_(flat.params[i])
@@ -623,7 +628,8 @@ class Adadelta(Optimizer):
                 continue
             master = self.state.get(p, {}).get("master_param")
             saved = (saved_state.get(saved_id) or {}).get("master_param")
-            if master is not None and saved is master and _written_version(master) == version:
+            if master is not None and saved is not None and _same_memory(saved, master) and \
+                    _written_version(master) == version:
                 unloaded.add(p)
         return unloaded
 
@@ -979,6 +985,17 @@ def _written_version(t: torch.Tensor) -> int:
     """The version counter a write into ``t`` advances: a DTensor's local tensor's (DCP loads a sharded state
     into the local shards, which leaves the DTensor's own counter where it was)."""
     return (t.to_local() if dtensor.is_dtensor(t) else t)._version
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` is ``b`` or a view of the same elements (DCP's full_state_dict path hands back
+    ``value.detach().to(device)``: another object over the same storage, with the same version counter)."""
+    if a is b:
+        return True
+    a, b = (t.to_local() if dtensor.is_dtensor(t) else t for t in (a, b))
+    return (isinstance(a, torch.Tensor) and a.device == b.device and a.dtype == b.dtype and a.shape == b.shape
+            and a.stride() == b.stride() and a.storage_offset() == b.storage_offset()
+            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
 
 
 def _is_zero(lr) -> bool:

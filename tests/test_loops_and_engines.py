@@ -88,17 +88,23 @@ def train_steps(model, opt, steps: int, first: int = 0) -> None:
         opt.step()
 
 
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("full", [False, True], ids=["sharded_dict", "full_state_dict"])
 @pytest.mark.parametrize("saved_by", ["torch", "ours"])
-def test_dcp_resume_into_master_weights_takes_the_checkpoint(tmp_path, saved_by):
+def test_dcp_resume_into_master_weights_takes_the_checkpoint(tmp_path, saved_by, full, flatten):
     """DCP's get_optimizer_state_dict makes state with a zero-lr step, whose master copies are copies of the
     params from before the load. A checkpoint of torch.optim.Adadelta (no master copies, loaded with
     allow_partial_load) left them so, and the next step wrote the pre-load weights back into the model: the
     copies are now made from the loaded params, as a plain load_state_dict of that checkpoint makes them. A
-    checkpoint with master copies (ours) loads them."""
+    checkpoint with master copies (ours) loads them. With full_state_dict=True, DCP hands back other tensor
+    objects over the same memory (a torch checkpoint installed the stale copies), and
+    set_optimizer_state_dict calls state_dict() first (a flat optimizer overwrote the loaded copies with the
+    params there)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
-                                                         set_model_state_dict, set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict, set_model_state_dict,
+                                                         set_optimizer_state_dict)
 
     source = bf16_mlp(0)
     make_source = {"torch": lambda ps: torch.optim.Adadelta(ps),
@@ -109,11 +115,13 @@ def test_dcp_resume_into_master_weights_takes_the_checkpoint(tmp_path, saved_by)
              checkpoint_id=str(tmp_path))
 
     resumed = bf16_mlp(1)  # other weights: the load must replace them, in the masters too
-    opt = Adadelta(resumed.parameters(), master_weights=True)
-    state = {"model": get_model_state_dict(resumed), "optim": get_optimizer_state_dict(resumed, opt)}
+    opt = Adadelta(resumed.parameters(), master_weights=True, flatten=flatten)
+    options = StateDictOptions(full_state_dict=full)
+    state = {"model": get_model_state_dict(resumed, options=options),
+             "optim": get_optimizer_state_dict(resumed, opt, options=options)}
     dcp.load(state, checkpoint_id=str(tmp_path), planner=DefaultLoadPlanner(allow_partial_load=True))
-    set_model_state_dict(resumed, state["model"])
-    set_optimizer_state_dict(resumed, opt, state["optim"])
+    set_model_state_dict(resumed, state["model"], options=options)
+    set_optimizer_state_dict(resumed, opt, state["optim"], options=options)
 
     oracle = bf16_mlp(1)
     oracle.load_state_dict(source.state_dict())
