@@ -299,43 +299,43 @@ def test_an_invalid_backend_in_the_environment_is_named(monkeypatch):
         Adadelta([param]).step()
 
 
-def test_a_backend_that_could_not_run_is_asked_again(monkeypatch):
+@pytest.fixture
+def reprobed():
+    """The backend registry probes afresh in the test, and again after it (and after monkeypatch's undoing, when
+    requested before monkeypatch)."""
+    registry.reprobe()
+    yield
+    registry.reprobe()
+
+
+def test_a_backend_that_could_not_run_is_asked_again(reprobed, monkeypatch):
     """The triton backend's error says to set TRITON_INTERPRET=1 on a machine without a GPU; set later in
     the same process, the next step runs (the failed probe was kept, with its stale reason)."""
     pytest.importorskip("triton")
     if torch.cuda.is_available():
         pytest.skip("a GPU runs the triton backend without the interpreter")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    registry.reprobe()
-    try:
-        param = torch.nn.Parameter(torch.randn(3))
-        param.grad = torch.randn(3)
-        with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET is not set"):
-            Adadelta([param], backend="triton").step()
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        before = param.detach().clone()
+    param = torch.nn.Parameter(torch.randn(3))
+    param.grad = torch.randn(3)
+    with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET is not set"):
         Adadelta([param], backend="triton").step()
-        assert not torch.equal(param, before)
-        assert available_backends()["triton"] == "available"
-    finally:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-        registry.reprobe()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    before = param.detach().clone()
+    Adadelta([param], backend="triton").step()
+    assert not torch.equal(param, before)
+    assert available_backends()["triton"] == "available"
 
 
-def test_missing_backend_raises_with_reason(monkeypatch):
+def test_missing_backend_raises_with_reason(reprobed, monkeypatch):
     monkeypatch.setitem(registry._MODULES, "cpp", "adadelta_fused.backends.does_not_exist")
-    registry.reprobe()
-    try:
-        param = torch.nn.Parameter(torch.randn(3))
-        param.grad = torch.randn(3)
-        with pytest.raises(BackendUnavailableError, match="backend 'cpp' is unavailable: import failed: ModuleNotFound"):
-            Adadelta([param], backend="cpp").step()
-        assert "import failed" in available_backends()["cpp"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # auto falls back on CPU without a warning
-            Adadelta([param]).step()
-    finally:
-        registry.reprobe()
+    param = torch.nn.Parameter(torch.randn(3))
+    param.grad = torch.randn(3)
+    with pytest.raises(BackendUnavailableError, match="backend 'cpp' is unavailable: import failed: ModuleNotFound"):
+        Adadelta([param], backend="cpp").step()
+    assert "import failed" in available_backends()["cpp"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto falls back on CPU without a warning
+        Adadelta([param]).step()
 
 
 def test_triton_on_cpu_without_interpreter_raises_with_reason(monkeypatch):
@@ -359,22 +359,18 @@ def test_unknown_backend_name_and_a_seed_that_is_no_integer_are_refused_when_the
     assert Adadelta([param], seed=torch.tensor(7)).defaults["seed"] == 7
 
 
-def test_auto_on_a_gpu_falls_back_with_one_warning(monkeypatch):
+def test_auto_on_a_gpu_falls_back_with_one_warning(reprobed, monkeypatch):
     """Simulated: with neither fused backend usable, a CUDA device resolves to the reference, warning once."""
     monkeypatch.setitem(registry._MODULES, "cpp", "adadelta_fused.backends.not_built")
     monkeypatch.setitem(registry._MODULES, "triton", "adadelta_fused.backends.not_installed")
     monkeypatch.delenv(registry.ENV_VAR, raising=False)
-    registry.reprobe()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for _ in range(3):
-                module = registry.resolve(None, torch.device("cuda", 0))
-        assert module.NAME == "reference"
-        assert len(caught) == 1
-        assert "'cpp' unavailable" in str(caught[0].message) and "'triton' unavailable" in str(caught[0].message)
-    finally:
-        registry.reprobe()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            module = registry.resolve(None, torch.device("cuda", 0))
+    assert module.NAME == "reference"
+    assert len(caught) == 1
+    assert "'cpp' unavailable" in str(caught[0].message) and "'triton' unavailable" in str(caught[0].message)
 
 
 @pytest.mark.parametrize("key", ["square_avg", "acc_delta"])
