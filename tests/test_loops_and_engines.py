@@ -1,6 +1,7 @@
 """Training loops and engines next to torch.optim.Adadelta in the same situation (bug hunts of 2026-12-05,
-second stop): a batch dropped with opt.zero_grad() under flatten=True, zero_grad of view grads, and resuming
-master weights from a checkpoint without them."""
+second stop): a batch dropped with opt.zero_grad() under flatten=True, zero_grad of view grads, resuming master
+weights through DCP (from torch's checkpoints and ours, sharded and full dicts), swapped and shallow-copied
+params, and params another optimizer steps in backward."""
 
 from __future__ import annotations
 
