@@ -143,7 +143,7 @@ def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False, la
     of a group, so its own numbering is not the user's)."""
     storages: dict[int, int] = {}
     for index, p in enumerate(params):
-        name = labels[index] if labels else f"param {index}"
+        name = _label(labels, index)
         if dtensor.any_dtensor([p]):
             raise ValueError(
                 f"flatten=True cannot take {name} (shape {tuple(p.shape)}): it is a DTensor with "

@@ -106,17 +106,6 @@ void check_fits_param_dtype(const char* name, double value, at::ScalarType dtype
               " without overflow (the type of the params)");
 }
 
-// Two tensors of one call that share memory would race (the kernels read and write every element of
-// every tensor in parallel), so any overlap that involves a written tensor is refused. Only tensors that
-// share a storage are compared, first by byte ranges; where ranges meet, elements_meet decides whether an
-// element is shared (views that interleave, x[::2] and x[1::2] or two column blocks of one matrix, share
-// none, and torch steps them; n views that all interleave cost n^2 / 2 such checks: 256 views of one tensor,
-// 2.2 ms a step here). Storages are visited in the order the arguments first name them, and ties in a sweep
-// go to the earlier argument, so every backend reports the same pair. The storages are found through one
-// open-addressing table with a linked list of spans per storage: no allocation per tensor (a node-based
-// map and a vector per storage cost about 1 us a param at 4096 params, 5 tensors each). Tensors are added
-// row by row, as the validator reads them (each TensorImpl is a cache miss; one pass misses once), and
-// kept in argument order: list by list, each in index order.
 // Whether two tensors over one storage whose byte ranges meet share an element. Decided exactly where both have
 // one element size and, in every dim where both have more than one element, one stride (views that slice one
 // tensor): x + sum(i_d s_d) = y + sum(j_d s_d) has a solution with 0 <= i_d < n_d, 0 <= j_d < m_d exactly when
@@ -159,6 +148,17 @@ bool elements_meet(const at::TensorImpl& x, const at::TensorImpl& y) {
   return solvable(0, y.storage_offset() - x.storage_offset());
 }
 
+// Two tensors of one call that share memory would race (the kernels read and write every element of
+// every tensor in parallel), so any overlap that involves a written tensor is refused. Only tensors that
+// share a storage are compared, first by byte ranges; where ranges meet, elements_meet decides whether an
+// element is shared (views that interleave, x[::2] and x[1::2] or two column blocks of one matrix, share
+// none, and torch steps them; n views that all interleave cost n^2 / 2 such checks: 256 views of one tensor,
+// 2.2 ms a step here). Storages are visited in the order the arguments first name them, and ties in a sweep
+// go to the earlier argument, so every backend reports the same pair. The storages are found through one
+// open-addressing table with a linked list of spans per storage: no allocation per tensor (a node-based
+// map and a vector per storage cost about 1 us a param at 4096 params, 5 tensors each). Tensors are added
+// row by row, as the validator reads them (each TensorImpl is a cache miss; one pass misses once), and
+// kept in argument order: list by list, each in index order.
 class OverlapCheck {
  public:
   OverlapCheck(size_t lists, size_t rows) : rows_(rows), spans_(lists * rows) {
@@ -169,7 +169,7 @@ class OverlapCheck {
 
   void add(size_t list, const char* name, size_t index, bool written, const at::Tensor& t) {
     const at::TensorImpl* impl = t.unsafeGetTensorImpl();
-    const void* storage = storage_of(t.unsafeGetTensorImpl());
+    const void* storage = storage_of(impl);
     if (t.numel() == 0 || storage == nullptr) return;
     const uintptr_t item = uintptr_t(t.itemsize());
     uintptr_t extent = 1;
