@@ -218,7 +218,7 @@ class Adadelta(Optimizer):
             state["master_param"] = p.detach().to(torch.float32, memory_format=torch.preserve_format, copy=True)
         return state
 
-    def _follow_param_dtype(self, p: torch.Tensor, state: dict[str, Any]) -> None:
+    def _follow_param_dtype(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         """After ``model.to(dtype)`` the state takes the dtype the param now needs (``_state_dtype_for``: its
         own where the kernels take it, as torch keeps stepping); a master copy stays only while the param is
         bf16/fp16."""
@@ -226,9 +226,9 @@ class Adadelta(Optimizer):
         with torch.no_grad():
             held_quantized = quantized.is_quantized(state)
             if held_quantized and dtype != quantized.QUANTIZED:
-                quantized.to_floating(state, dtype)  # model.double(): 8-bit state becomes fp64 state
+                quantized.to_floating(state, dtype, group["eps"])  # model.double(): 8-bit state becomes fp64
             elif not held_quantized and dtype == quantized.QUANTIZED:
-                quantized.to_quantized(p, state)
+                quantized.to_quantized(p, state, group["eps"])
             elif not held_quantized:
                 for key in ("square_avg", "acc_delta"):
                     state[key] = state[key].to(dtype)
@@ -562,7 +562,7 @@ class Adadelta(Optimizer):
         for saved_id, p in param_of.items():
             saved = state_dict["state"].get(saved_id) or {}
             # 8-bit state loads into floating state and the other way round, converted.
-            saved = quantized.convert_saved(saved, p, eight_bit[p])
+            saved = quantized.convert_saved(saved, p, eight_bit[p], group_of[p]["eps"])
             where = located.get(p)
             if where is None:
                 if not saved:
@@ -728,14 +728,14 @@ class Adadelta(Optimizer):
                 held, other = state["square_avg"].dtype, state["acc_delta"].dtype
                 if other is not held or (held is not p.dtype and (held is not state_dtype or p.dtype is torch.float64)):
                     if held != self._state_dtype_for(p, held) or other is not held:
-                        self._follow_param_dtype(p, state)
+                        self._follow_param_dtype(p, state, group)
                 if state["square_avg"].dtype is quantized.QUANTIZED and not quantized.codes_laid_out(p, state):
                     # model.to(memory_format=...) since the codes were made, or one accumulator's codes replaced
                     quantized.relayout(p, state)
             master = state.get("master_param")
             if master_weights and (master is None) == (p.dtype is torch.bfloat16 or p.dtype is torch.float16):
                 # A master copy is missing (a checkpoint without one, model.to(bf16)) or no longer wanted.
-                self._follow_param_dtype(p, state)
+                self._follow_param_dtype(p, state, group)
                 master = state.get("master_param")
             params.append(p)
             grads.append(grad)

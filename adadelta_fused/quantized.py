@@ -13,7 +13,8 @@ fp32 scale vector per accumulator:
 2 + 8 / 256 = 2.03 bytes of state per param instead of 8 (fp32 state). fp32, bf16 and fp16 params take 8-bit
 state; fp64 and complex params keep their own dtype, as with ``state_dtype=torch.bfloat16``.
 
-``state_dict()`` saves the codes and scales, and ``load_state_dict`` loads them back bit for bit. Loading a
+The codes stand for ``sqrt(x + eps)`` (quantized_reference), so every conversion takes the eps of the param's
+group. ``state_dict()`` saves the codes and scales, and ``load_state_dict`` loads them back bit for bit. Loading a
 state dict with fp32 (or any floating) accumulators into an optimizer with 8-bit state quantizes them, and
 loading 8-bit state into one with floating state dequantizes it, automatically. ``torch.optim.Adadelta`` knows
 nothing of codes: give it ``dequantize_state_dict(opt.state_dict())``.
@@ -34,7 +35,7 @@ from . import backends, dtensor
 from .contract import StepScalars
 from .functional import StepPlan, _check_lengths, check_steps, place_scalars, resolve_negated
 from .layout import is_dense
-from .quantized_reference import MIN_SCALE, dequantize, num_blocks, quantize
+from .quantized_reference import MIN_SCALE, dequantize, dequantize_roots, num_blocks, quantize, quantize_roots
 
 QUANTIZED = torch.uint8
 ACCUMULATORS = ("square_avg", "acc_delta")
@@ -46,8 +47,8 @@ def is_quantized(state: dict[str, Any]) -> bool:
 
 
 def new_state(p: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Zero accumulators (all codes 0, laid out as ``p`` is walked) with the scales a step writes for an all-zero
-    block."""
+    """Zero accumulators: all codes 0 (laid out as ``p`` is walked), which decode to the floor sqrt(eps), the R of
+    0, whatever eps is; and the smallest scale."""
     state = {}
     for key in ACCUMULATORS:
         state[key] = _walk_like(p).zero_()
@@ -55,18 +56,18 @@ def new_state(p: torch.Tensor) -> dict[str, torch.Tensor]:
     return state
 
 
-def to_floating(state: dict[str, Any], dtype: torch.dtype) -> None:
+def to_floating(state: dict[str, Any], dtype: torch.dtype, eps: float) -> None:
     """Replace 8-bit accumulators by their values in ``dtype`` (in place in ``state``). The codes share the
     param's layout, which fixes the blocks (quantized_reference.walk_positions)."""
     for key in ACCUMULATORS:
         codes = state[key]
-        state[key] = _like(dequantize(codes, state.pop(SCALE_KEYS[key]), codes).to(dtype), codes)
+        state[key] = _like(dequantize(codes, state.pop(SCALE_KEYS[key]), codes, eps).to(dtype), codes)
 
 
-def to_quantized(p: torch.Tensor, state: dict[str, Any]) -> None:
+def to_quantized(p: torch.Tensor, state: dict[str, Any], eps: float) -> None:
     """Replace floating accumulators (param's shape) by 8-bit ones (in place in ``state``)."""
     for key in ACCUMULATORS:
-        codes, scales = quantize(state[key].detach().to(torch.float32), p)
+        codes, scales = quantize(state[key].detach().to(torch.float32), p, eps)
         state[key] = _walk_like(p).copy_(codes)
         state[SCALE_KEYS[key]] = scales
 
@@ -115,14 +116,15 @@ def codes_laid_out(p: torch.Tensor, state: dict[str, Any]) -> bool:
 def relayout(p: torch.Tensor, state: dict[str, Any]) -> None:
     """Re-encode 8-bit accumulators whose codes are not laid out as ``p`` is walked (``model.to(memory_format=
     torch.channels_last)`` after some steps, a checkpoint saved from another layout): their blocks were runs of
-    the old layout, so each is decoded in that layout and encoded in the new one."""
+    the old layout, so each is decoded in that layout and encoded in the new one. R itself is re-encoded, without
+    the floor (eps 0): no eps is needed, and R below it keeps decoding to it."""
     layout = walk_layout(p)
     for key in ACCUMULATORS:
         codes = state[key]
         if laid_out_like(codes, p):
             continue
-        values = dequantize(codes, state[SCALE_KEYS[key]], codes)
-        new_codes, state[SCALE_KEYS[key]] = quantize(values, layout)
+        roots = dequantize_roots(codes, state[SCALE_KEYS[key]], codes, 0.0)
+        new_codes, state[SCALE_KEYS[key]] = quantize_roots(roots, layout)
         state[key] = _like(new_codes, torch.empty_like(layout, dtype=QUANTIZED))
 
 
@@ -133,9 +135,10 @@ def _like(values: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def convert_saved(saved: dict[str, Any], p: torch.Tensor, quantized: bool) -> dict[str, Any]:
+def convert_saved(saved: dict[str, Any], p: torch.Tensor, quantized: bool, eps: float) -> dict[str, Any]:
     """A saved param state in the representation of the optimizer loading it: 8-bit state is quantized or
-    dequantized as needed, or re-encoded in ``p``'s layout; anything else is left as saved."""
+    dequantized as needed (with the eps of ``p``'s group), or re-encoded in ``p``'s layout; anything else is left
+    as saved."""
     if not saved or not all(isinstance(saved.get(key), torch.Tensor) for key in ACCUMULATORS):
         return saved
     if is_quantized(saved) and quantized:
@@ -149,11 +152,11 @@ def convert_saved(saved: dict[str, Any], p: torch.Tensor, quantized: bool) -> di
     converted = dict(saved)
     state = {key: saved[key].to(p.device) for key in ACCUMULATORS}
     if quantized:
-        to_quantized(p, state)  # (integer accumulators too, cast to fp32 as torch casts them to the param's dtype)
+        to_quantized(p, state, eps)  # (integer accumulators too, cast to fp32 as torch casts them to the param's dtype)
     else:
         for key in ACCUMULATORS:
             state[SCALE_KEYS[key]] = saved[SCALE_KEYS[key]].to(p.device)
-        to_floating(state, torch.float32)
+        to_floating(state, torch.float32, eps)
         for key in SCALE_KEYS.values():
             converted.pop(key, None)
     converted.update(state)
@@ -163,7 +166,8 @@ def convert_saved(saved: dict[str, Any], p: torch.Tensor, quantized: bool) -> di
 def dequantize_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``state_dict`` with every 8-bit accumulator replaced by its fp32 values and the scales
     dropped: what ``torch.optim.Adadelta.load_state_dict`` (or an optimizer with floating state) loads. Each
-    param's codes carry its shape and layout, which fix the blocks."""
+    param's codes carry its shape and layout, which fix the blocks; its group's saved eps, what they stand for."""
+    eps_of = {key: group["eps"] for group in state_dict["param_groups"] for key in group["params"]}
     out = copy.copy(state_dict)
     out["state"] = {}
     for key, saved in state_dict["state"].items():
@@ -171,7 +175,8 @@ def dequantize_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
             saved = dict(saved)
             for name in ACCUMULATORS:
                 codes = saved[name]
-                saved[name] = _like(dequantize(codes, saved.pop(SCALE_KEYS[name]), codes), codes).to(torch.float32)
+                values = dequantize(codes, saved.pop(SCALE_KEYS[name]), codes, eps_of[key])
+                saved[name] = _like(values, codes).to(torch.float32)
         out["state"][key] = saved
     return out
 

@@ -1,10 +1,10 @@
 """The Triton kernel of one Adadelta step over 8-bit state: device code only (launch and op: quantized_triton.py).
 
 Mirrors ``adadelta_fused.quantized_reference.quantized_adadelta_reference_`` and csrc/quantized_state.h, in one
-pass: a program takes whole 256-element blocks of one tensor, decodes both accumulators against the blocks' old
-scales, runs the dense kernel's per-element update (``triton_kernel._update_values``: the same lines, so the
-same bits), takes the new values' roots, reduces each block's largest finite root in registers, and encodes
-against it. Every float operation of the format is one IEEE-rounded fp32 operation, as in the reference: sqrt_rn
+pass: a program takes whole 256-element blocks of one tensor, decodes both accumulators' R against the blocks'
+old scales, runs the dense kernel's per-element update on them (``triton_kernel._update_values`` with RMS_STATE:
+the same lines, so the same bits), which gives the new R, reduces each block's largest finite R in registers,
+and encodes against it. Every float operation of the format is one IEEE-rounded fp32 operation, as in the reference: sqrt_rn
 and div_rn, and multiplies whose results no add consumes, so that Triton's default fp fusion (LLVM contracting an
 fmul into the fadd that uses it) has nothing to fuse (tests/test_quantized_triton_ptx.py counts the fma). Loaded
 through ``triton_interpreter.kernels(interpret, KERNEL_MODULE)``, once per mode, like sparse_triton_kernel, with
@@ -19,7 +19,6 @@ from . import quantized_reference, triton_interpreter
 _dense = triton_interpreter.kernels(bool(triton.knobs.runtime.interpret))
 _step_scalars = _dense._step_scalars
 _update_values = _dense._update_values
-_ieee_sqrt = _dense._ieee_sqrt
 _ieee_div = _dense._ieee_div
 
 # The format's constants (quantized_reference, csrc/quantized_state.h).
@@ -38,9 +37,10 @@ _WARP = tl.constexpr(32)
 
 @triton.jit
 def _decode(code, step):
-    """quantized_reference.decode: uint8 codes -> fp32 values, against their blocks' steps (scale / 254)."""
+    """quantized_reference.decode_roots before the floor (the update's): uint8 codes -> fp32 R, against their
+    blocks' steps (scale / 254)."""
     root = code.to(tl.float32) * step
-    bits = tl.where(code == CODE_NAN, _FP32_NAN, (root * root).to(tl.uint32, bitcast=True))
+    bits = tl.where(code == CODE_NAN, _FP32_NAN, root.to(tl.uint32, bitcast=True))
     return bits.to(tl.float32, bitcast=True)
 
 
@@ -57,12 +57,14 @@ def _round_half_even(product):
 
 
 @triton.jit
-def _encode(root, factor):
-    """quantized_reference.encode: fp32 roots -> uint8 codes against their blocks' factors (254 / scale)."""
+def _encode(root, factor, mask):
+    """quantized_reference.encode: fp32 roots -> uint8 codes against their blocks' factors (254 / scale), for the
+    elements in ``mask`` (the others are not stored)."""
     finite = (root.to(tl.uint32, bitcast=True) & 0x7FFFFFFF) < _FP32_INF
     # A non-finite root becomes 0 before the multiply: its code is 255 anyway, and a NaN or inf converted to an
-    # integer is undefined (numpy warns in the interpreter).
-    code = _round_half_even(tl.where(finite, root, 0.0) * factor)
+    # integer is undefined (numpy warns in the interpreter). So does a masked-off one: a block past numel has the
+    # smallest scale, whose factor (254 * 2^64) takes the R of its zeros, sqrt(eps), past uint32.
+    code = _round_half_even(tl.where(finite & mask, root, 0.0) * factor)
     return tl.where(finite, code, CODE_NAN).to(tl.uint8)
 
 
@@ -96,7 +98,7 @@ def _step_tile(
     GRAD_MODE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
     HAS_WEIGHT_DECAY: tl.constexpr, HAS_MASTER: tl.constexpr, STOCHASTIC: tl.constexpr,
 ):
-    """quantized_adadelta_reference_ for whole blocks of one tensor: decode, update, roots, reduce, encode."""
+    """quantized_adadelta_reference_ for whole blocks of one tensor: decode, update, reduce, encode."""
     mask = offsets < limit
     block_mask = blocks * QUANT_BLOCK < limit
     # One division a block and accumulator, then a multiply an element (the reference's order).
@@ -104,19 +106,17 @@ def _step_tile(
     acc_step = _ieee_div(tl.load(acc_delta_scale_ptr + blocks, mask=block_mask), LEVELS)[None, :, None]
     sq = _decode(tl.load(square_avg_ptr + offsets, mask=mask), sq_step)
     acc = _decode(tl.load(acc_delta_ptr + offsets, mask=mask), acc_step)
-    sq, acc = _update_values(
+    sq_root, acc_root = _update_values(
         param_ptr, grad_ptr, master_ptr, offsets, mask, offsets < zero_limit, sq, acc,
         neg_lr, rho, one_minus_rho, eps, weight_decay, grad_scale, tensor_key,
-        tl.float32, GRAD_MODE, MAXIMIZE, HAS_GRAD_SCALE, HAS_WEIGHT_DECAY, HAS_MASTER, STOCHASTIC,
+        tl.float32, GRAD_MODE, MAXIMIZE, HAS_GRAD_SCALE, HAS_WEIGHT_DECAY, HAS_MASTER, STOCHASTIC, True,
     )
-    sq_root = _ieee_sqrt(sq)
-    acc_root = _ieee_sqrt(acc)
     sq_scale = _block_scale(sq_root, mask)
     acc_scale = _block_scale(acc_root, mask)
     sq_factor = _ieee_div(tl.full(sq_scale.shape, LEVELS, tl.float32), sq_scale)[None, :, None]
     acc_factor = _ieee_div(tl.full(acc_scale.shape, LEVELS, tl.float32), acc_scale)[None, :, None]
-    tl.store(square_avg_ptr + offsets, _encode(sq_root, sq_factor), mask=mask)
-    tl.store(acc_delta_ptr + offsets, _encode(acc_root, acc_factor), mask=mask)
+    tl.store(square_avg_ptr + offsets, _encode(sq_root, sq_factor, mask), mask=mask)
+    tl.store(acc_delta_ptr + offsets, _encode(acc_root, acc_factor, mask), mask=mask)
     tl.store(square_avg_scale_ptr + blocks, sq_scale, mask=block_mask)
     tl.store(acc_delta_scale_ptr + blocks, acc_scale, mask=block_mask)
 

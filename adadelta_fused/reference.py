@@ -176,7 +176,10 @@ def adadelta_step_reference_(
         _update_one(index, param, grad, square_avg, acc_delta, master, scalars)
 
 
-def _update_one(index, param, grad, square_avg, acc_delta, master, scalars: StepScalars) -> None:
+def _update_one(index, param, grad, square_avg, acc_delta, master, scalars: StepScalars,
+                acc_root: torch.Tensor | None = None) -> None:
+    """One tensor's update in place. ``acc_root``: 8-bit state's decoded R of acc_delta, which stands for
+    sqrt(acc_delta + eps) and is taken as it is (quantized_reference)."""
     dtype = math_dtype(param.dtype)
     lr = _resolve_lr(scalars.lr, dtype, param.device)
 
@@ -195,7 +198,7 @@ def _update_one(index, param, grad, square_avg, acc_delta, master, scalars: Step
     acc = acc_delta.to(dtype, copy=True)
     sq.mul_(scalars.rho).addcmul_(g, g, value=1 - scalars.rho)
     std = _sqrt(sq.add(scalars.eps))
-    delta = _sqrt(acc.add(scalars.eps))
+    delta = _sqrt(acc.add(scalars.eps)) if acc_root is None else acc_root.to(dtype, copy=True)
     delta.div_(std).mul_(g)
     acc.mul_(scalars.rho).addcmul_(delta, delta, value=1 - scalars.rho)
     if isinstance(lr, torch.Tensor):

@@ -160,7 +160,7 @@ def _row_state(optimizer, group: dict[str, Any], p: torch.Tensor) -> dict[str, A
         state.update(optimizer._init_state(p, group))
     elif state["square_avg"].dtype != optimizer._state_dtype_for(p, state["square_avg"].dtype):
         settle(optimizer, p, state)  # the pending decays, in the dtype they were made in
-        optimizer._follow_param_dtype(p, state)
+        optimizer._follow_param_dtype(p, state, group)
     if ROW_STEP in state and state[ROW_RHO] != group["rho"]:
         settle(optimizer, p, state)  # the missed decays were made with the old rho
     if ROW_STEP not in state:

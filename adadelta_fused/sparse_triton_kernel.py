@@ -120,7 +120,7 @@ def sparse_adadelta_kernel(
             if MAXIMIZE:
                 g = -g
             p = _to_math(tl.load(param_ptr + offsets, mask=mask, other=0.0), MATH)
-            sq, acc, p = _adadelta_values(g, p, sq, acc, neg_lr, rho_m, one_minus_rho, eps)
+            sq, acc, p = _adadelta_values(g, p, sq, acc, neg_lr, rho_m, one_minus_rho, eps, False)
             tl.store(param_ptr + offsets, _to_storage(p, param_ptr.dtype.element_ty), mask=mask)
         tl.store(square_avg_ptr + offsets, _to_storage(sq, square_avg_ptr.dtype.element_ty), mask=mask)
         tl.store(acc_delta_ptr + offsets, _to_storage(acc, acc_delta_ptr.dtype.element_ty), mask=mask)

@@ -142,15 +142,30 @@ def _hyperparameter(value, MATH: tl.constexpr):
 
 
 @triton.jit
-def _adadelta_values(g, p, sq, acc, neg_lr, rho, one_minus_rho, eps):
+def _adadelta_values(g, p, sq, acc, neg_lr, rho, one_minus_rho, eps, RMS_STATE: tl.constexpr):
     """The update of reference._update_one after weight decay, on values in math precision: (sq, acc, p).
-    Shared with the sparse kernel (sparse_triton_kernel.py), which loads and stores differently."""
+    Shared with the sparse kernel (sparse_triton_kernel.py), which loads and stores differently. RMS_STATE: sq
+    and acc are 8-bit state's decoded R = sqrt(x + eps) before the floor, and their new R come back
+    (quantized_reference; csrc/adadelta_math.h, kRmsState)."""
+    acc_root = acc
+    if RMS_STATE:
+        floor = _ieee_sqrt(eps)
+        sq = tl.where(sq < floor, floor, sq)  # a select keeps a NaN R
+        acc_root = tl.where(acc < floor, floor, acc)
+        sq = tl.fma(sq, sq, -eps)
+        acc = tl.fma(acc_root, acc_root, -eps)
     sq = tl.fma(one_minus_rho * g, g, sq * rho)  # sq.mul_(rho).addcmul_(g, g, value=1 - rho)
     std = _ieee_sqrt(sq + eps)  # _sqrt(sq.add(eps))
-    delta = _ieee_sqrt(acc + eps)  # _sqrt(acc.add(eps))
+    if RMS_STATE:
+        delta = acc_root
+    else:
+        delta = _ieee_sqrt(acc + eps)  # _sqrt(acc.add(eps))
     delta = _ieee_div(delta, std) * g  # delta.div_(std).mul_(g)
     acc = tl.fma(one_minus_rho * delta, delta, acc * rho)  # acc.mul_(rho).addcmul_(delta, delta, 1 - rho)
     p = tl.fma(neg_lr, delta, p)  # p.add_(delta, alpha=-lr)
+    if RMS_STATE:
+        sq = std
+        acc = _ieee_sqrt(acc + eps)
     return sq, acc, p
 
 
@@ -166,11 +181,12 @@ def _update_values(
     neg_lr, rho, one_minus_rho, eps, weight_decay, grad_scale, tensor_key,
     # constexpr flags
     MATH: tl.constexpr, GRAD_MODE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
-    HAS_WEIGHT_DECAY: tl.constexpr, HAS_MASTER: tl.constexpr, STOCHASTIC: tl.constexpr,
+    HAS_WEIGHT_DECAY: tl.constexpr, HAS_MASTER: tl.constexpr, STOCHASTIC: tl.constexpr, RMS_STATE: tl.constexpr,
 ):
     """reference._update_one for the masked ``offsets`` of one tensor, except the accumulators' loads and
     stores: reads and writes the gradient, param and master copy, and returns the new (sq, acc) unrounded.
-    Shared with the quantized kernel (quantized_triton_kernel.py), which decodes and encodes them."""
+    Shared with the quantized kernel (quantized_triton_kernel.py), which decodes and encodes them (RMS_STATE:
+    _adadelta_values)."""
     g = _to_math(tl.load(grad_ptr + offsets, mask=mask), MATH)
     if HAS_GRAD_SCALE:
         g = _ieee_div(g, grad_scale)
@@ -185,7 +201,7 @@ def _update_values(
     if HAS_WEIGHT_DECAY:
         g = tl.fma(weight_decay, p, g)  # g.add(p, alpha=weight_decay)
 
-    sq, acc, p = _adadelta_values(g, p, sq, acc, neg_lr, rho, one_minus_rho, eps)
+    sq, acc, p = _adadelta_values(g, p, sq, acc, neg_lr, rho, one_minus_rho, eps, RMS_STATE)
 
     if HAS_MASTER:
         tl.store(master_ptr + offsets, p, mask=mask)
@@ -219,7 +235,7 @@ def _update_elements(
     sq, acc = _update_values(
         param_ptr, grad_ptr, master_ptr, offsets, mask, zero_mask, sq, acc,
         neg_lr, rho, one_minus_rho, eps, weight_decay, grad_scale, tensor_key,
-        MATH, GRAD_MODE, MAXIMIZE, HAS_GRAD_SCALE, HAS_WEIGHT_DECAY, HAS_MASTER, STOCHASTIC,
+        MATH, GRAD_MODE, MAXIMIZE, HAS_GRAD_SCALE, HAS_WEIGHT_DECAY, HAS_MASTER, STOCHASTIC, False,
     )
     tl.store(square_avg_ptr + offsets, _to_storage(sq, square_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(acc_delta_ptr + offsets, _to_storage(acc, acc_delta_ptr.dtype.element_ty), mask=mask)

@@ -61,8 +61,8 @@ def steps_of(row: Row, case: Case, device: torch.device, cache_bytes: int) -> li
     op = torch.ops.adadelta_fused.quantized_adadelta_.default
     steps = []
     for s in sets:
-        sq = [quantize(x, p) for x, p in zip(s.square_avgs, s.params)]
-        acc = [quantize(x, p) for x, p in zip(s.acc_deltas, s.params)]
+        sq = [quantize(x, p, SCALARS.eps) for x, p in zip(s.square_avgs, s.params)]
+        acc = [quantize(x, p, SCALARS.eps) for x, p in zip(s.acc_deltas, s.params)]
         arguments = quantized_op_arguments(s.params, s.grads, [c for c, _ in sq], [c for c, _ in acc],
                                            s.master_params, [k for _, k in sq], [k for _, k in acc], SCALARS)
         steps.append(partial(op, *arguments))

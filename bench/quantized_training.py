@@ -14,10 +14,11 @@ defaults):
     uint8 state     adadelta_fused.Adadelta(state_dtype=torch.uint8): real 8-bit state (codes and block
                     scales) stepped by the compiled kernel. With --simulate (or where the optimizer does not
                     take uint8), torch.optim.Adadelta instead, whose square_avg and acc_delta go through the
-                    round trip of ``adadelta_fused.quantized_reference`` (the linear-root format: codes of
-                    sqrt(x) against a per-block fp32 absmax-of-roots scale) after every step: the kernel
-                    decodes, updates in fp32 and encodes, so this is nearly the same arithmetic (torch's
-                    update rounds a few square roots differently from the package's).
+                    round trip of ``adadelta_fused.quantized_reference`` (the RMS format: codes of
+                    sqrt(x + eps) against a per-block fp32 absmax scale) after every step: the kernel decodes,
+                    updates in fp32 and encodes, so this is nearly the same arithmetic (the kernel takes the
+                    decoded sqrt(acc_delta + eps) as it is, and torch's update rounds a few square roots
+                    differently from the package's).
 
 The claim checked (issue 13): with uint8 state the final loss of each task is within 5 % of fp32 state's and
 the held-out digits accuracy within 1 percentage point. Writes ``quantized_training.json``, ``.md`` and
@@ -158,9 +159,9 @@ def round_trip_state(optimizer: torch.optim.Optimizer,
                 state[key].copy_(round_trip(state[key], p))
 
 
-def reference_round_trip(x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """One accumulator through ``adadelta_fused.quantized_reference``'s 8-bit format (linear in the root)."""
-    return dequantize(*quantize(x, param), param)
+def reference_round_trip(x: torch.Tensor, param: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """One accumulator through ``adadelta_fused.quantized_reference``'s 8-bit format (linear in sqrt(x + eps))."""
+    return dequantize(*quantize(x, param, eps), param, eps)
 
 
 def train(task: Task, optimizer: torch.optim.Optimizer, steps: int, label: str,
@@ -261,11 +262,11 @@ def markdown(results: dict, comparison: dict, env: dict, steps: dict[str, int], 
     if uint8_label != SIMULATED:
         lines += ["", "uint8 state: `adadelta_fused.Adadelta(state_dtype=torch.uint8)`, real 8-bit state (one code per "
                       "element and one fp32 scale per block of 256, for each accumulator) stepped by the compiled "
-                      "CPU kernel in the linear-root format of `adadelta_fused.quantized_reference` (the map "
-                      "`bench/results/quantized_state_codes.md` chose)."]
+                      "CPU kernel in the RMS format of `adadelta_fused.quantized_reference` (codes of "
+                      "sqrt(x + eps); `bench/results/quantized_state_codes.md` says why that map)."]
     if uint8_label == SIMULATED:
         lines += ["", f"{SIMULATED}: torch.optim.Adadelta with `square_avg` and `acc_delta` sent through the "
-                      "linear-root round trip of `adadelta_fused.quantized_reference` after every step (the kernel's "
+                      "RMS-format round trip of `adadelta_fused.quantized_reference` after every step (the kernel's "
                       "arithmetic: decode, fp32 update, encode), as `Adadelta(state_dtype=torch.uint8)` was not "
                       "used for this run."]
     lines += ["", f"{uint8_label} {verdict} issue 13's bar (final train loss within {100 * LOSS_TOLERANCE:.0f} % "

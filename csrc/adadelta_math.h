@@ -50,6 +50,12 @@ ADF_HOST_DEVICE V square_root_on(V v) {
   return square_root(v);
 }
 
+// max(x, floor) that keeps a NaN x (a select, not fmaxf, which would return the floor).
+template <typename V>
+ADF_HOST_DEVICE V at_least(V x, V floor) {
+  return x < floor ? floor : x;
+}
+
 // What the step does to the gradient buffer; the values are the op's grad_mode (contract.GradMode).
 enum class GradMode : int { kKeep = 0, kUnscale = 1, kZero = 2 };
 
@@ -83,6 +89,7 @@ struct StepScalars {
                     // weight_decay below fp32's smallest subnormal still adds 0 * param, as torch does
   M grad_scale;     // 1 without a grad_scale: g / 1 == g exactly
   M grad_sign;      // -1 to maximize: -g == g * -1 exactly
+  M rms_floor;      // sqrt(eps): the smallest root of 8-bit state (adadelta_values' kRmsState)
   uint32_t stochastic_mask;  // all ones: bf16 params round stochastically; zero: to nearest
   uint32_t rounding_key;
 };
@@ -103,6 +110,7 @@ ADF_HOST_DEVICE StepScalars<M> resolve_scalars(const StepArgs& a) {
   s.decays = a.weight_decay != 0.0 ? M(1) : M(0);
   s.grad_scale = a.grad_scale_ptr != nullptr ? M(*a.grad_scale_ptr) : M(1);
   s.grad_sign = a.maximize ? M(-1) : M(1);
+  s.rms_floor = square_root(s.eps);
   s.stochastic_mask = a.stochastic_rounding ? 0xFFFFFFFFu : 0u;
   s.rounding_key = a.rounding_key;
   return s;
@@ -123,27 +131,44 @@ struct UpdatedValues {
 // way). On a CPU the update's divisions and square roots share one divider (with GCC's loop, two divisions and
 // two roots per element: ~1.5 G elements/s per Zen 4 core), so the CPU kernel instantiates both and skips the
 // division when no grad_scale is given; a GPU's arithmetic is far ahead of its bandwidth, and it always divides.
-// kAccRootOnDivider: where a vector executor takes acc_delta's root (square_root_on).
-template <bool kScaled, bool kAccRootOnDivider = false, typename V, typename M>
+// kRootsOnDivider: where a vector executor takes acc_delta's root, or with kRmsState both roots (square_root_on;
+// std's root of the dense update stays on the FMA ports).
+//
+// kRmsState: sq and acc come as 8-bit state's decoded roots R = sqrt(x + eps) (quantized_state.h), raised to
+// at least sqrt(eps), and the new roots go back in their place. The update runs on x = R * R - eps; R of acc_delta
+// is torch's acc_delta.add(eps).sqrt_() itself and the new R of square_avg is std, so an element takes two square
+// roots where values would take four (two in the update, two to encode).
+template <bool kScaled, bool kRootsOnDivider = false, bool kRmsState = false, typename V, typename M>
 ADF_HOST_DEVICE UpdatedValues<V> adadelta_values(V g, V p, V sq, V acc, const StepScalars<M>& s) {
   if constexpr (kScaled) g = g / V(s.grad_scale);
   const V unscaled = g;
   g = g * V(s.grad_sign);                                            // grad = -grad (maximize)
   const V decayed = fused_multiply_add(V(s.weight_decay), p, g);     // grad.add(param, alpha=weight_decay)
   g = s.decays != M(0) ? V(decayed) : V(g);  // prvalues: between two lvalues GCC selects an address (spills)
+  V acc_root = acc;
+  if constexpr (kRmsState) {
+    const V sq_root = at_least(sq, V(s.rms_floor));
+    acc_root = at_least(acc, V(s.rms_floor));
+    sq = fused_multiply_add(sq_root, sq_root, V(-s.eps));
+    acc = fused_multiply_add(acc_root, acc_root, V(-s.eps));
+  }
   sq = fused_multiply_add(V(s.one_minus_rho) * g, g, sq * V(s.rho));  // square_avg.mul_(rho).addcmul_(g, g, 1 - rho)
-  const V std_dev = square_root(sq + V(s.eps));                      // square_avg.add(eps).sqrt_()
-  V delta = square_root_on<kAccRootOnDivider>(acc + V(s.eps));      // acc_delta.add(eps).sqrt_()
+  const V std_dev = square_root_on<kRmsState && kRootsOnDivider>(sq + V(s.eps));  // square_avg.add(eps).sqrt_()
+  V delta = acc_root;                                                // acc_delta.add(eps).sqrt_()
+  if constexpr (!kRmsState) delta = square_root_on<kRootsOnDivider>(acc + V(s.eps));
   delta = delta / std_dev * g;                                       // delta.div_(std).mul_(grad)
   acc = fused_multiply_add(V(s.one_minus_rho) * delta, delta, acc * V(s.rho));  // acc_delta.mul_(rho).addcmul_(...)
   p = fused_multiply_add(V(s.neg_lr), delta, p);                     // param.add_(delta, alpha=-lr)
+  if constexpr (kRmsState) return {unscaled, p, std_dev, square_root_on<kRootsOnDivider>(acc + V(s.eps))};
   return {unscaled, p, sq, acc};
 }
 
 // One element of one tensor. ParamT is the param and grad storage type, StateT the accumulators';
 // `master` is read and written only when kHasMaster. `index` (the element's position in its tensor)
-// and `tensor_key` (rounding_tensor_key) feed the stochastic-rounding noise of bf16 params.
-template <typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster, bool kScaled = true>
+// and `tensor_key` (rounding_tensor_key) feed the stochastic-rounding noise of bf16 params. kRmsState: the
+// accumulators are 8-bit state's decoded roots (adadelta_values), fp32 StateT.
+template <typename ParamT, typename StateT, GradMode kGradMode, bool kHasMaster, bool kScaled = true,
+          bool kRmsState = false>
 struct AdadeltaElement {
   using M = math_t<ParamT>;
 
@@ -167,7 +192,7 @@ struct AdadeltaElement {
       p = to_math(param);
     }
     const UpdatedValues<M> u =
-        adadelta_values<kScaled>(to_math(grad), p, to_math(square_avg), to_math(acc_delta), s);
+        adadelta_values<kScaled, false, kRmsState>(to_math(grad), p, to_math(square_avg), to_math(acc_delta), s);
     if constexpr (kGradMode == GradMode::kUnscale) store(grad, u.grad);
     store(square_avg, u.square_avg);
     store(acc_delta, u.acc_delta);

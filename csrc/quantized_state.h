@@ -2,13 +2,15 @@
 // shared by the CPU and CUDA kernels of adadelta_fused::quantized_adadelta_. Mirrors
 // adadelta_fused/quantized_reference.py, which states the format; in short:
 //
-// An accumulator x (square_avg or acc_delta) is stored as its root r = sqrt(x), linearly: one uint8 code per
-// element and one fp32 scale per block of kQuantBlock consecutive elements (in the order the kernels walk the
-// param). The scale s is the block's largest finite root (at least kMinScale); a code c in 0..254 stands for
-// r = c * (s / 254), x = r * r, and 255 for NaN. Every operation is an IEEE-rounded fp32 operation (sqrt,
-// multiply, one division per block), so every executor (C++, CUDA, Triton, torch) gets the same bits. Why this
-// map: bench/results/quantized_state_codes.md (among six maps it kept training closest to fp32 state, and a
-// linear code under an fp32 absmax scale follows a decay x <- rho x exactly, where a power-of-two scale stalls).
+// An accumulator x (square_avg or acc_delta) is stored as its RMS R = sqrt(x + eps) (the paper's RMS[x], eps the
+// step's), linearly: one uint8 code per element and one fp32 scale per block of kQuantBlock consecutive elements
+// (in the order the kernels walk the param). The scale s is the block's largest finite R (at least kMinScale); a
+// code c in 0..254 stands for R = max(c * (s / 254), sqrt(eps)), x = R * R - eps (one fma), and 255 for NaN.
+// Adadelta uses each accumulator only as sqrt(x + eps): the update takes R of acc_delta as it is and its std is
+// the new R of square_avg, so a step takes two square roots an element, where storing sqrt(x) took four. Every
+// operation is an IEEE-rounded fp32 operation (sqrt, multiply, fma, one division per block), so every executor
+// (C++, CUDA, Triton, torch) gets the same bits. Why this map: bench/results/quantized_state_codes.md (a linear
+// code under an fp32 absmax scale follows a decay x <- rho x exactly, where a power-of-two scale stalls).
 #pragma once
 
 #include <cstdint>
@@ -59,24 +61,24 @@ ADF_HOST_DEVICE uint32_t encode_root(float root, float factor) {
   return i >= 0x7F800000 ? kCodeNaN : code;
 }
 
-// kSpecials = false: the code is not kCodeNaN (no code of its block is).
+// A code's R before the floor (adadelta_values' kRmsState raises it to sqrt(eps)). kSpecials = false: the code
+// is not kCodeNaN (no code of its block is).
 template <bool kSpecials = true>
-ADF_HOST_DEVICE float decode_value(uint32_t code, float step) {
+ADF_HOST_DEVICE float decode_root(uint32_t code, float step) {
   const float root = float(int32_t(code)) * step;
-  const float value = root * root;
-  if constexpr (!kSpecials) return value;
-  return code == kCodeNaN ? float_of(0x7FC00000u) : value;
+  if constexpr (!kSpecials) return root;
+  return code == kCodeNaN ? float_of(0x7FC00000u) : root;
 }
 
 // One run of kLanes consecutive elements of one block (elements [0, count), count <= kLanes): the per-element
 // parts of a step. A CPU tile is one run of 256; a CUDA warp, 32 runs of 8. The block's reductions between the
-// parts are the caller's: decode (both accumulators, from the old codes and scales) -> update (the dense
-// update, AdadeltaElement with fp32 "storage", so the new values stay unrounded, then their roots; folds the
-// roots' raw bits into the run's largest) -> [reduce over the block's runs; ordinary_block? block_scale] ->
+// parts are the caller's: decode (both accumulators' roots, from the old codes and scales) -> update (the dense
+// update on the roots, AdadeltaElement with kRmsState and fp32 "storage", so the new roots stay unrounded; folds
+// their raw bits into the run's largest) -> [reduce over the block's runs; ordinary_block? block_scale] ->
 // encode.
 template <typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled, int kLanes>
 struct QuantizedLanes {
-  using Element = AdadeltaElement<ParamT, float, kGradMode, kHasMaster, kScaled>;
+  using Element = AdadeltaElement<ParamT, float, kGradMode, kHasMaster, kScaled, /*kRmsState=*/true>;
 
   // The largest code of the run: a block whose largest is below kCodeNaN decodes without special cases.
   ADF_HOST_DEVICE static uint32_t largest_code(const uint8_t* codes, int count) {
@@ -90,12 +92,12 @@ struct QuantizedLanes {
   // fp32 math in the same loop that is 4 vectors of every variable, which spills (73 of the fused loop's 396
   // instructions were stack moves). On a GPU the loops unroll into one.
   template <bool kSpecials>
-  ADF_HOST_DEVICE static void decode(const uint8_t* codes, int count, float step, float (&values)[kLanes]) {
+  ADF_HOST_DEVICE static void decode(const uint8_t* codes, int count, float step, float (&roots)[kLanes]) {
     ADF_LANES_LOOP
-    for (int l = 0; l < count; ++l) values[l] = decode_value<kSpecials>(codes[l], step);
+    for (int l = 0; l < count; ++l) roots[l] = decode_root<kSpecials>(codes[l], step);
   }
 
-  // The dense update of the decoded values, which leaves each accumulator's new root in its place and folds the
+  // The dense update of the decoded roots, which leaves each accumulator's new root in its place and folds the
   // roots' raw bits into the run's largest.
   ADF_HOST_DEVICE static void update(ParamT* param, ParamT* grad, float* master, int count,
                                      const StepScalars<float>& s, uint32_t tensor_key, int64_t first,
@@ -109,8 +111,6 @@ struct QuantizedLanes {
       float no_master = 0.0f;
       Element::update(param[l], grad[l], sq[l], acc[l], kHasMaster ? master[l] : no_master, s, tensor_key,
                       first + l);
-      sq[l] = square_root(sq[l]);
-      acc[l] = square_root(acc[l]);
       const uint32_t a = bits_of(sq[l]);
       const uint32_t b = bits_of(acc[l]);
       sq_max = a > sq_max ? a : sq_max;

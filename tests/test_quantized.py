@@ -20,6 +20,7 @@ from adadelta_fused.quantized_ops import check_quantized_args
 from conftest import FEATURES, assert_bitwise_equal, requires_extension, scalars_for
 
 SIZES = (1, 255, 257, 4097, 2**20 + 3)
+EPS = 1e-6  # scalars_for's, which the step reads the codes with
 
 
 def accumulators(n: int, generator, scale: float) -> torch.Tensor:
@@ -33,9 +34,9 @@ def quantized_group(numels, dtype, generator, *, master=False):
     grads = [(torch.randn(n, generator=generator) * 0.1).to(dtype) for n in numels]
     sq, sq_scales, acc, acc_scales = [], [], [], []
     for p in params:
-        codes, scales = Q.quantize(accumulators(p.numel(), generator, 1e-2), p)
+        codes, scales = Q.quantize(accumulators(p.numel(), generator, 1e-2), p, EPS)
         sq.append(codes), sq_scales.append(scales)
-        codes, scales = Q.quantize(accumulators(p.numel(), generator, 1e-4), p)
+        codes, scales = Q.quantize(accumulators(p.numel(), generator, 1e-4), p, EPS)
         acc.append(codes), acc_scales.append(scales)
     masters = [p.float() + torch.randn(p.shape, generator=generator) * 1e-3 for p in params] if master else None
     return [params, grads, sq, acc, masters, sq_scales, acc_scales]
@@ -74,42 +75,47 @@ def test_constants_match_the_kernels():
     assert ext.min_scale_bits == torch.tensor(Q.MIN_SCALE, dtype=torch.float32).view(torch.int32).item()
 
 
-def test_round_trip_error_is_half_a_step_of_the_root(generator):
-    """Each root comes back within half a code step (s / 254 / 2), up to the rounding of the decode's two
-    multiplies; and the largest of a block within 0.2 % (the top codes' resolution)."""
+@pytest.mark.parametrize("eps", [0.0, 1e-6, 1e-2])
+def test_round_trip_error_is_half_a_step_of_the_root(eps, generator):
+    """Each R = sqrt(x + eps) comes back within half a code step (s / 254 / 2), up to the rounding of the
+    decode's multiplies (the floor only moves a decoded R towards the true one, which is never below it); the
+    largest of a block within 0.2 % (the top codes' resolution); and the values as fma(R, R, -eps)."""
     p = torch.empty(4097)
     x = accumulators(4097, generator, 1.0)
-    codes, scales = Q.quantize(x, p)
-    back = Q.dequantize(codes, scales, p)
+    codes, scales = Q.quantize(x, p, eps)
+    back = Q.dequantize_roots(codes, scales, p, eps).double()
+    exact = (x.double() + torch.tensor(eps, dtype=torch.float32).double()).sqrt()
     step = Q._per_element(scales / Q.LEVELS, 4097)
-    error = (back.double().sqrt() - x.double().sqrt()).abs()
-    assert bool((error <= step.double() * (0.5 + 1e-5)).all())
+    assert bool(((back - exact).abs() <= step.double() * (0.5 + 1e-5)).all())
+    assert bool((back >= math.sqrt(torch.tensor(eps, dtype=torch.float32).item()) * (1 - 2**-23)).all())
     top = Q._per_element(scales, 4097).double()
-    assert bool(((back.double().sqrt() - top).abs() <= top * 2e-3)[x.double().sqrt() >= top].all())
+    assert bool(((back - top).abs() <= top * 2e-3)[exact >= top].all())
+    values = Q.dequantize(codes, scales, p, eps).double()
+    assert bool(((values + torch.tensor(eps, dtype=torch.float32).double() - back**2).abs() <= back**2 * 2**-23).all())
 
 
 def test_a_tiny_value_gives_a_finite_step():
-    """A mean square far below its block's largest decodes to 0 (code 0), and Adadelta's step from it is finite:
-    eps keeps the square roots away from 0."""
+    """A mean square far below its block's largest takes code 0, which decodes to the floor sqrt(eps) (the R of an
+    accumulator of 0), and Adadelta's step from it is finite and as from fresh state: not a huge step, nor none."""
     p = torch.tensor([1.0, -1.0])
-    sq_codes, sq_scales = Q.quantize(torch.tensor([1e-30, 1e4]), p)
-    acc_codes, acc_scales = Q.quantize(torch.tensor([1e-30, 1e2]), p)
+    sq_codes, sq_scales = Q.quantize(torch.tensor([1e-30, 1e4]), p, 1e-6)
+    acc_codes, acc_scales = Q.quantize(torch.tensor([1e-30, 1e2]), p, 1e-6)
     assert sq_codes[0] == 0 and acc_codes[0] == 0
     group = [[p.clone()], [torch.tensor([1e-3, 5.0])], [sq_codes], [acc_codes], None, [sq_scales], [acc_scales]]
     Q.quantized_adadelta_reference_(*group[:5], group[5], group[6], StepScalars(lr=1.0, rho=0.9, eps=1e-6,
                                                                                    weight_decay=0.0))
     assert bool(torch.isfinite(group[0][0]).all())
-    assert abs(group[0][0][0].item() - 1.0) < 1e-2  # sqrt(eps) / sqrt(0.1 * g^2 + eps) * g, not a huge step
+    assert 0 < 1.0 - group[0][0][0].item() < 1e-2  # sqrt(eps) / sqrt(0.1 * g^2 + eps) * g, not a huge step
 
 
 def test_every_code_decodes_and_encodes_back():
-    """Codes 0..254 are fixed points of decode then encode against the same scale; 255 is NaN."""
+    """Codes 0..254 are fixed points of decode (without the floor: eps 0) then encode against the same scale;
+    255 is NaN."""
     for scale in (Q.MIN_SCALE, 1e-3, 1.0, 3.0e18):
         scales = torch.full((256,), scale, dtype=torch.float32)
         codes = torch.arange(256, dtype=torch.uint8)
-        values = Q.decode(codes, scales)
-        assert bool(values[255].isnan())
-        roots = Q._sqrt(values)
+        roots = Q.decode_roots(codes, scales, 0.0)
+        assert bool(roots[255].isnan())
         assert torch.equal(Q.encode(roots, scales)[:255], codes[:255])
 
 
@@ -160,9 +166,9 @@ def test_cpu_kernel_non_finite_values(generator, cpu_isa):
     group[3][0][700] = Q.CODE_NAN
     group[2][0][512:768] = 0
     group[5][0][2] = Q.MIN_SCALE
-    sq = Q.dequantize(group[2][0], group[5][0], group[0][0])
+    sq = Q.dequantize(group[2][0], group[5][0], group[0][0], EPS)
     sq[400], sq[401] = -1.0, math.inf  # in a whole block (the AVX-512 lanes' path), as the NaN codes are
-    group[2][0], group[5][0] = Q.quantize(sq, group[0][0])
+    group[2][0], group[5][0] = Q.quantize(sq, group[0][0], EPS)
     actual, expected = run_both(group, scalars_for("default"))
     assert_same(actual, expected)
     assert int(torch.isnan(actual[0][0]).sum()) >= 3
@@ -218,7 +224,7 @@ def test_cpu_kernel_specials_between_blocks(feature, dtype, master, generator, c
     acc[0][7 * block + 255] = Q.CODE_NAN
     grads[0][10 * block + 100] = math.inf  # block 10 fused with block 9, then not ordinary for block 11
     grads[0][12 * block] = math.nan
-    sq[0][20 * block:21 * block] = 0  # block 20: roots of zero only (block_scale's smallest scale)
+    sq[0][20 * block:21 * block] = 0  # block 20: accumulators of zero only (R = sqrt(eps), the floor, everywhere)
     grads[0][20 * block:21 * block] = 0
     sq_scales[0][20] = Q.MIN_SCALE
     # Blocks 30 and 40: one accumulator's roots not all finite, the other's are (an old square_avg or acc_delta of
@@ -232,7 +238,19 @@ def test_cpu_kernel_specials_between_blocks(feature, dtype, master, generator, c
     assert_same(actual, expected)
     for position in (3 * block + 17, 7 * block + 255, 10 * block + 100, 12 * block, 255 * block + 5):
         assert bool(torch.isnan(actual[0][0][position])), position
-    assert float(actual[5][0][20]) == Q.MIN_SCALE
+    assert float(actual[5][0][20]) == Q._sqrt(torch.tensor(1e-6)).item()
+
+
+@requires_extension
+def test_cpu_kernel_zero_block_without_eps_takes_the_smallest_scale(generator, cpu_isa):
+    """With eps 0 an all-zero block's R are 0, and its scale is MIN_SCALE (block_scale's least), not 0."""
+    group = quantized_group((512,), torch.float32, generator)
+    group[1][0][:256] = 0
+    group[2][0][:256] = 0
+    group[3][0][:256] = 0
+    actual, expected = run_both(group, scalars_for("default", eps=0.0))
+    assert_same(actual, expected)
+    assert float(actual[5][0][0]) == Q.MIN_SCALE and float(actual[6][0][0]) == Q.MIN_SCALE
 
 _GUARDED_STEP = """
 import ctypes, mmap, sys, torch
@@ -289,8 +307,8 @@ def test_cpu_kernel_layouts(generator):
     base = torch.randn(40, 30, generator=generator)
     for param in (p, base[:, ::3]):
         x = accumulators(param.numel(), generator, 1e-2).view(param.shape)
-        sq, sq_scales = Q.quantize(x, param)
-        acc, acc_scales = Q.quantize(x / 100, param)
+        sq, sq_scales = Q.quantize(x, param, EPS)
+        acc, acc_scales = Q.quantize(x / 100, param, EPS)
         layout = codes() if param is p else torch.empty(param.shape, dtype=torch.uint8)
         sq, acc = layout.copy_(sq), layout.clone().copy_(acc)
         group = [[param.clone()], [torch.randn(param.shape, generator=generator) * 0.1], [sq], [acc], None,

@@ -158,7 +158,7 @@ def test_state_dict_converts_both_ways():
     saved = opt.state_dict()
     weight = net[0].weight
     codes = opt.state[weight]["square_avg"]
-    decoded = dequantize(codes, opt.state[weight]["square_avg_scale"], codes)
+    decoded = dequantize(codes, opt.state[weight]["square_avg_scale"], codes, 1e-6)
     for target in (Adadelta(net.parameters()), torch.optim.Adadelta(net.parameters())):
         state_dict = saved if isinstance(target, Adadelta) else quantized.dequantize_state_dict(saved)
         target.load_state_dict(state_dict)
@@ -170,11 +170,41 @@ def test_state_dict_converts_both_ways():
     back.load_state_dict(fp32.state_dict())
     assert quantized.is_quantized(back.state[weight])
     assert_bitwise_equal(dequantize(back.state[weight]["square_avg"], back.state[weight]["square_avg_scale"],
-                                    weight), decoded.view_as(weight), "requantized")
+                                    weight, 1e-6), decoded.view_as(weight), "requantized")
     with pytest.raises(ValueError, match="'square_avg' is uint8 codes without 'square_avg_scale'"):
         broken = copy.deepcopy(saved)
         next(iter(broken["state"].values())).pop("square_avg_scale")
         Adadelta(net.parameters(), state_dtype=torch.uint8).load_state_dict(broken)
+
+
+def test_codes_stand_for_sqrt_of_x_plus_the_groups_eps():
+    """The codes store sqrt(x + eps) with the group's eps: after a few steps beside fp32 state with a large eps,
+    the values 8-bit state hands to torch (dequantize_state_dict, which reads the saved groups' eps) and to an
+    optimizer with fp32 state are fp32 state's up to the code's resolution, which a decode with another eps
+    (1e-6, torch's default) is not. A group whose eps then shrinks still steps to finite values."""
+    eps = 1e-2
+    nets = [model(), model()]
+    ours = Adadelta(nets[0].parameters(), eps=eps, state_dtype=torch.uint8)
+    exact = torch.optim.Adadelta(nets[1].parameters(), eps=eps)
+    train(nets[0], ours, 3)
+    train(nets[1], exact, 3)
+    saved = ours.state_dict()
+    for target in (torch.optim.Adadelta(nets[0].parameters()), Adadelta(nets[0].parameters())):
+        target.load_state_dict(quantized.dequantize_state_dict(saved) if isinstance(target, torch.optim.Adadelta)
+                               else saved)
+        for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+            for key in ("square_avg", "acc_delta"):
+                got, want = target.state[p][key], exact.state[q][key]
+                # R within half a code step (s / 508, s the block's largest R; the step itself moved R a little)
+                error = ((got + eps).sqrt() - (want + eps).sqrt()).abs().max()
+                assert error <= (want + eps).sqrt().max() / 200, (key, error)
+    weight = nets[0][0].weight
+    codes = ours.state[weight]["square_avg"]
+    misread = dequantize(codes, ours.state[weight]["square_avg_scale"], codes, 1e-6)
+    assert (misread - exact.state[nets[1][0].weight]["square_avg"]).abs().max() > eps / 2
+    ours.param_groups[0]["eps"] = 1e-6
+    train(nets[0], ours, 2)
+    assert all(bool(torch.isfinite(p).all()) for p in nets[0].parameters())
 
 
 @pytest.mark.parametrize("flatten", [False, True])
@@ -194,7 +224,7 @@ def test_model_double_gets_fp64_state():
     opt = Adadelta(net.parameters(), state_dtype=torch.uint8)
     train(net, opt, 2)
     codes = opt.state[net[0].weight]["square_avg"]
-    decoded = dequantize(codes, opt.state[net[0].weight]["square_avg_scale"], codes)
+    decoded = dequantize(codes, opt.state[net[0].weight]["square_avg_scale"], codes, 1e-6)
     net.double()
     train(net, opt, 1)
     state = opt.state[net[0].weight]
@@ -261,8 +291,8 @@ def test_memory_format_change_re_encodes_the_blocks():
     loaded.load_state_dict(opt.state_dict())
     state = loaded.state[fresh.weight]
     assert state["square_avg"].is_contiguous()
-    want = dequantize(codes, opt.state[weight]["square_avg_scale"], codes)
-    got = dequantize(state["square_avg"], state["square_avg_scale"], state["square_avg"])
+    want = dequantize(codes, opt.state[weight]["square_avg_scale"], codes, 1e-6)
+    got = dequantize(state["square_avg"], state["square_avg_scale"], state["square_avg"], 1e-6)
     assert (got - want).abs().max() <= 0.02 * want.abs().max()
 
 

@@ -36,7 +36,9 @@ def random_state(shape, generator) -> torch.Tensor:
     """fp32 accumulator values over 40 binades within each block, as training makes them, so that a block
     holds codes from 254 down to 0 (roots below 1/508 of the largest) and exact zeros. Of every four
     256-element stretches, the third lies between 2^-150 and 2^-130 (fp32 subnormals; roots below MIN_SCALE,
-    so its scale is the floor) and the fourth is all zeros (fresh state: the floor again, every code 0)."""
+    so its scale is the floor) and the fourth is all zeros (fresh state: the floor again, every code 0). The
+    tests quantize it with eps 0 (R = sqrt(x)), which keeps those blocks; a step with eps then reads codes that
+    decode below sqrt(eps), as a group whose eps grew would."""
     numel = torch.Size(shape).numel()
     exponent = torch.rand(numel, generator=generator) * 40 - 30
     stretch = (torch.arange(numel) // BLOCK) % 4
@@ -55,7 +57,7 @@ def random_group(shapes, param_dtype, generator, *, master=False, layout=lambda 
     square_avgs, square_avg_scales, acc_deltas, acc_delta_scales = [], [], [], []
     for param, shape in zip(params, shapes):
         for codes, scales, magnitude in ((square_avgs, square_avg_scales, 1e-2), (acc_deltas, acc_delta_scales, 1e-4)):
-            code, scale = quantize(random_state(shape, generator) * magnitude, param)
+            code, scale = quantize(random_state(shape, generator) * magnitude, param, 0.0)
             codes.append(layout(code))
             scales.append(scale)
     masters = [p.float() + torch.randn(p.shape, generator=generator) * 1e-3 for p in params] if master else None
@@ -188,7 +190,7 @@ def test_strided_views_are_stepped_through_dense_copies(interpreter, generator):
     square_avgs, acc_deltas, square_avg_scales, acc_delta_scales = [], [], [], []
     for param in params:
         for codes, scales, magnitude in ((square_avgs, square_avg_scales, 1e-2), (acc_deltas, acc_delta_scales, 1e-4)):
-            code, scale = quantize(random_state(param.shape, generator) * magnitude, param)
+            code, scale = quantize(random_state(param.shape, generator) * magnitude, param, 0.0)
             codes.append(code)
             scales.append(scale)
     square_avgs[1] = square_avgs[1].t().contiguous().t()  # codes in another layout than their (strided) param
@@ -278,7 +280,7 @@ def test_random_state_spans_the_format(generator):
     """The states the tests step hold every kind of block: codes from 0 to 254 in ordinary blocks, and blocks
     at the scale floor, subnormal-valued or all zero."""
     param = torch.zeros(4 * BLOCK)
-    codes, scales = quantize(random_state(param.shape, generator), param)
+    codes, scales = quantize(random_state(param.shape, generator), param, 0.0)
     ordinary = codes[:2 * BLOCK]
     assert ordinary.min() == 0 and ordinary.max() == 254 and len(ordinary.unique()) > 50
     assert (scales[2:] == MIN_SCALE).all() and codes[2 * BLOCK:3 * BLOCK].max() > 0

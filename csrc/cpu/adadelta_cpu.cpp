@@ -248,10 +248,10 @@ template <Bf16Conversion kConversion, typename P, typename S, GradMode kMode, bo
 __attribute__((always_inline)) inline void update_chunk_lanes_rounding(const Chunk<P, S>& c,
                                                                        const StepScalars<float>& s) {
   constexpr LaneOptions kNearest{.bf16 = kConversion,
-                                 .acc_root_on_divider = is_16_bit_v<P> && is_16_bit_v<S> && !kMaster};
+                                 .roots_on_divider = is_16_bit_v<P> && is_16_bit_v<S> && !kMaster};
   if constexpr (is_bf16_v<P> && !kMaster) {
     if (s.stochastic_mask != 0) {
-      constexpr LaneOptions kStochastic{kNearest.bf16, true, kNearest.acc_root_on_divider};
+      constexpr LaneOptions kStochastic{kNearest.bf16, true, kNearest.roots_on_divider};
       return update_chunk_lanes<kStochastic, P, S, kMode, kMaster, kScaled>(c, s);
     }
   }

@@ -3,9 +3,9 @@
 //
 // Why not GCC's vectorization of the scalar update: its square roots and divisions all queue on the one divider
 // (on this project's Xeon, vsqrtps zmm issues once per 12 cycles and vdivps zmm once per 10), two roots and one
-// division per element in the dense step (two divisions with a grad_scale), four roots in the 8-bit step.
-// square_root below runs a root on the two FMA ports instead; each kernel says what it gains (adadelta_cpu.cpp,
-// quantized_cpu.cpp).
+// division per element in the dense step (two divisions with a grad_scale; the 8-bit step has as many, since it
+// stores sqrt(x + eps)). square_root below runs a root on the two FMA ports instead; each kernel says what it
+// gains and where it puts its roots (adadelta_cpu.cpp, quantized_cpu.cpp).
 #pragma once
 
 #include <cstdint>
@@ -116,6 +116,9 @@ template <bool kOnDivider>
 ADF_LANES_INLINE FloatLanes square_root_on(FloatLanes x) {
   return kOnDivider ? divider_square_root(x) : square_root(x);
 }
+
+// adadelta_math.h's at_least: vmaxps returns its second operand when either is NaN, so a NaN x stays.
+ADF_LANES_INLINE FloatLanes at_least(FloatLanes x, FloatLanes floor) { return _mm512_max_ps(floor.v, x.v); }
 
 // Sixteen uint32 lanes: the operations of rounding.h's noise hash (mix32), which runs its lines on them.
 struct UintLanes {
@@ -243,24 +246,26 @@ ADF_LANES_INLINE void store_nearest(T* dst, FloatLanes value) {
   }
 }
 
-// What update_lanes stores and where it takes acc_delta's root.
+// What update_lanes stores, and where it takes its roots.
 struct LaneOptions {
   Bf16Conversion bf16 = Bf16Conversion::kIntegerOps;
   bool stochastic_param = false;     // a bf16 param without a master copy rounds stochastically (rounding.h)
-  bool acc_root_on_divider = false;  // adadelta_values' kAccRootOnDivider
+  bool roots_on_divider = false;     // adadelta_values' kRootsOnDivider
+  bool rms_state = false;            // adadelta_values' kRmsState: the accumulators are 8-bit state's roots
 };
 
 // The dense update of the 16 elements at param, grad (and master): loads them, runs adadelta_values on them
 // and the given accumulators, and stores what AdadeltaElement stores in the grad, master and param; the new
-// accumulators are the caller's to store (the 8-bit kernel encodes their roots). With kOptions.stochastic_param,
-// `noise` holds the 16 elements' rounding_noise_low (pair_noises); without, it is not read.
+// accumulators (roots, with kOptions.rms_state) are the caller's to store: the 8-bit kernel encodes them. With
+// kOptions.stochastic_param, `noise` holds the 16 elements' rounding_noise_low (pair_noises); without, it is not
+// read.
 template <bool kScaled, GradMode kGradMode, bool kHasMaster, LaneOptions kOptions = LaneOptions{}, typename ParamT>
 ADF_LANES_INLINE UpdatedValues<FloatLanes> update_lanes(ParamT* param, ParamT* grad, float* master, FloatLanes sq,
                                                         FloatLanes acc, const StepScalars<float>& s,
                                                         UintLanes noise) {
   const FloatLanes p = kHasMaster ? load_lanes(master) : load_lanes(param);
   const UpdatedValues<FloatLanes> u =
-      adadelta_values<kScaled, kOptions.acc_root_on_divider>(load_lanes(grad), p, sq, acc, s);
+      adadelta_values<kScaled, kOptions.roots_on_divider, kOptions.rms_state>(load_lanes(grad), p, sq, acc, s);
   if constexpr (kGradMode == GradMode::kUnscale) store_nearest<kOptions.bf16>(grad, u.grad);
   if constexpr (kHasMaster) store_lanes(master, u.param);
   if constexpr (kOptions.stochastic_param && is_bf16_v<ParamT> && !kHasMaster) {

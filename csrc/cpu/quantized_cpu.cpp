@@ -115,24 +115,24 @@ struct PendingEncode {
 // store and a load of each accumulator and GCC's decode loops: with quantized_lanes.h's encode, 1.24-1.40 ->
 // 1.06-1.19 ns per element (alternating runs, 48 Ki and 128 Ki elements, the Xeon).
 //
-// Where the four square roots per element run. A Zen 4 core issues one 512-bit FMA-unit instruction per cycle
-// (two 256-bit halves), and its divider operations take FMA slots too (vsqrtps is 10 cycles of the divider and
-// about 3 FMA slots, vdivps 6 and about 2). Moving a root to the divider trades 9 FMA-unit instructions (an
-// FMA-port root, square_root, and its range compare) for 10 divider cycles and 3 slots, and the two units
-// interfere, so the split is measured, not derived: here the two roots to encode and acc_delta's root run on the
-// divider, std's on the FMA ports. The loop is then bound by the divider, not by FMA issue: 3 vsqrtps + 1 vdivps
-// = 36 cycles per 16 elements, and probes that add the loop's FMA-unit mix to those four measured 36.1-36.5; the
-// loop body over one long run (no block boundaries) 38.2. With a grad_scale the divider also divides by it, and
-// acc_delta's root stays on the FMA ports (not measured). On the Xeon, three roots on the divider measured no
-// faster than two (128 Ki elements in L2, 2026-12-03), not slower.
+// Where the two square roots per element run: std's, which is square_avg's new R, and acc_delta's new R (the
+// update's numerator is the decoded R, quantized_state.h). A Zen 4 core issues one 512-bit FMA-unit instruction
+// per cycle, and its divider takes about 10 cycles a vsqrtps and 6 a vdivps. When the format stored sqrt(x) (until
+// 2026-12-05) an element took four roots, three on the divider and std's on the FMA ports, and the loop was bound
+// by both units (the divider's 36 cycles per 16 elements, the loop body 38). With two, both go to the divider (26
+// of its cycles per 16 elements), which takes a root's eight instructions off the FMA ports: one thread, ns per
+// element at 1 Mi / 32 Mi elements, std's root on the FMA ports 0.70-0.75 / 0.72-0.97, both on the divider
+// 0.585-0.589 / 0.585-0.654 (the sqrt(x) format, the same runs: 0.76-1.08 / 0.76-1.01;
+// bench/results/quantized-rms-format-20261205/). With a grad_scale the divider also divides by it, and both roots
+// stay on the FMA ports (not measured).
 //
-// The time lost is at the block boundaries: a block's encode waits on its last root, the max reductions, the
-// scale and a scalar division, and the divider idles meanwhile, about 145 cycles per block of 256. So the loop of
-// block k also encodes block k-1 (kEncodePrevious), one vector of each of its two tiles at the end of each pass:
-// one core, fp32 params, a standalone copy of these loops (Zen 4, the block loop study), ns per element, 32 Ki
-// elements in L2 / 32 Mi: 0.801 / 0.883 -> 0.709 / 0.847, the same bits. Encoding at the start of each pass
-// measured 0.716 in L2; encoding block k-1 after block k's loop (two tile pairs, no spreading) 0.775; pipelining
-// or unrolling the loop within a block 0.793-0.817 (out-of-order execution already covers its dependence chain).
+// The time lost is at the block boundaries (measured with the sqrt(x) format): a block's encode waits on its last root,
+// the max reductions, the scale and a scalar division, and the divider idles meanwhile, about 145 cycles per block of
+// 256. So the loop of block k also encodes block k-1 (kEncodePrevious), one vector of each of its two tiles at the end
+// of each pass: one core, fp32 params, a standalone copy of these loops (Zen 4, the block loop study), ns per element,
+// 32 Ki elements in L2 / 32 Mi: 0.801 / 0.883 -> 0.709 / 0.847, the same bits. Encoding at the start of each pass
+// measured 0.716 in L2; encoding block k-1 after block k's loop (two tile pairs, no spreading) 0.775; pipelining or
+// unrolling the loop within a block 0.793-0.817 (out-of-order execution already covers its dependence chain).
 //
 // The prefetch runs inside this loop, a line per 64 bytes of each buffer kPrefetchBlocks blocks ahead, rather
 // than the 40 prefetches at the start of each block that the hardware then had to absorb in a burst. One core,
@@ -159,7 +159,7 @@ __attribute__((always_inline)) inline void update_block_lanes(ParamT* __restrict
   LargestBits sq_max;
   LargestBits acc_max;
   // No noise: these options round to nearest (stochastic bf16 params take the shared loop).
-  constexpr LaneOptions kOptions{.acc_root_on_divider = !kScaled};
+  constexpr LaneOptions kOptions{.roots_on_divider = !kScaled, .rms_state = true};
   for (int l = 0; l < n; l += kFloatLanes) {
     prefetch_run_ahead(param + l, l);
     prefetch_run_ahead(grad + l, l);
@@ -170,8 +170,8 @@ __attribute__((always_inline)) inline void update_block_lanes(ParamT* __restrict
     const FloatLanes acc_old = kFromCodes ? decode_lanes(codes.acc_delta + l, acc_step) : load_lanes(acc + l);
     const UpdatedValues<FloatLanes> u = update_lanes<kScaled, kGradMode, kHasMaster, kOptions>(
         param + l, grad + l, kHasMaster ? master + l : nullptr, sq_old, acc_old, s, UintLanes(0u));
-    const FloatLanes sq_root = divider_square_root(u.square_avg);
-    const FloatLanes acc_root = divider_square_root(u.acc_delta);
+    const FloatLanes sq_root = u.square_avg;
+    const FloatLanes acc_root = u.acc_delta;
     store_lanes(sq + l, sq_root);
     store_lanes(acc + l, acc_root);
     sq_max.fold(sq_root);

@@ -1,5 +1,5 @@
 // The 8-bit state's codes in 16 lanes, for the AVX-512 level of the 8-bit CPU kernel (quantized_cpu.cpp): the
-// decode and the encode of quantized_state.h (decode_value<false>, encode_root<false>) on float_lanes.h's
+// decode and the encode of quantized_state.h (decode_root<false>, encode_root<false>) on float_lanes.h's
 // vectors, each rounding as the fp32 operations there round, and a block's check for kCodeNaN.
 //
 // Why not GCC's loops over the shared lanes: they widen bytes to dwords through words (vpmovzxbw, vpmovzxwd,
@@ -33,11 +33,10 @@ ADF_CODE_LANES_INLINE bool has_nan_code(const uint8_t* codes, int n) {
   return _mm512_cmpeq_epi8_mask(largest, _mm512_set1_epi8(char(kCodeNaN))) != 0;
 }
 
-// decode_value<false> of 16 codes: root = code * step, value = root * root.
+// decode_root<false> of 16 codes: code * step.
 ADF_CODE_LANES_INLINE FloatLanes decode_lanes(const uint8_t* codes, FloatLanes step) {
   const __m512i code = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
-  const FloatLanes root = FloatLanes(_mm512_cvtepi32_ps(code)) * step;
-  return root * root;
+  return FloatLanes(_mm512_cvtepi32_ps(code)) * step;
 }
 
 // encode_root<false> of 16 finite roots: root * factor + 2^23 is 0x4B000000 + code, and a code fits in the low

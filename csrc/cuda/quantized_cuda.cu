@@ -101,9 +101,11 @@ __device__ __forceinline__ void load_codes(const uint8_t* src, uint8_t (&dst)[kR
 
 // The scalar path's accesses: elements [0, count) of the run, count <= kRun. The lanes always run all kRun
 // elements (a loop bounded by a runtime count would index the run's arrays dynamically, which puts them in
-// local memory), so the missing ones are zeros: a zero param, grad and code give a new root of +0 (or NaN when
-// grad_scale is 0 or eps is 0), which never counts toward a scale (counted_bits); a NaN only sends the block
-// to the special path, whose codes are the ordinary path's for every finite root.
+// local memory), so the missing ones are zeros: a zero param, grad and code give the least new R a step can give
+// (every operation from the code to R is monotone, and a zero grad adds nothing), never above the largest R of
+// the run's real elements; or NaN (grad_scale 0, or eps 0: 0 / 0), which never counts toward a scale
+// (counted_bits) and only sends the block to the special path, whose codes are the ordinary path's for every
+// finite R.
 template <typename T>
 __device__ __forceinline__ void load_masked(const T* src, int count, T (&dst)[kRun]) {
 #pragma unroll

@@ -52,7 +52,7 @@ def random_group(shapes, param_dtype, generator, *, master=False):
             numel = torch.Size(shape).numel()
             values = torch.exp2(torch.rand(numel, generator=generator) * 40 - 30) * magnitude
             values[torch.rand(numel, generator=generator) < 0.02] = 0.0
-            code, scale = quantize(values.view(shape), param)
+            code, scale = quantize(values.view(shape), param, 1e-6)
             codes.append(code)
             scales.append(scale)
     masters = [p.float() + torch.randn(p.shape, generator=generator) * 1e-3 for p in params] if master else None
