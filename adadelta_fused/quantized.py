@@ -47,8 +47,9 @@ def is_quantized(state: dict[str, Any]) -> bool:
 
 
 def new_state(p: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Zero accumulators: all codes 0 (laid out as ``p`` is walked), which decode to the floor sqrt(eps), the R of
-    0, whatever eps is; and the smallest scale."""
+    """Zero accumulators: all codes 0 (laid out as ``p`` is walked), which decode to the floor sqrt(eps), an R
+    whose value fma(R, R, -eps) is 0 up to the floor's rounding (1e-13 at eps 1e-6), whatever eps is; and the
+    smallest scale."""
     state = {}
     for key in ACCUMULATORS:
         state[key] = _walk_like(p).zero_()
@@ -56,12 +57,18 @@ def new_state(p: torch.Tensor) -> dict[str, torch.Tensor]:
     return state
 
 
+def floating_values(codes: torch.Tensor, scales: torch.Tensor, eps: float) -> torch.Tensor:
+    """An 8-bit accumulator's fp32 values for floating state, in the codes' shape and layout. The codes share the
+    param's layout, which fixes the blocks (quantized_reference.walk_positions). A decoded value below 0 becomes
+    0: the floor's square rounds below eps for some eps (-4.4e-16 at 1e-8), and an accumulator of floating state
+    is never negative (an optimizer whose eps is later lowered would take the root of one)."""
+    return _like(dequantize(codes, scales, codes, eps).clamp_min_(0.0), codes)
+
+
 def to_floating(state: dict[str, Any], dtype: torch.dtype, eps: float) -> None:
-    """Replace 8-bit accumulators by their values in ``dtype`` (in place in ``state``). The codes share the
-    param's layout, which fixes the blocks (quantized_reference.walk_positions)."""
+    """Replace 8-bit accumulators by their values in ``dtype`` (in place in ``state``)."""
     for key in ACCUMULATORS:
-        codes = state[key]
-        state[key] = _like(dequantize(codes, state.pop(SCALE_KEYS[key]), codes, eps).to(dtype), codes)
+        state[key] = floating_values(state[key], state.pop(SCALE_KEYS[key]), eps).to(dtype)
 
 
 def to_quantized(p: torch.Tensor, state: dict[str, Any], eps: float) -> None:
@@ -174,9 +181,7 @@ def dequantize_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
         if is_quantized(saved):
             saved = dict(saved)
             for name in ACCUMULATORS:
-                codes = saved[name]
-                values = dequantize(codes, saved.pop(SCALE_KEYS[name]), codes, eps_of[key])
-                saved[name] = _like(values, codes).to(torch.float32)
+                saved[name] = floating_values(saved[name], saved.pop(SCALE_KEYS[name]), eps_of[key])
         out["state"][key] = saved
     return out
 

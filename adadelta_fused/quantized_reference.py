@@ -23,8 +23,11 @@ Format (``csrc/quantized_state.h`` implements the same bits)
     precisely, and an R below ``s / 508`` decodes to the floor ``sqrt(eps)``, which is the R of an accumulator of
     0 (the true R is never below it). Adadelta uses an accumulator only through ``sqrt(x + eps)``, which this
     keeps directly: the step takes R of ``acc_delta`` as its numerator, and the new R of ``square_avg`` is its
-    ``std``, so an element needs two square roots where storing ``sqrt(x)`` needed four. The state's meaning
-    depends on eps: a group whose eps changes between steps reads its accumulators shifted by the difference.
+    ``std``, so an element needs two square roots where storing ``sqrt(x)`` needed four. What that costs: codes
+    of ``sqrt(x)`` follow a decay ``x <- rho x`` exactly (the block's scale and every value scale by
+    ``sqrt(rho)``), where these re-round R at every step in which x is near eps (a few per cent of R after 100
+    steps of zero gradients at rho 0.9). The state's meaning depends on eps: a group whose eps changes between
+    steps reads its accumulators shifted by the difference.
     An infinite accumulator (a gradient whose square overflows) is stored as NaN, which the next step spreads
     into the param, where torch's fp32 state would keep an infinite ``square_avg`` and freeze the param. Why a
     linear code under an fp32 block scale and not five other maps (a block-float code with a power-of-two scale,

@@ -207,6 +207,32 @@ def test_codes_stand_for_sqrt_of_x_plus_the_groups_eps():
     assert all(bool(torch.isfinite(p).all()) for p in nets[0].parameters())
 
 
+def test_converted_state_is_never_negative():
+    """At eps 1e-8 the floor sqrt(eps) rounds down, so code 0 decodes to a value just below 0 (-4.4e-16); floating
+    state made from 8-bit state (torch's, ours after model.double()) holds 0 there, as an accumulator never is
+    negative, and torch then steps with eps 1e-12 without a NaN."""
+    eps = 1e-8
+    net = model()
+    opt = Adadelta(net.parameters(), eps=eps, state_dtype=torch.uint8)
+    train(net, opt, 1)
+    net[0].weight.grad = None
+    codes = opt.state[net[0].bias]["square_avg"]
+    assert bool((dequantize(codes, opt.state[net[0].bias]["square_avg_scale"], codes, eps) < 0).any())
+    torch_opt = torch.optim.Adadelta(net.parameters(), eps=eps)
+    torch_opt.load_state_dict(quantized.dequantize_state_dict(opt.state_dict()))
+    for state in torch_opt.state.values():
+        assert all(bool((state[key] >= 0).all()) for key in ("square_avg", "acc_delta"))
+    torch_opt.param_groups[0]["eps"] = 1e-12
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    torch_opt.step()
+    assert all(bool(torch.isfinite(p).all()) for p in net.parameters())
+    net.double()
+    train(net, opt, 1)
+    for state in opt.state.values():
+        assert state["square_avg"].dtype == torch.float64
+
+
 @pytest.mark.parametrize("flatten", [False, True])
 def test_deepcopy_and_pickle(flatten):
     net = model()

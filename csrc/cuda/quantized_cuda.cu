@@ -101,11 +101,9 @@ __device__ __forceinline__ void load_codes(const uint8_t* src, uint8_t (&dst)[kR
 
 // The scalar path's accesses: elements [0, count) of the run, count <= kRun. The lanes always run all kRun
 // elements (a loop bounded by a runtime count would index the run's arrays dynamically, which puts them in
-// local memory), so the missing ones are zeros: a zero param, grad and code give the least new R a step can give
-// (every operation from the code to R is monotone, and a zero grad adds nothing), never above the largest R of
-// the run's real elements; or NaN (grad_scale 0, or eps 0: 0 / 0), which never counts toward a scale
-// (counted_bits) and only sends the block to the special path, whose codes are the ordinary path's for every
-// finite R.
+// local memory), so the missing ones are zeros. Their new R is sqrt(eps) or so, which would count toward the
+// block's scale where no real element's R is finite (or rho is above 1): the scale's reductions take only the
+// first `count` lanes (largest_live), and the missing lanes' codes are never stored.
 template <typename T>
 __device__ __forceinline__ void load_masked(const T* src, int count, T (&dst)[kRun]) {
 #pragma unroll
@@ -125,17 +123,30 @@ struct WarpStep {
   // kScaled: a GPU's arithmetic is far ahead of its bandwidth, and it always divides (adadelta_values).
   using Lanes = QuantizedLanes<ParamT, kGradMode, kHasMaster, true, kRun>;
 
-  // One accumulator's new roots -> codes, and the block's new scale (stored by lane 0). The branch is
-  // warp-uniform: every lane sees the block's largest raw bits.
-  __device__ __forceinline__ static void encode(const float (&roots)[kRun], uint32_t largest_bits,
-                                                uint8_t (&codes)[kRun], float* scale) {
-    const uint32_t block_largest = __reduce_max_sync(0xFFFFFFFFu, largest_bits);
+  // The largest raw bits (kCounted: counted_bits) of the run's first `count` roots. Every lane is visited and the
+  // others masked off: a loop to a runtime count would index the run's array dynamically (local memory).
+  template <bool kCounted>
+  __device__ __forceinline__ static uint32_t largest_live(const float (&roots)[kRun], int count) {
+    uint32_t largest = 0;
+#pragma unroll
+    for (int k = 0; k < kRun; ++k) {
+      const uint32_t b = kCounted ? counted_bits(roots[k]) : bits_of(roots[k]);
+      largest = k < count && b > largest ? b : largest;
+    }
+    return largest;
+  }
+
+  // One accumulator's new roots -> codes, and the block's new scale (stored by lane 0), from the run's first
+  // `count` roots. The branch is warp-uniform: every lane sees the block's largest raw bits.
+  __device__ __forceinline__ static void encode(const float (&roots)[kRun], int count, uint8_t (&codes)[kRun],
+                                                float* scale) {
+    const uint32_t block_largest = __reduce_max_sync(0xFFFFFFFFu, largest_live<false>(roots, count));
     float new_scale;
     if (ordinary_block(block_largest)) {
       new_scale = block_scale(block_largest);
       Lanes::template encode<false>(roots, kRun, encode_factor(new_scale), codes);
     } else {
-      new_scale = block_scale(__reduce_max_sync(0xFFFFFFFFu, Lanes::largest_counted(roots, kRun)));
+      new_scale = block_scale(__reduce_max_sync(0xFFFFFFFFu, largest_live<true>(roots, count)));
       Lanes::template encode<true>(roots, kRun, encode_factor(new_scale), codes);
     }
     if (threadIdx.x % kWarpSize == 0) *scale = new_scale;
@@ -191,11 +202,13 @@ struct WarpStep {
       float acc[kRun];
       Lanes::template decode<true>(sq_codes, kRun, decode_step(b.square_avg_scale[block]), sq);
       Lanes::template decode<true>(acc_codes, kRun, decode_step(b.acc_delta_scale[block]), acc);
-      uint32_t sq_largest = 0;
-      uint32_t acc_largest = 0;
-      Lanes::update(param, grad, master, kRun, s, tensor_key, i, sq, acc, sq_largest, acc_largest);
-      encode(sq, sq_largest, sq_codes, b.square_avg_scale + block);
-      encode(acc, acc_largest, acc_codes, b.acc_delta_scale + block);
+      // update's folds of all kRun lanes go unused (nvcc drops them): encode reduces the live lanes alone.
+      uint32_t all_lanes_sq_largest = 0;
+      uint32_t all_lanes_acc_largest = 0;
+      Lanes::update(param, grad, master, kRun, s, tensor_key, i, sq, acc, all_lanes_sq_largest,
+                    all_lanes_acc_largest);
+      encode(sq, count, sq_codes, b.square_avg_scale + block);
+      encode(acc, count, acc_codes, b.acc_delta_scale + block);
       if (vector) {
         store_run(b.param + i, param);
         if constexpr (kGradMode != GradMode::kKeep) store_run(b.grad + i, grad);
