@@ -33,9 +33,8 @@ of ``bench/quantized_training.py`` (digits MLP, char transformer LM):
    relative error of sqrt(x + eps), which is what the update divides or multiplies by, and the fraction of
    nonzero values that decode to 0 (or to what Adadelta cannot tell from it: at most 1e-6 eps).
 2. Decay: values log-uniform over 8 decades, x <- rho * x for 100 steps (a zero gradient) with a round trip
-   after each, for rho in 0.9, 0.95, 0.99, against the same decay in fp32, over the values whose fp32 decay
-   ends at or above eps. A map whose nearest code to rho * x is x again stalls: the decay then achieves 0 % of
-   its log-distance.
+   after each, for rho in 0.9, 0.95, 0.99, against the same decay in fp32, in x and in sqrt(x + eps). A map
+   whose nearest code to rho * x is x again stalls: the decay then achieves 0 % of its log-distance.
 3. Training: both tasks with each map's round trip applied to the state after every step (the kernel
    decodes, updates in fp32 and encodes, so this is its arithmetic), against fp32 state.
 4. Training at the decay's rho values: digits (the cheap task) with rho 0.9, 0.95, 0.99 from 3 initial
@@ -204,19 +203,19 @@ def decay_fidelity() -> dict:
             for _ in range(DECAY_STEPS):
                 exact.mul_(rho)
                 decoded = round_trip(decoded * rho, param)
-            # Only values whose fp32 decay ends at or above eps count: below it Adadelta cannot tell a value
-            # from 0 (it uses sqrt(x + eps)), and a map that keeps sqrt(x + eps) has no precision left there.
-            seen = exact >= EPS
-            exact, decoded, first = exact[seen], decoded[seen], start[seen]
             error = ((decoded - exact).abs() / exact).double()
+            # What the update uses: sqrt(x + eps), where a map that keeps sqrt(x + eps) has its precision.
+            used = (exact + EPS).sqrt()
+            used_error = (((decoded + EPS).sqrt() - used).abs() / used).double()
             alive = decoded > ZEROED * EPS
             # The fraction of the log-distance travelled: 1 is fp32's decay, 0 a value that never moved.
-            achieved = (decoded[alive] / first[alive]).log() / (exact[alive] / first[alive]).log()
+            achieved = (decoded[alive] / start[alive]).log() / (exact[alive] / start[alive]).log()
             out[name][str(rho)] = {
                 "decay_achieved_median": achieved.median().item() if alive.any() else float("nan"),
                 "decay_achieved_min": achieved.min().item() if alive.any() else float("nan"),
                 "error_median": error.median().item(), "error_p99": error.quantile(0.99).item(),
-                "zeroed": 1 - alive.float().mean().item()}
+                "used_error_median": used_error.median().item(), "used_error_p99": used_error.quantile(0.99).item(),
+                "used_error_max": used_error.max().item(), "zeroed": 1 - alive.float().mean().item()}
     return out
 
 
@@ -376,16 +375,21 @@ def markdown(record: dict) -> str:
                 lines.append(f"| {task_name} | {step} | {name} | " + " | ".join(cells) + " |")
     lines += [
         "", f"## 2. Decay fidelity: {DECAY_STEPS} steps of x <- rho x, round trip after each",
-        "", f"{DECAY_NUMEL} values log-uniform over {DECAY_DECADES} decades (1e-8 to 1), of which those whose fp32 "
-        "decay ends at or above eps count (below it Adadelta cannot tell a value from 0). *Decay achieved*: "
-        "log(x / x0) / log(x_fp32 / x0) over the values still nonzero (1 = fp32's decay, 0 = stalled); *error*: "
-        "|x - x_fp32| / x_fp32 over all values (a zeroed value counts 100 %).", "",
-        "| map | rho | decay achieved median | min | error median | p99 | zeroed |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        "", f"{DECAY_NUMEL} values log-uniform over {DECAY_DECADES} decades (1e-8 to 1). *Decay achieved*: "
+        f"log(x / x0) / log(x_fp32 / x0) over the values still nonzero (above {ZEROED:g} eps; 1 = fp32's decay, "
+        "0 = stalled); *error*: |x - x_fp32| / x_fp32 over all values (a zeroed value counts 100 %); *error of "
+        "sqrt(x + eps)*: the same on what the update uses. A map that stores sqrt(x) scales its codes' values by "
+        "sqrt(rho) exactly, with the block's scale; one that stores sqrt(x + eps) re-rounds every step, and its "
+        "error grows where x is near eps.", "",
+        "| map | rho | decay achieved median | min | error median | p99 | error of sqrt(x + eps) median | p99 | max "
+        "| zeroed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, by_rho in record["decay"].items():
         for rho, s in by_rho.items():
             lines.append(f"| {name} | {rho} | {s['decay_achieved_median']:.3f} | {s['decay_achieved_min']:.3f} | "
-                         f"{percent(s['error_median'])} | {percent(s['error_p99'])} | {percent(s['zeroed'])} |")
+                         f"{percent(s['error_median'])} | {percent(s['error_p99'])} | "
+                         f"{percent(s['used_error_median'])} | {percent(s['used_error_p99'])} | "
+                         f"{percent(s['used_error_max'])} | {percent(s['zeroed'])} |")
     lines += [
         "", "## 3. Training with each map's round trip after every step", "",
         "| state | digits train loss | vs fp32 | digits held-out acc | vs fp32 (pp) | LM train loss | vs fp32 | "
