@@ -61,7 +61,7 @@ def floating_values(codes: torch.Tensor, scales: torch.Tensor, eps: float) -> to
     """An 8-bit accumulator's fp32 values for floating state, in the codes' shape and layout. The codes share the
     param's layout, which fixes the blocks (quantized_reference.walk_positions). A decoded value below 0 becomes
     0: the floor's square rounds below eps for some eps (-4.4e-16 at 1e-8), and an accumulator of floating state
-    is never negative (an optimizer whose eps is later lowered would take the root of one)."""
+    is never negative (an optimizer whose eps is later lowered below about 4e-16 would take the root of one)."""
     return _like(dequantize(codes, scales, codes, eps).clamp_min_(0.0), codes)
 
 

@@ -25,8 +25,9 @@ Format (``csrc/quantized_state.h`` implements the same bits)
     keeps directly: the step takes R of ``acc_delta`` as its numerator, and the new R of ``square_avg`` is its
     ``std``, so an element needs two square roots where storing ``sqrt(x)`` needed four. What that costs: codes
     of ``sqrt(x)`` follow a decay ``x <- rho x`` exactly (the block's scale and every value scale by
-    ``sqrt(rho)``), where these re-round R at every step in which x is near eps (a few per cent of R after 100
-    steps of zero gradients at rho 0.9). The state's meaning depends on eps: a group whose eps changes between
+    ``sqrt(rho)``), where these re-round R at every step in which x is near eps: after 100 steps of zero
+    gradients, R is off by 1.9 % (median; at most 4.7 %) at rho 0.9, and by up to a third for some values near
+    eps at rho 0.95 and 0.99 (``bench/results/quantized_state_codes.md``, section 2). The state's meaning depends on eps: a group whose eps changes between
     steps reads its accumulators shifted by the difference.
     An infinite accumulator (a gradient whose square overflows) is stored as NaN, which the next step spreads
     into the param, where torch's fp32 state would keep an infinite ``square_avg`` and freeze the param. Why a

@@ -300,8 +300,8 @@ IMPLEMENTED = "linear_rms"
 # Issue 13's training bounds: final loss within 5 % of fp32 state, held-out accuracy within 1 pp.
 LOSS_BOUND, ACCURACY_BOUND_PP = 0.05, 1.0
 SPEED = ("it stores what the update uses, so a step takes two square roots where linear_sqrt's takes four: the CPU "
-         "step over 32 Mi fp32 params, two threads, 13.3-13.8 ms with linear_sqrt and 10.9-11.8 with linear_rms "
-         "(bench/results/quantized-rms-format-20261205/)")
+         "step over 32 Mi fp32 params, two threads, 13.7-14.9 ms with linear_sqrt and 11.4-12.0 with linear_rms, "
+         "1.15-1.50x and 1.58-1.70x the fp32-state step (bench/results/quantized-rms-format-20261205/)")
 
 
 def decision(record: dict) -> tuple[str, str]:

@@ -12,7 +12,7 @@
 // (C++, CUDA, Triton, torch) gets the same bits. Why this map: bench/results/quantized_state_codes.md (within
 // issue 13's training bounds, second to codes of sqrt(x), whose step takes four roots; a power-of-two scale stalls
 // a decay x <- rho x, an fp32 absmax scale does not; codes of sqrt(x) follow it exactly, and these re-round R at
-// every step where x is near eps: a few per cent of R after 100 steps of zero gradients).
+// every step where x is near eps: after 100 steps of zero gradients R is off by 1.9 % (median) at rho 0.9).
 #pragma once
 
 #include <cstdint>
@@ -76,8 +76,9 @@ ADF_HOST_DEVICE float decode_root(uint32_t code, float step) {
 // parts of a step. A CPU tile is one run of 256; a CUDA warp, 32 runs of 8. The block's reductions between the
 // parts are the caller's: decode (both accumulators' roots, from the old codes and scales) -> update (the dense
 // update on the roots, AdadeltaElement with kRmsState and fp32 "storage", so the new roots stay unrounded; folds
-// their raw bits into the run's largest) -> [reduce over the block's runs; ordinary_block? block_scale] ->
-// encode.
+// their raw bits into the run's largest, which the CPU kernel reduces; the CUDA kernel, whose runs may hold
+// missing lanes, reduces its live lanes itself) -> [reduce over the block's runs; ordinary_block? block_scale]
+// -> encode.
 template <typename ParamT, GradMode kGradMode, bool kHasMaster, bool kScaled, int kLanes>
 struct QuantizedLanes {
   using Element = AdadeltaElement<ParamT, float, kGradMode, kHasMaster, kScaled, /*kRmsState=*/true>;

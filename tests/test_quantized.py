@@ -242,6 +242,26 @@ def test_cpu_kernel_specials_between_blocks(feature, dtype, master, generator, c
 
 
 @requires_extension
+@pytest.mark.parametrize("case", ["nan_tail", "rho_above_one"])
+def test_cpu_kernel_partial_last_block_takes_its_scale_from_its_own_elements(case, generator, cpu_isa):
+    """The scale of a tensor's partial last block comes from its elements alone (the CUDA kernel's missing lanes
+    hold zeros whose R is about sqrt(eps): tests/gpu/test_quantized_cuda.py has the same cases): all codes 255
+    keep MIN_SCALE; rho 1.5 (the op does not check rho) with small gradients."""
+    group = quantized_group((Q.BLOCK + 7,), torch.float32, generator)
+    if case == "nan_tail":
+        group[2][0][Q.BLOCK:] = Q.CODE_NAN
+        group[3][0][Q.BLOCK:] = Q.CODE_NAN
+        scalars = scalars_for("default")
+    else:
+        group[1][0].mul_(1e-3)
+        scalars = scalars_for("default", rho=1.5)
+    actual, expected = run_both(group, scalars)
+    assert_same(actual, expected)
+    if case == "nan_tail":
+        assert float(actual[5][0][1]) == float(actual[6][0][1]) == Q.MIN_SCALE
+
+
+@requires_extension
 def test_cpu_kernel_zero_block_without_eps_takes_the_smallest_scale(generator, cpu_isa):
     """With eps 0 an all-zero block's R are 0, and its scale is MIN_SCALE (block_scale's least), not 0."""
     group = quantized_group((512,), torch.float32, generator)

@@ -210,7 +210,7 @@ def test_codes_stand_for_sqrt_of_x_plus_the_groups_eps():
 def test_converted_state_is_never_negative():
     """At eps 1e-8 the floor sqrt(eps) rounds down, so code 0 decodes to a value just below 0 (-4.4e-16); floating
     state made from 8-bit state (torch's, ours after model.double()) holds 0 there, as an accumulator never is
-    negative, and torch then steps with eps 1e-12 without a NaN."""
+    negative, and torch then steps with eps 1e-20 without a NaN (the root of -4.4e-16 * rho + 1e-20 would be)."""
     eps = 1e-8
     net = model()
     opt = Adadelta(net.parameters(), eps=eps, state_dtype=torch.uint8)
@@ -222,7 +222,7 @@ def test_converted_state_is_never_negative():
     torch_opt.load_state_dict(quantized.dequantize_state_dict(opt.state_dict()))
     for state in torch_opt.state.values():
         assert all(bool((state[key] >= 0).all()) for key in ("square_avg", "acc_delta"))
-    torch_opt.param_groups[0]["eps"] = 1e-12
+    torch_opt.param_groups[0]["eps"] = 1e-20
     for p in net.parameters():
         p.grad = torch.zeros_like(p)
     torch_opt.step()

@@ -102,8 +102,9 @@ __device__ __forceinline__ void load_codes(const uint8_t* src, uint8_t (&dst)[kR
 // The scalar path's accesses: elements [0, count) of the run, count <= kRun. The lanes always run all kRun
 // elements (a loop bounded by a runtime count would index the run's arrays dynamically, which puts them in
 // local memory), so the missing ones are zeros. Their new R is sqrt(eps) or so, which would count toward the
-// block's scale where no real element's R is finite (or rho is above 1): the scale's reductions take only the
-// first `count` lanes (largest_live), and the missing lanes' codes are never stored.
+// block's scale where no real element's R is finite (or rho is outside [0, 1], which the op does not check): the
+// scale's reductions take only the first `count` lanes (largest_live), and the missing lanes' codes are never
+// stored.
 template <typename T>
 __device__ __forceinline__ void load_masked(const T* src, int count, T (&dst)[kRun]) {
 #pragma unroll
@@ -202,7 +203,7 @@ struct WarpStep {
       float acc[kRun];
       Lanes::template decode<true>(sq_codes, kRun, decode_step(b.square_avg_scale[block]), sq);
       Lanes::template decode<true>(acc_codes, kRun, decode_step(b.acc_delta_scale[block]), acc);
-      // update's folds of all kRun lanes go unused (nvcc drops them): encode reduces the live lanes alone.
+      // update's folds of all kRun lanes go unused: encode reduces the live lanes alone.
       uint32_t all_lanes_sq_largest = 0;
       uint32_t all_lanes_acc_largest = 0;
       Lanes::update(param, grad, master, kRun, s, tensor_key, i, sq, acc, all_lanes_sq_largest,

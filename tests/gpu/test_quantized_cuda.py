@@ -196,6 +196,26 @@ def test_nonfinite_codes_and_gradients(generator):
     assert_groups_equal(actual, on_cpu)
 
 
+@pytest.mark.parametrize("case", ["nan_tail", "rho_above_one"])
+def test_a_partial_last_block_takes_its_scale_from_its_own_elements(case, generator):
+    """A tensor's last run holds zeros past its end (the lanes always run all 8), whose new R is about sqrt(eps):
+    it must not reach the block's scale where no real R is finite (all codes 255: the scale stays MIN_SCALE) or
+    where real R are smaller (rho 1.5, which the op does not check, with small gradients)."""
+    group = random_group([(BLOCK + 7,)], torch.float32, generator)
+    if case == "nan_tail":
+        group[2][0][BLOCK:] = CODE_NAN
+        group[3][0][BLOCK:] = CODE_NAN
+        scalars = scalars_for("default")
+    else:
+        group[1][0].mul_(1e-3)
+        scalars = scalars_for("default", rho=1.5)
+    actual, expected, on_cpu = run_all(group, scalars)
+    assert_groups_equal(actual, expected)
+    assert_groups_equal(actual, on_cpu)
+    if case == "nan_tail":
+        assert expected[5][0][1].item() == expected[6][0][1].item() == quantized_reference.MIN_SCALE
+
+
 def test_cuda_graph_replay_matches_eager_steps(generator):
     """Captured with lr, grad_scale and found_inf on the device: replays read their new values, no host sync."""
     group = random_group([(4097,), (2**20 + 3,)], torch.bfloat16, generator, master=True)
