@@ -20,20 +20,20 @@ Format (``csrc/quantized_state.h`` implements the same bits)
         x'    = fma(R', R', -eps)
 
     A code keeps R to within half a step of ``s / 254``: the largest values of a block to 0.2 %, smaller ones less
-    precisely, and an R below ``s / 508`` decodes to the floor ``sqrt(eps)``, which is the R of an accumulator of
-    0 (the true R is never below it). Adadelta uses an accumulator only through ``sqrt(x + eps)``, which this
-    keeps directly: the step takes R of ``acc_delta`` as its numerator, and the new R of ``square_avg`` is its
-    ``std``, so an element needs two square roots where storing ``sqrt(x)`` needed four. What that costs: codes
-    of ``sqrt(x)`` follow a decay ``x <- rho x`` exactly (the block's scale and every value scale by
-    ``sqrt(rho)``), where these re-round R at every step in which x is near eps: after 100 steps of zero
-    gradients, R is off by 1.9 % (median; at most 4.7 %) at rho 0.9, and by up to a third for some values near
-    eps at rho 0.95 and 0.99 (``bench/results/quantized_state_codes.md``, section 2). The state's meaning depends on eps: a group whose eps changes between
-    steps reads its accumulators shifted by the difference.
-    An infinite accumulator (a gradient whose square overflows) is stored as NaN, which the next step spreads
-    into the param, where torch's fp32 state would keep an infinite ``square_avg`` and freeze the param. Why a
-    linear code under an fp32 block scale and not five other maps (a block-float code with a power-of-two scale,
-    which stalls a decay ``x <- rho x`` once ``1 - rho`` is below its precision; a dynamic-tree map; linear
-    absmax on ``x``, which diverged): ``bench/results/quantized_state_codes.md``.
+    precisely, and an R below ``s / 508`` decodes to the floor ``sqrt(eps)``, which is the R of an accumulator of 0
+    (the true R is never below it). Adadelta uses an accumulator only through ``sqrt(x + eps)``, which this keeps
+    directly: the step takes R of ``acc_delta`` as its numerator, and the new R of ``square_avg`` is its ``std``, so
+    an element needs two square roots where storing ``sqrt(x)`` needed four. What that costs: codes of ``sqrt(x)``
+    follow a decay ``x <- rho x`` exactly (the block's scale and every value scale by ``sqrt(rho)``), where these
+    re-round R at every step in which x is near eps: after 100 steps of zero gradients, R is off by 1.9 % (median;
+    at most 4.7 %) at rho 0.9, and by up to a third for some values near eps at rho 0.95 and 0.99
+    (``bench/results/quantized_state_codes.md``, section 2). The state's meaning depends on eps: a group whose eps
+    changes between steps reads its accumulators shifted by the difference. An infinite accumulator (a gradient
+    whose square overflows) is stored as NaN, which the next step spreads into the param, where torch's fp32 state
+    would keep an infinite ``square_avg`` and freeze the param. Why a linear code under an fp32 block scale and not
+    five other maps (a block-float code with a power-of-two scale, which stalls a decay ``x <- rho x`` once
+    ``1 - rho`` is below its precision; a dynamic-tree map; linear absmax on ``x``, which diverged):
+    ``bench/results/quantized_state_codes.md``.
 
 Step (``adadelta_fused::quantized_adadelta_``), per param, in one pass over each block: decode both accumulators'
 R' and x' in fp32, run the dense update of ``reference._update_one`` in fp32 on x' with R' of ``acc_delta`` as

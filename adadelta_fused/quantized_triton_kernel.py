@@ -1,14 +1,14 @@
 """The Triton kernel of one Adadelta step over 8-bit state: device code only (launch and op: quantized_triton.py).
 
 Mirrors ``adadelta_fused.quantized_reference.quantized_adadelta_reference_`` and csrc/quantized_state.h, in one
-pass: a program takes whole 256-element blocks of one tensor, decodes both accumulators' R against the blocks'
-old scales, runs the dense kernel's per-element update on them (``triton_kernel._update_values`` with RMS_STATE:
-the same lines, so the same bits), which gives the new R, reduces each block's largest finite R in registers,
-and encodes against it. Every float operation of the format is one IEEE-rounded fp32 operation, as in the reference: sqrt_rn
-and div_rn, and multiplies whose results no add consumes, so that Triton's default fp fusion (LLVM contracting an
-fmul into the fadd that uses it) has nothing to fuse (tests/test_quantized_triton_ptx.py counts the fma). Loaded
-through ``triton_interpreter.kernels(interpret, KERNEL_MODULE)``, once per mode, like sparse_triton_kernel, with
-the dense helpers taken from the triton_kernel module of the same mode.
+pass: a program takes whole 256-element blocks of one tensor, decodes both accumulators' R against the blocks' old
+scales, runs the dense kernel's per-element update on them (``triton_kernel._update_values`` with RMS_STATE: the
+same lines, so the same bits), which gives the new R, reduces each block's largest finite R in registers, and
+encodes against it. Every float operation of the format is one IEEE-rounded fp32 operation, as in the reference:
+sqrt_rn, div_rn and fma, and multiplies whose results no add consumes, so that Triton's default fp fusion (LLVM
+contracting an fmul into the fadd that uses it) has nothing to fuse (tests/test_quantized_triton_ptx.py counts the
+fma). Loaded through ``triton_interpreter.kernels(interpret, KERNEL_MODULE)``, once per mode, like
+sparse_triton_kernel, with the dense helpers taken from the triton_kernel module of the same mode.
 """
 
 import triton
