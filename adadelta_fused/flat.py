@@ -198,7 +198,12 @@ def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False, la
 
 
 def _label(labels: list[str] | None, index: int) -> str:
-    return labels[index] if labels else f"param {index}"
+    return labels[index] if labels else param_label(index)
+
+
+def param_label(position: int, group_index: int | None = None) -> str:
+    """How a message names a param: ``param k of param group g``, or ``param k`` where no group is known."""
+    return f"param {position}" if group_index is None else f"param {position} of param group {group_index}"
 
 
 def label_in_groups(param: torch.Tensor, param_groups: list[dict]) -> str | None:
@@ -206,7 +211,7 @@ def label_in_groups(param: torch.Tensor, param_groups: list[dict]) -> str | None
     for g, group in enumerate(param_groups):
         for k, p in enumerate(group["params"]):
             if p is param:
-                return f"param {k} of param group {g}"
+                return param_label(k, g)
     return None
 
 
@@ -408,7 +413,7 @@ class FlatGroup:
         been reordered or removed since the buffers were built), else by its index here."""
         optimizer = self.owner() if self.owner is not None else None
         found = label_in_groups(self.params[index], optimizer.param_groups) if optimizer is not None else None
-        return found or f"param {index}"
+        return found or param_label(index)
 
     def _has_no_grad(self, index: int) -> bool:
         """Whether param ``index``, reported without a grad, has none as torch would see it. A param frozen

@@ -22,7 +22,7 @@ from . import backends, dtensor, flat_state, quantized, sparse
 from ._compat import group_by_device_and_dtype
 from .contract import LOW_PRECISION, STATE_DTYPES, GradMode, check_hyperparameters
 from .flat import (FlatGroup, check_flattenable, check_not_flattened_elsewhere, check_not_shared_by_copy,
-                   zero_as_torch_does)
+                   param_label, zero_as_torch_does)
 from .functional import plan, replan, step_scalars
 from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken, is_taken
 from .reference import rounding_key
@@ -370,8 +370,7 @@ class Adadelta(Optimizer):
         """``param k of param group g`` for each of ``params`` (some of ``group``'s), as a message names them."""
         position = {id(p): k for k, p in enumerate(group["params"])}
         index = next((i for i, g in enumerate(self.param_groups) if g is group), None)
-        where = f" of param group {index}" if index is not None else ""
-        return [f"param {position[id(p)]}{where}" for p in params]
+        return [param_label(position[id(p)], index) for p in params]
 
     def _flatten_group(self, group: dict[str, Any], copied: bool = False,
                        stale_masters: frozenset[int] = frozenset()) -> tuple[list[FlatGroup], list]:
