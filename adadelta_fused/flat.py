@@ -125,7 +125,7 @@ def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, grad_buffer: 
         return t.untyped_storage().data_ptr() == storage.untyped_storage().data_ptr() and t.storage_offset() == offset
 
     skipped, foreign = [], []
-    for index, (p, (offset, _)) in enumerate(zip(params, expected.tolist())):
+    for index, (p, (offset, *_)) in enumerate(zip(params, expected.tolist())):
         if not views(p, buffer, offset):
             return index, skipped, foreign
         if p.grad is None:
@@ -255,7 +255,8 @@ class FlatGroup:
     # Per param, the views its state dict held when the optimizer installed it (flat_state.sync).
     installed_views: list[dict[str, torch.Tensor]] = field(default_factory=list)
     # The grad views the optimizer gave the params (held, so each keeps its identity while the param's grad
-    # is something else), and per param (its storage offset, its grad view's TensorImpl address).
+    # is something else), and per param (its storage offset, its grad view's TensorImpl address, and the
+    # addresses of its TensorImpl and AutogradMeta as the native check last found them, 0 until then).
     _grad_views: list[torch.Tensor] = field(default_factory=list)
     _expected: torch.Tensor | None = None
     # (requested backend, the StepPlan of the whole buffers), made by the optimizer's first step of them: the
@@ -307,7 +308,7 @@ class FlatGroup:
             group.square_avg_scale = torch.full((total // QUANT_BLOCK,), MIN_SCALE, device=first.device)
             group.acc_delta_scale = torch.full((total // QUANT_BLOCK,), MIN_SCALE, device=first.device)
         group._grad_views = [p.grad for p in params]
-        group._expected = torch.tensor([(p.storage_offset(), p.grad._cdata) for p in params], dtype=torch.int64)
+        group._expected = torch.tensor([(p.storage_offset(), p.grad._cdata, 0, 0) for p in params], dtype=torch.int64)
         if flat_master is not None:
             group.stale_masters = set(range(len(params)))
         return group

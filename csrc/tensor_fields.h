@@ -37,13 +37,6 @@ inline const at::Tensor* grad_of(const c10::TensorImpl* param) {
   return &meta->grad_;
 }
 
-// Whether a leaf tensor (an optimizer's param) requires grad: AutogradMeta's flag, which is
-// TensorImpl::requires_grad() for a leaf (a non-leaf also counts its grad_fn).
-inline bool leaf_requires_grad(const c10::TensorImpl* param) {
-  const auto* meta = static_cast<const torch::autograd::AutogradMeta*>(param->autograd_meta());
-  return meta != nullptr && meta->requires_grad_;
-}
-
 // The address of a tensor's first element, null for an empty tensor, as TensorBase::data_ptr() (written:
 // copy-on-write storage is materialized, StorageImpl::mutable_data) or const_data_ptr() (read only) give it;
 // with the typed data_ptr<T>()'s check that storage holding elements has memory (a resized-away storage).

@@ -11,7 +11,7 @@ import torch
 
 from adadelta_fused import Adadelta
 
-from conftest import REQUIRE_EXTENSION, TOLERANCE, assert_bitwise_equal, backends_under_test
+from conftest import REQUIRE_EXTENSION, TOLERANCE, assert_bitwise_equal, backends_under_test, requires_extension
 
 BACKENDS = backends_under_test()
 
@@ -291,6 +291,77 @@ def test_the_view_check_over_thousands_of_params_finds_every_change_and_steps_li
             opt.step()
     finally:
         torch.set_num_threads(default_threads)
+
+
+def test_params_swapped_with_each_other_are_named_and_step_as_torch_once_swapped_back(generator):
+    """The native view check remembers each param's TensorImpl and AutogradMeta between steps (csrc/ops.cpp
+    FlatViews) and reads the remembered ones only where the param's Python object still holds them: two
+    params of one buffer swapped with each other (torch.utils.swap_tensors) each hold the other's slot, which
+    the next step names; swapped back, every param steps as torch.optim.Adadelta's twin."""
+    params = [torch.nn.Parameter(torch.randn(4, 3, generator=generator)) for _ in range(4)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = Adadelta(params, flatten=True, lr=0.5)
+    torch_opt = torch.optim.Adadelta(twins, lr=0.5)
+
+    def step():
+        for p, t in zip(params, twins):
+            p.grad = torch.randn(4, 3, generator=generator)
+            t.grad = p.grad.clone()
+        opt.step()
+        torch_opt.step()
+
+    step()
+    torch.utils.swap_tensors(params[1], params[2])
+    with pytest.raises(RuntimeError, match=r"param 1 of param group 0 \(shape \(4, 3\)\) no longer views"):
+        opt.step()
+    torch.utils.swap_tensors(params[1], params[2])
+    for _ in range(2):
+        step()
+    for index, (p, t) in enumerate(zip(params, twins)):
+        torch.testing.assert_close(p, t, **TOLERANCE[torch.float32], msg=lambda m: f"param {index}: {m}")
+
+
+@requires_extension
+def test_the_view_check_relearns_rows_whose_remembered_objects_are_stale(monkeypatch, generator):
+    """A row whose remembered TensorImpl is another param's, or whose remembered AutogradMeta no object has,
+    is checked through the param's own pointers (never through the stale ones) and learned again: statuses
+    equal the Python check's, the rows then hold the params' TensorImpls, and the step equals torch's."""
+    from adadelta_fused import flat as flat_module
+
+    n = 7
+    params = [torch.nn.Parameter(torch.randn(5, generator=generator)) for _ in range(n)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = Adadelta(params, flatten=True, lr=0.5)
+    torch_opt = torch.optim.Adadelta(twins, lr=0.5)
+    for p, t in zip(params, twins):
+        p.grad = torch.randn(5, generator=generator)
+        t.grad = p.grad.clone()
+    opt.step()
+    torch_opt.step()
+    flat = opt._flat_groups[0][0]
+    assert flat._expected[:, 2].tolist() == [p._cdata for p in params]
+    for index, (p, t) in enumerate(zip(params, twins)):
+        grad = torch.randn(5, generator=generator)
+        t.grad = None if index == 3 else grad
+        if index == 3:
+            p.grad = None
+        elif index == 4:
+            p.grad = grad.clone()  # not the param's view: copied in by the step
+        else:
+            p.grad.copy_(grad)
+    flat._expected[0::2, 2] = flat._expected[0::2, 2].roll(1)  # other params' TensorImpls
+    flat._expected[1::2, 3] = 64  # an AutogradMeta no object has
+    native = flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views, False)
+    monkeypatch.setattr(flat_module._extension, "module", lambda: None)
+    python = flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views, False)
+    monkeypatch.undo()
+    assert (native[0], list(native[1]), list(native[2])) == python == (-1, [3], [4])
+    assert flat._expected[:, 2].tolist() == [p._cdata for p in params]
+    assert flat._expected[1::2, 3].ne(64).all()
+    opt.step()
+    torch_opt.step()
+    for index, (p, t) in enumerate(zip(params, twins)):
+        torch.testing.assert_close(p, t, **TOLERANCE[torch.float32], msg=lambda m: f"param {index}: {m}")
 
 
 class Branchy(torch.nn.Module):
