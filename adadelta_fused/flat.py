@@ -114,7 +114,8 @@ def _view_status(params: list[torch.Tensor], buffer: torch.Tensor, grad_buffer: 
                  frozen_have_none: bool) -> tuple[int, list[int], list[int]]:
     """(the first param that left the buffer or -1, the params without a grad (with ``frozen_have_none``,
     also those that no longer require grad and still hold their zeroed view), those whose grad is not their
-    view): one native pass when the extension is loaded (csrc/ops.cpp flat_view_status)."""
+    view): one native pass when the extension is loaded (csrc/ops.cpp flat_view_status), which also keeps in
+    ``expected`` the addresses of the objects it found (``FlatGroup._expected``)."""
     ext = _extension.module()
     if ext is not None:
         if torch.compiler.is_compiling():
@@ -308,7 +309,8 @@ class FlatGroup:
             group.square_avg_scale = torch.full((total // QUANT_BLOCK,), MIN_SCALE, device=first.device)
             group.acc_delta_scale = torch.full((total // QUANT_BLOCK,), MIN_SCALE, device=first.device)
         group._grad_views = [p.grad for p in params]
-        group._expected = torch.tensor([(p.storage_offset(), p.grad._cdata, 0, 0) for p in params], dtype=torch.int64)
+        group._expected = torch.tensor([(p.storage_offset(), p.grad._cdata, 0, 0) for p in params], dtype=torch.int64,
+                                       device="cpu")  # (read on the host, whatever torch's default device)
         if flat_master is not None:
             group.stale_masters = set(range(len(params)))
         return group
@@ -437,7 +439,7 @@ class FlatGroup:
         A grad that is not the param's view of the buffer (autograd made it after ``model.zero_grad()`` set
         grads to None, or it was assigned) is only brought into the buffer by the next step, so it is zeroed
         here as torch zeroes it (set to None, or zeroed in place): a batch dropped with ``opt.zero_grad()``
-        must not reach the next step. Finding them is the step's native check (40 us for 4096 params here,
+        must not reach the next step. Finding them is the step's native check (29 us for 4096 params on one thread here,
         where the memset takes 5; torch's own zero_grad is a Python loop over the params)."""
         self.grad.zero_()
         self.frozen_have_none = self.frozen_have_none or set_to_none

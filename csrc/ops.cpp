@@ -105,7 +105,7 @@ enum FlatRow : int64_t { kOffset, kGradImpl, kParamImpl, kParamMeta, kFlatRowSiz
 // `address`, which the caller just found equal to a live object's, as a value the compiler cannot replace by
 // that object's: a load through it then waits only for the row it came from, not for the loads of the object
 // it was compared with (the branch is predicted), so a param's six cache lines are fetched in parallel rather
-// than as a chain (4096 params, one thread, inside the step: 31.7 -> 28.9 us;
+// than as a chain (4096 params, one thread, inside the step: 31.6-31.8 -> 28.8-28.9 us;
 // bench/results/flat-view-check-rows-20261205/).
 template <typename T>
 T* unrelated(T* address) {
@@ -131,28 +131,27 @@ struct FlatViews {
     const auto* seen = reinterpret_cast<const c10::TensorImpl*>(row[kParamImpl]);
     if (param != seen) [[unlikely]] return learn(param, index);
     seen = unrelated(seen);
-    const auto* seen_meta = reinterpret_cast<c10::AutogradMetaInterface*>(row[kParamMeta]);
+    const auto* seen_meta = reinterpret_cast<const c10::AutogradMetaInterface*>(row[kParamMeta]);
     if (seen->autograd_meta() != seen_meta) [[unlikely]] return learn(seen, index);
-    return status(seen, static_cast<const torch::autograd::AutogradMeta*>(unrelated(seen_meta)), index);
+    return status(seen, adadelta_fused::autograd_meta_of(unrelated(seen_meta)), index);
   }
 
   // A param whose TensorImpl or AutogradMeta is not the one the row holds (the first check, swap_tensors):
-  // checked through its own pointers, and remembered where it still views the buffer.
+  // checked through its own pointers, which the row then holds. (Each thread writes only its own params' rows;
+  // `expected` is the FlatGroup's, which nothing else reads.)
   C10_NOINLINE ViewStatus learn(const c10::TensorImpl* param, int64_t index) const {
-    auto* meta = param->autograd_meta();
-    const ViewStatus found = status(param, static_cast<const torch::autograd::AutogradMeta*>(meta), index);
-    if (found != ViewStatus::kMoved) {
-      expected[kFlatRowSize * index + kParamImpl] = reinterpret_cast<int64_t>(param);
-      expected[kFlatRowSize * index + kParamMeta] = reinterpret_cast<int64_t>(meta);
-    }
-    return found;
+    const c10::AutogradMetaInterface* meta = param->autograd_meta();
+    expected[kFlatRowSize * index + kParamImpl] = reinterpret_cast<int64_t>(param);
+    expected[kFlatRowSize * index + kParamMeta] = reinterpret_cast<int64_t>(meta);
+    return status(param, adadelta_fused::autograd_meta_of(meta), index);
   }
 
   ViewStatus status(const c10::TensorImpl* param, const torch::autograd::AutogradMeta* meta, int64_t index) const {
     if (!views(param, storage, index)) return ViewStatus::kMoved;
-    if (meta == nullptr || !meta->grad_.defined()) return ViewStatus::kMissing;
+    const at::Tensor* grad = adadelta_fused::grad_of(meta);
+    if (grad == nullptr) return ViewStatus::kMissing;
     const auto* grad_view = reinterpret_cast<const c10::TensorImpl*>(expected[kFlatRowSize * index + kGradImpl]);
-    if (meta->grad_.unsafeGetTensorImpl() != grad_view || !views(unrelated(grad_view), grad_storage, index)) {
+    if (grad->unsafeGetTensorImpl() != grad_view || !views(unrelated(grad_view), grad_storage, index)) {
       return ViewStatus::kForeign;
     }
     // torch's zero_grad would have set this grad to None, and a param frozen since gets none from a later
@@ -302,7 +301,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("exact_decay_steps") = adadelta_fused::kExactDecaySteps;
   m.def("check_state_steps", &check_state_steps,
         "the step counters' validator, run before the update: whether all of them are CPU tensors");
-  m.def("flat_view_status", &flat_view_status, "flat buffers: moved params, missing and foreign grads");
+  m.def("flat_view_status", &flat_view_status,
+        "flat buffers: moved params, missing and foreign grads (writes the rows' remembered TensorImpls)");
   m.def("stage_dense", &stage_dense, "the op's staging of non-dense tensors (op_host.h DenseGroup)");
   m.def("cpu_isa", &adadelta_fused::cpu_isa);
   m.def("select_cpu_isa", &adadelta_fused::select_cpu_isa, "run a lower SIMD level (tests, benchmarks)");

@@ -28,13 +28,21 @@ inline const c10::StorageImpl* storage_of(const c10::TensorImpl* t) {
   return t->unsafe_storage().unsafeGetStorageImpl();
 }
 
-// The param's grad, as TensorImpl::grad() returns it: AutogradMeta's grad_ (as in
-// torch::autograd::impl::get_autograd_meta, AutogradMeta is the only AutogradMetaInterface torch makes).
-// Null when the param has no autograd meta or no grad.
-inline const at::Tensor* grad_of(const c10::TensorImpl* param) {
-  const auto* meta = static_cast<const torch::autograd::AutogradMeta*>(param->autograd_meta());
+// A tensor's AutogradMeta (null when it has none): as in torch::autograd::impl::get_autograd_meta,
+// AutogradMeta is the only AutogradMetaInterface torch makes.
+inline const torch::autograd::AutogradMeta* autograd_meta_of(const c10::AutogradMetaInterface* meta) {
+  return static_cast<const torch::autograd::AutogradMeta*>(meta);
+}
+
+// The grad an AutogradMeta holds, as TensorImpl::grad() returns it (its grad_); null when there is none.
+inline const at::Tensor* grad_of(const torch::autograd::AutogradMeta* meta) {
   if (meta == nullptr || !meta->grad_.defined()) return nullptr;
   return &meta->grad_;
+}
+
+// The param's grad; null when the param has no autograd meta or no grad.
+inline const at::Tensor* grad_of(const c10::TensorImpl* param) {
+  return grad_of(autograd_meta_of(param->autograd_meta()));
 }
 
 // The address of a tensor's first element, null for an empty tensor, as TensorBase::data_ptr() (written:

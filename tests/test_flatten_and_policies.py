@@ -322,46 +322,79 @@ def test_params_swapped_with_each_other_are_named_and_step_as_torch_once_swapped
 
 
 @requires_extension
-def test_the_view_check_relearns_rows_whose_remembered_objects_are_stale(monkeypatch, generator):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_view_check_relearns_rows_whose_remembered_objects_are_stale(monkeypatch, generator, threads):
     """A row whose remembered TensorImpl is another param's, or whose remembered AutogradMeta no object has,
     is checked through the param's own pointers (never through the stale ones) and learned again: statuses
-    equal the Python check's, the rows then hold the params' TensorImpls, and the step equals torch's."""
+    equal the Python check's, the rows then hold the params' TensorImpls, and the step equals torch's. 1500
+    params, which the check splits across the threads where it has two (more than 1024 params)."""
     from adadelta_fused import flat as flat_module
 
-    n = 7
+    n = 1500
+    missing, replaced = {3, 749, 750}, {4, 751, n - 1}
     params = [torch.nn.Parameter(torch.randn(5, generator=generator)) for _ in range(n)]
     twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
     opt = Adadelta(params, flatten=True, lr=0.5)
     torch_opt = torch.optim.Adadelta(twins, lr=0.5)
-    for p, t in zip(params, twins):
-        p.grad = torch.randn(5, generator=generator)
-        t.grad = p.grad.clone()
-    opt.step()
-    torch_opt.step()
-    flat = opt._flat_groups[0][0]
-    assert flat._expected[:, 2].tolist() == [p._cdata for p in params]
-    for index, (p, t) in enumerate(zip(params, twins)):
-        grad = torch.randn(5, generator=generator)
-        t.grad = None if index == 3 else grad
-        if index == 3:
-            p.grad = None
-        elif index == 4:
-            p.grad = grad.clone()  # not the param's view: copied in by the step
-        else:
-            p.grad.copy_(grad)
-    flat._expected[0::2, 2] = flat._expected[0::2, 2].roll(1)  # other params' TensorImpls
-    flat._expected[1::2, 3] = 64  # an AutogradMeta no object has
-    native = flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views, False)
-    monkeypatch.setattr(flat_module._extension, "module", lambda: None)
-    python = flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views, False)
-    monkeypatch.undo()
-    assert (native[0], list(native[1]), list(native[2])) == python == (-1, [3], [4])
-    assert flat._expected[:, 2].tolist() == [p._cdata for p in params]
-    assert flat._expected[1::2, 3].ne(64).all()
-    opt.step()
-    torch_opt.step()
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for p, t in zip(params, twins):
+            p.grad = torch.randn(5, generator=generator)
+            t.grad = p.grad.clone()
+        opt.step()
+        torch_opt.step()
+        flat = opt._flat_groups[0][0]
+        assert flat._expected[:, 2].tolist() == [p._cdata for p in params]
+        for index, (p, t) in enumerate(zip(params, twins)):
+            grad = torch.randn(5, generator=generator)
+            t.grad = None if index in missing else grad
+            if index in missing:
+                p.grad = None
+            elif index in replaced:
+                p.grad = grad.clone()  # not the param's view: copied in by the step
+            else:
+                p.grad.copy_(grad)
+        flat._expected[0::2, 2] = flat._expected[0::2, 2].roll(1)  # other params' TensorImpls
+        flat._expected[1::2, 3] = 64  # an AutogradMeta no object has
+        native = flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views,
+                                          False)
+        with monkeypatch.context() as patch:
+            patch.setattr(flat_module._extension, "module", lambda: None)
+            python = flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views,
+                                              False)
+        assert (native[0], list(native[1]), list(native[2])) == python == (-1, sorted(missing), sorted(replaced))
+        assert flat._expected[:, 2].tolist() == [p._cdata for p in params]
+        assert flat._expected[1::2, 3].ne(64).all()
+        opt.step()
+        torch_opt.step()
+    finally:
+        torch.set_num_threads(default_threads)
     for index, (p, t) in enumerate(zip(params, twins)):
         torch.testing.assert_close(p, t, **TOLERANCE[torch.float32], msg=lambda m: f"param {index}: {m}")
+
+
+@pytest.mark.parametrize("options", [{}, {"state_dtype": torch.uint8}, {"master_weights": True}],
+                         ids=["fp32", "8bit", "master"])
+def test_flat_cpu_params_step_as_torch_under_another_default_device(options, generator):
+    """Under ``torch.set_default_device`` (here meta, a device whose tensors hold no values, standing in for
+    cuda) the flat buffers' own bookkeeping stays on the host: CPU params step as torch.optim.Adadelta's twins
+    step under the same default device (whose step counters, like ours, follow it)."""
+    params = [torch.nn.Parameter(torch.randn(300, generator=generator)) for _ in range(3)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    with torch.device("meta"):
+        opt = Adadelta(params, flatten=True, lr=0.5, **options)
+        torch_opt = torch.optim.Adadelta(twins, lr=0.5)
+        for _ in range(3):
+            for p, t in zip(params, twins):
+                p.grad = torch.randn(300, generator=generator, device="cpu")
+                t.grad = p.grad.clone()
+            opt.step()
+            torch_opt.step()
+    tolerance = dict(atol=1e-4, rtol=1e-3) if options else TOLERANCE[torch.float32]
+    for index, (p, t) in enumerate(zip(params, twins)):
+        torch.testing.assert_close(p, t, **tolerance, msg=lambda m: f"param {index}: {m}")
+        assert opt.state[p]["step"].device == torch_opt.state[t]["step"].device
 
 
 class Branchy(torch.nn.Module):
