@@ -105,7 +105,7 @@ enum FlatRow : int64_t { kOffset, kGradImpl, kParamImpl, kParamMeta, kFlatRowSiz
 // `address`, which the caller just found equal to a live object's, as a value the compiler cannot replace by
 // that object's: a load through it then waits only for the row it came from, not for the loads of the object
 // it was compared with (the branch is predicted), so a param's six cache lines are fetched in parallel rather
-// than as a chain (4096 params, one thread, inside the step: 31.6-31.8 -> 28.8-28.9 us;
+// than as a chain (4096 params, one thread, inside the step: 31.6-32.4 -> 28.8-29.0 us;
 // bench/results/flat-view-check-rows-20261205/).
 template <typename T>
 T* unrelated(T* address) {
