@@ -439,8 +439,8 @@ class FlatGroup:
         A grad that is not the param's view of the buffer (autograd made it after ``model.zero_grad()`` set
         grads to None, or it was assigned) is only brought into the buffer by the next step, so it is zeroed
         here as torch zeroes it (set to None, or zeroed in place): a batch dropped with ``opt.zero_grad()``
-        must not reach the next step. Finding them is the step's native check (29 us for 4096 params on one thread here,
-        where the memset takes 5; torch's own zero_grad is a Python loop over the params)."""
+        must not reach the next step. Finding them is the step's native check (29 us for 4096 params on one
+        thread here, where the memset takes 5; torch's own zero_grad is a Python loop over the params)."""
         self.grad.zero_()
         self.frozen_have_none = self.frozen_have_none or set_to_none
         moved, _, foreign = _view_status(self.params, self.param, self.grad, self._expected, self._grad_views,

@@ -378,23 +378,28 @@ def test_the_view_check_relearns_rows_whose_remembered_objects_are_stale(monkeyp
                          ids=["fp32", "8bit", "master"])
 def test_flat_cpu_params_step_as_torch_under_another_default_device(options, generator):
     """Under ``torch.set_default_device`` (here meta, a device whose tensors hold no values, standing in for
-    cuda) the flat buffers' own bookkeeping stays on the host: CPU params step as torch.optim.Adadelta's twins
-    step under the same default device (whose step counters, like ours, follow it)."""
+    cuda) the flat buffers' own bookkeeping stays on the host: CPU params step bit for bit as outside it, the
+    fp32 step as torch.optim.Adadelta's under the same default device, and the step counters follow that device
+    as torch's do."""
     params = [torch.nn.Parameter(torch.randn(300, generator=generator)) for _ in range(3)]
-    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    plain, twins = ([torch.nn.Parameter(p.detach().clone()) for p in params] for _ in range(2))
+    plain_opt = Adadelta(plain, flatten=True, lr=0.5, **options)
     with torch.device("meta"):
         opt = Adadelta(params, flatten=True, lr=0.5, **options)
         torch_opt = torch.optim.Adadelta(twins, lr=0.5)
         for _ in range(3):
-            for p, t in zip(params, twins):
+            for p, q, t in zip(params, plain, twins):
                 p.grad = torch.randn(300, generator=generator, device="cpu")
-                t.grad = p.grad.clone()
+                q.grad, t.grad = p.grad.clone(), p.grad.clone()
             opt.step()
             torch_opt.step()
-    tolerance = dict(atol=1e-4, rtol=1e-3) if options else TOLERANCE[torch.float32]
-    for index, (p, t) in enumerate(zip(params, twins)):
-        torch.testing.assert_close(p, t, **tolerance, msg=lambda m: f"param {index}: {m}")
-        assert opt.state[p]["step"].device == torch_opt.state[t]["step"].device
+            with torch.device("cpu"):
+                plain_opt.step()
+    for index, (p, q, t) in enumerate(zip(params, plain, twins)):
+        assert_bitwise_equal(p.detach(), q.detach())
+        if not options:
+            torch.testing.assert_close(p, t, **TOLERANCE[torch.float32], msg=lambda m: f"param {index}: {m}")
+        assert opt.state[p]["step"].device == torch_opt.state[t]["step"].device == torch.device("meta")
 
 
 class Branchy(torch.nn.Module):
