@@ -115,6 +115,11 @@ def check_hyperparameters(lr, rho: float, eps: float, weight_decay: float) -> No
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
 
 
+def param_label(position: int, group_index: int | None = None) -> str:
+    """How every message names a param: ``param k of param group g``, or ``param k`` where no group is known."""
+    return f"param {position}" if group_index is None else f"param {position} of param group {group_index}"
+
+
 def check_group(params, grads, square_avgs, acc_deltas, master_params, scalars: StepScalars, device_type: str) -> None:
     """Validate one (device, dtype) group for a kernel on ``device_type``, before anything is written: the
     compiled op's validator (csrc/op_host.cpp), the only one, so every backend fails with the same words."""

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from . import _extension, dtensor
+from .contract import param_label
 from .layout import is_dense
 from .quantized_reference import BLOCK as QUANT_BLOCK
 from .quantized_reference import MIN_SCALE, num_blocks
@@ -200,11 +201,6 @@ def check_flattenable(params: list[torch.Tensor], *, shared_ok: bool = False, la
 
 def _label(labels: list[str] | None, index: int) -> str:
     return labels[index] if labels else param_label(index)
-
-
-def param_label(position: int, group_index: int | None = None) -> str:
-    """How a message names a param: ``param k of param group g``, or ``param k`` where no group is known."""
-    return f"param {position}" if group_index is None else f"param {position} of param group {group_index}"
 
 
 def label_in_groups(param: torch.Tensor, param_groups: list[dict]) -> str | None:

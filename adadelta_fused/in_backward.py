@@ -24,6 +24,7 @@ from dataclasses import replace
 
 import torch
 
+from .contract import param_label
 from .reference import key_as_tensor_zero
 
 
@@ -88,7 +89,7 @@ class StepInBackward:
                            "their local ones). optimizer.step() would step it a second time, so it steps nothing. "
                            "step_in_backward cannot work with DistributedDataParallel: use step_in_backward=False.")
                 raise RuntimeError(
-                    f"step_in_backward: param {position} of param group {index} (shape {tuple(p.shape)}) {why}")
+                    f"step_in_backward: {param_label(position, index)} (shape {tuple(p.shape)}) {why}")
 
     def end_iteration(self) -> None:
         """``step()`` or ``zero_grad()`` was called: every param may be stepped again, and param groups edited since the last
@@ -110,7 +111,7 @@ class StepInBackward:
         if id(p) in self._stepped:
             self._refused.add(id(p))
             raise RuntimeError(
-                f"step_in_backward: param {position} of param group {index} got a second "
+                f"step_in_backward: {param_label(position, index)} got a second "
                 "gradient before optimizer.step(); it was already stepped with the first one. Each param is "
                 "stepped once per iteration (backward, then optimizer.step()), with its whole gradient: "
                 "gradient accumulation over several backwards, or one backward that reaches a param twice "
@@ -121,7 +122,7 @@ class StepInBackward:
             )
         if p.grad is None:
             raise RuntimeError(
-                f"step_in_backward: param {position} of param group {index} has no gradient "
+                f"step_in_backward: {param_label(position, index)} has no gradient "
                 "when its hook runs: another post-accumulate-grad hook took it (set it to None) before this "
                 "one. Give the param to one of them."
             )

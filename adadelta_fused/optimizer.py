@@ -20,9 +20,9 @@ from torch.optim.optimizer import (
 
 from . import backends, dtensor, flat_state, quantized, sparse
 from ._compat import group_by_device_and_dtype
-from .contract import LOW_PRECISION, STATE_DTYPES, GradMode, check_hyperparameters
+from .contract import LOW_PRECISION, STATE_DTYPES, GradMode, check_hyperparameters, param_label
 from .flat import (FlatGroup, check_flattenable, check_not_flattened_elsewhere, check_not_shared_by_copy,
-                   param_label, zero_as_torch_does)
+                   zero_as_torch_does)
 from .functional import plan, replan, step_scalars
 from .in_backward import StepInBackward, check_no_grad_scaler, check_not_taken, is_taken
 from .reference import rounding_key
@@ -942,7 +942,7 @@ class Adadelta(Optimizer):
             p, g = params[0], grads[0]
             position = next(i for i, q in enumerate(self.param_groups[index]["params"]) if q is p)
             raise TypeError(
-                f"param {position} of param group {index} has a {g.dtype} gradient for its {p.dtype} data "
+                f"{param_label(position, index)} has a {g.dtype} gradient for its {p.dtype} data "
                 f"(its grad_dtype), which the fused kernels do not read, and {fused[0]}={d[fused[0]]!r} needs "
                 "them: leave grad_dtype unset, or drop the option (torch's Adadelta then steps such params)"
             )

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from . import backends
-from .contract import STATE_DTYPES, StepScalars
+from .contract import STATE_DTYPES, StepScalars, param_label
 from .functional import _advance_steps
 from .sparse_ops import check_sparse_args
 from .sparse_reference import sparse_adadelta_reference_
@@ -118,7 +118,7 @@ class SparsePlan:
 
 def _refuse(index: int, group: dict[str, Any], p: torch.Tensor, what: str) -> RuntimeError:
     position = next(i for i, q in enumerate(group["params"]) if q is p)
-    return RuntimeError(f"param {position} of param group {index} has a sparse gradient: {what}")
+    return RuntimeError(f"{param_label(position, index)} has a sparse gradient: {what}")
 
 
 def _check_supported(optimizer, index: int, group: dict[str, Any], p: torch.Tensor, grad: torch.Tensor) -> None:
