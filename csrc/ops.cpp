@@ -119,39 +119,40 @@ struct FlatViews {
   int64_t* expected;
   bool frozen_have_none;  // zero_grad(set_to_none=True) ran since the last step
 
-  bool views(const c10::TensorImpl* t, const c10::StorageImpl* s, int64_t index) const {
+  bool views(const c10::TensorImpl* t, const c10::StorageImpl* s, const int64_t* row) const {
     // (the buffers' storages are not null, checked below: a tensor without storage fails the first compare)
-    return adadelta_fused::storage_of(t) == s && t->storage_offset() == expected[kFlatRowSize * index + kOffset];
+    return adadelta_fused::storage_of(t) == s && t->storage_offset() == row[kOffset];
   }
 
   // `param` is the Python object's TensorImpl: every address dereferenced here was first found equal to the
   // one a live object holds.
   ViewStatus of(const c10::TensorImpl* param, int64_t index) const {
-    const int64_t* row = expected + kFlatRowSize * index;
+    int64_t* row = expected + kFlatRowSize * index;
     const auto* seen = reinterpret_cast<const c10::TensorImpl*>(row[kParamImpl]);
-    if (param != seen) [[unlikely]] return learn(param, index);
+    if (param != seen) [[unlikely]] return learn(param, row);
     seen = unrelated(seen);
     const auto* seen_meta = reinterpret_cast<const c10::AutogradMetaInterface*>(row[kParamMeta]);
-    if (seen->autograd_meta() != seen_meta) [[unlikely]] return learn(seen, index);
-    return status(seen, adadelta_fused::autograd_meta_of(unrelated(seen_meta)), index);
+    if (seen->autograd_meta() != seen_meta) [[unlikely]] return learn(seen, row);
+    return status(seen, adadelta_fused::autograd_meta_of(unrelated(seen_meta)), row);
   }
 
   // A param whose TensorImpl or AutogradMeta is not the one the row holds (the first check, swap_tensors):
   // checked through its own pointers, which the row then holds. (Each thread writes only its own params' rows;
   // `expected` is the FlatGroup's, which nothing else reads.)
-  C10_NOINLINE ViewStatus learn(const c10::TensorImpl* param, int64_t index) const {
+  C10_NOINLINE ViewStatus learn(const c10::TensorImpl* param, int64_t* row) const {
     const c10::AutogradMetaInterface* meta = param->autograd_meta();
-    expected[kFlatRowSize * index + kParamImpl] = reinterpret_cast<int64_t>(param);
-    expected[kFlatRowSize * index + kParamMeta] = reinterpret_cast<int64_t>(meta);
-    return status(param, adadelta_fused::autograd_meta_of(meta), index);
+    row[kParamImpl] = reinterpret_cast<int64_t>(param);
+    row[kParamMeta] = reinterpret_cast<int64_t>(meta);
+    return status(param, adadelta_fused::autograd_meta_of(meta), row);
   }
 
-  ViewStatus status(const c10::TensorImpl* param, const torch::autograd::AutogradMeta* meta, int64_t index) const {
-    if (!views(param, storage, index)) return ViewStatus::kMoved;
+  ViewStatus status(const c10::TensorImpl* param, const torch::autograd::AutogradMeta* meta,
+                    const int64_t* row) const {
+    if (!views(param, storage, row)) return ViewStatus::kMoved;
     const at::Tensor* grad = adadelta_fused::grad_of(meta);
     if (grad == nullptr) return ViewStatus::kMissing;
-    const auto* grad_view = reinterpret_cast<const c10::TensorImpl*>(expected[kFlatRowSize * index + kGradImpl]);
-    if (grad->unsafeGetTensorImpl() != grad_view || !views(unrelated(grad_view), grad_storage, index)) {
+    const auto* grad_view = reinterpret_cast<const c10::TensorImpl*>(row[kGradImpl]);
+    if (grad->unsafeGetTensorImpl() != grad_view || !views(unrelated(grad_view), grad_storage, row)) {
       return ViewStatus::kForeign;
     }
     // torch's zero_grad would have set this grad to None, and a param frozen since gets none from a later

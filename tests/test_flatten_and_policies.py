@@ -218,13 +218,26 @@ def test_broken_views_are_detected():
         opt.step()
 
 
+def view_statuses(flat, monkeypatch, native: bool) -> tuple[int, list[int], list[int]]:
+    """The flat view check's (moved, missing, foreign) for ``flat``: the native pass, or the Python one (the
+    extension hidden)."""
+    from adadelta_fused import _extension, flat as flat_module
+
+    with monkeypatch.context() as patch:
+        if not native:
+            patch.setattr(_extension, "module", lambda: None)
+        moved, missing, foreign = flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected,
+                                                           flat._grad_views, False)
+    return moved, list(missing), list(foreign)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_view_check_over_thousands_of_params_finds_every_change_and_steps_like_torch(monkeypatch, threads):
     """5000 params, which the native check splits across threads where it has more than one: grads set to
     None, replaced, or re-pointed (``grad.data = x``) on both sides of every boundary between the threads'
     shares are found exactly as the Python check finds them, the step equals torch's side by side, and the
     first of several params that left the buffer is the one named, with the changes before it."""
-    from adadelta_fused import _extension, flat as flat_module
+    from adadelta_fused import _extension
 
     ext = _extension.module()  # None without the compiled extension: the Python check alone is compared
     n, lr = 5000, 0.5
@@ -237,16 +250,6 @@ def test_the_view_check_over_thousands_of_params_finds_every_change_and_steps_li
     opt = Adadelta(params, flatten=True, lr=lr)
     torch_opt = torch.optim.Adadelta(twins, lr=lr)
     flat = opt._flat_groups[0][0]
-
-    def status(native):
-        if not native:
-            monkeypatch.setattr(_extension, "module", lambda: None)
-        try:
-            found = flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views,
-                                              False)
-        finally:
-            monkeypatch.undo()
-        return found[0], list(found[1]), list(found[2])
 
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -264,9 +267,9 @@ def test_the_view_check_over_thousands_of_params_finds_every_change_and_steps_li
                 else:
                     p.grad.copy_(grad)
             expected = (-1, sorted(missing), sorted(replaced | repointed))
-            assert status(native=False) == expected
+            assert view_statuses(flat, monkeypatch, native=False) == expected
             if ext is not None:
-                assert status(native=True) == expected
+                assert view_statuses(flat, monkeypatch, native=True) == expected
             opt.step()
             torch_opt.step()
             for index, (p, t) in enumerate(zip(params, twins)):
@@ -277,9 +280,9 @@ def test_the_view_check_over_thousands_of_params_finds_every_change_and_steps_li
             params[index].data = params[index].data.clone()
         params[3].grad = None
         before = (moved, sorted({3} | {i for i in missing if i < moved}), [])
-        assert status(native=False) == before
+        assert view_statuses(flat, monkeypatch, native=False) == before
         if ext is not None:
-            assert status(native=True) == before
+            assert view_statuses(flat, monkeypatch, native=True) == before
             # An item that is not a tensor: after the moved param it changes nothing, before it it is named.
             items = list(flat.params)
             items[moved + 2] = "not a tensor"
@@ -328,8 +331,6 @@ def test_the_view_check_relearns_rows_whose_remembered_objects_are_stale(monkeyp
     is checked through the param's own pointers (never through the stale ones) and learned again: statuses
     equal the Python check's, the rows then hold the params' TensorImpls, and the step equals torch's. 1500
     params, which the check splits across the threads where it has two (more than 1024 params)."""
-    from adadelta_fused import flat as flat_module
-
     n = 1500
     missing, replaced = {3, 749, 750}, {4, 751, n - 1}
     params = [torch.nn.Parameter(torch.randn(5, generator=generator)) for _ in range(n)]
@@ -357,13 +358,9 @@ def test_the_view_check_relearns_rows_whose_remembered_objects_are_stale(monkeyp
                 p.grad.copy_(grad)
         flat._expected[0::2, 2] = flat._expected[0::2, 2].roll(1)  # other params' TensorImpls
         flat._expected[1::2, 3] = 64  # an AutogradMeta no object has
-        native = flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views,
-                                          False)
-        with monkeypatch.context() as patch:
-            patch.setattr(flat_module._extension, "module", lambda: None)
-            python = flat_module._view_status(flat.params, flat.param, flat.grad, flat._expected, flat._grad_views,
-                                              False)
-        assert (native[0], list(native[1]), list(native[2])) == python == (-1, sorted(missing), sorted(replaced))
+        native = view_statuses(flat, monkeypatch, native=True)
+        python = view_statuses(flat, monkeypatch, native=False)
+        assert native == python == (-1, sorted(missing), sorted(replaced))
         assert flat._expected[:, 2].tolist() == [p._cdata for p in params]
         assert flat._expected[1::2, 3].ne(64).all()
         opt.step()
